@@ -1,0 +1,341 @@
+//! The definition file (`--images-file`): its model and its parser. This is the
+//! one module that reads YAML.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::reference::ImageRef;
+
+/// Per-registry settings, keyed by the registry host as written in references.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RegistrySettings {
+    /// Connect to this `host[:port]` instead; repository names are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Reach the registry over plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileModel {
+    target_repo_prefix: String,
+    #[serde(default)]
+    sign: Option<bool>,
+    images: Vec<ImageModel>,
+    #[serde(default)]
+    registries: BTreeMap<String, RegistrySettings>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ImageModel {
+    source: String,
+    #[serde(default)]
+    tag: Option<String>,
+    #[serde(default)]
+    sign: Option<bool>,
+}
+
+/// One image of the definition, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Position in `images:` (0-based).
+    pub index: usize,
+    /// Line of the entry in the definition file, when it could be located.
+    pub line: Option<usize>,
+    pub source: ImageRef,
+    /// The `tag:` of the entry (re-tag; required for digest sources).
+    pub tag: Option<String>,
+    /// Whether this image is signed (per-image value, else the global one).
+    pub sign: bool,
+    /// The `targetRepoPrefix` that applies to this image.
+    pub target_prefix: String,
+}
+
+/// A parsed and validated definition.
+#[derive(Clone, Debug)]
+pub struct Definition {
+    pub path: PathBuf,
+    pub target_repo_prefix: String,
+    pub images: Vec<ImageSpec>,
+    pub registries: BTreeMap<String, RegistrySettings>,
+}
+
+impl Definition {
+    /// The directory relative paths in the definition are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
+/// A definition that cannot be used. Every variant names the file; most name a line.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("{path}: cannot read the definition file: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: the definition file is empty; it needs at least `targetRepoPrefix` and `images`")]
+    Empty { path: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Document { path: String, message: String },
+    #[error("{}: {message}", Location { path, line: *line, what })]
+    Invalid {
+        path: String,
+        line: Option<usize>,
+        what: String,
+        message: String,
+    },
+}
+
+struct Location<'a> {
+    path: &'a str,
+    line: Option<usize>,
+    what: &'a str,
+}
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.path, self.what),
+            None => write!(f, "{}: {}", self.path, self.what),
+        }
+    }
+}
+
+/// Reads and validates a definition file. `transports` are the reference
+/// transports the stage registry serves (`oci` for `oci:PATH`).
+pub fn load(path: &Path, transports: &[&str]) -> Result<Definition, DefinitionError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&text, path, transports)
+}
+
+/// Parses definition text; `path` is used in messages and for relative paths.
+pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition, DefinitionError> {
+    let shown = path.display().to_string();
+    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Err(DefinitionError::Empty { path: shown });
+    }
+    let model: FileModel = serde_yaml::from_str(text).map_err(|e| match e.location() {
+        Some(loc) => DefinitionError::Syntax {
+            path: shown.clone(),
+            line: loc.line(),
+            column: loc.column(),
+            message: strip_location(&e.to_string()),
+        },
+        None => DefinitionError::Document {
+            path: shown.clone(),
+            message: e.to_string(),
+        },
+    })?;
+
+    let prefix_line = find_line(text, "targetRepoPrefix", 0);
+    if model.target_repo_prefix.trim().is_empty() {
+        return Err(DefinitionError::Invalid {
+            path: shown,
+            line: prefix_line,
+            what: "targetRepoPrefix".into(),
+            message: "must name the target registry and path, for example `registry.example.com/mirror/`".into(),
+        });
+    }
+    for (host, settings) in &model.registries {
+        let line = find_line(text, host, 0);
+        let invalid = |message: String| DefinitionError::Invalid {
+            path: shown.clone(),
+            line,
+            what: format!("registries.{host}"),
+            message,
+        };
+        if !is_host(host) {
+            return Err(invalid("is not a registry host[:port]".into()));
+        }
+        if let Some(ep) = &settings.endpoint {
+            if !is_host(ep) {
+                return Err(invalid(format!(
+                    "endpoint `{ep}` is not a host[:port] (no scheme, no path)"
+                )));
+            }
+        }
+    }
+
+    let global_sign = model.sign.unwrap_or(false);
+    let mut images = Vec::with_capacity(model.images.len());
+    let mut search_from = 0;
+    for (index, m) in model.images.into_iter().enumerate() {
+        let line = find_line(text, &m.source, search_from);
+        if let Some(l) = line {
+            search_from = l;
+        }
+        let invalid = |message: String| DefinitionError::Invalid {
+            path: shown.clone(),
+            line,
+            what: format!("images[{index}] (source `{}`)", m.source),
+            message,
+        };
+        let source = ImageRef::parse_with_transports(&m.source, transports)
+            .map_err(|e| invalid(e.to_string()))?;
+        if let Some(tag) = &m.tag {
+            // Reuse the reference grammar for the tag.
+            ImageRef::parse(&format!("x:{tag}"))
+                .map_err(|_| invalid(format!("tag `{tag}` is invalid: a tag is 1 to 128 characters of [A-Za-z0-9_.-] and does not start with `.` or `-`")))?;
+        }
+        if source.digest().is_some() && m.tag.is_none() {
+            return Err(invalid(
+                "the source is pinned by digest, so the entry needs a `tag:` for the target".into(),
+            ));
+        }
+        if source.digest().is_none() && source.tag().is_none() && m.tag.is_none() {
+            return Err(invalid(
+                "the source has neither tag nor digest; write the tag explicitly (for example `:latest`)".into(),
+            ));
+        }
+        images.push(ImageSpec {
+            index,
+            line,
+            source,
+            tag: m.tag,
+            sign: m.sign.unwrap_or(global_sign),
+            target_prefix: model.target_repo_prefix.clone(),
+        });
+    }
+    Ok(Definition {
+        path: path.to_path_buf(),
+        target_repo_prefix: model.target_repo_prefix,
+        images,
+        registries: model.registries,
+    })
+}
+
+/// Parses a plugin's YAML config text (for example a plugin's example config).
+pub fn parse_config_yaml(text: &str) -> Result<serde_json::Value, String> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Renders a config value as YAML.
+pub fn config_to_yaml(value: &serde_json::Value) -> String {
+    serde_yaml::to_string(value).unwrap_or_else(|e| format!("# unrenderable: {e}\n"))
+}
+
+fn strip_location(msg: &str) -> String {
+    // serde_yaml appends " at line L column C"; the location is shown in front.
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn is_host(s: &str) -> bool {
+    crate::reference::is_valid_host(s)
+}
+
+/// The 1-based line of the first occurrence of `needle` at or after line `from` (1-based).
+fn find_line(text: &str, needle: &str, from: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| {
+            let code = l.split(" #").next().unwrap_or(l);
+            code.contains(needle)
+        })
+        .map(|(i, _)| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("images.yaml"), &["oci"])
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn parses_original_format() {
+        let d = parse(
+            r#"targetRepoPrefix: "eu.gcr.io/kyma-project/external/"
+sign: true # default for all images
+images:
+- source: "bitnami/keycloak-gatekeeper:9.0.3"
+  sign: false
+- source: "bitnami/postgres-exporter:0.8.0-debian-10-r28"
+- source: "busybox@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab"
+  tag: "1.32.0-v1"
+registries:
+  docker.io:
+    endpoint: "127.0.0.1:5001"
+  "127.0.0.1:5001":
+    insecure: true
+"#,
+            Path::new("dir/images.yaml"),
+            &["oci"],
+        )
+        .unwrap();
+        assert_eq!(d.images.len(), 3);
+        assert!(!d.images[0].sign);
+        assert!(d.images[1].sign);
+        assert_eq!(d.images[2].tag.as_deref(), Some("1.32.0-v1"));
+        assert_eq!(d.images[0].line, Some(4));
+        assert_eq!(d.images[2].line, Some(7));
+        assert_eq!(d.base_dir(), PathBuf::from("dir"));
+        assert_eq!(
+            d.registries["docker.io"].endpoint.as_deref(),
+            Some("127.0.0.1:5001")
+        );
+    }
+
+    #[test]
+    fn error_messages() {
+        let cases = [
+            ("empty", ""),
+            ("comments only", "# nothing\n"),
+            ("flow sequence as prefix", "targetRepoPrefix: [\nimages: []\n"),
+            ("malformed", "targetRepoPrefix: r.io/x/\nimages:\n  - source: a:1\n - source: b:1\n"),
+            ("unterminated quote", "targetRepoPrefix: \"r.io/x/\nimages: []\n"),
+            ("tab indentation", "targetRepoPrefix: r.io/x/\nimages:\n\t- source: a:1\n"),
+            ("unknown key", "targetRepoPrefix: r.io/x/\nimages: []\nsigned: true\n"),
+            ("unknown image key", "targetRepoPrefix: r.io/x/\nimages:\n- source: a:1\n  tags: x\n"),
+            ("wrong type", "targetRepoPrefix: r.io/x/\nsign: maybe\nimages: []\n"),
+            ("missing images", "targetRepoPrefix: r.io/x/\n"),
+            ("missing prefix", "images: []\n"),
+            ("empty prefix", "targetRepoPrefix: \"\"\nimages: []\n"),
+            ("digest without tag", "targetRepoPrefix: r.io/x/\nimages:\n- source: a:1\n- source: \"busybox@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab\"\n"),
+            ("bad reference", "targetRepoPrefix: r.io/x/\nimages:\n- source: \"Busybox:1\"\n"),
+            ("bad digest", "targetRepoPrefix: r.io/x/\nimages:\n- source: \"busybox@sha256:1234\"\n  tag: v1\n"),
+            ("bad tag", "targetRepoPrefix: r.io/x/\nimages:\n- source: busybox:1\n  tag: \"-bad\"\n"),
+            ("no tag", "targetRepoPrefix: r.io/x/\nimages:\n- source: busybox\n"),
+            ("unknown registry setting", "targetRepoPrefix: r.io/x/\nimages: []\nregistries:\n  docker.io:\n    mirror: x\n"),
+            ("bad endpoint", "targetRepoPrefix: r.io/x/\nimages: []\nregistries:\n  docker.io:\n    endpoint: \"http://127.0.0.1:5000\"\n"),
+            ("images not a list", "targetRepoPrefix: r.io/x/\nimages: busybox\n"),
+        ];
+        let rendered: Vec<String> = cases
+            .iter()
+            .map(|(name, text)| format!("{name}: {}", err(text)))
+            .collect();
+        insta::assert_snapshot!(rendered.join("\n"));
+    }
+}

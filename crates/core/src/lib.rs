@@ -1,0 +1,22 @@
+//! image-syncer's core: the domain types (references, digests, descriptors,
+//! manifests), the five stage traits, the stage registry, the definition model
+//! and the orchestrator. It knows no HTTP and no registry protocol: plugins do.
+
+pub mod context;
+pub mod definition;
+pub mod digest;
+pub mod keyref;
+pub mod manifest;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
+pub mod orchestrator;
+pub mod reference;
+pub mod registry;
+pub mod report;
+pub mod stage;
+
+pub use async_trait::async_trait;
+pub use inventory;
+
+/// The version of this crate, checked by dynamic plugin loading.
+pub const CORE_VERSION: &str = env!("CARGO_PKG_VERSION");

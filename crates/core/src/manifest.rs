@@ -1,0 +1,218 @@
+//! Manifests and descriptors. Manifests are kept as the exact bytes a registry
+//! served, so that their digest is preserved bit for bit; the parsed view is only
+//! used to walk to children and blobs.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// Media types of manifests a source is asked for, in preference order.
+pub const ACCEPTED_MANIFEST_TYPES: &[&str] =
+    &[OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+
+/// Layer media types that are not distributable (Windows foreign layers): never copied.
+const NON_DISTRIBUTABLE: &[&str] = &[
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+];
+
+/// An OCI descriptor: what a manifest says about one piece of content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: Digest,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Descriptor {
+    /// Whether the blob is hosted elsewhere by design (foreign/non-distributable layers).
+    pub fn is_non_distributable(&self) -> bool {
+        NON_DISTRIBUTABLE.contains(&self.media_type.as_str())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A manifest as served: media type, exact bytes and their digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawManifest {
+    pub media_type: String,
+    pub bytes: Bytes,
+    pub digest: Digest,
+}
+
+/// The parsed view of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Manifest {
+    /// A single-platform image: config plus layers.
+    Image {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    },
+    /// A multi-platform index / manifest list.
+    Index { manifests: Vec<Descriptor> },
+}
+
+/// Why manifest bytes cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest is not valid JSON: {0}")]
+    Json(String),
+    #[error("Docker schema 1 manifests are deprecated and not supported; push the image again with a current client")]
+    Schema1,
+    #[error("unsupported manifest media type `{0}`")]
+    MediaType(String),
+    #[error("manifest content does not match its digest: expected {expected}, got {actual}")]
+    Digest { expected: Digest, actual: Digest },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire {
+    #[serde(default)]
+    schema_version: Option<u32>,
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<Descriptor>>,
+}
+
+impl RawManifest {
+    /// Wraps bytes, computing their digest in the algorithm of `expected` (when
+    /// given) and failing if it differs.
+    pub fn new(
+        media_type: Option<&str>,
+        bytes: Bytes,
+        expected: Option<&Digest>,
+    ) -> Result<RawManifest, ManifestError> {
+        let digest = match expected {
+            Some(e) => {
+                e.verify(&bytes).map_err(|actual| ManifestError::Digest {
+                    expected: e.clone(),
+                    actual,
+                })?;
+                e.clone()
+            }
+            None => Digest::sha256_of(&bytes),
+        };
+        let wire: Wire =
+            serde_json::from_slice(&bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let media_type = match (media_type, &wire.media_type) {
+            (_, Some(inner)) => inner.clone(),
+            (Some(outer), None) if !outer.is_empty() => outer.to_string(),
+            // OCI allows omitting mediaType; infer from the shape.
+            _ if wire.manifests.is_some() => OCI_INDEX.to_string(),
+            _ if wire.schema_version == Some(1) => DOCKER_SCHEMA1.to_string(),
+            _ => OCI_MANIFEST.to_string(),
+        };
+        let raw = RawManifest {
+            media_type,
+            bytes,
+            digest,
+        };
+        raw.parse()?;
+        Ok(raw)
+    }
+
+    /// The parsed view.
+    pub fn parse(&self) -> Result<Manifest, ManifestError> {
+        let wire: Wire =
+            serde_json::from_slice(&self.bytes).map_err(|e| ManifestError::Json(e.to_string()))?;
+        match self.media_type.as_str() {
+            OCI_INDEX | DOCKER_MANIFEST_LIST => Ok(Manifest::Index {
+                manifests: wire.manifests.unwrap_or_default(),
+            }),
+            OCI_MANIFEST | DOCKER_MANIFEST => Ok(Manifest::Image {
+                config: wire
+                    .config
+                    .ok_or_else(|| ManifestError::Json("image manifest without config".into()))?,
+                layers: wire.layers.unwrap_or_default(),
+            }),
+            DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED => Err(ManifestError::Schema1),
+            other => Err(ManifestError::MediaType(other.to_string())),
+        }
+    }
+
+    pub fn is_index(&self) -> bool {
+        matches!(self.media_type.as_str(), OCI_INDEX | DOCKER_MANIFEST_LIST)
+    }
+
+    /// The descriptor pointing at this manifest.
+    pub fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.media_type.clone(),
+            digest: self.digest.clone(),
+            size: self.bytes.len() as u64,
+            platform: None,
+            urls: Vec::new(),
+            annotations: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IMAGE: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#;
+
+    #[test]
+    fn parses_image_and_keeps_bytes() {
+        let m = RawManifest::new(None, Bytes::from_static(IMAGE.as_bytes()), None).unwrap();
+        assert_eq!(m.media_type, OCI_MANIFEST);
+        assert_eq!(m.digest, Digest::sha256_of(IMAGE.as_bytes()));
+        assert!(matches!(m.parse().unwrap(), Manifest::Image { .. }));
+    }
+
+    #[test]
+    fn rejects_wrong_digest() {
+        let other = Digest::sha256_of(b"x");
+        let err = RawManifest::new(None, Bytes::from_static(IMAGE.as_bytes()), Some(&other))
+            .unwrap_err();
+        assert!(matches!(err, ManifestError::Digest { .. }));
+    }
+
+    #[test]
+    fn rejects_schema1() {
+        let err = RawManifest::new(None, Bytes::from_static(br#"{"schemaVersion":1}"#), None)
+            .unwrap_err();
+        assert_eq!(err, ManifestError::Schema1);
+    }
+}

@@ -1,0 +1,148 @@
+//! The outcome of a run, per image, and its text rendering.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::stage::SignOutcome;
+
+/// What happened to one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Copied to the target in this run.
+    Copied,
+    /// Dry run: would be copied.
+    WouldCopy,
+    /// The target already holds the source digest: nothing written.
+    InSync,
+    /// A safety stop: the target or the content is not what it must be.
+    Stopped,
+    /// A registry, network or input failure for this image.
+    Failed,
+    /// Not attempted because a safety stop halted all writing.
+    NotRun,
+}
+
+impl Action {
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Copied => "copied",
+            Action::WouldCopy => "would copy",
+            Action::InSync => "already in sync",
+            Action::Stopped => "STOPPED",
+            Action::Failed => "FAILED",
+            Action::NotRun => "not run",
+        }
+    }
+}
+
+/// One image's line in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageReport {
+    pub index: usize,
+    pub source: String,
+    pub target: String,
+    /// The digest the source resolved to.
+    pub digest: Option<Digest>,
+    /// What the target tag held before the run, when it differs from `digest`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_digest: Option<Digest>,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignOutcome>,
+    /// Bytes of blobs transferred for this image.
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// How the run ended, in exit-code order of precedence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Every image is in sync (or would be, in a dry run).
+    Ok,
+    /// At least one image failed (registry, network).
+    Failed,
+    /// A safety stop happened.
+    SafetyStop,
+}
+
+/// The report of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    pub images: Vec<ImageReport>,
+}
+
+impl Report {
+    pub fn status(&self) -> Status {
+        if self.images.iter().any(|i| i.action == Action::Stopped) {
+            Status::SafetyStop
+        } else if self.images.iter().any(|i| i.action == Action::Failed) {
+            Status::Failed
+        } else {
+            Status::Ok
+        }
+    }
+
+    fn count(&self, a: Action) -> usize {
+        self.images.iter().filter(|i| i.action == a).count()
+    }
+
+    /// The human summary: one line per image, then totals.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let width = self
+            .images
+            .iter()
+            .map(|i| i.action.label().len())
+            .max()
+            .unwrap_or(0);
+        if self.dry_run {
+            out.push_str("Plan (dry run, nothing is written):\n");
+        } else {
+            out.push_str("Summary:\n");
+        }
+        for i in &self.images {
+            let _ = write!(
+                out,
+                "  {:width$}  {} -> {}",
+                i.action.label(),
+                i.source,
+                i.target
+            );
+            if let Some(d) = &i.digest {
+                let _ = write!(out, " ({d})");
+            }
+            out.push('\n');
+            if let Some(s) = &i.signature {
+                let what = match s {
+                    SignOutcome::AlreadySigned => "signature: already signed",
+                    SignOutcome::Signed => "signature: signed",
+                    SignOutcome::WouldSign => "signature: would sign",
+                };
+                let _ = writeln!(out, "  {:width$}  {what}", "");
+            }
+            if let Some(m) = &i.message {
+                let _ = writeln!(out, "  {:width$}  {m}", "");
+            }
+        }
+        let copied = if self.dry_run {
+            format!("{} would copy", self.count(Action::WouldCopy))
+        } else {
+            format!("{} copied", self.count(Action::Copied))
+        };
+        let _ = writeln!(
+            out,
+            "{} image(s): {copied}, {} already in sync, {} stopped, {} failed, {} not run",
+            self.images.len(),
+            self.count(Action::InSync),
+            self.count(Action::Stopped),
+            self.count(Action::Failed),
+            self.count(Action::NotRun),
+        );
+        out
+    }
+}

@@ -1,0 +1,275 @@
+//! The five stage traits the orchestrator drives, and the error every stage returns.
+//!
+//! Stages are built by [`crate::registry::StageFactory`]s from a typed config and a
+//! [`crate::context::StageContext`]; they never see the definition file itself.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::definition::ImageSpec;
+use crate::digest::{ByteStream, Digest};
+use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::ImageRef;
+
+/// What went wrong in a stage, classified for the orchestrator's decisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The image, manifest or blob does not exist.
+    NotFound,
+    /// The registry refused our credentials (or we had none).
+    Unauthorized,
+    /// Content does not match its digest or size: a safety stop.
+    Integrity,
+    /// Content is malformed or unsupported (bad manifest, schema 1, ...).
+    Invalid,
+    /// Network, I/O or server failure; trying again later may succeed.
+    Transient,
+    /// The stage's configuration is wrong.
+    Config,
+}
+
+/// An error from a stage: a kind the orchestrator acts on, a message for people.
+/// The message must never contain secrets.
+#[derive(Debug, Clone)]
+pub struct StageError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StageError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> StageError {
+        StageError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::NotFound, message)
+    }
+    pub fn integrity(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::Integrity, message)
+    }
+    pub fn transient(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::Transient, message)
+    }
+    pub fn invalid(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::Invalid, message)
+    }
+    pub fn config(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    /// Classifies an I/O error, recognising content mismatches raised by
+    /// [`crate::digest::VerifyingStream`].
+    pub fn from_io(context: &str, err: &std::io::Error) -> StageError {
+        if let Some(m) = crate::digest::ContentMismatch::from_io(err) {
+            return StageError::integrity(format!("{context}: {m}"));
+        }
+        let kind = match err.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::InvalidData => ErrorKind::Invalid,
+            _ => ErrorKind::Transient,
+        };
+        StageError::new(kind, format!("{context}: {err}"))
+    }
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// Where images come from: resolves references and serves manifests and blobs.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Fetches the manifest `reference` points at (by tag or digest). When the
+    /// reference carries a digest the returned manifest must match it.
+    async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError>;
+
+    /// Fetches a manifest of `repository` by digest (children of an index).
+    async fn fetch_manifest(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<RawManifest, StageError>;
+
+    /// Streams a blob of `repository`. The orchestrator verifies the bytes
+    /// against the descriptor; sources may verify too.
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError>;
+}
+
+/// Where a manifest is put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManifestTarget {
+    /// Under its digest only (children of an index).
+    Digest,
+    /// Under a tag.
+    Tag(String),
+}
+
+/// Where images go: says what exists and receives blobs and manifests.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// The digest the target tag (or digest) currently resolves to, `None` if absent.
+    async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError>;
+
+    /// Fetches a manifest of the target by tag or digest, `None` if absent
+    /// (used by signers to read existing signatures).
+    async fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError>;
+
+    /// Streams a blob already stored in the target repository.
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError>;
+
+    /// Whether the target repository already holds this blob.
+    async fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor)
+        -> Result<bool, StageError>;
+
+    /// Stores a blob. The stream is already verified against the descriptor by
+    /// the orchestrator and fails before its end on a mismatch: a sink must
+    /// commit the blob only after the stream ended without error.
+    async fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        content: ByteStream,
+    ) -> Result<(), StageError>;
+
+    /// Stores a manifest whose blobs (or children) are all present.
+    async fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError>;
+}
+
+/// What the transform chain works on: one image of the definition.
+#[derive(Clone, Debug)]
+pub struct TransformInput<'a> {
+    pub spec: &'a ImageSpec,
+    /// The target computed by the previous transform, if any.
+    pub target: Option<ImageRef>,
+}
+
+/// Computes (or rewrites) the target reference of an image.
+pub trait Transform: Send + Sync {
+    fn apply(&self, input: TransformInput<'_>) -> Result<ImageRef, StageError>;
+}
+
+/// What a guard decides from.
+#[derive(Clone, Debug)]
+pub struct GuardInput<'a> {
+    pub spec: &'a ImageSpec,
+    pub source_digest: &'a Digest,
+    pub target: &'a ImageRef,
+    /// What the target tag holds now, `None` when absent.
+    pub target_digest: Option<&'a Digest>,
+}
+
+/// A guard's decision. When several guards run, the strictest wins
+/// (`Stop` over `Skip` over `Copy`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verdict {
+    Copy,
+    Skip { reason: String },
+    Stop { reason: String },
+}
+
+/// Decides whether an image is copied, skipped or stops the run.
+#[async_trait]
+pub trait Guard: Send + Sync {
+    async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError>;
+}
+
+/// What a signer is asked to do for one image in the target.
+#[derive(Clone, Debug)]
+pub struct SignRequest {
+    /// The target reference (tagged) the image was synced to.
+    pub target: ImageRef,
+    /// The verified digest the target holds (equal to the source's).
+    pub digest: Digest,
+    /// The manifest at that digest.
+    pub manifest: RawManifest,
+    /// Report what would happen, write nothing.
+    pub dry_run: bool,
+}
+
+/// What a signer did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignOutcome {
+    /// A signature valid for the key was already there: nothing written.
+    AlreadySigned,
+    /// A signature was written.
+    Signed,
+    /// Dry run: a signature would be written.
+    WouldSign,
+}
+
+/// Signs images in the target after they are verified there. A signer reads
+/// and writes signatures through the target's sink. Returning an
+/// [`ErrorKind::Integrity`] error (for example: signatures present, none valid
+/// for the key) is a safety stop.
+#[async_trait]
+pub trait Signer: Send + Sync {
+    async fn sign(&self, request: &SignRequest, sink: &dyn Sink) -> Result<SignOutcome, StageError>;
+}
+
+/// A built stage, as a factory returns it.
+#[derive(Clone)]
+pub enum Stage {
+    Source(Arc<dyn Source>),
+    Sink(Arc<dyn Sink>),
+    Transform(Arc<dyn Transform>),
+    Guard(Arc<dyn Guard>),
+    Signer(Arc<dyn Signer>),
+}
+
+impl Stage {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            Stage::Source(_) => StageKind::Source,
+            Stage::Sink(_) => StageKind::Sink,
+            Stage::Transform(_) => StageKind::Transform,
+            Stage::Guard(_) => StageKind::Guard,
+            Stage::Signer(_) => StageKind::Signer,
+        }
+    }
+}
+
+/// The five kinds of stage, in pipeline order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    Source,
+    Transform,
+    Guard,
+    Sink,
+    Signer,
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StageKind::Source => "source",
+            StageKind::Transform => "transform",
+            StageKind::Guard => "guard",
+            StageKind::Sink => "sink",
+            StageKind::Signer => "signer",
+        })
+    }
+}
