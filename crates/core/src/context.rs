@@ -80,7 +80,10 @@ impl StageContext {
     }
 
     /// Parses a reference, recognising the registered transports.
-    pub fn parse_ref(&self, s: &str) -> Result<crate::reference::ImageRef, crate::reference::RefParseError> {
+    pub fn parse_ref(
+        &self,
+        s: &str,
+    ) -> Result<crate::reference::ImageRef, crate::reference::RefParseError> {
         let t: Vec<&str> = self.transports.iter().map(String::as_str).collect();
         crate::reference::ImageRef::parse_with_transports(s, &t)
     }

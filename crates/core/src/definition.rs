@@ -85,7 +85,9 @@ pub enum DefinitionError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: the definition file is empty; it needs at least `targetRepoPrefix` and `images`")]
+    #[error(
+        "{path}: the definition file is empty; it needs at least `targetRepoPrefix` and `images`"
+    )]
     Empty { path: String },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
@@ -134,7 +136,11 @@ pub fn load(path: &Path, transports: &[&str]) -> Result<Definition, DefinitionEr
 /// Parses definition text; `path` is used in messages and for relative paths.
 pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition, DefinitionError> {
     let shown = path.display().to_string();
-    if text.trim().is_empty() || text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
         return Err(DefinitionError::Empty { path: shown });
     }
     let model: FileModel = serde_yaml::from_str(text).map_err(|e| match e.location() {
@@ -156,7 +162,9 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             path: shown,
             line: prefix_line,
             what: "targetRepoPrefix".into(),
-            message: "must name the target registry and path, for example `registry.example.com/mirror/`".into(),
+            message:
+                "must name the target registry and path, for example `registry.example.com/mirror/`"
+                    .into(),
         });
     }
     for (host, settings) in &model.registries {

@@ -45,7 +45,9 @@ pub enum DigestParseError {
     Shape(String),
     #[error("`{0}` uses an unsupported digest algorithm (supported: sha256, sha512)")]
     Algorithm(String),
-    #[error("`{value}` is not a valid {algorithm} digest: expected {expected} lowercase hex digits")]
+    #[error(
+        "`{value}` is not a valid {algorithm} digest: expected {expected} lowercase hex digits"
+    )]
     Hex {
         value: String,
         algorithm: &'static str,
@@ -98,7 +100,9 @@ impl FromStr for Digest {
             _ => return Err(DigestParseError::Algorithm(s.to_string())),
         };
         if hex.len() != algorithm.hex_len()
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestParseError::Hex {
                 value: s.to_string(),
@@ -187,7 +191,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 pub enum ContentMismatch {
     #[error("content does not match its digest: expected {expected}, got {actual}")]
     Digest { expected: Digest, actual: Digest },
-    #[error("content of {digest} has the wrong size: expected {expected} bytes, got at least {actual}")]
+    #[error(
+        "content of {digest} has the wrong size: expected {expected} bytes, got at least {actual}"
+    )]
     Size {
         digest: Digest,
         expected: u64,

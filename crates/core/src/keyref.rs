@@ -9,7 +9,10 @@ pub enum KeyRef {
     /// `gcpkms://projects/P/locations/L/keyRings/R/cryptoKeys/K[/cryptoKeyVersions/V]`
     GcpKms { resource: String },
     /// `awskms://[host:port]/{key-id|arn|alias/name}`
-    AwsKms { endpoint: Option<String>, key_id: String },
+    AwsKms {
+        endpoint: Option<String>,
+        key_id: String,
+    },
     /// `azurekms://<vault>.vault.azure.net/<key>[/<version>]`
     AzureKms {
         vault: String,
@@ -40,8 +43,7 @@ fn err(reference: &str, why: impl Into<String>) -> KeyRefError {
 
 fn segment_ok(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
@@ -84,13 +86,14 @@ impl FromStr for KeyRef {
                     && (f[5].starts_with("key/") || f[5].starts_with("alias/"))
             } else {
                 key.len() == 36
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_hexdigit() || c == '-')
+                    && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
                     && key.matches('-').count() == 4
             };
             if !key_ok {
-                return Err(err(s, "the key must be a key id (UUID), a key or alias ARN, or alias/NAME"));
+                return Err(err(
+                    s,
+                    "the key must be a key id (UUID), a key or alias ARN, or alias/NAME",
+                ));
             }
             return Ok(KeyRef::AwsKms {
                 endpoint: (!host.is_empty()).then(|| host.to_string()),
@@ -103,7 +106,10 @@ impl FromStr for KeyRef {
                 || !parts[0].contains('.')
                 || !parts.iter().all(|p| segment_ok(p))
             {
-                return Err(err(s, "expected azurekms://<vault>.vault.azure.net/<key>[/<version>]"));
+                return Err(err(
+                    s,
+                    "expected azurekms://<vault>.vault.azure.net/<key>[/<version>]",
+                ));
             }
             return Ok(KeyRef::AzureKms {
                 vault: parts[0].to_string(),

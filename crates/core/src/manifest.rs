@@ -15,8 +15,12 @@ pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// Media types of manifests a source is asked for, in preference order.
-pub const ACCEPTED_MANIFEST_TYPES: &[&str] =
-    &[OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
+pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
+    OCI_INDEX,
+    DOCKER_MANIFEST_LIST,
+    OCI_MANIFEST,
+    DOCKER_MANIFEST,
+];
 
 /// Layer media types that are not distributable (Windows foreign layers): never copied.
 const NON_DISTRIBUTABLE: &[&str] = &[
@@ -204,8 +208,8 @@ mod tests {
     #[test]
     fn rejects_wrong_digest() {
         let other = Digest::sha256_of(b"x");
-        let err = RawManifest::new(None, Bytes::from_static(IMAGE.as_bytes()), Some(&other))
-            .unwrap_err();
+        let err =
+            RawManifest::new(None, Bytes::from_static(IMAGE.as_bytes()), Some(&other)).unwrap_err();
         assert!(matches!(err, ManifestError::Digest { .. }));
     }
 

@@ -74,7 +74,8 @@ impl MemoryRegistry {
     pub fn add_manifest(&self, repo: &ImageRef, manifest: &RawManifest, tag: Option<&str>) {
         let mut repos = self.repos.lock().unwrap();
         let r = repos.entry(repo.repository_name()).or_default();
-        r.manifests.insert(manifest.digest.clone(), manifest.clone());
+        r.manifests
+            .insert(manifest.digest.clone(), manifest.clone());
         if let Some(t) = tag {
             r.tags.insert(t.to_string(), manifest.digest.clone());
         }
@@ -121,7 +122,9 @@ impl Source for MemoryRegistry {
         descriptor: &Descriptor,
     ) -> Result<RawManifest, StageError> {
         self.lookup(&repository.with_digest(descriptor.digest.clone()))
-            .ok_or_else(|| StageError::not_found(format!("{repository}: {} unknown", descriptor.digest)))
+            .ok_or_else(|| {
+                StageError::not_found(format!("{repository}: {} unknown", descriptor.digest))
+            })
     }
 
     async fn fetch_blob(
@@ -131,7 +134,9 @@ impl Source for MemoryRegistry {
     ) -> Result<ByteStream, StageError> {
         self.blob(repository, &descriptor.digest)
             .map(stream_of)
-            .ok_or_else(|| StageError::not_found(format!("{repository}: blob {} unknown", descriptor.digest)))
+            .ok_or_else(|| {
+                StageError::not_found(format!("{repository}: blob {} unknown", descriptor.digest))
+            })
     }
 }
 
@@ -153,7 +158,11 @@ impl Sink for MemoryRegistry {
         Source::fetch_blob(self, repository, descriptor).await
     }
 
-    async fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor) -> Result<bool, StageError> {
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
         Ok(self.blob(repository, &descriptor.digest).is_some())
     }
 

@@ -277,7 +277,11 @@ impl Orchestrator {
             }
             let st = spec.source.transport().map(str::to_string);
             if !sources.contains_key(&st) {
-                match self.build_by_transport(StageKind::Source, &self.spec.source, st.as_deref())? {
+                match self.build_by_transport(
+                    StageKind::Source,
+                    &self.spec.source,
+                    st.as_deref(),
+                )? {
                     Stage::Source(s) => sources.insert(st.clone(), s),
                     _ => unreachable!("registry checks the kind"),
                 };
@@ -364,8 +368,10 @@ impl Prepared {
                     }
                 }
             }
-            if matches!(report.action, Action::Copied | Action::InSync | Action::WouldCopy)
-                && item.spec.sign
+            if matches!(
+                report.action,
+                Action::Copied | Action::InSync | Action::WouldCopy
+            ) && item.spec.sign
             {
                 if let (Some(signer), Some(manifest)) = (&self.signer, &p.manifest) {
                     if report.action == Action::WouldCopy {
@@ -532,7 +538,10 @@ fn copy_children<'a>(
                         debug!(digest = %child.digest, "child manifest present in target");
                         continue;
                     }
-                    let m = item.source.fetch_manifest(&item.spec.source, &child).await?;
+                    let m = item
+                        .source
+                        .fetch_manifest(&item.spec.source, &child)
+                        .await?;
                     check_manifest(&m, Some(&child.digest))?;
                     copy_children(item, repo, &m, bytes).await?;
                     item.sink

@@ -44,7 +44,10 @@ pub enum RefParseError {
     #[error("`{reference}`: registry host `{host}` is invalid")]
     Host { reference: String, host: String },
     #[error("`{reference}`: the {transport}: location is empty")]
-    EmptyLocation { reference: String, transport: String },
+    EmptyLocation {
+        reference: String,
+        transport: String,
+    },
     #[error("`{reference}`: the name is longer than 255 characters")]
     TooLong { reference: String },
 }

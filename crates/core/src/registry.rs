@@ -185,7 +185,11 @@ impl StageRegistry {
     }
 
     /// The source or sink plugin serving references of `transport`.
-    pub fn for_transport(&self, kind: StageKind, transport: Option<&str>) -> Option<&RegisteredStage> {
+    pub fn for_transport(
+        &self,
+        kind: StageKind,
+        transport: Option<&str>,
+    ) -> Option<&RegisteredStage> {
         self.entries
             .values()
             .find(|s| s.kind == kind && s.transport.as_deref() == transport)

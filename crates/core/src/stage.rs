@@ -135,8 +135,11 @@ pub trait Sink: Send + Sync {
     ) -> Result<ByteStream, StageError>;
 
     /// Whether the target repository already holds this blob.
-    async fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor)
-        -> Result<bool, StageError>;
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError>;
 
     /// Stores a blob. The stream is already verified against the descriptor by
     /// the orchestrator and fails before its end on a mismatch: a sink must
@@ -226,7 +229,8 @@ pub enum SignOutcome {
 /// for the key) is a safety stop.
 #[async_trait]
 pub trait Signer: Send + Sync {
-    async fn sign(&self, request: &SignRequest, sink: &dyn Sink) -> Result<SignOutcome, StageError>;
+    async fn sign(&self, request: &SignRequest, sink: &dyn Sink)
+        -> Result<SignOutcome, StageError>;
 }
 
 /// A built stage, as a factory returns it.

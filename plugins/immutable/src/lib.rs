@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use image_syncer_core::async_trait;
 use image_syncer_core::context::StageContext;
-use image_syncer_core::registry::{typed_config, BuildError, ConfigValue, StageFactory, StagePlugin};
+use image_syncer_core::registry::{
+    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+};
 use image_syncer_core::stage::{Guard, GuardInput, Stage, StageError, StageKind, Verdict};
 use serde::Deserialize;
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use image_syncer_core::context::StageContext;
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{typed_config, BuildError, ConfigValue, StageFactory, StagePlugin};
+use image_syncer_core::registry::{
+    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+};
 use image_syncer_core::stage::{Stage, StageError, StageKind, Transform, TransformInput};
 use serde::Deserialize;
 
@@ -41,7 +43,11 @@ impl Retag {
             return Ok(last.to_string());
         }
         Ok(match source.registry_as_written() {
-            Some(host) => format!("{}/{}", host.replace(':', "_"), source.repository_as_written()),
+            Some(host) => format!(
+                "{}/{}",
+                host.replace(':', "_"),
+                source.repository_as_written()
+            ),
             None => source.repository(),
         })
     }
@@ -50,20 +56,22 @@ impl Retag {
 impl Transform for Retag {
     fn apply(&self, input: TransformInput<'_>) -> Result<ImageRef, StageError> {
         let spec = input.spec;
-        let tag = match (&spec.tag, spec.source.tag()) {
-            (Some(t), _) => t.clone(),
-            (None, Some(t)) => t.to_string(),
-            (None, None) => {
-                return Err(StageError::config(
+        let tag =
+            match (&spec.tag, spec.source.tag()) {
+                (Some(t), _) => t.clone(),
+                (None, Some(t)) => t.to_string(),
+                (None, None) => return Err(StageError::config(
                     "the source is pinned by digest, so the entry needs a `tag:` for the target",
-                ))
-            }
-        };
+                )),
+            };
         let path = Self::target_path(&spec.source)?;
         let target = format!("{}{}:{}", spec.target_prefix, path, tag);
         let transports: Vec<&str> = self.transports.iter().map(String::as_str).collect();
-        ImageRef::parse_with_transports(&target, &transports)
-            .map_err(|e| StageError::config(format!("target `{target}` is not a valid reference: {e} (check targetRepoPrefix)")))
+        ImageRef::parse_with_transports(&target, &transports).map_err(|e| {
+            StageError::config(format!(
+                "target `{target}` is not a valid reference: {e} (check targetRepoPrefix)"
+            ))
+        })
     }
 }
 
@@ -72,7 +80,9 @@ struct Factory;
 impl StageFactory for Factory {
     fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
         let _: RetagConfig = typed_config(StageKind::Transform, "retag", config)?;
-        Ok(Stage::Transform(Arc::new(Retag::new(cx.transports.clone()))))
+        Ok(Stage::Transform(Arc::new(Retag::new(
+            cx.transports.clone(),
+        ))))
     }
 }
 
@@ -101,7 +111,10 @@ mod tests {
             sign: false,
             target_prefix: prefix.to_string(),
         };
-        match Retag::new(vec!["oci".into()]).apply(TransformInput { spec: &spec, target: None }) {
+        match Retag::new(vec!["oci".into()]).apply(TransformInput {
+            spec: &spec,
+            target: None,
+        }) {
             Ok(t) => t.to_string(),
             Err(e) => format!("error: {e}"),
         }
@@ -111,16 +124,52 @@ mod tests {
     fn retag_table() {
         let cases = [
             ("external/prod/", "cypress/included:9.5.0", Some("latest")),
-            ("external/prod/", "included@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab", None),
-            ("external/prod/", "included@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab", Some("v1")),
-            ("eu.gcr.io/kyma-project/external/", "bitnami/keycloak-gatekeeper:9.0.3", None),
+            (
+                "external/prod/",
+                "included@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab",
+                None,
+            ),
+            (
+                "external/prod/",
+                "included@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab",
+                Some("v1"),
+            ),
+            (
+                "eu.gcr.io/kyma-project/external/",
+                "bitnami/keycloak-gatekeeper:9.0.3",
+                None,
+            ),
             ("eu.gcr.io/kyma-project/external/", "busybox:1.36", None),
-            ("eu.gcr.io/kyma-project/external/", "busybox@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab", Some("1.32.0-v1")),
-            ("eu.gcr.io/kyma-project/external/", "gcr.io/google-containers/pause:3.2", None),
-            ("eu.gcr.io/kyma-project/external/", "docker.io/library/nginx:1.27", None),
-            ("eu.gcr.io/kyma-project/external/", "docker.io/nginx:1.27", None),
-            ("127.0.0.1:5000/mirror/", "localhost:5001/team/app:2.0", None),
-            ("127.0.0.1:5000/mirror/", "quay.io/prometheus/node-exporter:v1.8.0", Some("v1.8.0-mirror")),
+            (
+                "eu.gcr.io/kyma-project/external/",
+                "busybox@sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab",
+                Some("1.32.0-v1"),
+            ),
+            (
+                "eu.gcr.io/kyma-project/external/",
+                "gcr.io/google-containers/pause:3.2",
+                None,
+            ),
+            (
+                "eu.gcr.io/kyma-project/external/",
+                "docker.io/library/nginx:1.27",
+                None,
+            ),
+            (
+                "eu.gcr.io/kyma-project/external/",
+                "docker.io/nginx:1.27",
+                None,
+            ),
+            (
+                "127.0.0.1:5000/mirror/",
+                "localhost:5001/team/app:2.0",
+                None,
+            ),
+            (
+                "127.0.0.1:5000/mirror/",
+                "quay.io/prometheus/node-exporter:v1.8.0",
+                Some("v1.8.0-mirror"),
+            ),
             ("oci:out/", "busybox:1.36", None),
             ("127.0.0.1:5000/mirror/", "oci:layouts/hello:1.0", None),
             ("Upper/", "busybox:1.36", None),

@@ -1,0 +1,105 @@
+//! Flags and environment variables, compatible with the original image-syncer.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use image_syncer_core::keyref::KeyRef;
+
+const AFTER_HELP: &str = "\
+Boolean environment variables accept true/false/1/0.
+
+Exit codes:
+  0  all images are in sync (or, with --dry-run, the plan has no problem)
+  1  a sync failure (registry, network) for at least one image
+  2  invalid input (flags, definition file, key file) before anything is touched
+  3  a safety stop: a target tag holds a different digest, or content does not
+     match its digest; nothing more is written in the run";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "image-syncer",
+    version,
+    about = "Safely copies container images from third-party registries into a registry you own",
+    long_about = "Safely copies container images from third-party registries into a registry you own.\n\nA tag once synced never changes: if the target tag holds a different digest than the source, the run stops (exit 3). Every manifest and blob is verified against its digest. Multi-arch indexes are copied whole, digests preserved.",
+    after_help = AFTER_HELP
+)]
+pub struct Args {
+    /// Definition file (YAML) listing the images to sync
+    #[arg(short = 'i', long, env = "SYNCER_IMAGES_FILE", value_name = "PATH")]
+    pub images_file: PathBuf,
+
+    /// JSON key file for the target registry: logs in as `_json_key` with the file's content as password (GCR/Artifact Registry); absent = anonymous
+    #[arg(
+        short = 't',
+        long,
+        env = "SYNCER_TARGET_REPO_AUTH_KEY",
+        value_name = "PATH"
+    )]
+    pub target_repo_auth_key: Option<PathBuf>,
+
+    /// Read-only: compute and print the plan, write nothing anywhere
+    #[arg(long, env = "SYNCER_DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub dry_run: bool,
+
+    /// Debug logging (secrets are never logged)
+    #[arg(long, env = "SYNCER_DEBUG", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
+    pub debug: bool,
+
+    /// Signing key reference (gcpkms://, awskms://, azurekms://, hashivault://, env://VAR, or a key file)
+    #[arg(
+        short = 'k',
+        long,
+        visible_alias = "key-ref",
+        env = "SYNCER_KMS_KEY",
+        value_name = "KEY_REF"
+    )]
+    pub kms_key: Option<KeyRef>,
+
+    /// Registry reached over plain HTTP (repeatable; env: comma-separated)
+    #[arg(long = "insecure-registry", env = "SYNCER_INSECURE_REGISTRIES", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_host)]
+    pub insecure_registries: Vec<String>,
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("`{s}` is not a boolean: use true, false, 1 or 0")),
+    }
+}
+
+fn parse_host(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if image_syncer_core::reference::is_valid_host(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "`{s}` is not a registry HOST[:PORT] (no scheme, no path)"
+        ))
+    }
+}
+
+/// Parses the process arguments; usage errors exit with code 2.
+pub fn parse() -> Args {
+    Args::parse()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_is_pinned() {
+        let help = Args::command()
+            .term_width(100)
+            .render_long_help()
+            .to_string();
+        insta::assert_snapshot!(help);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,12 @@
+//! The `image-syncer` command: parse, call the core, render, map to an exit code.
+
+mod args;
+mod builtins;
+mod run;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = args::parse();
+    ExitCode::from(run::run(args) as u8)
+}

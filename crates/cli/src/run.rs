@@ -1,0 +1,155 @@
+//! One run: definition → orchestrator → report → exit code.
+
+use std::path::Path;
+
+use image_syncer_core::context::{Credentials, Secret, StageContext};
+use image_syncer_core::definition;
+use image_syncer_core::orchestrator::Orchestrator;
+use image_syncer_core::registry::StageRegistry;
+use image_syncer_core::report::Status;
+use tracing::{info, warn};
+
+use crate::args::Args;
+
+/// Exit codes, as documented in `--help` and the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    SyncFailure = 1,
+    InvalidInput = 2,
+    SafetyStop = 3,
+}
+
+fn init_logging(debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    // Debug applies to image-syncer's own crates only: HTTP libraries below
+    // log request details we do not control.
+    let filter = if debug {
+        "warn,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug"
+    } else {
+        "warn,image_syncer_core=info"
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn input_error(message: impl std::fmt::Display) -> Exit {
+    eprintln!("error: {message}");
+    Exit::InvalidInput
+}
+
+/// Reads the target key file. A JSON object with string `username` and
+/// `password` logs in with those; any other JSON (a GCP service-account key)
+/// logs in as `_json_key` with the whole file as password.
+fn read_key_file(path: &Path) -> Result<Credentials, String> {
+    let shown = path.display();
+    let content = std::fs::read_to_string(path)
+        .map_err(|e| format!("{shown}: cannot read the target key file: {e}"))?;
+    if content.trim().is_empty() {
+        return Err(format!("{shown}: the target key file is empty"));
+    }
+    let value: serde_json::Value = serde_json::from_str(&content).map_err(|e| {
+        format!(
+            "{shown}: the target key file is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    warn_if_readable_by_others(path);
+    if let (Some(u), Some(p)) = (
+        value.get("username").and_then(|v| v.as_str()),
+        value.get("password").and_then(|v| v.as_str()),
+    ) {
+        return Ok(Credentials::Basic {
+            username: u.to_string(),
+            password: Secret::new(p),
+        });
+    }
+    Ok(Credentials::Basic {
+        username: "_json_key".into(),
+        password: Secret::new(content),
+    })
+}
+
+#[cfg(unix)]
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o044 != 0 {
+            warn!(file = %path.display(), "the key file is readable by group or others; consider chmod 600");
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_readable_by_others(_path: &Path) {}
+
+pub fn run(args: Args) -> Exit {
+    init_logging(args.debug);
+    let registry = match StageRegistry::builtin() {
+        Ok(r) => r,
+        Err(e) => return input_error(e),
+    };
+    let transports = registry.transports();
+    let transport_refs: Vec<&str> = transports.iter().map(String::as_str).collect();
+    let def = match definition::load(&args.images_file, &transport_refs) {
+        Ok(d) => d,
+        Err(e) => return input_error(e),
+    };
+    let credentials = match &args.target_repo_auth_key {
+        Some(p) => match read_key_file(p) {
+            Ok(c) => Some(c),
+            Err(e) => return input_error(e),
+        },
+        None => None,
+    };
+    let target_registry = image_syncer_core::reference::ImageRef::parse_with_transports(
+        &format!("{}x:1", def.target_repo_prefix),
+        &transport_refs,
+    )
+    .ok()
+    .filter(|r| r.transport().is_none())
+    .map(|r| r.registry().to_string());
+    let cx = StageContext {
+        registries: def.registries.clone(),
+        insecure_registries: args.insecure_registries.clone(),
+        target_credentials: credentials,
+        target_registry,
+        base_dir: def.base_dir(),
+        transports: transports.clone(),
+        key_ref: args.kms_key.clone(),
+    };
+    let orchestrator = Orchestrator::new(registry, cx);
+    let prepared = match orchestrator.prepare(&def, args.dry_run) {
+        Ok(p) => p,
+        Err(e) => return input_error(e),
+    };
+    info!(
+        images = def.images.len(),
+        dry_run = args.dry_run,
+        "starting"
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Exit::SyncFailure;
+        }
+    };
+    let report = runtime.block_on(prepared.run());
+    print!("{}", report.render_text());
+    match report.status() {
+        Status::Ok => Exit::Ok,
+        Status::Failed => Exit::SyncFailure,
+        Status::SafetyStop => {
+            warn!("safety stop: see the summary");
+            Exit::SafetyStop
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Test harness shared by image-syncer's end-to-end tests and by plugin authors.
+//!
+//! [`Registry`] starts Debian's `docker-registry` (CNCF distribution) on a free
+//! 127.0.0.1 port with a temporary storage directory, optionally behind
+//! htpasswd auth, and stops it on drop. [`fixtures`] builds small random
+//! images and indexes and pushes them with `oci-client` directly — not through
+//! image-syncer's own stages — so that tests do not check our code with itself.
+
+pub mod fixtures;
+mod registry;
+
+pub use registry::{Registry, RegistryOptions};
+
+/// Runs a future on a fresh current-thread runtime (tests are synchronous).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
+}

@@ -1,0 +1,278 @@
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+const MISSING: &str =
+    "Debian's `docker-registry` (CNCF distribution) is needed by the tests and was not found.\n\
+Install it with `apt-get install -y docker-registry` (scripts/test.sh does this), or point \
+IMAGE_SYNCER_REGISTRY_BIN at a distribution `registry` binary.";
+
+/// How to start a registry.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// htpasswd auth with this user and password (bcrypt; the registry compares
+    /// the first 72 bytes of the password).
+    pub htpasswd: Option<(String, String)>,
+}
+
+/// A running CNCF distribution registry on 127.0.0.1, stopped on drop.
+pub struct Registry {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+    options: RegistryOptions,
+}
+
+fn registry_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("IMAGE_SYNCER_REGISTRY_BIN") {
+        return PathBuf::from(p);
+    }
+    for candidate in ["/usr/bin/docker-registry", "/usr/local/bin/registry"] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("docker-registry")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl Registry {
+    /// Starts an anonymous registry. Panics with install instructions when the
+    /// registry binary is missing.
+    pub fn start() -> Registry {
+        Self::start_with(RegistryOptions::default())
+    }
+
+    pub fn start_with(options: RegistryOptions) -> Registry {
+        // A port taken between probing and binding: try again, a bounded number of times.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(&options) {
+                Ok(r) => return r,
+                Err(e) => last = e,
+            }
+        }
+        panic!("could not start the test registry: {last}");
+    }
+
+    fn try_start(options: &RegistryOptions) -> Result<Registry, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port = free_port();
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).map_err(|e| e.to_string())?;
+        let mut auth = String::new();
+        if let Some((user, password)) = &options.htpasswd {
+            let hash = bcrypt::hash(password.as_bytes(), 4).map_err(|e| e.to_string())?;
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{user}:{hash}\n")).map_err(|e| e.to_string())?;
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: image-syncer-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: image-syncer-test-secret\n\
+             {auth}",
+            storage.display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
+        let bin = registry_bin();
+        let log =
+            std::fs::File::create(dir.path().join("registry.log")).map_err(|e| e.to_string())?;
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    panic!("{MISSING}")
+                }
+                format!("{}: {e}", bin.display())
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log =
+                    std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
+                return Err(format!("registry exited with {status}: {log}"));
+            }
+            if http_status(port, "/v2/").is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err("registry did not answer within 15 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Registry {
+            child,
+            dir,
+            port,
+            options: options.clone(),
+        })
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The registry's storage root (for tests that tamper with content on disk).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Every file under storage with its size and modification time: equal
+    /// snapshots before and after a run mean the run wrote nothing.
+    pub fn storage_snapshot(&self) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![self.storage_dir()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(p.clone());
+                }
+                let rel = p
+                    .strip_prefix(self.storage_dir())
+                    .unwrap_or(&p)
+                    .to_path_buf();
+                out.insert(
+                    rel,
+                    (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)),
+                );
+            }
+        }
+        out
+    }
+
+    /// An oci-client for this registry (plain HTTP), authenticated when the
+    /// registry has htpasswd.
+    pub fn client(&self) -> (Client, RegistryAuth) {
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..Default::default()
+        });
+        let auth = match &self.options.htpasswd {
+            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        (client, auth)
+    }
+
+    /// `127.0.0.1:PORT/<repo_and_tag>` as an oci-client reference.
+    pub fn reference(&self, repo_and_tag: &str) -> Reference {
+        format!("{}/{repo_and_tag}", self.host())
+            .parse()
+            .expect("valid reference")
+    }
+
+    /// The digest `repo:tag` (or `repo@digest`) resolves to, `None` when absent.
+    pub async fn digest(&self, repo_and_tag: &str) -> Option<String> {
+        let (client, auth) = self.client();
+        let r = self.reference(repo_and_tag);
+        client
+            .pull_manifest_raw(
+                &r,
+                &auth,
+                image_syncer_core::manifest::ACCEPTED_MANIFEST_TYPES,
+            )
+            .await
+            .ok()
+            .map(|(_, d)| d)
+    }
+
+    /// The manifest bytes at `repo:tag` / `repo@digest`.
+    pub async fn manifest(&self, repo_and_tag: &str) -> Option<bytes::Bytes> {
+        let (client, auth) = self.client();
+        let r = self.reference(repo_and_tag);
+        client
+            .pull_manifest_raw(
+                &r,
+                &auth,
+                image_syncer_core::manifest::ACCEPTED_MANIFEST_TYPES,
+            )
+            .await
+            .ok()
+            .map(|(b, _)| b)
+    }
+
+    /// Whether the blob exists in `repo`.
+    pub async fn has_blob(&self, repo: &str, digest: &str) -> bool {
+        let (client, auth) = self.client();
+        let r = self.reference(&format!("{repo}:x"));
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        client.blob_exists(&r, digest).await.unwrap_or(false)
+    }
+
+    /// Tags of a repository, sorted.
+    pub async fn tags(&self, repo: &str) -> Vec<String> {
+        let (client, auth) = self.client();
+        let r = self.reference(&format!("{repo}:x"));
+        let mut tags = client
+            .list_tags(&r, &auth, None, None)
+            .await
+            .map(|t| t.tags)
+            .unwrap_or_default();
+        tags.sort();
+        tags
+    }
+
+    /// The registry's own log (for diagnosing test failures).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status code of a plain HTTP GET to 127.0.0.1:port, if anything answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(
+        &format!("127.0.0.1:{port}").parse().ok()?,
+        Duration::from_millis(200),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).ok()?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

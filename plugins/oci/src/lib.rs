@@ -1,0 +1,424 @@
+//! `oci`: source and sink over the OCI distribution API (Docker Hub, GCR/GAR,
+//! ECR, Harbor, CNCF distribution, ...), on `oci-client`.
+//!
+//! - Connections follow the definition's `registries:` settings: `endpoint`
+//!   replaces the host connected to (names are unchanged), `insecure` and
+//!   `--insecure-registry` select plain HTTP. Everything else is HTTPS.
+//! - Sources are read anonymously; the target registry (and a source on the
+//!   same registry) use the target credentials. Bearer-token and basic flows
+//!   are negotiated from the registry's challenge.
+//! - Manifests are verified against their digest on pull (here and again by
+//!   the orchestrator); blobs stream both ways and are verified on the fly.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use image_syncer_core::async_trait;
+use image_syncer_core::context::{Credentials, StageContext};
+use image_syncer_core::digest::{ByteStream, ContentMismatch, Digest};
+use image_syncer_core::manifest::{Descriptor, RawManifest, ACCEPTED_MANIFEST_TYPES};
+use image_syncer_core::reference::ImageRef;
+use image_syncer_core::registry::{
+    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+};
+use image_syncer_core::stage::{
+    ErrorKind, ManifestTarget, Sink, Source, Stage, StageError, StageKind,
+};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use serde::Deserialize;
+use tracing::debug;
+
+/// Settings of the `oci` source and sink.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OciConfig {
+    /// Upload blobs in one PUT instead of chunked PATCH requests (for
+    /// registries that mishandle chunked uploads).
+    #[serde(default)]
+    pub monolithic_push: bool,
+}
+
+/// A connection to registries: source and sink share this.
+pub struct OciRegistry {
+    client: Client,
+    cx: StageContext,
+}
+
+impl OciRegistry {
+    pub fn new(config: &OciConfig, cx: &StageContext) -> OciRegistry {
+        // Every host reached over plain HTTP, as connected to (after endpoint mapping).
+        let mut insecure = BTreeSet::new();
+        let hosts = cx
+            .registries
+            .keys()
+            .cloned()
+            .chain(cx.insecure_registries.iter().cloned())
+            .chain(cx.target_registry.iter().cloned());
+        for host in hosts {
+            let (endpoint, is_insecure) = cx.endpoint_for(&host);
+            if is_insecure {
+                insecure.insert(endpoint);
+            }
+        }
+        let client_config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(insecure.into_iter().collect()),
+            use_monolithic_push: config.monolithic_push,
+            // No platform selection: indexes are copied whole.
+            platform_resolver: None,
+            user_agent: concat!("image-syncer/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        OciRegistry {
+            client: Client::new(client_config),
+            cx: cx.clone(),
+        }
+    }
+
+    fn auth_for(&self, registry: &str) -> RegistryAuth {
+        match (&self.cx.target_registry, &self.cx.target_credentials) {
+            (Some(t), Some(c)) if t == registry => match c {
+                Credentials::Basic { username, password } => {
+                    RegistryAuth::Basic(username.clone(), password.expose().to_string())
+                }
+                Credentials::Bearer { token } => RegistryAuth::Bearer(token.expose().to_string()),
+            },
+            _ => RegistryAuth::Anonymous,
+        }
+    }
+
+    /// The oci-client reference for `r` (tag or digest as given), connected
+    /// through the configured endpoint.
+    fn reference(&self, r: &ImageRef) -> Reference {
+        let registry = r.registry().to_string();
+        let repository = r.repository();
+        let mut reference = match (r.digest(), r.tag()) {
+            (Some(d), _) => Reference::with_digest(registry.clone(), repository, d.to_string()),
+            (None, Some(t)) => Reference::with_tag(registry.clone(), repository, t.to_string()),
+            (None, None) => Reference::with_tag(registry.clone(), repository, "latest".into()),
+        };
+        let (endpoint, _) = self.cx.endpoint_for(&registry);
+        if endpoint != registry {
+            reference.set_mirror_registry(endpoint);
+        }
+        reference
+    }
+
+    async fn prepare(&self, r: &ImageRef, op: RegistryOperation) -> Reference {
+        let reference = self.reference(r);
+        let auth = self.auth_for(r.registry());
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &auth)
+            .await;
+        let _ = op;
+        reference
+    }
+
+    async fn pull_manifest(
+        &self,
+        r: &ImageRef,
+        media_type: Option<&str>,
+        expected: Option<&Digest>,
+    ) -> Result<RawManifest, StageError> {
+        let reference = self.prepare(r, RegistryOperation::Pull).await;
+        let auth = self.auth_for(r.registry());
+        let (bytes, _digest) = self
+            .client
+            .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
+            .await
+            .map_err(|e| classify(&format!("{r}: fetching manifest"), e, r))?;
+        RawManifest::new(media_type, bytes, expected.or(r.digest())).map_err(|e| {
+            let kind = match e {
+                image_syncer_core::manifest::ManifestError::Digest { .. } => ErrorKind::Integrity,
+                _ => ErrorKind::Invalid,
+            };
+            StageError::new(kind, format!("{r}: {e}"))
+        })
+    }
+
+    async fn head_manifest(&self, r: &ImageRef) -> Result<Option<Digest>, StageError> {
+        let reference = self.prepare(r, RegistryOperation::Pull).await;
+        let auth = self.auth_for(r.registry());
+        match self.client.fetch_manifest_digest(&reference, &auth).await {
+            Ok(d) => d.parse().map(Some).map_err(|e| {
+                StageError::invalid(format!("{r}: registry answered an invalid digest: {e}"))
+            }),
+            Err(e) => {
+                let e = classify(&format!("{r}: looking up manifest"), e, r);
+                if e.kind == ErrorKind::NotFound {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    async fn stream_blob(&self, r: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
+        let reference = self.prepare(r, RegistryOperation::Pull).await;
+        let stream = self
+            .client
+            .pull_blob_stream(&reference, &oci_descriptor(d))
+            .await
+            .map_err(|e| classify(&format!("{r}: fetching blob {}", d.digest), e, r))?;
+        let expected = d.digest.clone();
+        // oci-client verifies on the fly too; its verdict becomes core's
+        // ContentMismatch so that it is a safety stop like ours.
+        Ok(Box::pin(stream.stream.map(move |item| {
+            item.map_err(|e| {
+                let actual = match e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
+                    Some(DigestError::VerificationError { actual, .. }) => {
+                        actual.parse::<Digest>().ok()
+                    }
+                    _ => None,
+                };
+                match actual {
+                    Some(actual) => std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        ContentMismatch::Digest {
+                            expected: expected.clone(),
+                            actual,
+                        },
+                    ),
+                    None => e,
+                }
+            })
+        })))
+    }
+}
+
+fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
+    OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.to_string(),
+        size: d.size as i64,
+        ..Default::default()
+    }
+}
+
+/// Maps an oci-client error to a stage error. Messages never include credentials.
+fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError {
+    use OciDistributionError as E;
+    let kind = match &e {
+        E::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
+        E::RegistryError { envelope, .. } => {
+            if envelope.errors.iter().any(|x| {
+                matches!(
+                    x.code,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                ErrorKind::NotFound
+            } else if envelope
+                .errors
+                .iter()
+                .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                ErrorKind::Unauthorized
+            } else if envelope
+                .errors
+                .iter()
+                .any(|x| matches!(x.code, OciErrorCode::Toomanyrequests))
+            {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Invalid
+            }
+        }
+        E::ServerError { code: 404, .. } => ErrorKind::NotFound,
+        E::ServerError {
+            code: 401 | 403, ..
+        } => ErrorKind::Unauthorized,
+        E::ServerError { code, .. } if *code >= 500 || *code == 429 || *code == 408 => {
+            ErrorKind::Transient
+        }
+        E::ServerError { .. } => ErrorKind::Invalid,
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => ErrorKind::Unauthorized,
+        E::DigestError(_) => ErrorKind::Integrity,
+        E::IoError(io) if ContentMismatch::from_io(io).is_some() => ErrorKind::Integrity,
+        E::UnsupportedMediaTypeError(_)
+        | E::UnsupportedSchemaVersionError(_)
+        | E::ManifestParsingError(_)
+        | E::VersionedParsingError(_)
+        | E::JsonError(_)
+        | E::SpecViolationError(_) => ErrorKind::Invalid,
+        _ => ErrorKind::Transient,
+    };
+    let hint = if kind == ErrorKind::Unauthorized {
+        format!(
+            " (registry {} refused access; for the target pass --target-repo-auth-key)",
+            r.registry()
+        )
+    } else {
+        String::new()
+    };
+    StageError::new(kind, format!("{context}: {e}{hint}"))
+}
+
+#[async_trait]
+impl Source for OciRegistry {
+    async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
+        self.pull_manifest(reference, None, None).await
+    }
+
+    async fn fetch_manifest(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<RawManifest, StageError> {
+        let r = repository.with_digest(descriptor.digest.clone());
+        self.pull_manifest(&r, Some(&descriptor.media_type), Some(&descriptor.digest))
+            .await
+    }
+
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        self.stream_blob(repository, descriptor).await
+    }
+}
+
+#[async_trait]
+impl Sink for OciRegistry {
+    async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.head_manifest(target).await
+    }
+
+    async fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        match self.pull_manifest(target, None, None).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        self.stream_blob(repository, descriptor).await
+    }
+
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        let reference = self.prepare(repository, RegistryOperation::Push).await;
+        self.client
+            .blob_exists(&reference, &descriptor.digest.to_string())
+            .await
+            .map_err(|e| {
+                classify(
+                    &format!("{repository}: checking blob {}", descriptor.digest),
+                    e,
+                    repository,
+                )
+            })
+    }
+
+    async fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        content: ByteStream,
+    ) -> Result<(), StageError> {
+        let reference = self.prepare(repository, RegistryOperation::Push).await;
+        // Remember a content error of the stream: oci-client wraps it.
+        let failure: Arc<Mutex<Option<StageError>>> = Arc::default();
+        let seen = failure.clone();
+        let context = format!("{repository}: blob {}", descriptor.digest);
+        let ctx2 = context.clone();
+        let stream = content.map(move |item: std::io::Result<Bytes>| {
+            item.map_err(|e| {
+                *seen.lock().unwrap() = Some(StageError::from_io(&ctx2, &e));
+                OciDistributionError::IoError(e)
+            })
+        });
+        let result = self
+            .client
+            .push_blob_stream(
+                &reference,
+                stream,
+                &descriptor.digest.to_string(),
+                Some(descriptor.size),
+            )
+            .await;
+        if let Some(e) = failure.lock().unwrap().take() {
+            return Err(e);
+        }
+        result
+            .map(|url| debug!(%url, "blob pushed"))
+            .map_err(|e| classify(&format!("{context}: upload"), e, repository))
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError> {
+        let r = match target {
+            ManifestTarget::Tag(t) => repository.with_tag(t),
+            ManifestTarget::Digest => repository.with_digest(manifest.digest.clone()),
+        };
+        let reference = self.prepare(&r, RegistryOperation::Push).await;
+        let content_type = manifest.media_type.parse().map_err(|_| {
+            StageError::invalid(format!(
+                "{r}: media type `{}` is not a valid header",
+                manifest.media_type
+            ))
+        })?;
+        self.client
+            .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
+            .await
+            .map(|url| debug!(%url, "manifest pushed"))
+            .map_err(|e| classify(&format!("{r}: pushing manifest {}", manifest.digest), e, &r))
+    }
+}
+
+struct Factory(StageKind);
+
+impl StageFactory for Factory {
+    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
+        let config: OciConfig = typed_config(self.0, "oci", config)?;
+        let registry = Arc::new(OciRegistry::new(&config, cx));
+        Ok(match self.0 {
+            StageKind::Source => Stage::Source(registry),
+            _ => Stage::Sink(registry),
+        })
+    }
+}
+
+image_syncer_core::inventory::submit! {
+    StagePlugin {
+        kind: StageKind::Source,
+        name: "oci",
+        description: "Pulls from OCI/Docker registries (anonymous, or the target credentials on the target registry)",
+        example_config: "monolithicPush: false\n",
+        transport: None,
+        factory: &Factory(StageKind::Source),
+    }
+}
+
+image_syncer_core::inventory::submit! {
+    StagePlugin {
+        kind: StageKind::Sink,
+        name: "oci",
+        description: "Pushes to an OCI/Docker registry with the target credentials: blobs first, manifests last",
+        example_config: "monolithicPush: false\n",
+        transport: None,
+        factory: &Factory(StageKind::Sink),
+    }
+}

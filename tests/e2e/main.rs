@@ -1,0 +1,8 @@
+//! End-to-end tests: the real `image-syncer` binary against real CNCF
+//! distribution registries started on 127.0.0.1 (see image-syncer-testkit).
+
+mod support;
+
+mod inputs;
+mod layout;
+mod sync;

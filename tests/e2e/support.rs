@@ -1,0 +1,74 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use image_syncer_testkit::{block_on, fixtures, Registry, RegistryOptions};
+
+/// The outcome of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// The binary with a clean environment (no SYNCER_* from the caller).
+pub fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_image-syncer"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SYNCER_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c.env("NO_COLOR", "1");
+    c
+}
+
+pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut c = command();
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().expect("run image-syncer");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn run(args: &[&str]) -> Run {
+    run_with(args, &[])
+}
+
+/// Writes a definition file into `dir`.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Source registry reached as `docker.io` through an endpoint mapping, target
+/// registry as itself: a definition header for both.
+pub fn header(source: &Registry, target: &Registry) -> String {
+    format!(
+        "targetRepoPrefix: \"{}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{}\"\n    insecure: true\n",
+        target.host(),
+        source.host()
+    )
+}
+
+/// Replaces registry ports so output can be snapshotted.
+pub fn redact(text: &str, regs: &[(&Registry, &str)]) -> String {
+    let mut t = text.to_string();
+    for (r, name) in regs {
+        t = t.replace(&r.host(), name);
+    }
+    t
+}

@@ -1,0 +1,344 @@
+//! Syncing between two real registries.
+
+use crate::support::*;
+
+struct Pair {
+    source: Registry,
+    target: Registry,
+    dir: tempfile::TempDir,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        Pair {
+            source: Registry::start(),
+            target: Registry::start(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn definition(&self, images: &str) -> String {
+        let text = format!("{}images:\n{images}", header(&self.source, &self.target));
+        write(self.dir.path(), "images.yaml", &text)
+            .display()
+            .to_string()
+    }
+
+    fn sync(&self, images: &str, extra: &[&str]) -> Run {
+        let def = self.definition(images);
+        let host = self.target.host();
+        let mut args = vec![
+            "--images-file",
+            def.as_str(),
+            "--insecure-registry",
+            host.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
+    fn redact(&self, s: &str) -> String {
+        redact(s, &[(&self.source, "[SOURCE]"), (&self.target, "[TARGET]")])
+    }
+}
+
+const THREE: &str = "- source: \"busybox:1.36\"\n- source: \"bitnami/multi:1.0\"\n- source: \"docker.io/team/app:2\"\n";
+
+fn populate(
+    p: &Pair,
+) -> (
+    fixtures::TestImage,
+    fixtures::TestImage,
+    fixtures::TestImage,
+) {
+    let busybox = fixtures::image("busybox", 3, 4096);
+    let multi = fixtures::index("multi", &["linux/amd64", "linux/arm64"]);
+    let app = fixtures::docker_image("app", 2, 1000);
+    block_on(async {
+        p.source.push("library/busybox:1.36", &busybox).await;
+        p.source.push("bitnami/multi:1.0", &multi).await;
+        p.source.push("team/app:2", &app).await;
+    });
+    (busybox, multi, app)
+}
+
+#[test]
+fn copies_single_and_multi_arch_images_with_digests_preserved() {
+    let p = Pair::new();
+    let (busybox, multi, app) = populate(&p);
+    let r = p.sync(THREE, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    block_on(async {
+        assert_eq!(
+            p.target.digest("mirror/library/busybox:1.36").await,
+            Some(busybox.digest.to_string())
+        );
+        assert_eq!(
+            p.target.digest("mirror/bitnami/multi:1.0").await,
+            Some(multi.digest.to_string())
+        );
+        assert_eq!(
+            p.target.digest("mirror/docker.io/team/app:2").await,
+            Some(app.digest.to_string())
+        );
+        // Manifests are byte-identical and every child and blob is there.
+        assert_eq!(
+            p.target.manifest("mirror/bitnami/multi:1.0").await.unwrap(),
+            multi.manifest
+        );
+        for child in &multi.children {
+            assert_eq!(
+                p.target
+                    .digest(&format!("mirror/bitnami/multi@{}", child.digest))
+                    .await,
+                Some(child.digest.to_string())
+            );
+        }
+        for b in multi.all_blobs() {
+            assert!(
+                p.target
+                    .has_blob("mirror/bitnami/multi", &b.digest.to_string())
+                    .await
+            );
+        }
+        for b in busybox.all_blobs() {
+            assert!(
+                p.target
+                    .has_blob("mirror/library/busybox", &b.digest.to_string())
+                    .await
+            );
+        }
+    });
+    insta::assert_snapshot!("first_sync", p.redact(&r.stdout));
+
+    // A second run finds everything in sync and writes nothing.
+    let before = p.target.storage_snapshot();
+    let again = p.sync(THREE, &[]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(
+        p.target.storage_snapshot(),
+        before,
+        "a run in sync wrote to the target"
+    );
+    insta::assert_snapshot!("second_sync", p.redact(&again.stdout));
+}
+
+#[test]
+fn digest_source_is_retagged() {
+    let p = Pair::new();
+    let img = fixtures::image("pinned", 1, 512);
+    block_on(p.source.push("library/busybox:whatever", &img));
+    let images = format!(
+        "- source: \"busybox@{}\"\n  tag: \"1.32.0-v1\"\n",
+        img.digest
+    );
+    let r = p.sync(&images, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    block_on(async {
+        assert_eq!(
+            p.target.digest("mirror/library/busybox:1.32.0-v1").await,
+            Some(img.digest.to_string())
+        );
+        assert_eq!(
+            p.target.tags("mirror/library/busybox").await,
+            vec!["1.32.0-v1"]
+        );
+    });
+}
+
+#[test]
+fn tag_source_is_retagged_with_tag_key() {
+    let p = Pair::new();
+    let img = fixtures::image("cypress", 1, 256);
+    block_on(p.source.push("cypress/included:9.5.0", &img));
+    let r = p.sync("- source: \"cypress/included:9.5.0\"\n  tag: latest\n", &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    block_on(async {
+        assert_eq!(
+            p.target.tags("mirror/cypress/included").await,
+            vec!["latest"]
+        );
+    });
+}
+
+#[test]
+fn target_tag_holding_another_image_is_a_safety_stop_and_nothing_is_written() {
+    let p = Pair::new();
+    populate(&p);
+    let squatter = fixtures::image("squatter", 1, 100);
+    block_on(p.target.push("mirror/bitnami/multi:1.0", &squatter));
+    let before = p.target.storage_snapshot();
+    let r = p.sync(THREE, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(
+        p.target.storage_snapshot(),
+        before,
+        "a safety stop wrote to the target"
+    );
+    block_on(async {
+        assert_eq!(
+            p.target.digest("mirror/bitnami/multi:1.0").await,
+            Some(squatter.digest.to_string())
+        );
+        // Other images were not written either.
+        assert_eq!(p.target.digest("mirror/library/busybox:1.36").await, None);
+    });
+    insta::assert_snapshot!(p.redact(&r.stdout));
+}
+
+#[test]
+fn source_changed_after_a_sync_is_a_safety_stop() {
+    let p = Pair::new();
+    let first = fixtures::image("v1", 1, 100);
+    block_on(p.source.push("library/busybox:1.36", &first));
+    let images = "- source: busybox:1.36\n";
+    assert_eq!(p.sync(images, &[]).code, 0);
+    let second = fixtures::image("v2", 1, 100);
+    block_on(p.source.push("library/busybox:1.36", &second));
+    let before = p.target.storage_snapshot();
+    let r = p.sync(images, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stdout.contains(&first.digest.to_string())
+            && r.stdout.contains(&second.digest.to_string()),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(p.target.storage_snapshot(), before);
+    block_on(async {
+        assert_eq!(
+            p.target.digest("mirror/library/busybox:1.36").await,
+            Some(first.digest.to_string())
+        );
+    });
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let p = Pair::new();
+    populate(&p);
+    let before = p.target.storage_snapshot();
+    let source_before = p.source.storage_snapshot();
+    let r = p.sync(THREE, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(p.target.storage_snapshot(), before);
+    assert_eq!(p.source.storage_snapshot(), source_before);
+    insta::assert_snapshot!(p.redact(&r.stdout));
+    // The env var form, and `--dry-run=false` runs for real.
+    let def = p.definition(THREE);
+    let host = p.target.host();
+    let r = run_with(
+        &["--insecure-registry", &host],
+        &[("SYNCER_IMAGES_FILE", &def), ("SYNCER_DRY_RUN", "1")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(p.target.storage_snapshot(), before);
+    let r = p.sync(THREE, &["--dry-run=false"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_ne!(p.target.storage_snapshot(), before);
+}
+
+#[test]
+fn missing_source_fails_that_image_only() {
+    let p = Pair::new();
+    populate(&p);
+    let r = p.sync("- source: \"nothere:1\"\n- source: \"busybox:1.36\"\n", &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("FAILED"), "{}", r.stdout);
+    block_on(async {
+        assert!(p
+            .target
+            .digest("mirror/library/busybox:1.36")
+            .await
+            .is_some());
+    });
+}
+
+#[test]
+fn corrupted_source_blob_is_a_safety_stop_and_no_tag_is_written() {
+    let p = Pair::new();
+    let img = fixtures::image("tampered", 2, 4096);
+    block_on(p.source.push("library/busybox:1.36", &img));
+    // Rewrite one layer's bytes on the registry's disk, keeping its digest path.
+    let layer = &img.blobs[1].digest;
+    let data = p
+        .source
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&layer.hex()[..2])
+        .join(layer.hex())
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let r = p.sync("- source: busybox:1.36\n", &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stdout.contains("does not match its digest"),
+        "{}",
+        r.stdout
+    );
+    block_on(async {
+        assert_eq!(p.target.digest("mirror/library/busybox:1.36").await, None);
+        assert!(
+            !p.target
+                .has_blob("mirror/library/busybox", &layer.to_string())
+                .await
+        );
+    });
+}
+
+#[test]
+fn authenticated_target_with_json_key_file() {
+    let source = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = r#"{"type": "service_account", "project_id": "p", "private_key_id": "k1", "client_email": "syncer@p.iam.gserviceaccount.com"}"#;
+    let target = Registry::start_with(RegistryOptions {
+        htpasswd: Some(("_json_key".into(), key.into())),
+    });
+    let key_file = write(dir.path(), "key.json", key);
+    let img = fixtures::image("auth", 1, 300);
+    block_on(source.push("library/busybox:1.36", &img));
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\n",
+            header(&source, &target)
+        ),
+    );
+    let host = target.host();
+    // Without the key: the registry refuses, the error says what to pass.
+    let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("--target-repo-auth-key"), "{}", r.stdout);
+    // With it: copied.
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "-t",
+        key_file.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    block_on(async {
+        assert_eq!(
+            target.digest("mirror/library/busybox:1.36").await,
+            Some(img.digest.to_string())
+        );
+    });
+    // The key never shows up in any output.
+    assert!(!r.all().contains("service_account"));
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "-t",
+        key_file.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "--debug",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains("service_account"), "{}", r.all());
+}
