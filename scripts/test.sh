@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (Debian's docker-registry, the real CNCF distribution registry), then runs
+# every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_registry() {
+  [ -n "${IMAGE_SYNCER_REGISTRY_BIN:-}" ] || command -v docker-registry >/dev/null 2>&1 || [ -x /usr/bin/docker-registry ]
+}
+
+install_debs() {
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing: $* — install them with: sudo apt-get install -y $*" >&2
+    exit 1
+  fi
+  echo "installing $* (Debian packages) ..." >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+missing=()
+have_registry || missing+=(docker-registry)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  install_debs "${missing[@]}"
+fi
+
+exec cargo test --workspace --locked "$@"
