@@ -5,4 +5,5 @@ mod support;
 
 mod inputs;
 mod layout;
+mod signing;
 mod sync;

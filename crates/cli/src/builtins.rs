@@ -2,6 +2,7 @@
 //! registrations are present. Referencing each crate is what makes the linker
 //! keep it.
 
+use image_syncer_cosign as _;
 use image_syncer_immutable as _;
 use image_syncer_oci as _;
 use image_syncer_oci_layout as _;

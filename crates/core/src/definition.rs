@@ -193,7 +193,7 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
     for (index, m) in model.images.into_iter().enumerate() {
         let line = find_line(text, &m.source, search_from);
         if let Some(l) = line {
-            search_from = l;
+            search_from = l + 1;
         }
         let invalid = |message: String| DefinitionError::Invalid {
             path: shown.clone(),

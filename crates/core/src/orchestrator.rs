@@ -273,6 +273,15 @@ impl Orchestrator {
         let mut done: HashMap<String, ()> = HashMap::new();
         for (spec, target) in def.images.iter().zip(targets) {
             if done.insert(target.to_string(), ()).is_some() {
+                // Listed twice: synced once, signed if any listing asks for it.
+                if spec.sign {
+                    if let Some(kept) = items
+                        .iter_mut()
+                        .find(|i: &&mut Item| i.target.to_string() == target.to_string())
+                    {
+                        kept.spec.sign = true;
+                    }
+                }
                 continue;
             }
             let st = spec.source.transport().map(str::to_string);
@@ -571,3 +580,6 @@ fn copy_children<'a>(
     }
     .boxed()
 }
+
+#[cfg(test)]
+mod tests;

@@ -236,6 +236,50 @@ impl Registry {
         client.blob_exists(&r, digest).await.unwrap_or(false)
     }
 
+    /// A blob's bytes.
+    pub async fn blob(&self, repo: &str, digest: &str) -> Option<Vec<u8>> {
+        let (client, auth) = self.client();
+        let r = self.reference(&format!("{repo}:x"));
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        let desc = oci_client::manifest::OciDescriptor {
+            digest: digest.to_string(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        client.pull_blob(&r, &desc, &mut out).await.ok()?;
+        Some(out)
+    }
+
+    /// Pushes raw bytes as a blob of `repo`.
+    pub async fn push_blob(&self, repo: &str, data: &[u8]) -> String {
+        let (client, auth) = self.client();
+        let r = self.reference(&format!("{repo}:x"));
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        let digest = image_syncer_core::digest::Digest::sha256_of(data).to_string();
+        client
+            .push_blob(&r, data.to_vec(), &digest)
+            .await
+            .expect("push blob");
+        digest
+    }
+
+    /// Pushes raw manifest bytes under `repo:tag`.
+    pub async fn push_manifest(&self, repo_and_tag: &str, media_type: &str, bytes: &[u8]) {
+        let (client, auth) = self.client();
+        let r = self.reference(repo_and_tag);
+        client
+            .store_auth_if_needed(r.resolve_registry(), &auth)
+            .await;
+        client
+            .push_manifest_raw(&r, bytes.to_vec(), media_type.parse().unwrap())
+            .await
+            .expect("push manifest");
+    }
+
     /// Tags of a repository, sorted.
     pub async fn tags(&self, repo: &str) -> Vec<String> {
         let (client, auth) = self.client();

@@ -1,0 +1,1166 @@
+//! Unit tests of the orchestrator, with in-memory stages: a `MemoryRegistry`
+//! source, a recording sink over another `MemoryRegistry`, and test doubles of
+//! the default pipeline's transform (`retag`), guard (`immutable`) and signer
+//! (`cosign`), registered under those names.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::*;
+use crate::definition::{self, Definition};
+use crate::digest::ByteStream;
+use crate::keyref::KeyRef;
+use crate::manifest::{Descriptor, OCI_INDEX, OCI_MANIFEST};
+use crate::memory::MemoryRegistry;
+use crate::registry::{Origin, RegisteredStage, StageFactory};
+use crate::report::Status;
+use crate::stage::SignOutcome;
+
+// ---------------------------------------------------------------------------
+// Test doubles
+// ---------------------------------------------------------------------------
+
+/// `<prefix><repository()>:<entry tag or source tag>`.
+struct PrefixTransform;
+
+impl Transform for PrefixTransform {
+    fn apply(&self, input: TransformInput<'_>) -> Result<ImageRef, StageError> {
+        let spec = input.spec;
+        let tag = match (&spec.tag, spec.source.tag()) {
+            (Some(t), _) => t.clone(),
+            (None, Some(t)) => t.to_string(),
+            (None, None) => return Err(StageError::config("no tag for the target")),
+        };
+        let target = format!("{}{}:{}", spec.target_prefix, spec.source.repository(), tag);
+        ImageRef::parse(&target).map_err(|e| StageError::config(e.to_string()))
+    }
+}
+
+/// The immutable rule: absent → copy, equal → skip, different → stop.
+struct ImmutableGuard;
+
+#[async_trait]
+impl Guard for ImmutableGuard {
+    async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
+        Ok(match input.target_digest {
+            None => Verdict::Copy,
+            Some(d) if d == input.source_digest => Verdict::Skip {
+                reason: "equal".into(),
+            },
+            Some(d) => Verdict::Stop {
+                reason: format!(
+                    "target {} holds {d} but the source is {}",
+                    input.target, input.source_digest
+                ),
+            },
+        })
+    }
+}
+
+/// A sign call as the signer saw it.
+#[derive(Clone, Debug)]
+struct SignCall {
+    request: SignRequest,
+    /// What the target tag resolved to (through the sink) when the signer ran.
+    target_digest_then: Option<Digest>,
+}
+
+/// Records requests; answers per target (string form), else `Ok(Signed)`.
+#[derive(Default)]
+struct RecordingSigner {
+    calls: Mutex<Vec<SignCall>>,
+    outcomes: Mutex<HashMap<String, Result<SignOutcome, StageError>>>,
+}
+
+impl RecordingSigner {
+    fn answer(&self, target: &str, outcome: Result<SignOutcome, StageError>) {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .insert(target.to_string(), outcome);
+    }
+    fn calls(&self) -> Vec<SignCall> {
+        self.calls.lock().unwrap().clone()
+    }
+    fn signed_targets(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .map(|c| c.request.target.to_string())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Signer for RecordingSigner {
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &dyn Sink,
+    ) -> Result<SignOutcome, StageError> {
+        let target_digest_then = sink.manifest_digest(&request.target).await?;
+        self.calls.lock().unwrap().push(SignCall {
+            request: request.clone(),
+            target_digest_then,
+        });
+        self.outcomes
+            .lock()
+            .unwrap()
+            .get(&request.target.to_string())
+            .cloned()
+            .unwrap_or(Ok(SignOutcome::Signed))
+    }
+}
+
+/// A committed write, as the recording sink saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Event {
+    Blob {
+        repo: String,
+        digest: Digest,
+    },
+    Manifest {
+        repo: String,
+        target: ManifestTarget,
+        digest: Digest,
+    },
+}
+
+impl Event {
+    fn repo(&self) -> &str {
+        match self {
+            Event::Blob { repo, .. } | Event::Manifest { repo, .. } => repo,
+        }
+    }
+}
+
+/// Delegates to a `MemoryRegistry`, logging committed writes in order. When
+/// `intruder` is set, the first `put_blob` first moves that tag to that
+/// manifest (someone else writing the target during the run).
+struct RecordingSink {
+    inner: Arc<MemoryRegistry>,
+    log: Mutex<Vec<Event>>,
+    intruder: Mutex<Option<(ImageRef, RawManifest)>>,
+}
+
+impl RecordingSink {
+    fn log(&self) -> Vec<Event> {
+        self.log.lock().unwrap().clone()
+    }
+    fn blob_puts(&self) -> Vec<Digest> {
+        self.log()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Blob { digest, .. } => Some(digest),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Sink for RecordingSink {
+    async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.inner.manifest_digest(target).await
+    }
+
+    async fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        Sink::fetch_manifest(self.inner.as_ref(), target).await
+    }
+
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        Sink::fetch_blob(self.inner.as_ref(), repository, descriptor).await
+    }
+
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        self.inner.has_blob(repository, descriptor).await
+    }
+
+    async fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        content: ByteStream,
+    ) -> Result<(), StageError> {
+        let intruder = self.intruder.lock().unwrap().take();
+        if let Some((r, m)) = intruder {
+            self.inner.add_manifest(&r, &m, r.tag());
+        }
+        self.inner.put_blob(repository, descriptor, content).await?;
+        self.log.lock().unwrap().push(Event::Blob {
+            repo: repository.repository_name(),
+            digest: descriptor.digest.clone(),
+        });
+        Ok(())
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError> {
+        self.inner
+            .put_manifest(repository, target, manifest)
+            .await?;
+        self.log.lock().unwrap().push(Event::Manifest {
+            repo: repository.repository_name(),
+            target: target.clone(),
+            digest: manifest.digest.clone(),
+        });
+        Ok(())
+    }
+}
+
+/// A factory handing out one prebuilt stage.
+struct Fixed(Stage);
+
+impl StageFactory for Fixed {
+    fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<Stage, BuildError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn registered(kind: StageKind, name: &str, stage: Stage) -> RegisteredStage {
+    RegisteredStage {
+        kind,
+        name: name.to_string(),
+        description: String::new(),
+        example_config: String::new(),
+        transport: None,
+        origin: Origin::Builtin,
+        factory: Arc::new(Fixed(stage)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Harness and fixtures
+// ---------------------------------------------------------------------------
+
+struct Harness {
+    source: Arc<MemoryRegistry>,
+    target: Arc<MemoryRegistry>,
+    sink: Arc<RecordingSink>,
+    signer: Arc<RecordingSigner>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let target = Arc::new(MemoryRegistry::new());
+        Harness {
+            source: Arc::new(MemoryRegistry::new()),
+            sink: Arc::new(RecordingSink {
+                inner: target.clone(),
+                log: Mutex::new(Vec::new()),
+                intruder: Mutex::new(None),
+            }),
+            target,
+            signer: Arc::new(RecordingSigner::default()),
+        }
+    }
+
+    fn registry(&self, with_signer: bool) -> StageRegistry {
+        let mut r = StageRegistry::default();
+        let mut add = |s| r.insert(s).unwrap();
+        add(registered(
+            StageKind::Source,
+            "memory",
+            Stage::Source(self.source.clone()),
+        ));
+        add(registered(
+            StageKind::Sink,
+            "memory",
+            Stage::Sink(self.sink.clone()),
+        ));
+        add(registered(
+            StageKind::Transform,
+            "retag",
+            Stage::Transform(Arc::new(PrefixTransform)),
+        ));
+        add(registered(
+            StageKind::Guard,
+            "immutable",
+            Stage::Guard(Arc::new(ImmutableGuard)),
+        ));
+        if with_signer {
+            add(registered(
+                StageKind::Signer,
+                "cosign",
+                Stage::Signer(self.signer.clone()),
+            ));
+        }
+        r
+    }
+
+    fn orchestrator(&self, key: bool, with_signer: bool) -> Orchestrator {
+        let context = StageContext {
+            key_ref: key.then(|| "env://KEY".parse::<KeyRef>().unwrap()),
+            ..StageContext::default()
+        };
+        Orchestrator::new(self.registry(with_signer), context)
+    }
+
+    async fn run(&self, yaml: &str, dry_run: bool) -> Report {
+        self.orchestrator(true, true)
+            .prepare(&def(yaml), dry_run)
+            .unwrap()
+            .run()
+            .await
+    }
+
+    async fn target_tag(&self, reference: &str) -> Option<Digest> {
+        self.target.manifest_digest(&r(reference)).await.unwrap()
+    }
+
+    async fn target_has_blob(&self, repo: &str, d: &Descriptor) -> bool {
+        self.target.has_blob(&r(repo), d).await.unwrap()
+    }
+
+    fn events_for(&self, repo: &str) -> Vec<Event> {
+        let name = r(repo).repository_name();
+        self.sink
+            .log()
+            .into_iter()
+            .filter(|e| e.repo() == name)
+            .collect()
+    }
+}
+
+fn r(s: &str) -> ImageRef {
+    ImageRef::parse(s).unwrap()
+}
+
+fn def(yaml: &str) -> Definition {
+    definition::parse(yaml, Path::new("t.yaml"), &[]).unwrap()
+}
+
+/// A definition with prefix `dst.io/mirror/` and these image entries (YAML list items).
+fn yaml(entries: &str) -> String {
+    format!("targetRepoPrefix: dst.io/mirror/\nimages:\n{entries}")
+}
+
+/// A single-platform image in a registry: its manifest and its blobs.
+struct Img {
+    manifest: RawManifest,
+    config: Descriptor,
+    layer: Descriptor,
+}
+
+impl Img {
+    fn blobs(&self) -> [&Descriptor; 2] {
+        [&self.config, &self.layer]
+    }
+}
+
+fn desc_json(d: &Descriptor) -> String {
+    serde_json::to_string(d).unwrap()
+}
+
+/// Stores an image built from `seed` (same seed, same bytes, same digests)
+/// in `reg` under `reference`'s repository, tagged with its tag if any.
+fn add_image(reg: &MemoryRegistry, reference: &str, seed: &str) -> Img {
+    let at = r(reference);
+    let config = reg.add_blob(
+        &at,
+        "application/vnd.oci.image.config.v1+json",
+        format!("{{\"seed\":\"{seed}\"}}").as_bytes(),
+    );
+    let layer = reg.add_blob(
+        &at,
+        "application/vnd.oci.image.layer.v1.tar",
+        format!("layer bytes of {seed}").as_bytes(),
+    );
+    let json = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\",\"config\":{},\"layers\":[{}]}}",
+        desc_json(&config),
+        desc_json(&layer)
+    );
+    let manifest = RawManifest::new(None, Bytes::from(json), None).unwrap();
+    reg.add_manifest(&at, &manifest, at.tag());
+    Img {
+        manifest,
+        config,
+        layer,
+    }
+}
+
+/// Stores an index over `children` (already stored by digest) under `reference`.
+fn add_index(reg: &MemoryRegistry, reference: &str, children: &[&RawManifest]) -> RawManifest {
+    let at = r(reference);
+    let entries: Vec<String> = children
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let mut d = m.descriptor();
+            d.platform = Some(crate::manifest::Platform {
+                architecture: format!("arch{i}"),
+                os: "linux".into(),
+                variant: None,
+            });
+            desc_json(&d)
+        })
+        .collect();
+    let json = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_INDEX}\",\"manifests\":[{}]}}",
+        entries.join(",")
+    );
+    let index = RawManifest::new(None, Bytes::from(json), None).unwrap();
+    reg.add_manifest(&at, &index, at.tag());
+    index
+}
+
+fn image_of(report: &Report, source: &str) -> crate::report::ImageReport {
+    report
+        .images
+        .iter()
+        .find(|i| i.source == source)
+        .unwrap_or_else(|| panic!("{source} not in report:\n{}", report.render_text()))
+        .clone()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Single image
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn copies_single_image_then_is_in_sync() {
+    let h = Harness::new();
+    let img = add_image(&h.source, "src.io/team/app:1.0", "app");
+    let y = yaml("- source: src.io/team/app:1.0\n");
+
+    let report = h.run(&y, false).await;
+    let rep = image_of(&report, "src.io/team/app:1.0");
+    assert_eq!(rep.action, Action::Copied, "{}", report.render_text());
+    assert_eq!(rep.target, "dst.io/mirror/team/app:1.0");
+    assert_eq!(rep.digest.as_ref(), Some(&img.manifest.digest));
+    assert_eq!(rep.bytes, img.config.size + img.layer.size);
+    assert_eq!(report.status(), Status::Ok);
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/app:1.0").await,
+        Some(img.manifest.digest.clone())
+    );
+    for b in img.blobs() {
+        assert!(h.target_has_blob("dst.io/mirror/team/app", b).await);
+    }
+    // config, layer, tagged manifest.
+    assert_eq!(h.target.writes(), 3);
+
+    let again = h.run(&y, false).await;
+    let rep = image_of(&again, "src.io/team/app:1.0");
+    assert_eq!(rep.action, Action::InSync);
+    assert_eq!(rep.bytes, 0);
+    assert_eq!(again.status(), Status::Ok);
+    assert_eq!(h.target.writes(), 3, "an in-sync run writes nothing");
+}
+
+// ---------------------------------------------------------------------------
+// 2 and 3. Index
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn copies_index_children_before_tag() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/multi", "amd64");
+    let b = add_image(&h.source, "src.io/team/multi", "arm64");
+    let index = add_index(
+        &h.source,
+        "src.io/team/multi:2.0",
+        &[&a.manifest, &b.manifest],
+    );
+
+    let report = h
+        .run(&yaml("- source: src.io/team/multi:2.0\n"), false)
+        .await;
+    let rep = image_of(&report, "src.io/team/multi:2.0");
+    assert_eq!(rep.action, Action::Copied, "{}", report.render_text());
+    assert_eq!(rep.digest.as_ref(), Some(&index.digest));
+    assert_eq!(
+        rep.bytes,
+        a.config.size + a.layer.size + b.config.size + b.layer.size
+    );
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/multi:2.0").await,
+        Some(index.digest.clone())
+    );
+    let repo = "dst.io/mirror/team/multi";
+    for child in [&a, &b] {
+        let by_digest = r(repo).with_digest(child.manifest.digest.clone());
+        assert_eq!(
+            h.target.manifest_digest(&by_digest).await.unwrap(),
+            Some(child.manifest.digest.clone())
+        );
+        for blob in child.blobs() {
+            assert!(h.target_has_blob(repo, blob).await);
+        }
+    }
+
+    // Order: every blob before the manifest referencing it, every child before
+    // the index, the tagged put last and only once.
+    let log = h.sink.log();
+    assert_eq!(log.len(), 4 + 2 + 1, "{log:#?}");
+    let pos = |ev: &Event| log.iter().position(|e| e == ev).unwrap();
+    let name = r(repo).repository_name();
+    for child in [&a, &b] {
+        let m = pos(&Event::Manifest {
+            repo: name.clone(),
+            target: ManifestTarget::Digest,
+            digest: child.manifest.digest.clone(),
+        });
+        for blob in child.blobs() {
+            let bp = pos(&Event::Blob {
+                repo: name.clone(),
+                digest: blob.digest.clone(),
+            });
+            assert!(
+                bp < m,
+                "blob {} put after its manifest: {log:#?}",
+                blob.digest
+            );
+        }
+    }
+    assert_eq!(
+        log.last().unwrap(),
+        &Event::Manifest {
+            repo: name,
+            target: ManifestTarget::Tag("2.0".into()),
+            digest: index.digest.clone(),
+        }
+    );
+    let tagged = log
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Manifest {
+                    target: ManifestTarget::Tag(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(tagged, 1);
+}
+
+#[tokio::test]
+async fn skips_blobs_and_children_already_in_target() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/multi", "amd64");
+    let b = add_image(&h.source, "src.io/team/multi", "arm64");
+    let index = add_index(
+        &h.source,
+        "src.io/team/multi:2.0",
+        &[&a.manifest, &b.manifest],
+    );
+
+    // The target already holds child `a` (by digest, with its blobs) and `b`'s layer.
+    let a_in_target = add_image(&h.target, "dst.io/mirror/team/multi", "amd64");
+    assert_eq!(a_in_target.manifest.digest, a.manifest.digest);
+    h.target.add_blob(
+        &r("dst.io/mirror/team/multi"),
+        "application/vnd.oci.image.layer.v1.tar",
+        b"layer bytes of arm64",
+    );
+
+    let report = h
+        .run(&yaml("- source: src.io/team/multi:2.0\n"), false)
+        .await;
+    let rep = image_of(&report, "src.io/team/multi:2.0");
+    assert_eq!(rep.action, Action::Copied, "{}", report.render_text());
+    assert_eq!(rep.bytes, b.config.size, "only b's config is transferred");
+    assert_eq!(h.sink.blob_puts(), vec![b.config.digest.clone()]);
+    let manifests: Vec<(ManifestTarget, Digest)> = h
+        .sink
+        .log()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Manifest { target, digest, .. } => Some((target, digest)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        manifests,
+        vec![
+            (ManifestTarget::Digest, b.manifest.digest.clone()),
+            (ManifestTarget::Tag("2.0".into()), index.digest.clone()),
+        ]
+    );
+    assert_eq!(h.target.writes(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Target tag holds another digest
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn other_digest_in_target_stops_everything() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/before:1", "before");
+    let moved = add_image(&h.source, "src.io/team/moved:1", "moved-new");
+    add_image(&h.source, "src.io/team/after:1", "after");
+    let synced = add_image(&h.source, "src.io/team/synced:1", "synced");
+    let old = add_image(&h.target, "dst.io/mirror/team/moved:1", "moved-old");
+    add_image(&h.target, "dst.io/mirror/team/synced:1", "synced");
+
+    let report = h
+        .run(
+            &yaml(
+                "- source: src.io/team/before:1\n  sign: true\n\
+                 - source: src.io/team/moved:1\n\
+                 - source: src.io/team/after:1\n\
+                 - source: src.io/team/synced:1\n  sign: true\n",
+            ),
+            false,
+        )
+        .await;
+    let text = report.render_text();
+    assert_eq!(report.status(), Status::SafetyStop, "{text}");
+
+    let stopped = image_of(&report, "src.io/team/moved:1");
+    assert_eq!(stopped.action, Action::Stopped);
+    assert_eq!(stopped.digest.as_ref(), Some(&moved.manifest.digest));
+    assert_eq!(stopped.target_digest.as_ref(), Some(&old.manifest.digest));
+    let msg = stopped.message.unwrap();
+    assert!(msg.contains(&moved.manifest.digest.to_string()), "{msg}");
+    assert!(msg.contains(&old.manifest.digest.to_string()), "{msg}");
+
+    for s in ["src.io/team/before:1", "src.io/team/after:1"] {
+        let i = image_of(&report, s);
+        assert_eq!(i.action, Action::NotRun, "{text}");
+        assert!(i.message.is_some());
+    }
+    let in_sync = image_of(&report, "src.io/team/synced:1");
+    assert_eq!(in_sync.action, Action::InSync);
+    assert_eq!(in_sync.digest.as_ref(), Some(&synced.manifest.digest));
+    assert_eq!(in_sync.signature, None);
+    assert!(in_sync.message.unwrap().contains("not signed"));
+
+    assert_eq!(h.target.writes(), 0, "{:#?}", h.sink.log());
+    assert!(h.sink.log().is_empty());
+    assert!(
+        h.signer.calls().is_empty(),
+        "nothing is signed after a stop"
+    );
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/moved:1").await,
+        Some(old.manifest.digest.clone()),
+        "the target tag is not moved"
+    );
+    assert_eq!(h.target_tag("dst.io/mirror/team/before:1").await, None);
+    assert_eq!(h.target_tag("dst.io/mirror/team/after:1").await, None);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Integrity failures in the source
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn corrupted_source_blob_stops_the_rest() {
+    let h = Harness::new();
+    let first = add_image(&h.source, "src.io/team/first:1", "first");
+    let bad = add_image(&h.source, "src.io/team/bad:1", "bad");
+    add_image(&h.source, "src.io/team/later:1", "later");
+    h.source.corrupt_blob(
+        &r("src.io/team/bad:1"),
+        &bad.layer.digest,
+        b"layer bytes of BAD", // same length, other bytes
+    );
+
+    let report = h
+        .run(
+            &yaml(
+                "- source: src.io/team/first:1\n\
+                 - source: src.io/team/bad:1\n  sign: true\n\
+                 - source: src.io/team/later:1\n  sign: true\n",
+            ),
+            false,
+        )
+        .await;
+    let text = report.render_text();
+    assert_eq!(report.status(), Status::SafetyStop, "{text}");
+    assert_eq!(
+        image_of(&report, "src.io/team/first:1").action,
+        Action::Copied
+    );
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/first:1").await,
+        Some(first.manifest.digest.clone())
+    );
+
+    let stopped = image_of(&report, "src.io/team/bad:1");
+    assert_eq!(stopped.action, Action::Stopped, "{text}");
+    let msg = stopped.message.unwrap();
+    assert!(msg.contains("does not match its digest"), "{msg}");
+    assert!(msg.contains(&bad.layer.digest.to_string()), "{msg}");
+    assert_eq!(stopped.signature, None);
+    assert_eq!(h.target_tag("dst.io/mirror/team/bad:1").await, None);
+    assert!(
+        !h.target_has_blob("dst.io/mirror/team/bad", &bad.layer)
+            .await
+    );
+    assert!(h
+        .events_for("dst.io/mirror/team/bad")
+        .iter()
+        .all(|e| matches!(e, Event::Blob { .. })));
+
+    let later = image_of(&report, "src.io/team/later:1");
+    assert_eq!(later.action, Action::NotRun, "{text}");
+    assert!(h.events_for("dst.io/mirror/team/later").is_empty());
+    assert_eq!(h.target_tag("dst.io/mirror/team/later:1").await, None);
+    assert!(h.signer.calls().is_empty());
+}
+
+#[tokio::test]
+async fn source_manifest_not_matching_its_digest_stops_before_writing() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/first:1", "first");
+    let img = add_image(&h.source, "src.io/team/bad:1", "bad");
+    // Served bytes that do not hash to the digest the source claims.
+    let forged = RawManifest {
+        digest: img.manifest.digest.clone(),
+        bytes: Bytes::from(String::from_utf8(img.manifest.bytes.to_vec()).unwrap() + " "),
+        media_type: img.manifest.media_type.clone(),
+    };
+    h.source
+        .add_manifest(&r("src.io/team/bad:1"), &forged, Some("1"));
+
+    let report = h
+        .run(
+            &yaml("- source: src.io/team/first:1\n- source: src.io/team/bad:1\n"),
+            false,
+        )
+        .await;
+    assert_eq!(report.status(), Status::SafetyStop);
+    let bad = image_of(&report, "src.io/team/bad:1");
+    assert_eq!(bad.action, Action::Stopped);
+    assert!(bad.message.unwrap().contains("does not match its digest"));
+    assert_eq!(
+        image_of(&report, "src.io/team/first:1").action,
+        Action::NotRun
+    );
+    assert_eq!(h.target.writes(), 0);
+}
+
+#[tokio::test]
+async fn corrupted_index_child_stops_without_tagging() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/multi", "amd64");
+    let b = add_image(&h.source, "src.io/team/multi", "arm64");
+    add_index(
+        &h.source,
+        "src.io/team/multi:2.0",
+        &[&a.manifest, &b.manifest],
+    );
+    let forged = RawManifest {
+        bytes: Bytes::from(String::from_utf8(b.manifest.bytes.to_vec()).unwrap() + " "),
+        ..b.manifest.clone()
+    };
+    h.source
+        .add_manifest(&r("src.io/team/multi"), &forged, None);
+
+    let report = h
+        .run(&yaml("- source: src.io/team/multi:2.0\n"), false)
+        .await;
+    let rep = image_of(&report, "src.io/team/multi:2.0");
+    assert_eq!(rep.action, Action::Stopped, "{}", report.render_text());
+    assert_eq!(h.target_tag("dst.io/mirror/team/multi:2.0").await, None);
+    let by_digest = r("dst.io/mirror/team/multi").with_digest(b.manifest.digest.clone());
+    assert_eq!(h.target.manifest_digest(&by_digest).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Missing source
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn missing_source_fails_that_image_only() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/a:1", "a");
+    let c = add_image(&h.source, "src.io/team/c:1", "c");
+
+    let report = h
+        .run(
+            &yaml(
+                "- source: src.io/team/a:1\n\
+                 - source: src.io/team/missing:1\n  sign: true\n\
+                 - source: src.io/team/c:1\n",
+            ),
+            false,
+        )
+        .await;
+    let text = report.render_text();
+    assert_eq!(report.status(), Status::Failed, "{text}");
+    let missing = image_of(&report, "src.io/team/missing:1");
+    assert_eq!(missing.action, Action::Failed);
+    assert_eq!(missing.digest, None);
+    assert!(missing.message.unwrap().starts_with("source: "));
+    assert!(h.signer.calls().is_empty());
+    for (s, t, img) in [
+        ("src.io/team/a:1", "dst.io/mirror/team/a:1", &a),
+        ("src.io/team/c:1", "dst.io/mirror/team/c:1", &c),
+    ] {
+        assert_eq!(image_of(&report, s).action, Action::Copied, "{text}");
+        assert_eq!(h.target_tag(t).await, Some(img.manifest.digest.clone()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. Dry run
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn dry_run_writes_nothing_and_signs_only_in_sync_images_as_dry_run() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/new:1", "new");
+    let synced = add_image(&h.source, "src.io/team/synced:1", "synced");
+    add_image(&h.target, "dst.io/mirror/team/synced:1", "synced");
+    h.signer
+        .answer("dst.io/mirror/team/synced:1", Ok(SignOutcome::WouldSign));
+
+    let report = h
+        .run(
+            &yaml(
+                "- source: src.io/team/new:1\n  sign: true\n\
+                 - source: src.io/team/synced:1\n  sign: true\n",
+            ),
+            true,
+        )
+        .await;
+    let text = report.render_text();
+    assert!(report.dry_run);
+    assert!(text.starts_with("Plan (dry run"), "{text}");
+    assert_eq!(report.status(), Status::Ok);
+
+    let new = image_of(&report, "src.io/team/new:1");
+    assert_eq!(new.action, Action::WouldCopy);
+    assert_eq!(new.signature, Some(SignOutcome::WouldSign));
+    assert_eq!(new.bytes, 0);
+    let in_sync = image_of(&report, "src.io/team/synced:1");
+    assert_eq!(in_sync.action, Action::InSync);
+    assert_eq!(in_sync.signature, Some(SignOutcome::WouldSign));
+
+    assert_eq!(h.target.writes(), 0);
+    assert!(h.sink.log().is_empty());
+    assert_eq!(h.target_tag("dst.io/mirror/team/new:1").await, None);
+    let calls = h.signer.calls();
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    assert_eq!(
+        calls[0].request.target.to_string(),
+        "dst.io/mirror/team/synced:1"
+    );
+    assert!(calls[0].request.dry_run);
+    assert_eq!(calls[0].request.digest, synced.manifest.digest);
+}
+
+// ---------------------------------------------------------------------------
+// 8. Signing
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn signs_after_copy_or_in_sync_with_the_source_digest() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/a:1", "a");
+    add_image(&h.source, "src.io/team/b:1", "b");
+    let c = add_image(&h.source, "src.io/team/c:1", "c");
+    add_image(&h.target, "dst.io/mirror/team/c:1", "c");
+    h.signer
+        .answer("dst.io/mirror/team/c:1", Ok(SignOutcome::AlreadySigned));
+
+    let report = h
+        .run(
+            &yaml(
+                "- source: src.io/team/a:1\n  sign: true\n\
+                 - source: src.io/team/b:1\n  sign: false\n\
+                 - source: src.io/team/c:1\n  sign: true\n",
+            ),
+            false,
+        )
+        .await;
+    let text = report.render_text();
+    assert_eq!(report.status(), Status::Ok, "{text}");
+    assert_eq!(
+        h.signer.signed_targets(),
+        vec!["dst.io/mirror/team/a:1", "dst.io/mirror/team/c:1"]
+    );
+    for (call, img) in h.signer.calls().iter().zip([&a, &c]) {
+        assert_eq!(call.request.digest, img.manifest.digest);
+        assert_eq!(call.request.manifest, img.manifest);
+        assert!(!call.request.dry_run);
+        assert_eq!(
+            call.target_digest_then.as_ref(),
+            Some(&img.manifest.digest),
+            "the signer runs once the target holds the digest"
+        );
+    }
+    let ra = image_of(&report, "src.io/team/a:1");
+    assert_eq!(ra.action, Action::Copied);
+    assert_eq!(ra.signature, Some(SignOutcome::Signed));
+    let rb = image_of(&report, "src.io/team/b:1");
+    assert_eq!(rb.action, Action::Copied);
+    assert_eq!(rb.signature, None);
+    let rc = image_of(&report, "src.io/team/c:1");
+    assert_eq!(rc.action, Action::InSync);
+    assert_eq!(rc.signature, Some(SignOutcome::AlreadySigned));
+}
+
+#[tokio::test]
+async fn signer_integrity_error_stops_the_rest() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/a:1", "a");
+    add_image(&h.source, "src.io/team/b:1", "b");
+    h.signer.answer(
+        "dst.io/mirror/team/a:1",
+        Err(StageError::integrity(
+            "signatures present, none valid for the key",
+        )),
+    );
+
+    let report = h
+        .run(
+            &yaml("- source: src.io/team/a:1\n  sign: true\n- source: src.io/team/b:1\n  sign: true\n"),
+            false,
+        )
+        .await;
+    let text = report.render_text();
+    assert_eq!(report.status(), Status::SafetyStop, "{text}");
+    let ra = image_of(&report, "src.io/team/a:1");
+    assert_eq!(ra.action, Action::Stopped);
+    assert_eq!(
+        ra.message.as_deref(),
+        Some("signatures present, none valid for the key")
+    );
+    // The copy itself had completed before signing.
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/a:1").await,
+        Some(a.manifest.digest.clone())
+    );
+    assert_eq!(image_of(&report, "src.io/team/b:1").action, Action::NotRun);
+    assert!(h.events_for("dst.io/mirror/team/b").is_empty());
+    assert_eq!(h.signer.signed_targets(), vec!["dst.io/mirror/team/a:1"]);
+}
+
+#[tokio::test]
+async fn signer_transient_error_fails_that_image_only() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/a:1", "a");
+    add_image(&h.source, "src.io/team/b:1", "b");
+    h.signer.answer(
+        "dst.io/mirror/team/a:1",
+        Err(StageError::transient("KMS unreachable")),
+    );
+
+    let report = h
+        .run(
+            &yaml("- source: src.io/team/a:1\n  sign: true\n- source: src.io/team/b:1\n  sign: true\n"),
+            false,
+        )
+        .await;
+    assert_eq!(report.status(), Status::Failed);
+    let ra = image_of(&report, "src.io/team/a:1");
+    assert_eq!(ra.action, Action::Failed);
+    assert_eq!(ra.message.as_deref(), Some("KMS unreachable"));
+    let rb = image_of(&report, "src.io/team/b:1");
+    assert_eq!(rb.action, Action::Copied);
+    assert_eq!(rb.signature, Some(SignOutcome::Signed));
+}
+
+#[tokio::test]
+async fn signing_without_key_is_refused_before_anything() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/a:1", "a");
+    let d = def(&yaml(
+        "- source: src.io/team/a:1\n- source: src.io/team/b:1\n  sign: true\n- source: src.io/team/c:1\n  sign: true\n",
+    ));
+    let err = h
+        .orchestrator(false, true)
+        .prepare(&d, false)
+        .err()
+        .unwrap();
+    match &err {
+        PrepareError::SigningWithoutKey {
+            count,
+            first,
+            first_source,
+            ..
+        } => {
+            assert_eq!(*count, 2);
+            assert_eq!(*first, 1);
+            assert_eq!(first_source, "src.io/team/b:1");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err
+        .to_string()
+        .starts_with("t.yaml: signing is enabled for 2 image(s)"));
+
+    // Without signing, no key is needed.
+    let d = def(&yaml("- source: src.io/team/a:1\n"));
+    assert!(h.orchestrator(false, false).prepare(&d, false).is_ok());
+}
+
+#[tokio::test]
+async fn signing_without_signer_plugin_is_refused() {
+    let h = Harness::new();
+    let d = def(&yaml("- source: src.io/team/a:1\n  sign: true\n"));
+    let err = h.orchestrator(true, false).prepare(&d, true).err().unwrap();
+    match &err {
+        PrepareError::SignerUnavailable { count, message, .. } => {
+            assert_eq!(*count, 1);
+            assert!(message.contains("`cosign`"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9. Duplicates
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn duplicate_targets_from_different_sources_are_refused() {
+    let h = Harness::new();
+    let d = def(&yaml(
+        "- source: src.io/team/a:1\n\
+         - source: src.io/team/a:2\n  tag: \"1\"\n",
+    ));
+    let err = h.orchestrator(true, true).prepare(&d, false).err().unwrap();
+    match &err {
+        PrepareError::DuplicateTarget {
+            first,
+            second,
+            first_source,
+            second_source,
+            target,
+            line,
+            ..
+        } => {
+            assert_eq!((*first, *second), (0, 1));
+            assert_eq!(first_source, "src.io/team/a:1");
+            assert_eq!(second_source, "src.io/team/a:2");
+            assert_eq!(target, "dst.io/mirror/team/a:1");
+            assert_eq!(*line, Some(4));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn same_entry_twice_is_synced_once() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/a:1", "a");
+    let d = def(&yaml(
+        "- source: src.io/team/a:1\n- source: src.io/team/a:1\n",
+    ));
+    let prepared = h.orchestrator(true, true).prepare(&d, false).unwrap();
+    assert_eq!(prepared.targets().len(), 1);
+    let report = prepared.run().await;
+    assert_eq!(report.images.len(), 1, "{}", report.render_text());
+    assert_eq!(report.images[0].action, Action::Copied);
+    assert_eq!(h.target.writes(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// 10. Race: the target tag moves during the run
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn target_moved_during_run_is_not_overwritten() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/a:1", "a");
+    add_image(&h.source, "src.io/team/b:1", "b");
+    // Someone else's manifest, stored in the target repo by digest only for now.
+    let intruder = add_image(&h.target, "dst.io/mirror/team/a", "intruder");
+    *h.sink.intruder.lock().unwrap() =
+        Some((r("dst.io/mirror/team/a:1"), intruder.manifest.clone()));
+
+    let report = h
+        .run(
+            &yaml("- source: src.io/team/a:1\n  sign: true\n- source: src.io/team/b:1\n"),
+            false,
+        )
+        .await;
+    let text = report.render_text();
+    assert_eq!(report.status(), Status::SafetyStop, "{text}");
+    let ra = image_of(&report, "src.io/team/a:1");
+    assert_eq!(ra.action, Action::Stopped);
+    let msg = ra.message.unwrap();
+    assert!(msg.contains("changed during the run"), "{msg}");
+    assert!(msg.contains(&intruder.manifest.digest.to_string()), "{msg}");
+    assert!(msg.contains(&a.manifest.digest.to_string()), "{msg}");
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/a:1").await,
+        Some(intruder.manifest.digest.clone()),
+        "the intruder's tag is kept"
+    );
+    assert!(!h
+        .sink
+        .log()
+        .iter()
+        .any(|e| matches!(e, Event::Manifest { .. })));
+    assert_eq!(image_of(&report, "src.io/team/b:1").action, Action::NotRun);
+    assert!(h.events_for("dst.io/mirror/team/b").is_empty());
+    assert!(h.signer.calls().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 11. Rendered report
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn renders_mixed_run() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/a:1", "a");
+    add_image(&h.source, "src.io/team/b:1", "b");
+    add_image(&h.target, "dst.io/mirror/team/b:1", "b");
+    let c = add_image(&h.source, "src.io/team/c:1", "c");
+    h.source
+        .corrupt_blob(&r("src.io/team/c:1"), &c.layer.digest, b"layer bytes of C");
+    add_image(&h.source, "src.io/team/d:1", "d");
+    add_image(&h.source, "src.io/team/e:1", "e");
+    add_image(&h.target, "dst.io/mirror/team/e:1", "e");
+    h.signer
+        .answer("dst.io/mirror/team/b:1", Ok(SignOutcome::AlreadySigned));
+
+    let report = h
+        .run(
+            &yaml(
+                "- source: src.io/team/a:1\n  sign: true\n\
+                 - source: src.io/team/b:1\n  sign: true\n\
+                 - source: src.io/team/missing:1\n\
+                 - source: src.io/team/c:1\n\
+                 - source: src.io/team/d:1\n  sign: true\n\
+                 - source: src.io/team/e:1\n  sign: true\n",
+            ),
+            false,
+        )
+        .await;
+    insta::assert_snapshot!(report.render_text());
+}
+
+#[tokio::test]
+async fn same_entry_twice_is_signed_if_either_listing_asks() {
+    let h = Harness::new();
+    let a = add_image(&h.source, "src.io/team/a:1", "a");
+    let report = h
+        .run(
+            &yaml("- source: src.io/team/a:1\n- source: src.io/team/a:1\n  sign: true\n"),
+            false,
+        )
+        .await;
+    assert_eq!(report.images.len(), 1, "{}", report.render_text());
+    assert_eq!(report.images[0].action, Action::Copied);
+    assert_eq!(report.images[0].signature, Some(SignOutcome::Signed));
+    let calls = h.signer.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].request.digest, a.manifest.digest);
+}

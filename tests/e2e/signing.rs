@@ -1,0 +1,407 @@
+//! Signing and verification against the real registry, checked with openssl.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+
+use crate::support::*;
+
+struct Keys {
+    key: PathBuf,
+    public: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn keypair(dir: &Path, name: &str) -> Keys {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    Keys { key, public }
+}
+
+struct Setup {
+    source: Registry,
+    target: Registry,
+    dir: tempfile::TempDir,
+    single: fixtures::TestImage,
+    multi: fixtures::TestImage,
+}
+
+fn setup() -> Setup {
+    let source = Registry::start();
+    let target = Registry::start();
+    let single = fixtures::image("signed", 2, 1000);
+    let multi = fixtures::index("signed-multi", &["linux/amd64", "linux/arm64"]);
+    let unsigned = fixtures::image("unsigned", 1, 100);
+    block_on(async {
+        source.push("library/busybox:1.36", &single).await;
+        source.push("team/multi:1.0", &multi).await;
+        source.push("team/unsigned:1", &unsigned).await;
+    });
+    Setup {
+        source,
+        target,
+        dir: tempfile::tempdir().unwrap(),
+        single,
+        multi,
+    }
+}
+
+const IMAGES: &str = "sign: true\nimages:\n- source: busybox:1.36\n- source: team/multi:1.0\n- source: team/unsigned:1\n  sign: false\n";
+
+impl Setup {
+    fn sync(&self, key: &Path, extra: &[&str]) -> Run {
+        let def = write(
+            self.dir.path(),
+            "images.yaml",
+            &format!("{}{IMAGES}", header(&self.source, &self.target)),
+        );
+        let host = self.target.host();
+        let mut args = vec![
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "--kms-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
+    /// Verifies every signature layer under `repo:sha256-<hex>.sig` with openssl alone.
+    fn openssl_verify(&self, repo: &str, digest: &str, public: &Path) -> usize {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        let manifest =
+            block_on(self.target.manifest(&format!("{repo}:{tag}"))).expect("signature manifest");
+        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+        let layers = m["layers"].as_array().unwrap();
+        for (i, layer) in layers.iter().enumerate() {
+            assert_eq!(
+                layer["mediaType"],
+                "application/vnd.dev.cosign.simplesigning.v1+json"
+            );
+            let payload =
+                block_on(self.target.blob(repo, layer["digest"].as_str().unwrap())).unwrap();
+            let p: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(p["critical"]["image"]["docker-manifest-digest"], digest);
+            assert_eq!(
+                p["critical"]["identity"]["docker-reference"],
+                format!("{}/{repo}", self.target.host())
+            );
+            let sig = base64::engine::general_purpose::STANDARD
+                .decode(
+                    layer["annotations"]["dev.cosignproject.cosign/signature"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap();
+            let payload_file = self.dir.path().join(format!("payload-{i}"));
+            let sig_file = self.dir.path().join(format!("sig-{i}.der"));
+            std::fs::write(&payload_file, &payload).unwrap();
+            std::fs::write(&sig_file, &sig).unwrap();
+            openssl(&[
+                "dgst",
+                "-sha256",
+                "-verify",
+                public.to_str().unwrap(),
+                "-signature",
+                sig_file.to_str().unwrap(),
+                payload_file.to_str().unwrap(),
+            ]);
+        }
+        layers.len()
+    }
+}
+
+#[test]
+fn signs_on_first_sync_verifies_with_openssl_and_writes_nothing_the_second_time() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "ours");
+    let r = s.sync(&k.key, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    // Every signature pushed verifies with openssl and the public key alone.
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &k.public
+        ),
+        1
+    );
+    assert_eq!(
+        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
+        1
+    );
+    // `sign: false` is honoured.
+    block_on(async {
+        assert_eq!(s.target.tags("mirror/team/unsigned").await, vec!["1"]);
+    });
+    // Second run: the valid signatures are found, nothing is written.
+    let before = s.target.storage_snapshot();
+    let r = s.sync(&k.key, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: already signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s.target.storage_snapshot(), before);
+}
+
+#[test]
+fn signature_by_another_key_is_a_safety_stop() {
+    let s = setup();
+    let theirs = keypair(s.dir.path(), "theirs");
+    let ours = keypair(s.dir.path(), "ours");
+    assert_eq!(s.sync(&theirs.key, &[]).code, 0);
+    let before = s.target.storage_snapshot();
+    let r = s.sync(&ours.key, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stdout.contains("none valid for key"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&s.single.digest.to_string()),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        s.target.storage_snapshot(),
+        before,
+        "a signature stop wrote to the target"
+    );
+}
+
+#[test]
+fn dry_run_reports_would_sign_and_writes_nothing() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "ours");
+    let before = s.target.storage_snapshot();
+    let r = s.sync(&k.key, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: would sign").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s.target.storage_snapshot(), before);
+    // Copied but unsigned images in the target: dry run verifies and still writes nothing.
+    let plain = write(
+        s.dir.path(),
+        "plain.yaml",
+        &format!(
+            "{}{}",
+            header(&s.source, &s.target),
+            IMAGES.replace("sign: true\n", "")
+        ),
+    );
+    let host = s.target.host();
+    assert_eq!(
+        run(&["-i", plain.to_str().unwrap(), "--insecure-registry", &host]).code,
+        0
+    );
+    let before = s.target.storage_snapshot();
+    let r = s.sync(&k.key, &["--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: would sign").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s.target.storage_snapshot(), before);
+}
+
+#[test]
+fn signature_made_independently_with_openssl_is_accepted() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "ours");
+    // Sync without signing, then sign by hand: payload written here, signed by openssl.
+    let plain = write(
+        s.dir.path(),
+        "plain.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let host = s.target.host();
+    assert_eq!(
+        run(&["-i", plain.to_str().unwrap(), "--insecure-registry", &host]).code,
+        0
+    );
+    let repo = "mirror/library/busybox";
+    let digest = s.single.digest.to_string();
+    let payload = format!(
+        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}"
+    );
+    let payload_file = s.dir.path().join("payload.json");
+    let sig_file = s.dir.path().join("sig.der");
+    std::fs::write(&payload_file, &payload).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        k.key.to_str().unwrap(),
+        "-out",
+        sig_file.to_str().unwrap(),
+        payload_file.to_str().unwrap(),
+    ]);
+    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig_file).unwrap());
+    let config = b"{\"architecture\":\"\",\"os\":\"\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]},\"config\":{}}";
+    let (payload_digest, config_digest) = block_on(async {
+        (
+            s.target.push_blob(repo, payload.as_bytes()).await,
+            s.target.push_blob(repo, config).await,
+        )
+    });
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"size\":{},\"digest\":\"{config_digest}\"}},\"layers\":[{{\"mediaType\":\"application/vnd.dev.cosign.simplesigning.v1+json\",\"size\":{},\"digest\":\"{payload_digest}\",\"annotations\":{{\"dev.cosignproject.cosign/signature\":\"{sig}\"}}}}]}}",
+        config.len(),
+        payload.len()
+    );
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    block_on(s.target.push_manifest(
+        &format!("{repo}:{tag}"),
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    ));
+    let before = s.target.storage_snapshot();
+    let def = write(
+        s.dir.path(),
+        "one.yaml",
+        &format!(
+            "{}sign: true\nimages:\n- source: busybox:1.36\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        k.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("signature: already signed"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s.target.storage_snapshot(), before);
+}
+
+#[test]
+fn key_from_environment_variable() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "ours");
+    let pem = std::fs::read_to_string(&k.key).unwrap();
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!("{}{IMAGES}", header(&s.source, &s.target)),
+    );
+    let host = s.target.host();
+    let r = run_with(
+        &["-i", def.to_str().unwrap(), "--insecure-registry", &host],
+        &[
+            ("SYNCER_KMS_KEY", "env://IMAGE_SYNCER_TEST_KEY"),
+            ("IMAGE_SYNCER_TEST_KEY", &pem),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &k.public
+        ),
+        1
+    );
+    // The key itself never appears in output, even with --debug.
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "--debug",
+        ],
+        &[
+            ("SYNCER_KMS_KEY", "env://IMAGE_SYNCER_TEST_KEY"),
+            ("IMAGE_SYNCER_TEST_KEY", &pem),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(!r.all().contains(&body[..40]));
+}
+
+#[test]
+fn bad_signing_keys_exit_2_before_anything_is_touched() {
+    let s = setup();
+    let sec1 = s.dir.path().join("sec1.pem");
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        sec1.to_str().unwrap(),
+    ]);
+    let garbage = write(s.dir.path(), "garbage.pem", "not a key");
+    let before = s.target.storage_snapshot();
+    let mut out = String::new();
+    for (name, key) in [
+        ("missing file", s.dir.path().join("nope.pem")),
+        ("sec1 key", sec1),
+        ("not pem", garbage),
+    ] {
+        let r = s.sync(&key, &[]);
+        assert_eq!(r.code, 2, "{name}: {}", r.all());
+        out.push_str(&format!(
+            "## {name}\n{}\n",
+            r.stderr
+                .replace(&s.dir.path().display().to_string(), "[DIR]")
+        ));
+    }
+    assert_eq!(s.target.storage_snapshot(), before);
+    insta::assert_snapshot!(out);
+}
