@@ -26,4 +26,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   install_debs "${missing[@]}"
 fi
 
+# moto's server: a real AWS KMS implementation for the awskms:// tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    echo "missing: moto_server — install Python's pip, then: pip install 'moto[server]'" >&2
+    exit 1
+  fi
+  echo "installing moto[server] (PyPI) ..." >&2
+  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check "moto[server]" >&2
+  hash -r
+  command -v moto_server >/dev/null 2>&1 || { echo "moto_server is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
+fi
+
 exec cargo test --workspace --locked "$@"

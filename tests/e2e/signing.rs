@@ -405,3 +405,106 @@ fn bad_signing_keys_exit_2_before_anything_is_touched() {
     assert_eq!(s.target.storage_snapshot(), before);
     insta::assert_snapshot!(out);
 }
+
+#[test]
+fn aws_kms_key_on_moto_signs_and_verifies_with_openssl() {
+    let s = setup();
+    let moto = Moto::start();
+    let key_id = moto.create_p256_key();
+    moto.kms(
+        "CreateAlias",
+        serde_json::json!({"AliasName": "alias/image-syncer", "TargetKeyId": key_id}),
+    );
+    let public = s.dir.path().join("aws.pub");
+    std::fs::write(&public, moto.public_key_pem(&key_id)).unwrap();
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!("{}{IMAGES}", header(&s.source, &s.target)),
+    );
+    let host = s.target.host();
+    let key_ref = format!("awskms:///{key_id}");
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            &key_ref,
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &public
+        ),
+        1
+    );
+    assert_eq!(
+        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &public),
+        1
+    );
+    // The same key through its alias finds its own signatures: nothing written.
+    let before = s.target.storage_snapshot();
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            "awskms:///alias/image-syncer",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: already signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s.target.storage_snapshot(), before);
+    // Another KMS key sees signatures it cannot verify: safety stop.
+    let other = moto.create_p256_key();
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            &format!("awskms:///{other}"),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(s.target.storage_snapshot(), before);
+    // A key that does not exist: a failure naming the key, nothing written.
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            "awskms:///alias/missing",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("alias/missing"), "{}", r.stdout);
+    assert_eq!(s.target.storage_snapshot(), before);
+}

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use image_syncer_testkit::{block_on, fixtures, Registry, RegistryOptions};
+pub use image_syncer_testkit::{block_on, fixtures, Moto, Registry, RegistryOptions};
 
 /// The outcome of one run of the binary.
 #[derive(Debug)]

@@ -7,8 +7,10 @@
 //! image-syncer's own stages — so that tests do not check our code with itself.
 
 pub mod fixtures;
+mod moto;
 mod registry;
 
+pub use moto::Moto;
 pub use registry::{Registry, RegistryOptions};
 
 /// Runs a future on a fresh current-thread runtime (tests are synchronous).
