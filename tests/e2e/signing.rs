@@ -508,3 +508,244 @@ fn aws_kms_key_on_moto_signs_and_verifies_with_openssl() {
     assert!(r.stdout.contains("alias/missing"), "{}", r.stdout);
     assert_eq!(s.target.storage_snapshot(), before);
 }
+
+/// GCP Cloud KMS through the official client, against the STAND-IN server
+/// (tests/standins/gcpkms.py): no real Cloud KMS can run here.
+#[test]
+fn gcp_kms_stand_in_newest_enabled_version_crc_checks_and_standard_credentials() {
+    let s = setup();
+    let keys = s.dir.path().join("gcp-keys");
+    std::fs::create_dir(&keys).unwrap();
+    let mut publics = Vec::new();
+    for v in 1..=3 {
+        let k = keypair(&keys, &format!("v{v}"));
+        publics.push(k.public);
+    }
+    let log = s.dir.path().join("gcp.log");
+    let log_s = log.display().to_string();
+    let standin = StandIn::start("gcpkms.py", &[keys.to_str().unwrap(), "--log", &log_s]);
+    let home = s.dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let endpoint = standin.url();
+    let metadata = standin.host();
+    let env = [
+        ("SYNCER_GCP_KMS_ENDPOINT", endpoint.as_str()),
+        ("GCE_METADATA_HOST", metadata.as_str()),
+        ("HOME", home.to_str().unwrap()),
+        ("CLOUDSDK_CONFIG", home.to_str().unwrap()),
+    ];
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!("{}{IMAGES}", header(&s.source, &s.target)),
+    );
+    let host = s.target.host();
+    let key = "gcpkms://projects/p/locations/global/keyRings/r/cryptoKeys/k";
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            key,
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    // Signed by the newest ENABLED version (3), checked by openssl alone.
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &publics[2]
+        ),
+        1
+    );
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        requests.contains("/computeMetadata/v1/instance/service-accounts/default/token"),
+        "{requests}"
+    );
+    assert!(requests.contains("cryptoKeyVersions?"), "{requests}");
+    assert!(
+        requests.contains("cryptoKeyVersions/3:asymmetricSign"),
+        "{requests}"
+    );
+    // The named version 3 finds its signatures; version 2 does not verify them: stop.
+    let before = s.target.storage_snapshot();
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            &format!("{key}/cryptoKeyVersions/3"),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: already signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            &format!("{key}/cryptoKeyVersions/2"),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(s.target.storage_snapshot(), before);
+}
+
+#[test]
+fn gcp_kms_stand_in_corrupted_signature_is_refused_and_nothing_written() {
+    let s = setup();
+    let keys = s.dir.path().join("gcp-keys");
+    std::fs::create_dir(&keys).unwrap();
+    keypair(&keys, "v2");
+    let standin = StandIn::start(
+        "gcpkms.py",
+        &[keys.to_str().unwrap(), "--bad-signature-crc"],
+    );
+    let home = s.dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let (endpoint, metadata) = (standin.url(), standin.host());
+    let env = [
+        ("SYNCER_GCP_KMS_ENDPOINT", endpoint.as_str()),
+        ("GCE_METADATA_HOST", metadata.as_str()),
+        ("HOME", home.to_str().unwrap()),
+        ("CLOUDSDK_CONFIG", home.to_str().unwrap()),
+    ];
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!(
+            "{}sign: true\nimages:\n- source: busybox:1.36\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let host = s.target.host();
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            "gcpkms://projects/p/locations/global/keyRings/r/cryptoKeys/k",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("CRC32C"), "{}", r.stdout);
+    let tag = format!("{}.sig", s.single.digest.to_string().replace(':', "-"));
+    assert_eq!(
+        block_on(s.target.digest(&format!("mirror/library/busybox:{tag}"))),
+        None
+    );
+}
+
+/// Vault transit through its HTTP API, against the STAND-IN server
+/// (tests/standins/vault.py): no real Vault can run here.
+#[test]
+fn vault_transit_stand_in_signs_and_verifies_with_openssl() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "vault");
+    let standin = StandIn::start(
+        "vault.py",
+        &[k.key.to_str().unwrap(), "s.token", "--mount", "signing"],
+    );
+    let addr = standin.url();
+    let env = [
+        ("VAULT_ADDR", addr.as_str()),
+        ("VAULT_TOKEN", "s.token"),
+        ("TRANSIT_SECRET_ENGINE_PATH", "signing"),
+    ];
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!("{}{IMAGES}", header(&s.source, &s.target)),
+    );
+    let host = s.target.host();
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            "hashivault://cosign",
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &k.public
+        ),
+        1
+    );
+    assert_eq!(
+        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
+        1
+    );
+    assert!(!r.all().contains("s.token"));
+    // A wrong token: refused, nothing written, the token never printed.
+    let before = s.target.storage_snapshot();
+    let plain = write(
+        s.dir.path(),
+        "more.yaml",
+        &format!(
+            "{}sign: true\nimages:\n- source: team/unsigned:1\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let r = run_with(
+        &[
+            "-i",
+            plain.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            "hashivault://cosign",
+        ],
+        &[
+            ("VAULT_ADDR", addr.as_str()),
+            ("VAULT_TOKEN", "s.wrong"),
+            ("TRANSIT_SECRET_ENGINE_PATH", "signing"),
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("403"), "{}", r.stdout);
+    assert!(!r.all().contains("s.wrong"));
+    let tag = format!(
+        "{}.sig",
+        fixtures::image("unsigned", 1, 100)
+            .digest
+            .to_string()
+            .replace(':', "-")
+    );
+    assert_eq!(
+        block_on(s.target.digest(&format!("mirror/team/unsigned:{tag}"))),
+        None
+    );
+    let _ = before;
+}

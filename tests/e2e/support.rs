@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use image_syncer_testkit::{block_on, fixtures, Moto, Registry, RegistryOptions};
+pub use image_syncer_testkit::{block_on, fixtures, Moto, Registry, RegistryOptions, StandIn};
 
 /// The outcome of one run of the binary.
 #[derive(Debug)]
@@ -21,7 +21,15 @@ impl Run {
 pub fn command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_image-syncer"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("SYNCER_") || k == "RUST_LOG" {
+        // Nothing of the caller's provider or registry configuration leaks in.
+        if k.starts_with("SYNCER_")
+            || k.starts_with("AWS_")
+            || k.starts_with("VAULT_")
+            || k.starts_with("GOOGLE_")
+            || k.starts_with("GCE_")
+            || k.starts_with("COSIGN_")
+            || k == "RUST_LOG"
+        {
             c.env_remove(k);
         }
     }

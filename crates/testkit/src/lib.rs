@@ -9,9 +9,11 @@
 pub mod fixtures;
 mod moto;
 mod registry;
+mod standin;
 
 pub use moto::Moto;
 pub use registry::{Registry, RegistryOptions};
+pub use standin::{standins_dir, StandIn};
 
 /// Runs a future on a fresh current-thread runtime (tests are synchronous).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -22,7 +22,9 @@ use image_syncer_core::digest::{Digest, VerifyingStream};
 use image_syncer_core::keyref::KeyRef;
 use image_syncer_core::manifest::{Descriptor, Manifest};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{typed_config, BuildError, ConfigValue, StageFactory, StagePlugin};
+use image_syncer_core::registry::{
+    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+};
 use image_syncer_core::stage::{
     ErrorKind, ManifestTarget, SignOutcome, SignRequest, Signer, Sink, Stage, StageError, StageKind,
 };
@@ -66,7 +68,11 @@ enum Found {
 }
 
 impl CosignSigner {
-    pub fn new(config: CosignConfig, key_ref: KeyRef, provider: Arc<dyn KeyProvider>) -> CosignSigner {
+    pub fn new(
+        config: CosignConfig,
+        key_ref: KeyRef,
+        provider: Arc<dyn KeyProvider>,
+    ) -> CosignSigner {
         CosignSigner {
             config,
             key_ref,
@@ -87,7 +93,11 @@ impl CosignSigner {
         let (_, key) = self
             .public
             .get_or_try_init(|| async {
-                let public = self.provider.public_key().await.map_err(|e| self.key_error(e))?;
+                let public = self
+                    .provider
+                    .public_key()
+                    .await
+                    .map_err(|e| self.key_error(e))?;
                 let key = public.verification_key().map_err(|e| self.key_error(e))?;
                 Ok::<_, StageError>((public, Arc::new(key)))
             })
@@ -117,14 +127,21 @@ impl CosignSigner {
         let mut verified = VerifyingStream::new(stream, d.digest.clone(), Some(d.size));
         let mut out = Vec::with_capacity(d.size as usize);
         while let Some(chunk) = verified.next().await {
-            let chunk = chunk.map_err(|e| StageError::from_io(&format!("{repo}: signature payload {}", d.digest), &e))?;
+            let chunk = chunk.map_err(|e| {
+                StageError::from_io(&format!("{repo}: signature payload {}", d.digest), &e)
+            })?;
             out.extend_from_slice(&chunk);
         }
         Ok(out)
     }
 
     /// Reads the signatures stored for `digest` and checks them with our key.
-    async fn find(&self, sink: &dyn Sink, target: &ImageRef, digest: &Digest) -> Result<Found, StageError> {
+    async fn find(
+        &self,
+        sink: &dyn Sink,
+        target: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Found, StageError> {
         let sig_ref = target.with_tag(&sigmanifest::signature_tag(digest));
         let Some(manifest) = sink.fetch_manifest(&sig_ref).await? else {
             return Ok(Found::None { existing: vec![] });
@@ -134,7 +151,10 @@ impl CosignSigner {
         let key = self.verification_key().await?;
         let mut signatures = 0;
         for layer in &layers {
-            let (Some(sig), true) = (&layer.signature, layer.descriptor.media_type == SIMPLE_SIGNING) else {
+            let (Some(sig), true) = (
+                &layer.signature,
+                layer.descriptor.media_type == SIMPLE_SIGNING,
+            ) else {
                 continue;
             };
             signatures += 1;
@@ -167,22 +187,28 @@ impl CosignSigner {
         existing: &[Descriptor],
     ) -> Result<(), StageError> {
         let payload = payload::payload(&payload::docker_reference(target), digest);
-        let signature = self.provider.sign(&payload).await.map_err(|e| self.key_error(e))?;
+        let signature = self
+            .provider
+            .sign(&payload)
+            .await
+            .map_err(|e| self.key_error(e))?;
         // A signature our own key cannot verify would make every later run stop.
         let key = self.verification_key().await?;
-        key.verify_signature(Signature::Raw(&signature), &payload).map_err(|_| {
-            StageError::config(format!(
-                "signing key {}: the provider's signature does not verify with its public key",
-                self.key_ref
-            ))
-        })?;
+        key.verify_signature(Signature::Raw(&signature), &payload)
+            .map_err(|_| {
+                StageError::config(format!(
+                    "signing key {}: the provider's signature does not verify with its public key",
+                    self.key_ref
+                ))
+            })?;
         let b64 = base64::engine::general_purpose::STANDARD.encode(&signature);
         let layer = sigmanifest::signature_layer(&payload, &b64);
         let (manifest, config) = sigmanifest::build(existing, &layer);
         let config_desc = sigmanifest::config_descriptor(&config);
         for (desc, bytes) in [(&layer, Bytes::from(payload)), (&config_desc, config)] {
             if !sink.has_blob(target, desc).await? {
-                let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+                let stream =
+                    futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
                 sink.put_blob(target, desc, Box::pin(stream)).await?;
             }
         }
@@ -196,7 +222,11 @@ impl CosignSigner {
 
 #[async_trait]
 impl Signer for CosignSigner {
-    async fn sign(&self, request: &SignRequest, sink: &dyn Sink) -> Result<SignOutcome, StageError> {
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &dyn Sink,
+    ) -> Result<SignOutcome, StageError> {
         let mut digests = vec![request.digest.clone()];
         if self.config.recursive {
             if let Ok(Manifest::Index { manifests }) = request.manifest.parse() {
@@ -239,7 +269,9 @@ impl StageFactory for Factory {
             plugin: "cosign".into(),
             message: e.message,
         })?;
-        Ok(Stage::Signer(Arc::new(CosignSigner::new(config, key_ref, provider))))
+        Ok(Stage::Signer(Arc::new(CosignSigner::new(
+            config, key_ref, provider,
+        ))))
     }
 }
 

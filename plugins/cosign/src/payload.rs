@@ -59,7 +59,8 @@ mod tests {
         let d: Digest = "sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab"
             .parse()
             .unwrap();
-        let target = ImageRef::parse("eu.gcr.io/kyma-project/external/library/busybox:1.36").unwrap();
+        let target =
+            ImageRef::parse("eu.gcr.io/kyma-project/external/library/busybox:1.36").unwrap();
         let p = payload(&docker_reference(&target), &d);
         insta::assert_snapshot!(String::from_utf8(p.clone()).unwrap());
         assert_eq!(signed_digest(&p).as_deref(), Some(d.to_string().as_str()));

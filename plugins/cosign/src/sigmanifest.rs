@@ -121,8 +121,8 @@ pub fn build(existing: &[Descriptor], new: &Descriptor) -> (RawManifest, Bytes) 
             .collect(),
     };
     let bytes = Bytes::from(serde_json::to_vec(&wire).expect("manifest serializes"));
-    let manifest = RawManifest::new(Some(OCI_MANIFEST), bytes, None)
-        .expect("a manifest we build is valid");
+    let manifest =
+        RawManifest::new(Some(OCI_MANIFEST), bytes, None).expect("a manifest we build is valid");
     (manifest, config)
 }
 
@@ -146,7 +146,10 @@ mod tests {
     fn builds_and_appends() {
         let a = signature_layer(b"payload-a", "c2lnLWE=");
         let (m1, c1) = build(&[], &a);
-        insta::assert_snapshot!("one_layer_manifest", String::from_utf8(m1.bytes.to_vec()).unwrap());
+        insta::assert_snapshot!(
+            "one_layer_manifest",
+            String::from_utf8(m1.bytes.to_vec()).unwrap()
+        );
         insta::assert_snapshot!("one_layer_config", String::from_utf8(c1.to_vec()).unwrap());
         let l1 = layers(&m1).unwrap();
         assert_eq!(l1.len(), 1);
@@ -162,7 +165,11 @@ mod tests {
         let (m3, _) = build(&existing, &a);
         assert_eq!(layers(&m3).unwrap().len(), 1);
         assert_eq!(
-            signature_tag(&"sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab".parse().unwrap()),
+            signature_tag(
+                &"sha256:31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab"
+                    .parse()
+                    .unwrap()
+            ),
             "sha256-31a54a0cf86d7354788a8265f60ae6acb4b348a67efbcf7c1007dd3cf7af05ab.sig"
         );
     }

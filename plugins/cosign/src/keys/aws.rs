@@ -47,12 +47,18 @@ impl AwsKms {
             .await
     }
 
-    fn error<E: std::error::Error + 'static>(&self, what: &str, e: aws_sdk_kms::error::SdkError<E>) -> KeyError {
+    fn error<E: std::error::Error + 'static>(
+        &self,
+        what: &str,
+        e: aws_sdk_kms::error::SdkError<E>,
+    ) -> KeyError {
         use aws_sdk_kms::error::SdkError;
         let transient = matches!(
             e,
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
-        ) || e.raw_response().is_some_and(|r| r.status().is_server_error());
+        ) || e
+            .raw_response()
+            .is_some_and(|r| r.status().is_server_error());
         // DisplayErrorContext gives the service's message without request details.
         let message = format!(
             "awskms {what} ({}): {}",
@@ -133,8 +139,11 @@ impl KeyProvider for AwsKms {
             .send()
             .await
             .map_err(|e| self.error("Sign", e))?;
-        out.signature()
-            .map(|b| b.as_ref().to_vec())
-            .ok_or_else(|| KeyError::transient(format!("awskms {}: Sign returned no signature", self.key_id)))
+        out.signature().map(|b| b.as_ref().to_vec()).ok_or_else(|| {
+            KeyError::transient(format!(
+                "awskms {}: Sign returned no signature",
+                self.key_id
+            ))
+        })
     }
 }

@@ -18,13 +18,16 @@ impl LocalKey {
         let (what, pem) = match key {
             KeyRef::File { path } => (
                 path.clone(),
-                std::fs::read_to_string(path)
-                    .map_err(|e| KeyError::config(format!("{path}: cannot read the signing key: {e}")))?,
+                std::fs::read_to_string(path).map_err(|e| {
+                    KeyError::config(format!("{path}: cannot read the signing key: {e}"))
+                })?,
             ),
             KeyRef::Env { var } => (
                 format!("env://{var}"),
                 std::env::var(var).map_err(|_| {
-                    KeyError::config(format!("env://{var}: the environment variable {var} is not set"))
+                    KeyError::config(format!(
+                        "env://{var}: the environment variable {var} is not set"
+                    ))
                 })?,
             ),
             other => return Err(KeyError::config(format!("{other} is not a local key"))),
@@ -36,7 +39,10 @@ impl LocalKey {
     pub fn from_pem(what: &str, pem: &str) -> Result<LocalKey, KeyError> {
         let label = pem
             .lines()
-            .find_map(|l| l.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")))
+            .find_map(|l| {
+                l.strip_prefix("-----BEGIN ")
+                    .and_then(|l| l.strip_suffix("-----"))
+            })
             .ok_or_else(|| KeyError::config(format!("{what}: not a PEM private key")))?;
         let pair = if label.contains("ENCRYPTED") {
             let password = std::env::var("COSIGN_PASSWORD").map_err(|_| {
@@ -44,11 +50,13 @@ impl LocalKey {
                     "{what}: the key is encrypted; set COSIGN_PASSWORD to its password"
                 ))
             })?;
-            SigStoreKeyPair::from_encrypted_pem(pem.as_bytes(), password.as_bytes()).map_err(|_| {
-                KeyError::config(format!(
+            SigStoreKeyPair::from_encrypted_pem(pem.as_bytes(), password.as_bytes()).map_err(
+                |_| {
+                    KeyError::config(format!(
                     "{what}: cannot decrypt the key (wrong COSIGN_PASSWORD, or not a cosign key)"
                 ))
-            })?
+                },
+            )?
         } else if label == "PRIVATE KEY" {
             SigStoreKeyPair::from_pem(pem.as_bytes())
                 .map_err(|e| KeyError::config(format!("{what}: unsupported private key: {e}")))?
@@ -63,8 +71,12 @@ impl LocalKey {
         };
         let signer = match &pair {
             SigStoreKeyPair::ECDSA(k) => k.to_sigstore_signer(),
-            SigStoreKeyPair::RSA(_) => pair.to_sigstore_signer(&sigstore::crypto::SigningScheme::RSA_PKCS1_SHA256(0)),
-            SigStoreKeyPair::ED25519(_) => pair.to_sigstore_signer(&sigstore::crypto::SigningScheme::ED25519),
+            SigStoreKeyPair::RSA(_) => {
+                pair.to_sigstore_signer(&sigstore::crypto::SigningScheme::RSA_PKCS1_SHA256(0))
+            }
+            SigStoreKeyPair::ED25519(_) => {
+                pair.to_sigstore_signer(&sigstore::crypto::SigningScheme::ED25519)
+            }
         }
         .map_err(|e| KeyError::config(format!("{what}: cannot use the key: {e}")))?;
         let public = pair

@@ -27,7 +27,8 @@ impl Vault {
             .map_err(|_| KeyError::config("hashivault: VAULT_ADDR is not set"))?;
         let token = std::env::var("VAULT_TOKEN")
             .map_err(|_| KeyError::config("hashivault: VAULT_TOKEN is not set"))?;
-        let mount = std::env::var("TRANSIT_SECRET_ENGINE_PATH").unwrap_or_else(|_| "transit".into());
+        let mount =
+            std::env::var("TRANSIT_SECRET_ENGINE_PATH").unwrap_or_else(|_| "transit".into());
         if !(addr.starts_with("http://") || addr.starts_with("https://")) {
             return Err(KeyError::config(format!(
                 "hashivault: VAULT_ADDR `{addr}` must start with http:// or https://"
@@ -42,7 +43,11 @@ impl Vault {
         })
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder, what: &str) -> Result<serde_json::Value, KeyError> {
+    async fn call(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<serde_json::Value, KeyError> {
         let resp = req
             .header("X-Vault-Token", self.token.expose())
             .send()
@@ -54,10 +59,18 @@ impl Vault {
             .await
             .map_err(|e| KeyError::transient(format!("hashivault {what}: {}", e.without_url())))?;
         if !status.is_success() {
-            let kind = if status.is_server_error() { KeyError::transient } else { KeyError::config };
-            return Err(kind(format!("hashivault {what}: HTTP {status}: {}", body.chars().take(300).collect::<String>())));
+            let kind = if status.is_server_error() {
+                KeyError::transient
+            } else {
+                KeyError::config
+            };
+            return Err(kind(format!(
+                "hashivault {what}: HTTP {status}: {}",
+                body.chars().take(300).collect::<String>()
+            )));
         }
-        serde_json::from_str(&body).map_err(|e| KeyError::transient(format!("hashivault {what}: invalid response: {e}")))
+        serde_json::from_str(&body)
+            .map_err(|e| KeyError::transient(format!("hashivault {what}: invalid response: {e}")))
     }
 }
 
@@ -79,8 +92,9 @@ impl KeyProvider for Vault {
     async fn public_key(&self) -> Result<PublicKey, KeyError> {
         let url = format!("{}/v1/{}/keys/{}", self.addr, self.mount, self.key);
         let v = self.call(self.http.get(url), "read key").await?;
-        let info: KeyInfo = serde_json::from_value(v["data"].clone())
-            .map_err(|e| KeyError::config(format!("hashivault read key: unexpected response: {e}")))?;
+        let info: KeyInfo = serde_json::from_value(v["data"].clone()).map_err(|e| {
+            KeyError::config(format!("hashivault read key: unexpected response: {e}"))
+        })?;
         if !(info.kind.starts_with("ecdsa-") || info.kind.starts_with("rsa-")) {
             return Err(KeyError::config(format!(
                 "hashivault: key `{}` is of type {}, which cannot sign cosign signatures",
@@ -91,7 +105,9 @@ impl KeyProvider for Vault {
             .keys
             .get(&info.latest_version.to_string())
             .and_then(|k| k.public_key.clone())
-            .ok_or_else(|| KeyError::config("hashivault read key: no public key for the latest version"))?;
+            .ok_or_else(|| {
+                KeyError::config("hashivault read key: no public key for the latest version")
+            })?;
         Ok(PublicKey::Pem(pem))
     }
 
@@ -105,16 +121,19 @@ impl KeyProvider for Vault {
             "signature_algorithm": "pkcs1v15",
         });
         let v = self.call(self.http.post(url).json(&body), "sign").await?;
-        let sig = v["data"]["signature"]
-            .as_str()
-            .ok_or_else(|| KeyError::transient("hashivault sign: response has no data.signature"))?;
+        let sig = v["data"]["signature"].as_str().ok_or_else(|| {
+            KeyError::transient("hashivault sign: response has no data.signature")
+        })?;
         // `vault:v<N>:<base64>`
         let encoded = sig
             .strip_prefix("vault:")
             .and_then(|s| s.split_once(':'))
             .map(|(_, b)| b)
-            .ok_or_else(|| KeyError::transient("hashivault sign: signature lacks the vault:vN: prefix"))?;
-        b64.decode(encoded)
-            .map_err(|e| KeyError::transient(format!("hashivault sign: signature is not base64: {e}")))
+            .ok_or_else(|| {
+                KeyError::transient("hashivault sign: signature lacks the vault:vN: prefix")
+            })?;
+        b64.decode(encoded).map_err(|e| {
+            KeyError::transient(format!("hashivault sign: signature is not base64: {e}"))
+        })
     }
 }
