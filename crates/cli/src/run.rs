@@ -25,13 +25,17 @@ fn init_logging(debug: bool) {
     // Debug applies to image-syncer's own crates only: HTTP libraries below
     // log request details we do not control.
     let filter = if debug {
-        "warn,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug"
+        "warn,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug,image_syncer_cosign=debug"
     } else {
-        "warn,image_syncer_core=info"
+        "warn,image_syncer_core=info,image_syncer_cosign=info"
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .with_target(false)
         .try_init();
 }

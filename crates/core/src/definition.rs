@@ -208,12 +208,12 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             ImageRef::parse(&format!("x:{tag}"))
                 .map_err(|_| invalid(format!("tag `{tag}` is invalid: a tag is 1 to 128 characters of [A-Za-z0-9_.-] and does not start with `.` or `-`")))?;
         }
-        if source.digest().is_some() && m.tag.is_none() {
+        if source.digest().is_some() && source.tag().is_none() && m.tag.is_none() {
             return Err(invalid(
                 "the source is pinned by digest, so the entry needs a `tag:` for the target".into(),
             ));
         }
-        if source.digest().is_none() && source.tag().is_none() && m.tag.is_none() {
+        if source.digest().is_none() && source.tag().is_none() {
             return Err(invalid(
                 "the source has neither tag nor digest; write the tag explicitly (for example `:latest`)".into(),
             ));

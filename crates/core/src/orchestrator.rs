@@ -222,7 +222,7 @@ impl Orchestrator {
             let key = target.to_string();
             if let Some(&first) = seen.get(&key) {
                 let f = &def.images[first];
-                if f.source != spec.source {
+                if !f.source.same_image(&spec.source) {
                     return Err(PrepareError::DuplicateTarget {
                         path: path.clone(),
                         line: spec.line,

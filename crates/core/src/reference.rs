@@ -193,6 +193,23 @@ impl ImageRef {
         }
     }
 
+    /// Whether both name the same image: registry (Docker Hub aliases equal),
+    /// repository (`library/` normalised), tag and digest.
+    pub fn same_image(&self, other: &ImageRef) -> bool {
+        let host = |r: &ImageRef| {
+            if is_docker_hub(r.registry()) {
+                DOCKER_HUB.to_string()
+            } else {
+                r.registry().to_string()
+            }
+        };
+        self.transport == other.transport
+            && host(self) == host(other)
+            && self.repository() == other.repository()
+            && self.tag == other.tag
+            && self.digest == other.digest
+    }
+
     /// `registry/repository` without tag or digest, Docker Hub names normalised.
     pub fn repository_name(&self) -> String {
         match &self.transport {

@@ -37,6 +37,9 @@ pub mod keys;
 pub mod payload;
 pub mod sigmanifest;
 
+#[cfg(test)]
+mod tests;
+
 use keys::{KeyError, KeyErrorKind, KeyProvider, PublicKey};
 use sigmanifest::{SignatureLayer, SIMPLE_SIGNING};
 

@@ -32,11 +32,13 @@ impl LocalKey {
             ),
             other => return Err(KeyError::config(format!("{other} is not a local key"))),
         };
-        Self::from_pem(&what, &pem)
+        let password = std::env::var("COSIGN_PASSWORD").ok();
+        Self::from_pem(&what, &pem, password.as_deref())
     }
 
-    /// Parses PEM key material; `what` names it in errors.
-    pub fn from_pem(what: &str, pem: &str) -> Result<LocalKey, KeyError> {
+    /// Parses PEM key material; `what` names it in errors, `password`
+    /// decrypts cosign's encrypted keys.
+    pub fn from_pem(what: &str, pem: &str, password: Option<&str>) -> Result<LocalKey, KeyError> {
         let label = pem
             .lines()
             .find_map(|l| {
@@ -45,7 +47,7 @@ impl LocalKey {
             })
             .ok_or_else(|| KeyError::config(format!("{what}: not a PEM private key")))?;
         let pair = if label.contains("ENCRYPTED") {
-            let password = std::env::var("COSIGN_PASSWORD").map_err(|_| {
+            let password = password.ok_or_else(|| {
                 KeyError::config(format!(
                     "{what}: the key is encrypted; set COSIGN_PASSWORD to its password"
                 ))
