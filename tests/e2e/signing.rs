@@ -749,3 +749,88 @@ fn vault_transit_stand_in_signs_and_verifies_with_openssl() {
     );
     let _ = before;
 }
+
+/// Azure Key Vault through the official SDK, against the STAND-IN server
+/// (tests/standins/azurekms.py, TLS with a CA made for the test): no real
+/// Key Vault can run here.
+#[test]
+fn azure_key_vault_stand_in_signs_with_the_current_version() {
+    let s = setup();
+    let keys = s.dir.path().join("azure-keys");
+    std::fs::create_dir(&keys).unwrap();
+    let mut publics = Vec::new();
+    for v in 1..=2 {
+        publics.push(keypair(&keys, &format!("v{v}")).public);
+    }
+    let ca = s.dir.path().join("azure-ca.pem");
+    let log = s.dir.path().join("azure.log");
+    let standin = StandIn::start(
+        "azurekms.py",
+        &[
+            keys.to_str().unwrap(),
+            ca.to_str().unwrap(),
+            "--log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let base = format!("https://{}", standin.host());
+    let identity = format!("{base}/msi/token");
+    let env = [
+        ("SYNCER_AZURE_KEYVAULT_URL", base.as_str()),
+        ("IDENTITY_ENDPOINT", identity.as_str()),
+        ("IDENTITY_HEADER", "standin-identity-header"),
+        ("SSL_CERT_FILE", ca.to_str().unwrap()),
+    ];
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!("{}{IMAGES}", header(&s.source, &s.target)),
+    );
+    let host = s.target.host();
+    let key = "azurekms://standin.vault.azure.net/cosign";
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            key,
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    // The current version (v2) signed; openssl alone checks it.
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &publics[1]
+        ),
+        1
+    );
+    let requests = std::fs::read_to_string(&log).unwrap();
+    assert!(requests.contains("/msi/token"), "{requests}");
+    assert!(requests.contains("/keys/cosign/v2/sign"), "{requests}");
+    // Version 1 named explicitly: the v2 signatures are not valid for it.
+    let before = s.target.storage_snapshot();
+    let r = run_with(
+        &[
+            "-i",
+            def.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            &format!("{key}/v1"),
+        ],
+        &env,
+    );
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(s.target.storage_snapshot(), before);
+}

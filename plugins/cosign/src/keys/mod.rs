@@ -12,6 +12,8 @@ pub use local::LocalKey;
 
 #[cfg(feature = "aws-kms")]
 mod aws;
+#[cfg(feature = "azure-kms")]
+pub mod azure;
 #[cfg(feature = "gcp-kms")]
 mod gcp;
 mod vault;
@@ -98,16 +100,33 @@ pub fn provider_for(key: &KeyRef) -> Result<Arc<dyn KeyProvider>, KeyError> {
     match key {
         KeyRef::File { .. } | KeyRef::Env { .. } => Ok(Arc::new(LocalKey::load(key)?)),
         #[cfg(feature = "aws-kms")]
-        KeyRef::AwsKms { endpoint, key_id } => Ok(Arc::new(aws::AwsKms::new(endpoint.clone(), key_id.clone()))),
+        KeyRef::AwsKms { endpoint, key_id } => {
+            Ok(Arc::new(aws::AwsKms::new(endpoint.clone(), key_id.clone())))
+        }
         #[cfg(not(feature = "aws-kms"))]
-        KeyRef::AwsKms { .. } => Err(KeyError::config("this build has no AWS KMS support (cargo feature `aws-kms`)")),
+        KeyRef::AwsKms { .. } => Err(KeyError::config(
+            "this build has no AWS KMS support (cargo feature `aws-kms`)",
+        )),
         #[cfg(feature = "gcp-kms")]
         KeyRef::GcpKms { resource } => Ok(Arc::new(gcp::GcpKms::new(resource.clone()))),
         #[cfg(not(feature = "gcp-kms"))]
-        KeyRef::GcpKms { .. } => Err(KeyError::config("this build has no GCP KMS support (cargo feature `gcp-kms`)")),
+        KeyRef::GcpKms { .. } => Err(KeyError::config(
+            "this build has no GCP KMS support (cargo feature `gcp-kms`)",
+        )),
         KeyRef::HashiVault { key } => Ok(Arc::new(vault::Vault::from_env(key)?)),
+        #[cfg(feature = "azure-kms")]
+        KeyRef::AzureKms {
+            vault,
+            key,
+            version,
+        } => Ok(Arc::new(azure::AzureKms::new(
+            vault,
+            key,
+            version.as_deref(),
+        ))),
+        #[cfg(not(feature = "azure-kms"))]
         KeyRef::AzureKms { .. } => Err(KeyError::config(
-            "Azure Key Vault keys (azurekms://) are recognised but not supported yet; use a GCP, AWS, Vault or local key",
+            "this build has no Azure Key Vault support (cargo feature `azure-kms`)",
         )),
     }
 }
