@@ -23,6 +23,11 @@ fn bad_inputs_exit_2_with_clear_messages() {
         ("bad-ref.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: \"UPPER/case:1\"\n"),
         ("duplicate-target.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: \"busybox:1.36\"\n- source: \"library/busybox:1.36\"\n- source: \"docker.io/library/busybox:1.0\"\n  tag: \"1.36\"\n- source: \"busybox:1.0\"\n  tag: \"1.36\"\n"),
         ("bad-prefix.yaml", "targetRepoPrefix: \"127.0.0.1:9/UPPER/\"\nimages:\n- source: a:1\n"),
+        ("pipeline-unknown-plugin.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  guards:\n  - plugin: immutable\n  - plugin: nope\n"),
+        ("pipeline-bad-config.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  sink:\n    plugin: oci\n    config:\n      monolithic: true\n"),
+        ("pipeline-flattened-config.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  sink:\n    plugin: oci\n    monolithicPush: true\n"),
+        ("pipeline-wrong-kind.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  transforms:\n  - plugin: immutable\n"),
+        ("pipeline-unknown-stage.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  filters: []\n"),
         ("bad-registry.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages: []\nregistries:\n  docker.io:\n    insecure: \"very\"\n"),
     ];
     for (name, text) in defs {

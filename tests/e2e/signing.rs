@@ -834,3 +834,37 @@ fn azure_key_vault_stand_in_signs_with_the_current_version() {
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(s.target.storage_snapshot(), before);
 }
+
+#[test]
+fn recursive_signing_from_the_pipeline_section_signs_index_and_children() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "ours");
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!(
+            "{}sign: true\nimages:\n- source: team/multi:1.0\npipeline:\n  signer:\n    plugin: cosign\n    config:\n      recursive: true\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let host = s.target.host();
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        k.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
+        1
+    );
+    for child in &s.multi.children {
+        assert_eq!(
+            s.openssl_verify("mirror/team/multi", &child.digest.to_string(), &k.public),
+            1
+        );
+    }
+}

@@ -25,8 +25,14 @@ Exit codes:
 )]
 pub struct Args {
     /// Definition file (YAML) listing the images to sync
-    #[arg(short = 'i', long, env = "SYNCER_IMAGES_FILE", value_name = "PATH")]
-    pub images_file: PathBuf,
+    #[arg(
+        short = 'i',
+        long,
+        env = "SYNCER_IMAGES_FILE",
+        value_name = "PATH",
+        required_unless_present = "list_stages"
+    )]
+    pub images_file: Option<PathBuf>,
 
     /// JSON key file for the target registry: logs in as `_json_key` with the file's content as password (GCR/Artifact Registry); absent = anonymous
     #[arg(
@@ -58,6 +64,10 @@ pub struct Args {
     /// Registry reached over plain HTTP (repeatable; env: comma-separated)
     #[arg(long = "insecure-registry", env = "SYNCER_INSECURE_REGISTRIES", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_host)]
     pub insecure_registries: Vec<String>,
+
+    /// List the stage plugins this binary knows (kind, name, description, example config) and exit
+    #[arg(long)]
+    pub list_stages: bool,
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {

@@ -91,15 +91,39 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(not(unix))]
 fn warn_if_readable_by_others(_path: &Path) {}
 
+/// The stage list, sorted by kind then name (the registry's order).
+pub fn render_stages(registry: &StageRegistry) -> String {
+    let mut out = String::new();
+    for s in registry.iter() {
+        out.push_str(&format!("{} {}\n", s.kind, s.name));
+        out.push_str(&format!("  {}\n", s.description));
+        if let Some(t) = &s.transport {
+            out.push_str(&format!("  serves references written `{t}:...`\n"));
+        }
+        out.push_str(&format!("  origin: {}\n  example config:\n", s.origin));
+        for line in s.example_config.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out
+}
+
 pub fn run(args: Args) -> Exit {
     init_logging(args.debug);
     let registry = match StageRegistry::builtin() {
         Ok(r) => r,
         Err(e) => return input_error(e),
     };
+    if args.list_stages {
+        print!("{}", render_stages(&registry));
+        return Exit::Ok;
+    }
+    let Some(images_file) = args.images_file.as_deref() else {
+        return input_error("--images-file is required");
+    };
     let transports = registry.transports();
     let transport_refs: Vec<&str> = transports.iter().map(String::as_str).collect();
-    let def = match definition::load(&args.images_file, &transport_refs) {
+    let def = match definition::load(images_file, &transport_refs) {
         Ok(d) => d,
         Err(e) => return input_error(e),
     };

@@ -30,6 +30,80 @@ struct FileModel {
     images: Vec<ImageModel>,
     #[serde(default)]
     registries: BTreeMap<String, RegistrySettings>,
+    #[serde(default)]
+    pipeline: Option<PipelineModel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineModel {
+    #[serde(default)]
+    source: Option<StageModel>,
+    #[serde(default)]
+    transforms: Option<Vec<StageModel>>,
+    #[serde(default)]
+    guards: Option<Vec<StageModel>>,
+    #[serde(default)]
+    sink: Option<StageModel>,
+    #[serde(default)]
+    signer: Option<StageModel>,
+}
+
+/// `{ plugin: NAME, config: {...} }`: the config stays nested under `config`
+/// and is typed by the plugin.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageModel {
+    plugin: String,
+    #[serde(default)]
+    config: serde_yaml::Value,
+}
+
+/// A stage choice: plugin name, its config, and where it was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageSpec {
+    pub plugin: String,
+    pub config: serde_json::Value,
+    /// Where in the definition (`pipeline.signer`, `pipeline.guards[1]`), if it came from one.
+    pub at: Option<String>,
+    pub line: Option<usize>,
+}
+
+impl StageSpec {
+    pub fn named(plugin: &str) -> StageSpec {
+        StageSpec {
+            plugin: plugin.to_string(),
+            config: serde_json::Value::Null,
+            at: None,
+            line: None,
+        }
+    }
+}
+
+/// Which plugins make up the pipeline. Sources and sinks left `None` are
+/// chosen per reference by transport (`oci:` → the plugin serving `oci`,
+/// registry references → the plugin serving none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSpec {
+    pub source: Option<StageSpec>,
+    pub transforms: Vec<StageSpec>,
+    pub guards: Vec<StageSpec>,
+    pub sink: Option<StageSpec>,
+    pub signer: StageSpec,
+}
+
+impl Default for PipelineSpec {
+    /// The documented default pipeline: source by transport → `retag` →
+    /// `immutable` → sink by transport → `cosign` (for images with `sign`).
+    fn default() -> Self {
+        PipelineSpec {
+            source: None,
+            transforms: vec![StageSpec::named("retag")],
+            guards: vec![StageSpec::named("immutable")],
+            sink: None,
+            signer: StageSpec::named("cosign"),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -65,6 +139,8 @@ pub struct Definition {
     pub target_repo_prefix: String,
     pub images: Vec<ImageSpec>,
     pub registries: BTreeMap<String, RegistrySettings>,
+    /// The `pipeline:` section over the default pipeline.
+    pub pipeline: PipelineSpec,
 }
 
 impl Definition {
@@ -227,12 +303,70 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             target_prefix: model.target_repo_prefix.clone(),
         });
     }
+    let pipeline = match model.pipeline {
+        None => PipelineSpec::default(),
+        Some(p) => pipeline_spec(p, text, &shown)?,
+    };
     Ok(Definition {
         path: path.to_path_buf(),
         target_repo_prefix: model.target_repo_prefix,
         images,
         registries: model.registries,
+        pipeline,
     })
+}
+
+fn pipeline_spec(
+    p: PipelineModel,
+    text: &str,
+    shown: &str,
+) -> Result<PipelineSpec, DefinitionError> {
+    let start = find_line(text, "pipeline:", 0).unwrap_or(0);
+    let mut next_line = start;
+    let mut stage = |m: StageModel, at: String| -> Result<StageSpec, DefinitionError> {
+        let line = find_line(text, &m.plugin, next_line);
+        if let Some(l) = line {
+            next_line = l + 1;
+        }
+        let config = serde_json::to_value(&m.config).map_err(|e| DefinitionError::Invalid {
+            path: shown.to_string(),
+            line,
+            what: format!("{at} (plugin `{}`)", m.plugin),
+            message: format!("config must be a map with string keys: {e}"),
+        })?;
+        Ok(StageSpec {
+            plugin: m.plugin,
+            config,
+            at: Some(at),
+            line,
+        })
+    };
+    let mut spec = PipelineSpec::default();
+    // Document order of the section's keys is not known here; look each up in turn.
+    if let Some(s) = p.source {
+        spec.source = Some(stage(s, "pipeline.source".into())?);
+    }
+    if let Some(ts) = p.transforms {
+        spec.transforms = ts
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| stage(t, format!("pipeline.transforms[{i}]")))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(gs) = p.guards {
+        spec.guards = gs
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| stage(g, format!("pipeline.guards[{i}]")))
+            .collect::<Result<_, _>>()?;
+    }
+    if let Some(s) = p.sink {
+        spec.sink = Some(stage(s, "pipeline.sink".into())?);
+    }
+    if let Some(s) = p.signer {
+        spec.signer = stage(s, "pipeline.signer".into())?;
+    }
+    Ok(spec)
 }
 
 /// Parses a plugin's YAML config text (for example a plugin's example config).

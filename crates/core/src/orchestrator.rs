@@ -22,60 +22,27 @@ use crate::definition::{Definition, ImageSpec};
 use crate::digest::{Digest, VerifyingStream};
 use crate::manifest::{Manifest, RawManifest};
 use crate::reference::ImageRef;
-use crate::registry::{BuildError, ConfigValue, StageRegistry};
+use crate::registry::{BuildError, StageRegistry};
 use crate::report::{Action, ImageReport, Report};
 use crate::stage::{
     ErrorKind, Guard, GuardInput, ManifestTarget, SignRequest, Signer, Sink, Source, Stage,
     StageError, StageKind, Transform, TransformInput, Verdict,
 };
 
-/// A stage choice: plugin name and its config.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StageSpec {
-    pub plugin: String,
-    pub config: ConfigValue,
-}
-
-impl StageSpec {
-    pub fn named(plugin: &str) -> StageSpec {
-        StageSpec {
-            plugin: plugin.to_string(),
-            config: ConfigValue::Null,
-        }
-    }
-}
-
-/// Which plugins make up the pipeline. Sources and sinks left `None` are
-/// chosen per reference by transport (`oci:` → the plugin serving `oci`,
-/// registry references → the plugin serving none).
-#[derive(Clone, Debug, PartialEq)]
-pub struct PipelineSpec {
-    pub source: Option<StageSpec>,
-    pub transforms: Vec<StageSpec>,
-    pub guards: Vec<StageSpec>,
-    pub sink: Option<StageSpec>,
-    pub signer: StageSpec,
-}
-
-impl Default for PipelineSpec {
-    /// The documented default pipeline: source by transport → `retag` →
-    /// `immutable` → sink by transport → `cosign` (for images with `sign`).
-    fn default() -> Self {
-        PipelineSpec {
-            source: None,
-            transforms: vec![StageSpec::named("retag")],
-            guards: vec![StageSpec::named("immutable")],
-            sink: None,
-            signer: StageSpec::named("cosign"),
-        }
-    }
-}
+pub use crate::definition::{PipelineSpec, StageSpec};
 
 /// An input problem found before anything is touched.
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("{}{at}: {source}", line_prefix(.path, *.line))]
+    Stage {
+        path: String,
+        line: Option<usize>,
+        at: String,
+        source: BuildError,
+    },
     #[error("{}images[{index}] (source `{source_ref}`): {message}", line_prefix(.path, *.line))]
     Target {
         path: String,
@@ -120,7 +87,6 @@ fn line_prefix(path: &str, line: Option<usize>) -> String {
 pub struct Orchestrator {
     pub registry: StageRegistry,
     pub context: StageContext,
-    pub spec: PipelineSpec,
 }
 
 struct Item {
@@ -140,11 +106,7 @@ pub struct Prepared {
 
 impl Orchestrator {
     pub fn new(registry: StageRegistry, context: StageContext) -> Orchestrator {
-        Orchestrator {
-            registry,
-            context,
-            spec: PipelineSpec::default(),
-        }
+        Orchestrator { registry, context }
     }
 
     fn build(&self, kind: StageKind, spec: &StageSpec) -> Result<Stage, BuildError> {
@@ -152,25 +114,44 @@ impl Orchestrator {
             .build(kind, &spec.plugin, &spec.config, &self.context)
     }
 
+    /// Builds a stage, naming where the definition chose it on error.
+    fn build_at(
+        &self,
+        def: &Definition,
+        kind: StageKind,
+        spec: &StageSpec,
+    ) -> Result<Stage, PrepareError> {
+        self.build(kind, spec).map_err(|source| match &spec.at {
+            Some(at) => PrepareError::Stage {
+                path: def.path.display().to_string(),
+                line: spec.line,
+                at: at.clone(),
+                source,
+            },
+            None => PrepareError::Build(source),
+        })
+    }
+
     fn build_by_transport(
         &self,
+        def: &Definition,
         kind: StageKind,
         chosen: &Option<StageSpec>,
         transport: Option<&str>,
-    ) -> Result<Stage, BuildError> {
+    ) -> Result<Stage, PrepareError> {
         if let Some(spec) = chosen {
-            return self.build(kind, spec);
+            return self.build_at(def, kind, spec);
         }
         match self.registry.for_transport(kind, transport) {
-            Some(entry) => self.build(kind, &StageSpec::named(&entry.name)),
-            None => Err(BuildError::Unknown {
+            Some(entry) => Ok(self.build(kind, &StageSpec::named(&entry.name))?),
+            None => Err(PrepareError::Build(BuildError::Unknown {
                 kind,
                 name: match transport {
                     Some(t) => format!("<serving `{t}:` references>"),
                     None => "<serving registry references>".into(),
                 },
                 known: self.registry.names(kind).join(", "),
-            }),
+            })),
         }
     }
 
@@ -178,15 +159,16 @@ impl Orchestrator {
     pub fn prepare(&self, def: &Definition, dry_run: bool) -> Result<Prepared, PrepareError> {
         let path = def.path.display().to_string();
         let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
-        for t in &self.spec.transforms {
-            match self.build(StageKind::Transform, t)? {
+        let pipeline = &def.pipeline;
+        for t in &pipeline.transforms {
+            match self.build_at(def, StageKind::Transform, t)? {
                 Stage::Transform(t) => transforms.push(t),
                 _ => unreachable!("registry checks the kind"),
             }
         }
         let mut guards: Vec<Arc<dyn Guard>> = Vec::new();
-        for g in &self.spec.guards {
-            match self.build(StageKind::Guard, g)? {
+        for g in &pipeline.guards {
+            match self.build_at(def, StageKind::Guard, g)? {
                 Stage::Guard(g) => guards.push(g),
                 _ => unreachable!("registry checks the kind"),
             }
@@ -251,9 +233,10 @@ impl Orchestrator {
                     first_source: first.source.to_string(),
                 });
             }
-            match self.build(StageKind::Signer, &self.spec.signer) {
+            match self.build_at(def, StageKind::Signer, &pipeline.signer) {
                 Ok(Stage::Signer(s)) => Some(s),
                 Ok(_) => unreachable!("registry checks the kind"),
+                Err(e @ PrepareError::Stage { .. }) => return Err(e),
                 Err(e) => {
                     return Err(PrepareError::SignerUnavailable {
                         path,
@@ -287,8 +270,9 @@ impl Orchestrator {
             let st = spec.source.transport().map(str::to_string);
             if !sources.contains_key(&st) {
                 match self.build_by_transport(
+                    def,
                     StageKind::Source,
-                    &self.spec.source,
+                    &pipeline.source,
                     st.as_deref(),
                 )? {
                     Stage::Source(s) => sources.insert(st.clone(), s),
@@ -297,7 +281,12 @@ impl Orchestrator {
             }
             let tt = target.transport().map(str::to_string);
             if !sinks.contains_key(&tt) {
-                match self.build_by_transport(StageKind::Sink, &self.spec.sink, tt.as_deref())? {
+                match self.build_by_transport(
+                    def,
+                    StageKind::Sink,
+                    &pipeline.sink,
+                    tt.as_deref(),
+                )? {
                     Stage::Sink(s) => sinks.insert(tt.clone(), s),
                     _ => unreachable!("registry checks the kind"),
                 };
