@@ -3,6 +3,7 @@
 //! the default pipeline's transform (`retag`), guard (`immutable`) and signer
 //! (`cosign`), registered under those names.
 
+use crate::registry::ConfigValue;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
