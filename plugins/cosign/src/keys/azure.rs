@@ -256,7 +256,7 @@ mod tests {
         raw[62] = 0x7f; // s has leading zeros to strip
         raw[63] = 2;
         let der = raw_to_der(&raw).unwrap();
-        assert_eq!(&der[..4], &[0x30, 0x26, 0x02, 0x21]);
+        assert_eq!(&der[..5], &[0x30, 0x27, 0x02, 0x21, 0x00]);
         assert_eq!(&der[der.len() - 4..], &[0x02, 0x02, 0x7f, 0x02]);
         assert!(raw_to_der(&[0; 63]).is_none());
     }
