@@ -3,6 +3,7 @@
 //! and the orchestrator. It knows no HTTP and no registry protocol: plugins do.
 
 pub mod context;
+pub mod cosign;
 pub mod definition;
 pub mod digest;
 pub mod keyref;

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::digest::Digest;
+use crate::manifest::{Descriptor, RawManifest, OCI_MANIFEST};
 use bytes::Bytes;
-use image_syncer_core::digest::Digest;
-use image_syncer_core::manifest::{Descriptor, RawManifest, OCI_MANIFEST};
 use serde::Serialize;
 
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -29,7 +29,7 @@ pub struct SignatureLayer {
 /// The layers of a signature manifest (all layers, signatures or not).
 pub fn layers(manifest: &RawManifest) -> Result<Vec<SignatureLayer>, String> {
     match manifest.parse().map_err(|e| e.to_string())? {
-        image_syncer_core::manifest::Manifest::Image { layers, .. } => Ok(layers
+        crate::manifest::Manifest::Image { layers, .. } => Ok(layers
             .into_iter()
             .map(|d| SignatureLayer {
                 signature: d

@@ -1,0 +1,182 @@
+//! cosign's classic signature format and the verify-then-sign flow, shared by
+//! signer plugins. Keys are abstract ([`SignatureKey`]): where a signature
+//! comes from and how it is checked is the plugin's business; what is stored,
+//! where, and when a run must stop is decided here.
+//!
+//! For each digest to sign, the tag `sha256-<hex>.sig` of the target repository
+//! is read:
+//! - a signature valid for the key over a payload naming this digest → already
+//!   signed, nothing written;
+//! - signature layers, none valid → safety stop (`ErrorKind::Integrity`);
+//! - none → sign, push payload, config and manifest (dry run: "would sign").
+
+pub mod payload;
+pub mod sigmanifest;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tracing::{debug, info};
+
+use crate::digest::{Digest, VerifyingStream};
+use crate::manifest::{Descriptor, Manifest};
+use crate::reference::ImageRef;
+use crate::stage::{ManifestTarget, SignOutcome, SignRequest, Sink, StageError};
+use sigmanifest::{SignatureLayer, SIMPLE_SIGNING};
+
+/// Payload blobs larger than this are not read when verifying (cosign's are ~200 bytes).
+const MAX_PAYLOAD: u64 = 1 << 20;
+
+/// A signing key as the flow sees it.
+#[async_trait::async_trait]
+pub trait SignatureKey: Send + Sync {
+    /// The key reference, for messages (never secret material).
+    fn describe(&self) -> String;
+    /// Whether `signature` (raw bytes, DER for ECDSA) is valid for `payload`.
+    async fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<bool, StageError>;
+    /// Signs `payload`; the flow verifies the result with [`SignatureKey::verify`].
+    async fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, StageError>;
+}
+
+/// What was found for one digest.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    Valid,
+    None { existing: Vec<Descriptor> },
+}
+
+async fn read_payload(
+    sink: &dyn Sink,
+    repo: &ImageRef,
+    d: &Descriptor,
+) -> Result<Vec<u8>, StageError> {
+    if d.size > MAX_PAYLOAD {
+        return Err(StageError::invalid(format!(
+            "{repo}: signature payload {} is {} bytes, more than a signature payload can be",
+            d.digest, d.size
+        )));
+    }
+    let stream = sink.fetch_blob(repo, d).await?;
+    let mut verified = VerifyingStream::new(stream, d.digest.clone(), Some(d.size));
+    let mut out = Vec::with_capacity(d.size as usize);
+    while let Some(chunk) = verified.next().await {
+        let chunk = chunk.map_err(|e| {
+            StageError::from_io(&format!("{repo}: signature payload {}", d.digest), &e)
+        })?;
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Reads the signatures stored for `digest` and checks them with `key`.
+async fn find(
+    key: &dyn SignatureKey,
+    sink: &dyn Sink,
+    target: &ImageRef,
+    digest: &Digest,
+) -> Result<Found, StageError> {
+    let sig_ref = target.with_tag(&sigmanifest::signature_tag(digest));
+    let Some(manifest) = sink.fetch_manifest(&sig_ref).await? else {
+        return Ok(Found::None { existing: vec![] });
+    };
+    let layers: Vec<SignatureLayer> = sigmanifest::layers(&manifest)
+        .map_err(|e| StageError::integrity(format!("{sig_ref}: {e}")))?;
+    let mut signatures = 0;
+    for layer in &layers {
+        let (Some(sig), true) = (
+            &layer.signature,
+            layer.descriptor.media_type == SIMPLE_SIGNING,
+        ) else {
+            continue;
+        };
+        signatures += 1;
+        let payload = read_payload(sink, target, &layer.descriptor).await?;
+        let raw = match base64::engine::general_purpose::STANDARD.decode(sig.trim()) {
+            Ok(raw) => raw,
+            Err(_) => continue,
+        };
+        let valid = payload::signed_digest(&payload).as_deref()
+            == Some(digest.to_string().as_str())
+            && key.verify(&payload, &raw).await?;
+        debug!(tag = %sig_ref, layer = %layer.descriptor.digest, valid, "signature checked");
+        if valid {
+            return Ok(Found::Valid);
+        }
+    }
+    if signatures > 0 {
+        return Err(StageError::integrity(format!(
+            "safety stop: {target}@{digest} carries {signatures} signature(s) in {sig_ref}, none valid for key {}; nothing more is written",
+            key.describe()
+        )));
+    }
+    Ok(Found::None {
+        existing: layers.into_iter().map(|l| l.descriptor).collect(),
+    })
+}
+
+async fn sign_one(
+    key: &dyn SignatureKey,
+    sink: &dyn Sink,
+    target: &ImageRef,
+    digest: &Digest,
+    existing: &[Descriptor],
+) -> Result<(), StageError> {
+    let payload = payload::payload(&payload::docker_reference(target), digest);
+    let signature = key.sign(&payload).await?;
+    // A signature our own key cannot verify would make every later run stop.
+    if !key.verify(&payload, &signature).await? {
+        return Err(StageError::config(format!(
+            "signing key {}: its signature does not verify with its public key",
+            key.describe()
+        )));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&signature);
+    let layer = sigmanifest::signature_layer(&payload, &b64);
+    let (manifest, config) = sigmanifest::build(existing, &layer);
+    let config_desc = sigmanifest::config_descriptor(&config);
+    for (desc, bytes) in [(&layer, Bytes::from(payload)), (&config_desc, config)] {
+        if !sink.has_blob(target, desc).await? {
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+            sink.put_blob(target, desc, Box::pin(stream)).await?;
+        }
+    }
+    let tag = sigmanifest::signature_tag(digest);
+    sink.put_manifest(target, &ManifestTarget::Tag(tag.clone()), &manifest)
+        .await?;
+    info!(target = %target, %digest, signature_tag = %tag, key = %key.describe(), "signed");
+    Ok(())
+}
+
+/// The verify-then-sign flow for one request: the image digest and, with
+/// `recursive`, each child of an index.
+pub async fn sign_request(
+    key: &dyn SignatureKey,
+    recursive: bool,
+    request: &SignRequest,
+    sink: &dyn Sink,
+) -> Result<SignOutcome, StageError> {
+    let mut digests = vec![request.digest.clone()];
+    if recursive {
+        if let Ok(Manifest::Index { manifests }) = request.manifest.parse() {
+            digests.extend(manifests.into_iter().map(|m| m.digest));
+        }
+    }
+    // Verify all first: a stop must come before any write.
+    let mut to_sign = Vec::new();
+    for d in &digests {
+        match find(key, sink, &request.target, d).await? {
+            Found::Valid => {}
+            Found::None { existing } => to_sign.push((d.clone(), existing)),
+        }
+    }
+    if to_sign.is_empty() {
+        return Ok(SignOutcome::AlreadySigned);
+    }
+    if request.dry_run {
+        return Ok(SignOutcome::WouldSign);
+    }
+    for (d, existing) in &to_sign {
+        sign_one(key, sink, &request.target, d, existing).await?;
+    }
+    Ok(SignOutcome::Signed)
+}
