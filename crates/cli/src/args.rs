@@ -65,6 +65,10 @@ pub struct Args {
     #[arg(long = "insecure-registry", env = "SYNCER_INSECURE_REGISTRIES", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_host)]
     pub insecure_registries: Vec<String>,
 
+    /// Load a plugin library (repeatable); its stages can then be named in the definition's `pipeline:`
+    #[arg(long = "plugin", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+
     /// List the stage plugins this binary knows (kind, name, description, example config) and exit
     #[arg(long)]
     pub list_stages: bool,

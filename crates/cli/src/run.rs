@@ -114,6 +114,18 @@ pub fn run(args: Args) -> Exit {
         Ok(r) => r,
         Err(e) => return input_error(e),
     };
+    let mut registry = registry;
+    // Plugin libraries: from flags, then from the definition's `plugins:` list.
+    let mut libraries = args.plugins.clone();
+    if let Some(f) = args.images_file.as_deref() {
+        libraries.extend(definition::plugin_list(f));
+    }
+    for lib in &libraries {
+        match image_syncer_plugin::host::load_into(&mut registry, lib) {
+            Ok(n) => info!(plugin = %lib.display(), stages = n, "plugin loaded"),
+            Err(e) => return input_error(e),
+        }
+    }
     if args.list_stages {
         print!("{}", render_stages(&registry));
         return Exit::Ok;

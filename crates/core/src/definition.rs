@@ -32,6 +32,32 @@ struct FileModel {
     registries: BTreeMap<String, RegistrySettings>,
     #[serde(default)]
     pipeline: Option<PipelineModel>,
+    #[serde(default)]
+    plugins: Vec<String>,
+}
+
+/// Only the `plugins:` list, read before the rest (plugins bring transports
+/// that the image references may use).
+#[derive(Deserialize)]
+struct PluginsOnly {
+    #[serde(default)]
+    plugins: Vec<String>,
+}
+
+/// The plugin libraries a definition asks for, resolved against its directory.
+/// Errors are reported when the whole file is parsed; here a file that does not
+/// parse simply lists no plugins.
+pub fn plugin_list(path: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    serde_yaml::from_str::<PluginsOnly>(&text)
+        .map(|p| p.plugins.iter().map(|s| base.join(s)).collect())
+        .unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -141,6 +167,8 @@ pub struct Definition {
     pub registries: BTreeMap<String, RegistrySettings>,
     /// The `pipeline:` section over the default pipeline.
     pub pipeline: PipelineSpec,
+    /// Plugin libraries (`plugins:`), resolved against the definition's directory.
+    pub plugins: Vec<PathBuf>,
 }
 
 impl Definition {
@@ -307,12 +335,17 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
         None => PipelineSpec::default(),
         Some(p) => pipeline_spec(p, text, &shown)?,
     };
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
     Ok(Definition {
         path: path.to_path_buf(),
         target_repo_prefix: model.target_repo_prefix,
         images,
         registries: model.registries,
         pipeline,
+        plugins: model.plugins.iter().map(|p| base.join(p)).collect(),
     })
 }
 

@@ -21,3 +21,6 @@ pub use inventory;
 
 /// The version of this crate, checked by dynamic plugin loading.
 pub const CORE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// [`CORE_VERSION`], NUL-terminated (for the plugin declaration).
+pub const CORE_VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");

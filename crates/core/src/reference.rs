@@ -184,10 +184,10 @@ impl ImageRef {
         }
     }
 
-    /// The same repository pinned to `digest`, without tag.
+    /// The same repository pinned to `digest`. The tag, if any, is kept as
+    /// context (a transport may use it to locate the image); the digest wins.
     pub fn with_digest(&self, digest: Digest) -> ImageRef {
         ImageRef {
-            tag: None,
             digest: Some(digest),
             ..self.clone()
         }

@@ -1,0 +1,545 @@
+//! The host side: loads plugin libraries and adapts their blocking stages to
+//! the core's async stage traits.
+//!
+//! Every object that came from a library (factories, stages, blob readers)
+//! holds an `Arc<Library>`, declared after the object so that it is dropped
+//! after it: the library stays loaded while anything of it lives. Manifests
+//! returned by a plugin are copied into host-owned memory.
+
+use std::ffi::CStr;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use image_syncer_core::async_trait;
+use image_syncer_core::context::StageContext;
+use image_syncer_core::digest::{ByteStream, Digest};
+use image_syncer_core::manifest::{Descriptor, RawManifest};
+use image_syncer_core::reference::ImageRef;
+use image_syncer_core::registry::{
+    BuildError, ConfigValue, Origin, RegisteredStage, StageFactory, StageRegistry,
+};
+use image_syncer_core::stage::{
+    ErrorKind, Guard, GuardInput, ManifestTarget, SignOutcome, SignRequest, Signer, Sink, Source,
+    Stage, StageError, Transform, Verdict,
+};
+use libloading::Library;
+use tokio::runtime::Handle;
+
+use crate::{
+    BlockingGuard, BlockingSigner, BlockingSink, BlockingSource, PluginDeclaration, PluginFactory,
+    PluginStage, Registrar, ABI_VERSION, DECLARATION_SYMBOL, RUSTC_VERSION,
+};
+
+/// A plugin library that cannot be used. Nothing of it was called when a
+/// version check fails.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("plugin {path}: cannot load the library: {message}")]
+    Open { path: String, message: String },
+    #[error("plugin {path}: not an image-syncer plugin (no `{symbol}` symbol): {message}")]
+    MissingSymbol {
+        path: String,
+        symbol: &'static str,
+        message: String,
+    },
+    #[error("plugin {path}: plugin ABI version {found}, this image-syncer speaks {expected}; rebuild the plugin against image-syncer-plugin {core}")]
+    Abi {
+        path: String,
+        found: u32,
+        expected: u32,
+        core: &'static str,
+    },
+    #[error("plugin {path}: built against image-syncer-core {found}, this image-syncer has {expected}; rebuild the plugin against {expected}")]
+    CoreVersion {
+        path: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("plugin {path}: built with `{found}`, this image-syncer with `{expected}`; plugins must be built by the same compiler")]
+    Rustc {
+        path: String,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("plugin {path}: declares no stages")]
+    Empty { path: String },
+    #[error("plugin {path}: {source}")]
+    Register { path: String, source: BuildError },
+}
+
+/// Loads a plugin library and adds its stages to `registry`. A stage whose
+/// kind and name are already registered is refused.
+pub fn load_into(registry: &mut StageRegistry, path: &Path) -> Result<usize, LoadError> {
+    let stages = load(path)?;
+    let n = stages.len();
+    for s in stages {
+        registry.insert(s).map_err(|source| LoadError::Register {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(n)
+}
+
+/// Loads a plugin library: checks its declaration, then collects its stages.
+pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
+    let shown = path.display().to_string();
+    // Loading runs the library's initialisers; a library is trusted code.
+    let library = unsafe { Library::new(path) }.map_err(|e| LoadError::Open {
+        path: shown.clone(),
+        message: e.to_string(),
+    })?;
+    let library = Arc::new(library);
+    let declaration: *const PluginDeclaration = unsafe {
+        let symbol = library
+            .get::<*const PluginDeclaration>(DECLARATION_SYMBOL.as_bytes())
+            .map_err(|e| LoadError::MissingSymbol {
+                path: shown.clone(),
+                symbol: DECLARATION_SYMBOL,
+                message: e.to_string(),
+            })?;
+        // For a static, the symbol's value is the static's address.
+        *symbol
+    };
+    let declaration = unsafe { &*declaration };
+    if declaration.abi_version != ABI_VERSION {
+        return Err(LoadError::Abi {
+            path: shown,
+            found: declaration.abi_version,
+            expected: ABI_VERSION,
+            core: image_syncer_core::CORE_VERSION,
+        });
+    }
+    let c_str = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::from("<missing>")
+        } else {
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    let core = c_str(declaration.core_version);
+    if core != image_syncer_core::CORE_VERSION {
+        return Err(LoadError::CoreVersion {
+            path: shown,
+            found: core,
+            expected: image_syncer_core::CORE_VERSION,
+        });
+    }
+    let rustc = c_str(declaration.rustc_version);
+    if rustc != RUSTC_VERSION {
+        return Err(LoadError::Rustc {
+            path: shown,
+            found: rustc,
+            expected: RUSTC_VERSION,
+        });
+    }
+    let mut registrar = Registrar::default();
+    unsafe { (declaration.register)(&mut registrar) };
+    if registrar.stages.is_empty() {
+        return Err(LoadError::Empty { path: shown });
+    }
+    Ok(registrar
+        .stages
+        .into_iter()
+        .map(|d| RegisteredStage {
+            kind: d.kind,
+            name: d.name,
+            description: d.description,
+            example_config: d.example_config,
+            transport: d.transport,
+            origin: Origin::Library(shown.clone()),
+            factory: Arc::new(LibraryFactory {
+                inner: d.factory,
+                _library: library.clone(),
+            }),
+        })
+        .collect())
+}
+
+struct LibraryFactory {
+    inner: Box<dyn PluginFactory>,
+    // After `inner`: dropped after it.
+    _library: Arc<Library>,
+}
+
+impl StageFactory for LibraryFactory {
+    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
+        let lib = self._library.clone();
+        Ok(match self.inner.build(config, cx)? {
+            PluginStage::Source(s) => Stage::Source(Arc::new(HostSource {
+                inner: Arc::from(s),
+                _library: lib,
+            })),
+            PluginStage::Sink(s) => Stage::Sink(Arc::new(HostSink {
+                inner: Arc::from(s),
+                _library: lib,
+            })),
+            PluginStage::Transform(t) => Stage::Transform(Arc::new(HostTransform {
+                inner: t,
+                _library: lib,
+            })),
+            PluginStage::Guard(g) => Stage::Guard(Arc::new(HostGuard {
+                inner: Arc::from(g),
+                _library: lib,
+            })),
+            PluginStage::Signer(s) => Stage::Signer(Arc::new(HostSigner {
+                inner: Arc::from(s),
+                _library: lib,
+            })),
+        })
+    }
+}
+
+/// Runs a plugin call on the blocking pool; a panic is a stage failure.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
+) -> Result<T, StageError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StageError::transient(format!(
+            "plugin {what} panicked or was cancelled: {e}"
+        ))),
+    }
+}
+
+/// A manifest in host-owned memory.
+fn own(m: RawManifest) -> RawManifest {
+    RawManifest {
+        media_type: m.media_type.clone(),
+        bytes: Bytes::copy_from_slice(&m.bytes),
+        digest: m.digest.clone(),
+    }
+}
+
+/// Streams a plugin reader on the blocking pool through a bounded channel.
+fn reader_stream(reader: Box<dyn Read + Send>, library: Arc<Library>) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+        drop(reader);
+        drop(library);
+    });
+    Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}
+
+/// Reads chunks sent by the async side; an error chunk is returned as is.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+struct HostSource {
+    inner: Arc<dyn BlockingSource>,
+    _library: Arc<Library>,
+}
+
+#[async_trait]
+impl Source for HostSource {
+    async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
+        let (inner, r) = (self.inner.clone(), reference.clone());
+        blocking("source", move || inner.resolve(&r).map(own)).await
+    }
+
+    async fn fetch_manifest(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<RawManifest, StageError> {
+        let (inner, r, d) = (self.inner.clone(), repository.clone(), descriptor.clone());
+        blocking("source", move || inner.fetch_manifest(&r, &d).map(own)).await
+    }
+
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        let (inner, r, d) = (self.inner.clone(), repository.clone(), descriptor.clone());
+        let reader = blocking("source", move || inner.fetch_blob(&r, &d)).await?;
+        Ok(reader_stream(reader, self._library.clone()))
+    }
+}
+
+struct HostSink {
+    inner: Arc<dyn BlockingSink>,
+    _library: Arc<Library>,
+}
+
+#[async_trait]
+impl Sink for HostSink {
+    async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        let (inner, t) = (self.inner.clone(), target.clone());
+        blocking("sink", move || inner.manifest_digest(&t)).await
+    }
+
+    async fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        let (inner, t) = (self.inner.clone(), target.clone());
+        blocking("sink", move || inner.fetch_manifest(&t).map(|m| m.map(own))).await
+    }
+
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        let (inner, r, d) = (self.inner.clone(), repository.clone(), descriptor.clone());
+        let reader = blocking("sink", move || inner.fetch_blob(&r, &d)).await?;
+        Ok(reader_stream(reader, self._library.clone()))
+    }
+
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        let (inner, r, d) = (self.inner.clone(), repository.clone(), descriptor.clone());
+        blocking("sink", move || inner.has_blob(&r, &d)).await
+    }
+
+    async fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        mut content: ByteStream,
+    ) -> Result<(), StageError> {
+        let (inner, r, d) = (self.inner.clone(), repository.clone(), descriptor.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The stream's own failure (a content mismatch) decides the error kind.
+        let failure: Arc<Mutex<Option<StageError>>> = Arc::default();
+        let seen = failure.clone();
+        let context = format!("{repository}: blob {}", descriptor.digest);
+        let pump = async move {
+            while let Some(item) = content.next().await {
+                let stop = item.is_err();
+                if let Err(e) = &item {
+                    *seen.lock().unwrap() = Some(StageError::from_io(&context, e));
+                }
+                let item = item.map_err(|e| std::io::Error::new(e.kind(), e.to_string()));
+                if tx.send(item).await.is_err() || stop {
+                    break;
+                }
+            }
+        };
+        let write = blocking("sink", move || {
+            let mut reader = ChannelReader {
+                rx,
+                current: Bytes::new(),
+            };
+            inner.put_blob(&r, &d, &mut reader)
+        });
+        let ((), result) = tokio::join!(pump, write);
+        if let Some(e) = failure.lock().unwrap().take() {
+            return Err(e);
+        }
+        result
+    }
+
+    async fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError> {
+        let (inner, r, t, m) = (
+            self.inner.clone(),
+            repository.clone(),
+            target.clone(),
+            manifest.clone(),
+        );
+        blocking("sink", move || inner.put_manifest(&r, &t, &m)).await
+    }
+}
+
+struct HostTransform {
+    inner: Box<dyn Transform>,
+    _library: Arc<Library>,
+}
+
+impl Transform for HostTransform {
+    fn apply(
+        &self,
+        input: image_syncer_core::stage::TransformInput<'_>,
+    ) -> Result<ImageRef, StageError> {
+        self.inner.apply(input)
+    }
+}
+
+struct HostGuard {
+    inner: Arc<dyn BlockingGuard>,
+    _library: Arc<Library>,
+}
+
+#[async_trait]
+impl Guard for HostGuard {
+    async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
+        // GuardInput borrows; the check is quick and synchronous by contract.
+        tokio::task::block_in_place(|| self.inner.check(input))
+    }
+}
+
+struct HostSigner {
+    inner: Arc<dyn BlockingSigner>,
+    _library: Arc<Library>,
+}
+
+/// Reads an async stream from a blocking thread.
+struct StreamReader {
+    stream: ByteStream,
+    handle: Handle,
+    current: Bytes,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl Signer for HostSigner {
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &dyn Sink,
+    ) -> Result<SignOutcome, StageError> {
+        // The sink is borrowed; wrap the call so the plugin sees a blocking sink
+        // backed by this runtime. `block_in_place` keeps the borrow valid.
+        let handle = Handle::current();
+        let inner = self.inner.clone();
+        let host = BorrowedSink(sink);
+        tokio::task::block_in_place(move || {
+            let blocking = BlockingHostSinkRef { sink: host, handle };
+            inner.sign(request, &blocking)
+        })
+    }
+}
+
+/// The host's async sink, offered to a plugin signer as a blocking sink.
+/// Calls run on the host's runtime through its handle, from a thread that
+/// `block_in_place` made blocking. Blobs a signer writes are small
+/// (payloads, configs) and are buffered, bounded by their descriptor's size.
+#[derive(Clone, Copy)]
+struct BorrowedSink<'a>(&'a dyn Sink);
+
+struct BlockingHostSinkRef<'a> {
+    sink: BorrowedSink<'a>,
+    handle: Handle,
+}
+
+impl BlockingSink for BlockingHostSinkRef<'_> {
+    fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.handle.block_on(self.sink.0.manifest_digest(target))
+    }
+    fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        self.handle.block_on(self.sink.0.fetch_manifest(target))
+    }
+    fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<Box<dyn Read + Send>, StageError> {
+        let stream = self
+            .handle
+            .block_on(self.sink.0.fetch_blob(repository, descriptor))?;
+        Ok(Box::new(StreamReader {
+            stream,
+            handle: self.handle.clone(),
+            current: Bytes::new(),
+        }))
+    }
+    fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor) -> Result<bool, StageError> {
+        self.handle
+            .block_on(self.sink.0.has_blob(repository, descriptor))
+    }
+    fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        content: &mut dyn Read,
+    ) -> Result<(), StageError> {
+        let mut buf = Vec::new();
+        content
+            .take(descriptor.size + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| StageError::from_io("plugin blob", &e))?;
+        let stream: ByteStream = Box::pin(futures_util::stream::once(async move {
+            Ok::<_, std::io::Error>(Bytes::from(buf))
+        }));
+        let verified = image_syncer_core::digest::VerifyingStream::new(
+            stream,
+            descriptor.digest.clone(),
+            Some(descriptor.size),
+        );
+        self.handle.block_on(
+            self.sink
+                .0
+                .put_blob(repository, descriptor, Box::pin(verified)),
+        )
+    }
+    fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError> {
+        if let Err(actual) = manifest.digest.verify(&manifest.bytes) {
+            return Err(StageError::new(
+                ErrorKind::Integrity,
+                format!(
+                    "plugin manifest claims {} but hashes to {actual}",
+                    manifest.digest
+                ),
+            ));
+        }
+        self.handle
+            .block_on(self.sink.0.put_manifest(repository, target, manifest))
+    }
+}

@@ -1,0 +1,288 @@
+//! Plugin authoring kit for image-syncer.
+//!
+//! A dynamic plugin is a `cdylib` that depends on this crate (and on
+//! `image-syncer-core` through it), implements one or more **blocking** stage
+//! traits ([`BlockingSource`], [`BlockingSink`], [`BlockingGuard`],
+//! [`BlockingSigner`], or the core's synchronous [`Transform`]), and declares
+//! itself with [`declare_plugin!`]:
+//!
+//! ```ignore
+//! fn register(r: &mut image_syncer_plugin::Registrar) {
+//!     r.register(image_syncer_plugin::StageDeclaration { /* kind, name, factory, ... */ });
+//! }
+//! image_syncer_plugin::declare_plugin!(register);
+//! ```
+//!
+//! # The boundary
+//! - The declaration is a `#[repr(C)]` static holding an ABI version, the core
+//!   crate's version and the rustc version as C strings. The host reads and
+//!   compares them **before** calling anything; a mismatch is refused.
+//! - After the check, stages cross as Rust trait objects (same compiler, same
+//!   core version: same layouts).
+//! - Stage methods are blocking. The host calls them on tokio's blocking pool
+//!   (`spawn_blocking`), never from its async workers, and a plugin never
+//!   touches the host's tokio: statics such as tokio's runtime context and
+//!   `inventory`'s registry exist once per linked copy, so the plugin's copy
+//!   would see no runtime. A plugin that needs async I/O runs its own runtime
+//!   (for example a current-thread tokio runtime built in its factory) and
+//!   blocks on it inside its methods; [`block_on`] runs simple futures.
+//! - Blobs cross as `std::io::Read` streams, so memory stays constant.
+
+use std::ffi::c_char;
+use std::io::Read;
+use std::sync::Arc;
+
+pub use image_syncer_core as core;
+use image_syncer_core::context::StageContext;
+use image_syncer_core::digest::{ByteStream, Digest};
+use image_syncer_core::manifest::{Descriptor, RawManifest};
+use image_syncer_core::reference::ImageRef;
+use image_syncer_core::registry::{BuildError, ConfigValue};
+pub use image_syncer_core::stage::Transform;
+use image_syncer_core::stage::{
+    GuardInput, ManifestTarget, SignOutcome, SignRequest, Sink, StageError, StageKind, Verdict,
+};
+
+#[cfg(feature = "host")]
+pub mod host;
+
+/// Bumped whenever the declaration or the types crossing the boundary change shape.
+pub const ABI_VERSION: u32 = 1;
+
+/// The compiler this crate (and so a plugin or host using it) was built with.
+pub const RUSTC_VERSION: &str = env!("IMAGE_SYNCER_RUSTC_VERSION");
+
+/// NUL-terminated versions, for the C-layout declaration.
+#[doc(hidden)]
+pub const CORE_VERSION_NUL: &str = image_syncer_core::CORE_VERSION_NUL;
+#[doc(hidden)]
+pub const RUSTC_VERSION_NUL: &str = concat!(env!("IMAGE_SYNCER_RUSTC_VERSION"), "\0");
+
+/// The exported symbol's name.
+pub const DECLARATION_SYMBOL: &str = "IMAGE_SYNCER_PLUGIN_DECLARATION";
+
+/// What a plugin library exports under [`DECLARATION_SYMBOL`]. Only the
+/// version fields are read before they are checked.
+#[repr(C)]
+pub struct PluginDeclaration {
+    pub abi_version: u32,
+    /// NUL-terminated `image-syncer-core` version the plugin was built against.
+    pub core_version: *const c_char,
+    /// NUL-terminated `rustc --version` of the plugin's compiler.
+    pub rustc_version: *const c_char,
+    /// Called once, after the checks, to collect the plugin's stages.
+    pub register: unsafe extern "C" fn(registrar: *mut Registrar),
+}
+
+// The pointers point at 'static string literals.
+unsafe impl Sync for PluginDeclaration {}
+
+/// A blocking source. Manifests must be returned with their exact bytes; the
+/// host verifies digests of everything.
+pub trait BlockingSource: Send + Sync {
+    fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError>;
+    fn fetch_manifest(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<RawManifest, StageError>;
+    fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<Box<dyn Read + Send>, StageError>;
+}
+
+/// A blocking sink. `put_blob`'s content fails (an `InvalidData` read error)
+/// when the bytes do not match the descriptor: commit only after reading to
+/// the end without error.
+pub trait BlockingSink: Send + Sync {
+    fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError>;
+    fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError>;
+    fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<Box<dyn Read + Send>, StageError>;
+    fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor) -> Result<bool, StageError>;
+    fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        content: &mut dyn Read,
+    ) -> Result<(), StageError>;
+    fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError>;
+}
+
+/// A blocking guard.
+pub trait BlockingGuard: Send + Sync {
+    fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError>;
+}
+
+/// A blocking signer: it reads and writes signatures through the target's
+/// sink, which the host hands over as a blocking sink.
+pub trait BlockingSigner: Send + Sync {
+    fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &dyn BlockingSink,
+    ) -> Result<SignOutcome, StageError>;
+}
+
+/// A stage built by a plugin factory.
+pub enum PluginStage {
+    Source(Box<dyn BlockingSource>),
+    Sink(Box<dyn BlockingSink>),
+    Transform(Box<dyn Transform>),
+    Guard(Box<dyn BlockingGuard>),
+    Signer(Box<dyn BlockingSigner>),
+}
+
+impl PluginStage {
+    pub fn kind(&self) -> StageKind {
+        match self {
+            PluginStage::Source(_) => StageKind::Source,
+            PluginStage::Sink(_) => StageKind::Sink,
+            PluginStage::Transform(_) => StageKind::Transform,
+            PluginStage::Guard(_) => StageKind::Guard,
+            PluginStage::Signer(_) => StageKind::Signer,
+        }
+    }
+}
+
+/// Builds a plugin stage from its config (typed with
+/// [`image_syncer_core::registry::typed_config`]) and the host's context.
+pub trait PluginFactory: Send + Sync {
+    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<PluginStage, BuildError>;
+}
+
+/// One stage a plugin offers.
+pub struct StageDeclaration {
+    pub kind: StageKind,
+    pub name: String,
+    pub description: String,
+    /// YAML, as it would appear under `config:`.
+    pub example_config: String,
+    /// For sources and sinks: the reference transport served (`dir` for `dir:PATH`).
+    pub transport: Option<String>,
+    pub factory: Box<dyn PluginFactory>,
+}
+
+/// Collects a plugin's stages during registration.
+#[derive(Default)]
+pub struct Registrar {
+    pub stages: Vec<StageDeclaration>,
+}
+
+impl Registrar {
+    pub fn register(&mut self, stage: StageDeclaration) {
+        self.stages.push(stage);
+    }
+}
+
+/// Declares the plugin: exports the versioned declaration whose `register`
+/// calls `$register(&mut Registrar)`. A panic in `$register` is caught and
+/// reported as a plugin with no stages.
+#[macro_export]
+macro_rules! declare_plugin {
+    ($register:path) => {
+        #[unsafe(no_mangle)]
+        pub static IMAGE_SYNCER_PLUGIN_DECLARATION: $crate::PluginDeclaration = {
+            unsafe extern "C" fn __image_syncer_register(registrar: *mut $crate::Registrar) {
+                let registrar = unsafe { &mut *registrar };
+                let _ = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| {
+                    $register(registrar)
+                }));
+            }
+            $crate::PluginDeclaration {
+                abi_version: $crate::ABI_VERSION,
+                core_version: $crate::CORE_VERSION_NUL.as_ptr() as *const ::std::ffi::c_char,
+                rustc_version: $crate::RUSTC_VERSION_NUL.as_ptr() as *const ::std::ffi::c_char,
+                register: __image_syncer_register,
+            }
+        };
+    };
+}
+
+/// Runs a future to completion on the current thread, without any runtime.
+/// Enough for futures that do no I/O of their own (for example the core's
+/// cosign flow over a [`SyncSink`]); for async I/O, use a runtime of your own.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Thread(std::thread::Thread);
+    impl Wake for Thread {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Thread(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// A [`BlockingSink`] seen as the core's async [`Sink`], so that the core's
+/// async flows (such as [`image_syncer_core::cosign::sign_request`]) run in a
+/// plugin with [`block_on`]. Each call blocks the current thread.
+pub struct SyncSink<'a>(pub &'a dyn BlockingSink);
+
+fn read_all(mut r: Box<dyn Read + Send>) -> ByteStream {
+    let mut buf = Vec::new();
+    let item = r.read_to_end(&mut buf).map(|_| bytes::Bytes::from(buf));
+    Box::pin(futures_util::stream::once(async move { item }))
+}
+
+#[image_syncer_core::async_trait]
+impl Sink for SyncSink<'_> {
+    async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.0.manifest_digest(target)
+    }
+    async fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        self.0.fetch_manifest(target)
+    }
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        Ok(read_all(self.0.fetch_blob(repository, descriptor)?))
+    }
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        self.0.has_blob(repository, descriptor)
+    }
+    async fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        mut content: ByteStream,
+    ) -> Result<(), StageError> {
+        use futures_util::StreamExt;
+        let mut buf = Vec::new();
+        while let Some(chunk) = content.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| StageError::from_io("blob", &e))?);
+        }
+        self.0.put_blob(repository, descriptor, &mut buf.as_slice())
+    }
+    async fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError> {
+        self.0.put_manifest(repository, target, manifest)
+    }
+}
