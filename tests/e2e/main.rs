@@ -5,5 +5,6 @@ mod support;
 
 mod inputs;
 mod layout;
+mod plugins;
 mod signing;
 mod sync;

@@ -868,3 +868,76 @@ fn recursive_signing_from_the_pipeline_section_signs_index_and_children() {
         );
     }
 }
+
+/// The example exec-signer plugin, loaded from the definition's `plugins:`,
+/// signing with openssl commands; the signatures verify with openssl alone.
+#[test]
+fn exec_signer_plugin_from_the_definition_signs_verifiably() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "exec");
+    let plugin = crate::plugins::exec_plugin();
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!(
+            "{}plugins: [\"{}\"]\nsign: true\nimages:\n- source: busybox:1.36\n- source: team/multi:1.0\npipeline:\n  signer:\n    plugin: exec\n    config:\n      sign: [openssl, dgst, -sha256, -sign, exec.pem]\n      verify: [openssl, dgst, -sha256, -verify, exec.pub, -signature, \"{{signature}}\"]\n",
+            header(&s.source, &s.target),
+            plugin.display()
+        ),
+    );
+    let host = s.target.host();
+    let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("signature: signed").count(),
+        2,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &k.public
+        ),
+        1
+    );
+    assert_eq!(
+        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
+        1
+    );
+    // Signatures by the cosign signer with another key stop the exec signer.
+    let other = keypair(s.dir.path(), "other");
+    let plain = write(
+        s.dir.path(),
+        "other.yaml",
+        &format!(
+            "{}sign: true\nimages:\n- source: team/unsigned:1\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    assert_eq!(
+        run(&[
+            "-i",
+            plain.to_str().unwrap(),
+            "--insecure-registry",
+            &host,
+            "-k",
+            other.key.to_str().unwrap()
+        ])
+        .code,
+        0
+    );
+    let mixed = write(
+        s.dir.path(),
+        "mixed.yaml",
+        &std::fs::read_to_string(&def).unwrap().replace(
+            "- source: busybox:1.36\n- source: team/multi:1.0\n",
+            "- source: team/unsigned:1\n",
+        ),
+    );
+    let before = s.target.storage_snapshot();
+    let r = run(&["-i", mixed.to_str().unwrap(), "--insecure-registry", &host]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(s.target.storage_snapshot(), before);
+}

@@ -318,9 +318,16 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             ));
         }
         if source.digest().is_none() && source.tag().is_none() {
-            return Err(invalid(
-                "the source has neither tag nor digest; write the tag explicitly (for example `:latest`)".into(),
-            ));
+            if source.transport().is_none() {
+                return Err(invalid(
+                    "the source has neither tag nor digest; write the tag explicitly (for example `:latest`)".into(),
+                ));
+            }
+            if m.tag.is_none() {
+                return Err(invalid(
+                    "the source names no tag, so the entry needs a `tag:` for the target".into(),
+                ));
+            }
         }
         images.push(ImageSpec {
             index,

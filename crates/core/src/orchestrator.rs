@@ -225,7 +225,9 @@ impl Orchestrator {
         // Signing prerequisites.
         let signing: Vec<&ImageSpec> = def.images.iter().filter(|i| i.sign).collect();
         let signer = if let Some(first) = signing.first() {
-            if self.context.key_ref.is_none() {
+            // The default signer takes its key from `--kms-key`; other signers
+            // (plugins) may carry their key in their own config.
+            if self.context.key_ref.is_none() && pipeline.signer.plugin == "cosign" {
                 return Err(PrepareError::SigningWithoutKey {
                     path,
                     count: signing.len(),

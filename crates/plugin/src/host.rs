@@ -84,13 +84,48 @@ pub fn load_into(registry: &mut StageRegistry, path: &Path) -> Result<usize, Loa
     Ok(n)
 }
 
+/// libloading's message plus the system's (`dlerror`) reason.
+fn with_source(e: &libloading::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}
+
+/// Opens a library that is never unmapped. Plugin code running on host
+/// threads registers thread-local destructors in the host's threads; unmapping
+/// the library before those threads end would leave them pointing at nothing.
+/// So `dlclose` keeps the code (`RTLD_NODELETE`), while the `Arc<Library>`
+/// held by every object from the library still orders drops correctly.
+fn open(path: &Path) -> Result<Library, libloading::Error> {
+    // Loading runs the library's initialisers: a plugin is trusted code.
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        use libloading::os::unix::{Library as UnixLibrary, RTLD_LOCAL, RTLD_NOW};
+        #[cfg(target_os = "linux")]
+        const RTLD_NODELETE: std::ffi::c_int = 0x1000;
+        #[cfg(target_os = "macos")]
+        const RTLD_NODELETE: std::ffi::c_int = 0x80;
+        unsafe { UnixLibrary::open(Some(path), RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) }
+            .map(Library::from)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "macos")))]
+    {
+        let library = unsafe { Library::new(path) }?;
+        // No RTLD_NODELETE here: keep one more handle for the life of the process.
+        static KEPT: std::sync::Mutex<Vec<Library>> = std::sync::Mutex::new(Vec::new());
+        let again = unsafe { Library::new(path) }?;
+        KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(again);
+        Ok(library)
+    }
+}
+
 /// Loads a plugin library: checks its declaration, then collects its stages.
 pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
     let shown = path.display().to_string();
-    // Loading runs the library's initialisers; a library is trusted code.
-    let library = unsafe { Library::new(path) }.map_err(|e| LoadError::Open {
+    let library = open(path).map_err(|e| LoadError::Open {
         path: shown.clone(),
-        message: e.to_string(),
+        message: with_source(&e),
     })?;
     let library = Arc::new(library);
     let declaration: *const PluginDeclaration = unsafe {
@@ -99,7 +134,7 @@ pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
             .map_err(|e| LoadError::MissingSymbol {
                 path: shown.clone(),
                 symbol: DECLARATION_SYMBOL,
-                message: e.to_string(),
+                message: with_source(&e),
             })?;
         // For a static, the symbol's value is the static's address.
         *symbol

@@ -6,6 +6,7 @@
 //! images and indexes and pushes them with `oci-client` directly — not through
 //! image-syncer's own stages — so that tests do not check our code with itself.
 
+pub mod conformance;
 pub mod fixtures;
 mod moto;
 mod registry;

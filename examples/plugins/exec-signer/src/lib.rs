@@ -1,0 +1,183 @@
+//! Example dynamic plugin: a signer that hands each payload to an external
+//! command, for keys that live behind a CLI (an HSM's tool, `pkcs11-tool`,
+//! `openssl` with an engine, a signing service's client).
+//!
+//! The signatures are cosign-compatible (the core's cosign format and
+//! verify-then-sign flow): an existing valid signature → nothing written;
+//! signatures none of which the `verify` command accepts → safety stop.
+//!
+//! ```yaml
+//! signer:
+//!   plugin: exec
+//!   config:
+//!     sign: [openssl, dgst, -sha256, -sign, key.pem]          # payload on stdin → DER signature on stdout
+//!     verify: [openssl, dgst, -sha256, -verify, pub.pem, -signature, "{signature}"]  # exit 0 = valid
+//! ```
+//! `{signature}` is replaced by the path of a temporary file holding the raw
+//! signature. Relative program paths are looked up on `PATH`; arguments are
+//! passed as is (no shell).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use image_syncer_plugin::core::async_trait;
+use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::cosign::{sign_request, SignatureKey};
+use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
+use image_syncer_plugin::core::stage::{SignOutcome, SignRequest, StageError, StageKind};
+use image_syncer_plugin::{
+    block_on, BlockingSigner, BlockingSink, PluginFactory, PluginStage, Registrar,
+    StageDeclaration, SyncSink,
+};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ExecConfig {
+    /// Command that reads the payload on stdin and writes the raw signature on stdout.
+    sign: Vec<String>,
+    /// Command that exits 0 when the signature (file `{signature}`) is valid for the payload on stdin.
+    verify: Vec<String>,
+    /// Also sign each child of a multi-arch index.
+    #[serde(default)]
+    recursive: bool,
+    /// Working directory of the commands; relative to the definition file. Default: its directory.
+    #[serde(default)]
+    dir: Option<String>,
+}
+
+struct ExecKey {
+    sign: Vec<String>,
+    verify: Vec<String>,
+    dir: std::path::PathBuf,
+}
+
+impl ExecKey {
+    fn run(&self, argv: &[String], stdin: &[u8]) -> Result<std::process::Output, StageError> {
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                StageError::config(format!("exec signer: cannot run `{}`: {e}", argv[0]))
+            })?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(stdin)
+            .map_err(|e| StageError::transient(format!("exec signer: `{}`: {e}", argv[0])))?;
+        child
+            .wait_with_output()
+            .map_err(|e| StageError::transient(format!("exec signer: `{}`: {e}", argv[0])))
+    }
+}
+
+#[async_trait]
+impl SignatureKey for ExecKey {
+    fn describe(&self) -> String {
+        format!("exec:{}", self.sign.join(" "))
+    }
+
+    async fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<bool, StageError> {
+        let file = std::env::temp_dir().join(format!(
+            "image-syncer-exec-sig-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&file, signature)
+            .map_err(|e| StageError::transient(format!("exec signer: {}: {e}", file.display())))?;
+        let argv: Vec<String> = self
+            .verify
+            .iter()
+            .map(|a| a.replace("{signature}", &file.display().to_string()))
+            .collect();
+        let out = self.run(&argv, payload);
+        let _ = std::fs::remove_file(&file);
+        Ok(out?.status.success())
+    }
+
+    async fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, StageError> {
+        let out = self.run(&self.sign, payload)?;
+        if !out.status.success() || out.stdout.is_empty() {
+            return Err(StageError::config(format!(
+                "exec signer: `{}` failed ({}): {}",
+                self.sign[0],
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(out.stdout)
+    }
+}
+
+struct ExecSigner {
+    key: ExecKey,
+    recursive: bool,
+}
+
+impl BlockingSigner for ExecSigner {
+    fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &dyn BlockingSink,
+    ) -> Result<SignOutcome, StageError> {
+        // The core's flow is async but does no I/O of its own: drive it here.
+        block_on(sign_request(
+            &self.key,
+            self.recursive,
+            request,
+            &SyncSink(sink),
+        ))
+    }
+}
+
+struct Factory;
+
+impl PluginFactory for Factory {
+    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<PluginStage, BuildError> {
+        let c: ExecConfig = typed_config(StageKind::Signer, "exec", config)?;
+        let invalid = |message: &str| BuildError::Config {
+            kind: StageKind::Signer,
+            plugin: "exec".into(),
+            message: message.into(),
+        };
+        if c.sign.is_empty() {
+            return Err(invalid("`sign` must name a command"));
+        }
+        if c.verify.is_empty() || !c.verify.iter().any(|a| a.contains("{signature}")) {
+            return Err(invalid(
+                "`verify` must name a command and pass `{signature}`",
+            ));
+        }
+        let dir = c
+            .dir
+            .as_deref()
+            .map(|d| cx.resolve_path(d))
+            .unwrap_or_else(|| cx.base_dir.clone());
+        Ok(PluginStage::Signer(Box::new(ExecSigner {
+            key: ExecKey {
+                sign: c.sign,
+                verify: c.verify,
+                dir,
+            },
+            recursive: c.recursive,
+        })))
+    }
+}
+
+fn register(r: &mut Registrar) {
+    r.register(StageDeclaration {
+        kind: StageKind::Signer,
+        name: "exec".into(),
+        description: "cosign-compatible signatures made and checked by external commands (example plugin)".into(),
+        example_config: "sign: [openssl, dgst, -sha256, -sign, key.pem]\nverify: [openssl, dgst, -sha256, -verify, pub.pem, -signature, \"{signature}\"]\nrecursive: false\n".into(),
+        transport: None,
+        factory: Box::new(Factory),
+    });
+}
+
+image_syncer_plugin::declare_plugin!(register);

@@ -1,0 +1,288 @@
+//! Dynamic plugins: the examples built by the suite, loaded through
+//! `--plugin` and `plugins:`, the conformance harness, and every refusal.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use image_syncer_testkit::conformance;
+
+use crate::support::*;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `target/debug`, from this test binary's path (`target/debug/deps/e2e-…`).
+fn target_debug() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf()
+}
+
+static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Builds a plugin package with cargo (the same toolchain and target dir as
+/// this suite) and returns a copy of its library named after `variant`. Each
+/// variant is built once per test process; the copy is put in place by
+/// rename, so a library already loaded by another test is never overwritten.
+pub fn build_plugin(package: &str, features: &[&str], variant: &str) -> PathBuf {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(v, _)| v == variant) {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace())
+        .args(["build", "--quiet", "-p", package]);
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    let status = cmd.status().expect("cargo runs");
+    assert!(status.success(), "building {package} {features:?} failed");
+    let lib = target_debug().join(format!("lib{}.so", package.replace('-', "_")));
+    let out = target_debug().join(format!("plugin-{variant}-{}.so", std::process::id()));
+    let tmp = out.with_extension("tmp");
+    std::fs::copy(&lib, &tmp).unwrap_or_else(|e| panic!("{}: {e}", lib.display()));
+    std::fs::rename(&tmp, &out).unwrap();
+    built.push((variant.to_string(), out.clone()));
+    out
+}
+
+fn dir_plugin() -> PathBuf {
+    build_plugin("image-syncer-example-dir", &[], "dir")
+}
+
+pub fn exec_plugin() -> PathBuf {
+    build_plugin("image-syncer-example-exec-signer", &[], "exec")
+}
+
+#[test]
+fn dir_plugin_passes_the_conformance_harness() {
+    let registry = conformance::registry_with(&dir_plugin());
+    conformance::check_sink_and_source(&registry, "dir", "dir", "dir");
+}
+
+#[test]
+fn dir_plugin_round_trips_with_skopeo() {
+    let skopeo = Command::new("skopeo").arg("--version").output();
+    assert!(
+        skopeo.is_ok_and(|o| o.status.success()),
+        "skopeo is needed by this test: apt-get install skopeo (scripts/test.sh does this)"
+    );
+    let plugin = dir_plugin();
+    let source = Registry::start();
+    let back = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixtures::image("skopeo-dir", 2, 5000);
+    block_on(source.push("library/busybox:1.36", &img));
+    // Registry → dir: through `--plugin`, composed in `pipeline:`.
+    let def = write(
+        dir.path(),
+        "to-dir.yaml",
+        &format!(
+            "targetRepoPrefix: \"dir:out/\"\nregistries:\n  \"{h}\":\n    insecure: true\nimages:\n- source: \"{h}/library/busybox:1.36\"\n",
+            h = source.host()
+        ),
+    );
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let image_dir = dir.path().join(format!(
+        "out/{}/library/busybox/1.36",
+        source.host().replace(':', "_")
+    ));
+    // skopeo reads what the plugin wrote: same manifest bytes.
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", &format!("dir:{}", image_dir.display())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, img.manifest.to_vec());
+    // skopeo writes a dir; the plugin (from `plugins:` in the definition) reads it.
+    let skopeo_dir = dir.path().join("from-skopeo");
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{}/library/busybox:1.36", source.host()),
+            &format!("dir:{}", skopeo_dir.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let def = write(
+        dir.path(),
+        "from-dir.yaml",
+        &format!(
+            "targetRepoPrefix: \"{h}/back/\"\nplugins: [\"{p}\"]\nregistries:\n  \"{h}\":\n    insecure: true\nimages:\n- source: \"dir:from-skopeo\"\n  tag: \"1.36\"\n",
+            h = back.host(),
+            p = plugin.display()
+        ),
+    );
+    let r = run(&["-i", def.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(back.digest("back/from-skopeo:1.36")),
+        Some(img.digest.to_string())
+    );
+}
+
+#[test]
+fn exec_signer_passes_the_conformance_harness() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("pub.pem");
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        assert!(Command::new("openssl")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let registry = conformance::registry_with(&exec_plugin());
+    let config = format!(
+        "{{ sign: [openssl, dgst, -sha256, -sign, \"{}\"], verify: [openssl, dgst, -sha256, -verify, \"{}\", -signature, \"{{signature}}\"] }}",
+        key.display(),
+        public.display()
+    );
+    conformance::check_signer(&registry, "exec", &config, None);
+}
+
+#[test]
+fn plugin_stages_are_listed_with_their_origin() {
+    let plugin = dir_plugin();
+    let r = run(&["--list-stages", "--plugin", plugin.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    insta::assert_snapshot!(r.stdout.replace(&plugin.display().to_string(), "[PLUGIN]"));
+}
+
+#[test]
+fn refusals_exit_2_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        "targetRepoPrefix: \"127.0.0.1:9/x/\"\nimages: []\n",
+    );
+    let def = def.to_str().unwrap();
+    let mut cases: Vec<(String, Vec<String>)> = Vec::new();
+    for (variant, feature) in [
+        ("wrong ABI version", "wrong-abi"),
+        ("wrong core version", "wrong-core"),
+        ("wrong compiler", "wrong-rustc"),
+        ("missing symbol", "no-declaration"),
+        ("no stages", "no-stages"),
+        ("duplicate stage name", "duplicate"),
+    ] {
+        let lib = build_plugin("image-syncer-test-misdeclared", &[feature], feature);
+        cases.push((
+            variant.into(),
+            vec![
+                "-i".into(),
+                def.into(),
+                "--plugin".into(),
+                lib.display().to_string(),
+            ],
+        ));
+    }
+    let dir_lib = dir_plugin();
+    cases.push((
+        "the same plugin twice".into(),
+        vec![
+            "-i".into(),
+            def.into(),
+            "--plugin".into(),
+            dir_lib.display().to_string(),
+            "--plugin".into(),
+            dir_lib.display().to_string(),
+        ],
+    ));
+    cases.push((
+        "not a library".into(),
+        vec!["-i".into(), def.into(), "--plugin".into(), def.into()],
+    ));
+    cases.push((
+        "no such file".into(),
+        vec![
+            "-i".into(),
+            def.into(),
+            "--plugin".into(),
+            "/nonexistent/libx.so".into(),
+        ],
+    ));
+    let bad_config = write(
+        dir.path(),
+        "bad-config.yaml",
+        &format!(
+            "targetRepoPrefix: \"dir:out/\"\nplugins: [\"{}\"]\nimages:\n- source: \"dir:in:1\"\npipeline:\n  sink:\n    plugin: dir\n    config:\n      compress: true\n",
+            dir_lib.display()
+        ),
+    );
+    cases.push((
+        "bad plugin config".into(),
+        vec!["-i".into(), bad_config.display().to_string()],
+    ));
+    let unknown = write(
+        dir.path(),
+        "unknown.yaml",
+        "targetRepoPrefix: \"127.0.0.1:9/x/\"\nimages:\n- source: \"a:1\"\npipeline:\n  sink: { plugin: tarball }\n",
+    );
+    cases.push((
+        "unknown plugin name".into(),
+        vec!["-i".into(), unknown.display().to_string()],
+    ));
+    let mut out = String::new();
+    for (name, args) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run(&args);
+        assert_eq!(r.code, 2, "{name}: {}", r.all());
+        let msg: String = r
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("20"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let msg = msg
+            .replace(&target_debug().display().to_string(), "[TARGET]")
+            .replace(&format!("-{}.so", std::process::id()), ".so")
+            .replace(&dir.path().display().to_string(), "[DIR]")
+            .replace(image_syncer_plugin::RUSTC_VERSION, "[RUSTC]");
+        out.push_str(&format!("## {name}\n{msg}\n"));
+    }
+    insta::assert_snapshot!(out);
+}

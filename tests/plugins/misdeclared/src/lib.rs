@@ -1,0 +1,84 @@
+//! A plugin that is wrong on purpose; each feature picks one way. The loader
+//! must refuse each before calling anything (the register function aborts the
+//! process if it is reached in a version-mismatch build).
+
+use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::registry::{BuildError, ConfigValue};
+use image_syncer_plugin::core::stage::{GuardInput, StageError, StageKind, Verdict};
+use image_syncer_plugin::{BlockingGuard, PluginFactory, PluginStage, Registrar, StageDeclaration};
+#[cfg(not(feature = "no-declaration"))]
+use image_syncer_plugin::{PluginDeclaration, ABI_VERSION, CORE_VERSION_NUL, RUSTC_VERSION_NUL};
+
+struct Pass;
+
+impl BlockingGuard for Pass {
+    fn check(&self, _input: GuardInput<'_>) -> Result<Verdict, StageError> {
+        Ok(Verdict::Copy)
+    }
+}
+
+struct Factory;
+
+impl PluginFactory for Factory {
+    fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<PluginStage, BuildError> {
+        Ok(PluginStage::Guard(Box::new(Pass)))
+    }
+}
+
+unsafe extern "C" fn register(registrar: *mut Registrar) {
+    if cfg!(any(
+        feature = "wrong-abi",
+        feature = "wrong-core",
+        feature = "wrong-rustc"
+    )) {
+        // Reaching this means the loader called a mismatched plugin.
+        std::process::abort();
+    }
+    let registrar = unsafe { &mut *registrar };
+    if cfg!(feature = "no-stages") {
+        return;
+    }
+    registrar.register(StageDeclaration {
+        kind: StageKind::Guard,
+        // `immutable` is a built-in guard: a duplicate.
+        name: if cfg!(feature = "duplicate") {
+            "immutable"
+        } else {
+            "pass"
+        }
+        .into(),
+        description: "lets everything through (test plugin)".into(),
+        example_config: "{}\n".into(),
+        transport: None,
+        factory: Box::new(Factory),
+    });
+}
+
+#[cfg(not(feature = "no-declaration"))]
+#[unsafe(no_mangle)]
+pub static IMAGE_SYNCER_PLUGIN_DECLARATION: PluginDeclaration = PluginDeclaration {
+    abi_version: if cfg!(feature = "wrong-abi") {
+        ABI_VERSION + 1
+    } else {
+        ABI_VERSION
+    },
+    core_version: if cfg!(feature = "wrong-core") {
+        "0.0.0-elsewhere\0"
+    } else {
+        CORE_VERSION_NUL
+    }
+    .as_ptr() as *const std::ffi::c_char,
+    rustc_version: if cfg!(feature = "wrong-rustc") {
+        "rustc 0.0.0 (elsewhere)\0"
+    } else {
+        RUSTC_VERSION_NUL
+    }
+    .as_ptr() as *const std::ffi::c_char,
+    register,
+};
+
+/// Keeps `register` referenced when there is no declaration.
+#[cfg(feature = "no-declaration")]
+pub fn unused() -> unsafe extern "C" fn(*mut Registrar) {
+    register
+}
