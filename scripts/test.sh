@@ -22,6 +22,8 @@ install_debs() {
 missing=()
 have_registry || missing+=(docker-registry)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# skopeo: reads and writes the `dir:` format the example dir plugin is checked against.
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 if [ ${#missing[@]} -gt 0 ]; then
   install_debs "${missing[@]}"
 fi

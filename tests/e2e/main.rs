@@ -3,6 +3,7 @@
 
 mod support;
 
+mod examples;
 mod inputs;
 mod layout;
 mod plugins;

@@ -1,0 +1,153 @@
+//! Every example definition under examples/ runs as its comments say
+//! (outputs redirected into a temp dir).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::plugins::build_plugin;
+use crate::support::*;
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// The example, with `oci:quickstart/` pointing at the shipped layout and
+/// `../target/` at `out`.
+fn adapted(name: &str, out: &Path) -> String {
+    std::fs::read_to_string(examples().join(name))
+        .unwrap()
+        .replace(
+            "oci:quickstart/",
+            &format!("oci:{}/quickstart/", examples().display()),
+        )
+        .replace(":../target/", &format!(":{}/", out.display()))
+}
+
+fn keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{stem}.pem"));
+    let public = dir.join(format!("{stem}.pub"));
+    for args in [
+        vec![
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+        vec![
+            "pkey",
+            "-in",
+            key.to_str().unwrap(),
+            "-pubout",
+            "-out",
+            public.to_str().unwrap(),
+        ],
+    ] {
+        assert!(Command::new("openssl")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    (key, public)
+}
+
+#[test]
+fn airgap_to_dir_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = build_plugin("image-syncer-example-dir", &[], "dir");
+    let def = write(
+        dir.path(),
+        "airgap.yaml",
+        &adapted("airgap-to-dir.yaml", dir.path()),
+    );
+    let r = run(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "-i",
+        def.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let manifest = std::fs::read(dir.path().join("airgap/hello/1.0/manifest.json")).unwrap();
+    assert_eq!(
+        image_syncer_core::digest::Digest::sha256_of(&manifest).to_string(),
+        "sha256:dd90cc3468cdb76b8da410c880fcf9f70bc6c8f8332b52cf00d86eeee96df9e5"
+    );
+}
+
+#[test]
+fn composed_pipeline_example_signs_recursively() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = keypair(dir.path(), "key");
+    let def = write(
+        dir.path(),
+        "composed.yaml",
+        &adapted("composed-pipeline.yaml", dir.path()),
+    );
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--kms-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("signature: signed"), "{}", r.stdout);
+    // The index and both children carry a signature tag in the layout.
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("composed/hello/index.json")).unwrap(),
+    )
+    .unwrap();
+    let tags: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .filter(|t| t.ends_with(".sig"))
+        .collect();
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    let again = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--kms-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        again.stdout.contains("signature: already signed"),
+        "{}",
+        again.stdout
+    );
+}
+
+#[test]
+fn sign_with_exec_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = build_plugin("image-syncer-example-exec-signer", &[], "exec");
+    keypair(dir.path(), "exec-key");
+    let def = write(
+        dir.path(),
+        "exec.yaml",
+        &adapted("sign-with-exec.yaml", dir.path()),
+    );
+    let r = run(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "-i",
+        def.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("signature: signed"), "{}", r.stdout);
+    let again = run(&[
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "-i",
+        def.to_str().unwrap(),
+    ]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(
+        again.stdout.contains("signature: already signed"),
+        "{}",
+        again.stdout
+    );
+}
