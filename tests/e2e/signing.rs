@@ -941,3 +941,71 @@ fn exec_signer_plugin_from_the_definition_signs_verifiably() {
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(s.target.storage_snapshot(), before);
 }
+
+#[test]
+fn an_image_overrides_the_signer_and_sink_settings() {
+    let s = setup();
+    let k = keypair(s.dir.path(), "ours");
+    let def = write(
+        s.dir.path(),
+        "images.yaml",
+        &format!(
+            "{}sign: true\nimages:\n- source: busybox:1.36\n  pipeline:\n    sink: {{ plugin: oci, config: {{ monolithicPush: true }} }}\n- source: team/multi:1.0\n  pipeline:\n    signer: {{ plugin: cosign, config: {{ recursive: true }} }}\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let host = s.target.host();
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        k.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        Some(s.single.digest.to_string())
+    );
+    assert_eq!(
+        s.openssl_verify(
+            "mirror/library/busybox",
+            &s.single.digest.to_string(),
+            &k.public
+        ),
+        1
+    );
+    // Only the multi-arch image asked for recursive signing.
+    for child in &s.multi.children {
+        assert_eq!(
+            s.openssl_verify("mirror/team/multi", &child.digest.to_string(), &k.public),
+            1
+        );
+    }
+    let child_tag = format!("{}.sig", s.single.digest.to_string().replace(':', "-"));
+    assert!(block_on(
+        s.target
+            .digest(&format!("mirror/library/busybox:{child_tag}"))
+    )
+    .is_some());
+    // A bad per-image config names the image, the stage and the line.
+    let bad = write(
+        s.dir.path(),
+        "bad.yaml",
+        &format!("{}sign: true\nimages:\n- source: busybox:1.36\n  pipeline:\n    signer:\n      plugin: cosign\n      config: {{ recursiv: true }}\n", header(&s.source, &s.target)),
+    );
+    let r = run(&[
+        "-i",
+        bad.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        k.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let msg = r
+        .stderr
+        .replace(&s.dir.path().display().to_string(), "[DIR]");
+    assert!(msg.contains("[DIR]/bad.yaml:11: images[0].pipeline.signer: signer plugin `cosign`: invalid config: unknown field `recursiv`"), "{msg}");
+}

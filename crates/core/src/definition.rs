@@ -86,7 +86,7 @@ struct StageModel {
 }
 
 /// A stage choice: plugin name, its config, and where it was written.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageSpec {
     pub plugin: String,
     pub config: serde_json::Value,
@@ -140,6 +140,18 @@ struct ImageModel {
     tag: Option<String>,
     #[serde(default)]
     sign: Option<bool>,
+    #[serde(default)]
+    pipeline: Option<ImagePipelineModel>,
+}
+
+/// Per-image stage choices: the stages whose settings naturally differ by image.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImagePipelineModel {
+    #[serde(default)]
+    sink: Option<StageModel>,
+    #[serde(default)]
+    signer: Option<StageModel>,
 }
 
 /// One image of the definition, validated.
@@ -156,6 +168,10 @@ pub struct ImageSpec {
     pub sign: bool,
     /// The `targetRepoPrefix` that applies to this image.
     pub target_prefix: String,
+    /// This image's own sink (`images[].pipeline.sink`), over the pipeline's.
+    pub sink: Option<StageSpec>,
+    /// This image's own signer (`images[].pipeline.signer`), over the pipeline's.
+    pub signer: Option<StageSpec>,
 }
 
 /// A parsed and validated definition.
@@ -329,6 +345,21 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
                 ));
             }
         }
+        let (sink, signer) = match m.pipeline {
+            None => (None, None),
+            Some(p) => {
+                let mut from = line.unwrap_or(0);
+                let mut one = |model: Option<StageModel>, at: &str| {
+                    model
+                        .map(|m| {
+                            let at = format!("images[{index}].pipeline.{at}");
+                            stage_spec(m, text, &shown, at, &mut from)
+                        })
+                        .transpose()
+                };
+                (one(p.sink, "sink")?, one(p.signer, "signer")?)
+            }
+        };
         images.push(ImageSpec {
             index,
             line,
@@ -336,6 +367,8 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             tag: m.tag,
             sign: m.sign.unwrap_or(global_sign),
             target_prefix: model.target_repo_prefix.clone(),
+            sink,
+            signer,
         });
     }
     let pipeline = match model.pipeline {
@@ -356,31 +389,44 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
     })
 }
 
+/// A stage as written, with the line of its `plugin:` (searched from `from`).
+fn stage_spec(
+    m: StageModel,
+    text: &str,
+    shown: &str,
+    at: String,
+    from: &mut usize,
+) -> Result<StageSpec, DefinitionError> {
+    let line = find_line(text, &m.plugin, *from);
+    if let Some(l) = line {
+        *from = l + 1;
+    }
+    let config = serde_json::to_value(&m.config).map_err(|e| DefinitionError::Invalid {
+        path: shown.to_string(),
+        line,
+        what: format!("{at} (plugin `{}`)", m.plugin),
+        message: format!("config must be a map with string keys: {e}"),
+    })?;
+    Ok(StageSpec {
+        plugin: m.plugin,
+        config,
+        at: Some(at),
+        line,
+    })
+}
+
 fn pipeline_spec(
     p: PipelineModel,
     text: &str,
     shown: &str,
 ) -> Result<PipelineSpec, DefinitionError> {
-    let start = find_line(text, "pipeline:", 0).unwrap_or(0);
-    let mut next_line = start;
-    let mut stage = |m: StageModel, at: String| -> Result<StageSpec, DefinitionError> {
-        let line = find_line(text, &m.plugin, next_line);
-        if let Some(l) = line {
-            next_line = l + 1;
-        }
-        let config = serde_json::to_value(&m.config).map_err(|e| DefinitionError::Invalid {
-            path: shown.to_string(),
-            line,
-            what: format!("{at} (plugin `{}`)", m.plugin),
-            message: format!("config must be a map with string keys: {e}"),
-        })?;
-        Ok(StageSpec {
-            plugin: m.plugin,
-            config,
-            at: Some(at),
-            line,
-        })
-    };
+    // The top-level key, not an image's `pipeline:`.
+    let mut from = text
+        .lines()
+        .position(|l| l.starts_with("pipeline:"))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let mut stage = |m: StageModel, at: String| stage_spec(m, text, shown, at, &mut from);
     let mut spec = PipelineSpec::default();
     // Document order of the section's keys is not known here; look each up in turn.
     if let Some(s) = p.source {

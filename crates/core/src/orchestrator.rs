@@ -94,13 +94,14 @@ struct Item {
     target: ImageRef,
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
+    /// Set for images that are signed.
+    signer: Option<Arc<dyn Signer>>,
 }
 
 /// A definition ready to run: targets computed, stages built.
 pub struct Prepared {
     items: Vec<Item>,
     guards: Vec<Arc<dyn Guard>>,
-    signer: Option<Arc<dyn Signer>>,
     dry_run: bool,
 }
 
@@ -222,51 +223,15 @@ impl Orchestrator {
             targets.push(target);
         }
 
-        // Signing prerequisites.
-        let signing: Vec<&ImageSpec> = def.images.iter().filter(|i| i.sign).collect();
-        let signer = if let Some(first) = signing.first() {
-            // The default signer takes its key from `--kms-key`; other signers
-            // (plugins) may carry their key in their own config.
-            if self.context.key_ref.is_none() && pipeline.signer.plugin == "cosign" {
-                return Err(PrepareError::SigningWithoutKey {
-                    path,
-                    count: signing.len(),
-                    first: first.index,
-                    first_source: first.source.to_string(),
-                });
-            }
-            match self.build_at(def, StageKind::Signer, &pipeline.signer) {
-                Ok(Stage::Signer(s)) => Some(s),
-                Ok(_) => unreachable!("registry checks the kind"),
-                Err(e @ PrepareError::Stage { .. }) => return Err(e),
-                Err(e) => {
-                    return Err(PrepareError::SignerUnavailable {
-                        path,
-                        count: signing.len(),
-                        message: e.to_string(),
-                    })
-                }
-            }
-        } else {
-            None
-        };
-
-        // Sources and sinks, one per transport.
+        // Sources and sinks: one per transport, or per stage spec an image names.
         let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
-        let mut sinks: BTreeMap<Option<String>, Arc<dyn Sink>> = BTreeMap::new();
-        let mut items = Vec::with_capacity(def.images.len());
-        let mut done: HashMap<String, ()> = HashMap::new();
+        let mut sinks: HashMap<String, Arc<dyn Sink>> = HashMap::new();
+        let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
+        let mut done: HashMap<String, usize> = HashMap::new();
         for (spec, target) in def.images.iter().zip(targets) {
-            if done.insert(target.to_string(), ()).is_some() {
+            if let Some(&kept) = done.get(&target.to_string()) {
                 // Listed twice: synced once, signed if any listing asks for it.
-                if spec.sign {
-                    if let Some(kept) = items
-                        .iter_mut()
-                        .find(|i: &&mut Item| i.target.to_string() == target.to_string())
-                    {
-                        kept.spec.sign = true;
-                    }
-                }
+                items[kept].spec.sign |= spec.sign;
                 continue;
             }
             let st = spec.source.transport().map(str::to_string);
@@ -282,28 +247,67 @@ impl Orchestrator {
                 };
             }
             let tt = target.transport().map(str::to_string);
-            if !sinks.contains_key(&tt) {
-                match self.build_by_transport(
-                    def,
-                    StageKind::Sink,
-                    &pipeline.sink,
-                    tt.as_deref(),
-                )? {
-                    Stage::Sink(s) => sinks.insert(tt.clone(), s),
+            let chosen = spec.sink.clone().or_else(|| pipeline.sink.clone());
+            let key = match &chosen {
+                Some(c) => format!("spec {} {}", c.plugin, c.config),
+                None => format!("transport {tt:?}"),
+            };
+            if !sinks.contains_key(&key) {
+                match self.build_by_transport(def, StageKind::Sink, &chosen, tt.as_deref())? {
+                    Stage::Sink(s) => sinks.insert(key.clone(), s),
                     _ => unreachable!("registry checks the kind"),
                 };
             }
+            done.insert(target.to_string(), items.len());
             items.push(Item {
                 spec: spec.clone(),
                 target,
                 source: sources[&st].clone(),
-                sink: sinks[&tt].clone(),
+                sink: sinks[&key].clone(),
+                signer: None,
             });
+        }
+
+        // Signers, for the images that are signed: the image's own or the pipeline's.
+        let signing: Vec<&Item> = items.iter().filter(|i| i.spec.sign).collect();
+        // The built-in signer takes its key from `--kms-key`; other signers
+        // (plugins) may carry their key in their own config.
+        let keyless: Vec<&&Item> = signing
+            .iter()
+            .filter(|i| i.spec.signer.as_ref().unwrap_or(&pipeline.signer).plugin == "cosign")
+            .collect();
+        if let (None, Some(first)) = (&self.context.key_ref, keyless.first()) {
+            return Err(PrepareError::SigningWithoutKey {
+                path,
+                count: keyless.len(),
+                first: first.spec.index,
+                first_source: first.spec.source.to_string(),
+            });
+        }
+        let count = signing.len();
+        let mut signers: HashMap<String, Arc<dyn Signer>> = HashMap::new();
+        for item in items.iter_mut().filter(|i| i.spec.sign) {
+            let chosen = item.spec.signer.as_ref().unwrap_or(&pipeline.signer);
+            let key = format!("{} {}", chosen.plugin, chosen.config);
+            if !signers.contains_key(&key) {
+                match self.build_at(def, StageKind::Signer, chosen) {
+                    Ok(Stage::Signer(s)) => signers.insert(key.clone(), s),
+                    Ok(_) => unreachable!("registry checks the kind"),
+                    Err(e @ PrepareError::Stage { .. }) => return Err(e),
+                    Err(e) => {
+                        return Err(PrepareError::SignerUnavailable {
+                            path,
+                            count,
+                            message: e.to_string(),
+                        })
+                    }
+                };
+            }
+            item.signer = Some(signers[&key].clone());
         }
         Ok(Prepared {
             items,
             guards,
-            signer,
             dry_run,
         })
     }
@@ -338,7 +342,7 @@ impl Prepared {
                 if report.action == Action::Copied {
                     report.action = Action::NotRun;
                     report.message = Some("not copied: a safety stop halted all writing".into());
-                } else if item.spec.sign && self.signer.is_some() {
+                } else if item.signer.is_some() {
                     report.message = Some("not signed: a safety stop halted all writing".into());
                 }
                 images.push(report);
@@ -373,7 +377,7 @@ impl Prepared {
                 Action::Copied | Action::InSync | Action::WouldCopy
             ) && item.spec.sign
             {
-                if let (Some(signer), Some(manifest)) = (&self.signer, &p.manifest) {
+                if let (Some(signer), Some(manifest)) = (&item.signer, &p.manifest) {
                     if report.action == Action::WouldCopy {
                         report.signature = Some(crate::stage::SignOutcome::WouldSign);
                     } else {

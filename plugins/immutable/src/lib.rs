@@ -76,6 +76,8 @@ mod tests {
             tag: None,
             sign: false,
             target_prefix: "r.io/m/".into(),
+            sink: None,
+            signer: None,
         };
         let target = ImageRef::parse("r.io/m/library/busybox:1.36").unwrap();
         let a = Digest::sha256_of(b"a");

@@ -110,6 +110,8 @@ mod tests {
             tag: tag.map(str::to_string),
             sign: false,
             target_prefix: prefix.to_string(),
+            sink: None,
+            signer: None,
         };
         match Retag::new(vec!["oci".into()]).apply(TransformInput {
             spec: &spec,
