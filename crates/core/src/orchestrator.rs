@@ -360,13 +360,8 @@ impl Prepared {
                             info!(source = %item.spec.source, target = %item.target, digest = %manifest.digest, bytes, "copied");
                         }
                         Err(e) => {
-                            report.action = if e.kind == ErrorKind::Integrity {
-                                stop = true;
-                                Action::Stopped
-                            } else {
-                                Action::Failed
-                            };
                             warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
+                            report.action = failed(&e, &mut stop);
                             report.message = Some(e.message);
                         }
                     }
@@ -390,12 +385,8 @@ impl Prepared {
                         match signer.sign(&req, item.sink.as_ref()).await {
                             Ok(outcome) => report.signature = Some(outcome),
                             Err(e) => {
-                                report.action = if e.kind == ErrorKind::Integrity {
-                                    stop = true;
-                                    Action::Stopped
-                                } else {
-                                    Action::Failed
-                                };
+                                warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
+                                report.action = failed(&e, &mut stop);
                                 report.message = Some(e.message);
                             }
                         }
@@ -423,11 +414,8 @@ impl Prepared {
             message: None,
         };
         let fail = |mut report: ImageReport, e: StageError, what: &str| {
-            report.action = if e.kind == ErrorKind::Integrity {
-                Action::Stopped
-            } else {
-                Action::Failed
-            };
+            // Planning writes nothing; the stop is read off the report later.
+            report.action = failed(&e, &mut false);
             report.message = Some(format!("{what}: {e}"));
             Planned {
                 report,
@@ -501,6 +489,17 @@ impl Prepared {
             .put_manifest(&repo, &ManifestTarget::Tag(tag), manifest)
             .await?;
         Ok(bytes)
+    }
+}
+
+/// The action for a failed image: a content or signature problem is a safety
+/// stop and halts all further writing; anything else fails this image only.
+fn failed(e: &StageError, stop: &mut bool) -> Action {
+    if e.kind == ErrorKind::Integrity {
+        *stop = true;
+        Action::Stopped
+    } else {
+        Action::Failed
     }
 }
 
