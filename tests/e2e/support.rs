@@ -29,6 +29,7 @@ pub fn command() -> Command {
             || k.starts_with("GCE_")
             || k.starts_with("COSIGN_")
             || k == "RUST_LOG"
+            || k == "JOB_COMPLETION_INDEX"
         {
             c.env_remove(k);
         }

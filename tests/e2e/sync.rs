@@ -342,3 +342,84 @@ fn authenticated_target_with_json_key_file() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.all().contains("service_account"), "{}", r.all());
 }
+
+#[test]
+fn shards_split_the_images_without_overlap_and_cover_them_all() {
+    let p = Pair::new();
+    let mut lines = String::new();
+    let mut digests = Vec::new();
+    block_on(async {
+        for i in 0..12 {
+            let img = fixtures::image(&format!("shard-{i}"), 1, 64);
+            p.source.push(&format!("team/app{i}:1"), &img).await;
+            lines.push_str(&format!("- source: \"team/app{i}:1\"\n"));
+            digests.push(img.digest.to_string());
+        }
+    });
+    let mut copied_by_shard = Vec::new();
+    for (i, how) in [(0, "flag"), (1, "flag"), (2, "job-index")].iter() {
+        let def = p.definition(&lines);
+        let host = p.target.host();
+        let r = if *how == "flag" {
+            run(&[
+                "-i",
+                &def,
+                "--insecure-registry",
+                &host,
+                "--shard",
+                &format!("{i}/3"),
+            ])
+        } else {
+            run_with(
+                &[
+                    "-i",
+                    &def,
+                    "--insecure-registry",
+                    &host,
+                    "--shard-count",
+                    "3",
+                ],
+                &[("JOB_COMPLETION_INDEX", "2")],
+            )
+        };
+        assert_eq!(r.code, 0, "{}", r.all());
+        copied_by_shard.push(r.stdout.matches("  copied  ").count());
+    }
+    // Disjoint and complete: 12 copies in all, each image present once.
+    assert_eq!(
+        copied_by_shard.iter().sum::<usize>(),
+        12,
+        "{copied_by_shard:?}"
+    );
+    block_on(async {
+        for (i, d) in digests.iter().enumerate() {
+            assert_eq!(
+                p.target
+                    .digest(&format!("mirror/team/app{i}:1"))
+                    .await
+                    .as_ref(),
+                Some(d)
+            );
+        }
+    });
+    // After all shards ran, an unsharded run finds everything in sync.
+    let r = p.sync(&lines, &[]);
+    assert_eq!(
+        r.stdout.matches("  already in sync  ").count(),
+        12,
+        "{}",
+        r.stdout
+    );
+    // Bad shard input is refused before anything.
+    let def = p.definition(&lines);
+    assert_eq!(run(&["-i", &def, "--shard", "3/3"]).code, 2);
+    assert_eq!(run(&["-i", &def, "--shard-count", "3"]).code, 2);
+    assert_eq!(
+        run_with(
+            &["-i", &def, "--shard-count", "3"],
+            &[("JOB_COMPLETION_INDEX", "7")]
+        )
+        .code,
+        2
+    );
+}

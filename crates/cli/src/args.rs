@@ -65,6 +65,19 @@ pub struct Args {
     #[arg(long = "insecure-registry", env = "SYNCER_INSECURE_REGISTRIES", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_host)]
     pub insecure_registries: Vec<String>,
 
+    /// Sync only this shard of the images (by target), for splitting one definition across machines
+    #[arg(
+        long,
+        env = "SYNCER_SHARD",
+        value_name = "INDEX/COUNT",
+        conflicts_with = "shard_count"
+    )]
+    pub shard: Option<image_syncer_core::shard::Shard>,
+
+    /// Shard count, with the index taken from JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)
+    #[arg(long, env = "SYNCER_SHARD_COUNT", value_name = "COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub shard_count: Option<u32>,
+
     /// Load a plugin library (repeatable); its stages can then be named in the definition's `pipeline:`
     #[arg(long = "plugin", value_name = "PATH")]
     pub plugins: Vec<PathBuf>,

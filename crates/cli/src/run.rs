@@ -162,8 +162,25 @@ pub fn run(args: Args) -> Exit {
         transports: transports.clone(),
         key_ref: args.kms_key.clone(),
     };
+    let shard = match (args.shard, args.shard_count) {
+        (Some(s), _) => Some(s),
+        (None, Some(count)) => {
+            let index = std::env::var("JOB_COMPLETION_INDEX").ok();
+            match index.as_deref().map(|i| image_syncer_core::shard::Shard::new(i.trim().parse().unwrap_or(u32::MAX), count)) {
+                Some(Ok(s)) => Some(s),
+                Some(Err(_)) => {
+                    return input_error(format!(
+                        "JOB_COMPLETION_INDEX=`{}` is not an index below --shard-count {count}",
+                        index.unwrap_or_default()
+                    ))
+                }
+                None => return input_error("--shard-count needs JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), or use --shard INDEX/COUNT"),
+            }
+        }
+        (None, None) => None,
+    };
     let orchestrator = Orchestrator::new(registry, cx);
-    let prepared = match orchestrator.prepare(&def, args.dry_run) {
+    let prepared = match orchestrator.prepare_shard(&def, args.dry_run, shard) {
         Ok(p) => p,
         Err(e) => return input_error(e),
     };

@@ -14,6 +14,7 @@ pub mod orchestrator;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod shard;
 pub mod stage;
 
 pub use async_trait::async_trait;

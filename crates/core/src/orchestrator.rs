@@ -158,6 +158,18 @@ impl Orchestrator {
 
     /// Computes targets and builds stages. Touches nothing.
     pub fn prepare(&self, def: &Definition, dry_run: bool) -> Result<Prepared, PrepareError> {
+        self.prepare_shard(def, dry_run, None)
+    }
+
+    /// [`Orchestrator::prepare`] for one shard: only the images whose target
+    /// the shard owns are kept (targets and duplicates are still checked over
+    /// the whole definition, so every shard refuses the same bad input).
+    pub fn prepare_shard(
+        &self,
+        def: &Definition,
+        dry_run: bool,
+        shard: Option<crate::shard::Shard>,
+    ) -> Result<Prepared, PrepareError> {
         let path = def.path.display().to_string();
         let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
         let pipeline = &def.pipeline;
@@ -229,6 +241,9 @@ impl Orchestrator {
         let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
         let mut done: HashMap<String, usize> = HashMap::new();
         for (spec, target) in def.images.iter().zip(targets) {
+            if shard.is_some_and(|s| !s.owns(&target)) {
+                continue;
+            }
             if let Some(&kept) = done.get(&target.to_string()) {
                 // Listed twice: synced once, signed if any listing asks for it.
                 items[kept].spec.sign |= spec.sign;
