@@ -295,6 +295,7 @@ fn authenticated_target_with_json_key_file() {
     let key = r#"{"type": "service_account", "project_id": "p", "private_key_id": "k1", "client_email": "syncer@p.iam.gserviceaccount.com"}"#;
     let target = Registry::start_with(RegistryOptions {
         htpasswd: Some(("_json_key".into(), key.into())),
+        ..Default::default()
     });
     let key_file = write(dir.path(), "key.json", key);
     let img = fixtures::image("auth", 1, 300);
@@ -422,4 +423,35 @@ fn shards_split_the_images_without_overlap_and_cover_them_all() {
         .code,
         2
     );
+}
+
+#[test]
+fn warm_run_costs_one_manifest_head_per_registry_and_image() {
+    let logged = RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    };
+    let p = Pair {
+        source: Registry::start_with(logged.clone()),
+        target: Registry::start_with(logged),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    populate(&p);
+    assert_eq!(p.sync(THREE, &[]).code, 0);
+    let (source_before, target_before) = (p.source.requests().len(), p.target.requests().len());
+    let r = p.sync(THREE, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let source: Vec<String> = p.source.requests()[source_before..].to_vec();
+    let target: Vec<String> = p.target.requests()[target_before..].to_vec();
+    // `GET /v2/` is the client's auth probe; everything else is counted.
+    let work = |reqs: &[String]| -> Vec<String> {
+        let mut v: Vec<String> = reqs
+            .iter()
+            .filter(|r| r.as_str() != "GET /v2/")
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    insta::assert_debug_snapshot!((work(&source), work(&target)));
 }

@@ -437,25 +437,27 @@ impl Prepared {
                 manifest: None,
             }
         };
-        let manifest = match item.source.resolve(&item.spec.source).await {
-            Ok(m) => m,
-            Err(e) => return fail(report, e, "source"),
+        // Warm path: the source digest (HEAD, or the pinned digest) and the
+        // target's (HEAD) decide; the manifest is fetched only when needed.
+        let source_digest = match item.spec.source.digest() {
+            Some(d) => d.clone(),
+            None => match item.source.digest(&item.spec.source).await {
+                Ok(d) => d,
+                Err(e) => return fail(report, e, "source"),
+            },
         };
-        if let Err(e) = check_manifest(&manifest, item.spec.source.digest()) {
-            return fail(report, e, "source");
-        }
-        report.digest = Some(manifest.digest.clone());
+        report.digest = Some(source_digest.clone());
         let current = match item.sink.manifest_digest(&item.target).await {
             Ok(d) => d,
             Err(e) => return fail(report, e, "target"),
         };
-        debug!(source = %item.spec.source, digest = %manifest.digest, target = %item.target, current = ?current, "planned");
+        debug!(source = %item.spec.source, digest = %source_digest, target = %item.target, current = ?current, "planned");
         let mut verdict = Verdict::Copy;
         for g in &self.guards {
             let v = match g
                 .check(GuardInput {
                     spec: &item.spec,
-                    source_digest: &manifest.digest,
+                    source_digest: &source_digest,
                     target: &item.target,
                     target_digest: current.as_ref(),
                 })
@@ -474,6 +476,22 @@ impl Prepared {
                 report.target_digest = current.clone();
                 report.message = Some(reason);
             }
+        }
+        let needed = report.action == Action::Copied
+            || (report.action == Action::InSync && item.signer.is_some());
+        if !needed {
+            return Planned {
+                report,
+                manifest: None,
+            };
+        }
+        let manifest = match item.source.resolve(&item.spec.source).await {
+            Ok(m) => m,
+            Err(e) => return fail(report, e, "source"),
+        };
+        // The content must hash to the digest the decision was made on.
+        if let Err(e) = check_manifest(&manifest, Some(&source_digest)) {
+            return fail(report, e, "source");
         }
         Planned {
             report,

@@ -92,6 +92,14 @@ pub trait Source: Send + Sync {
     /// reference carries a digest the returned manifest must match it.
     async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError>;
 
+    /// The digest `reference` resolves to, as cheaply as the source can tell
+    /// (a registry: one HEAD request, which Docker Hub does not count as a
+    /// pull). It is not verified here: before anything is copied or signed the
+    /// orchestrator fetches the manifest and checks it against this digest.
+    async fn digest(&self, reference: &ImageRef) -> Result<Digest, StageError> {
+        Ok(self.resolve(reference).await?.digest)
+    }
+
     /// Fetches a manifest of `repository` by digest (children of an index).
     async fn fetch_manifest(
         &self,

@@ -20,6 +20,8 @@ pub struct RegistryOptions {
     /// htpasswd auth with this user and password (bcrypt; the registry compares
     /// the first 72 bytes of the password).
     pub htpasswd: Option<(String, String)>,
+    /// Keep the registry's access log, for [`Registry::requests`].
+    pub access_log: bool,
 }
 
 /// A running CNCF distribution registry on 127.0.0.1, stopped on drop.
@@ -85,10 +87,11 @@ impl Registry {
         }
         let config = format!(
             "version: 0.1\n\
-             log:\n  level: error\n  accesslog:\n    disabled: true\n\
+             log:\n  level: error\n  accesslog:\n    disabled: {}\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: 127.0.0.1:{port}\n  secret: image-syncer-test-secret\n\
              {auth}",
+            !options.access_log,
             storage.display()
         );
         let config_path = dir.path().join("config.yml");
@@ -291,6 +294,20 @@ impl Registry {
             .unwrap_or_default();
         tags.sort();
         tags
+    }
+
+    /// The requests served so far, as `METHOD /path` (needs `access_log`).
+    pub fn requests(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let start = l.find('"')? + 1;
+                let rest = &l[start..];
+                let end = rest.find(" HTTP/")?;
+                Some(rest[..end].to_string())
+            })
+            .filter(|r| r.contains(" /v2/"))
+            .collect()
     }
 
     /// The registry's own log (for diagnosing test failures).

@@ -269,6 +269,12 @@ impl Source for OciRegistry {
         self.pull_manifest(reference, None, None).await
     }
 
+    async fn digest(&self, reference: &ImageRef) -> Result<Digest, StageError> {
+        self.head_manifest(reference)
+            .await?
+            .ok_or_else(|| StageError::not_found(format!("{reference}: manifest unknown")))
+    }
+
     async fn fetch_manifest(
         &self,
         repository: &ImageRef,
