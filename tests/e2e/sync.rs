@@ -455,3 +455,70 @@ fn warm_run_costs_one_manifest_head_per_registry_and_image() {
     };
     insta::assert_debug_snapshot!((work(&source), work(&target)));
 }
+
+#[test]
+fn a_blob_shared_by_images_is_transferred_once_and_mounted_elsewhere() {
+    let logged = RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    };
+    let p = Pair {
+        source: Registry::start_with(logged.clone()),
+        target: Registry::start_with(logged),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let imgs = fixtures::images_sharing_a_layer(&["one", "two", "three"], 200_000);
+    let shared = imgs[0].blobs[1].digest.to_string();
+    block_on(async {
+        for (i, img) in imgs.iter().enumerate() {
+            p.source.push(&format!("team/app{i}:1"), img).await;
+        }
+    });
+    let (sb, tb) = (p.source.requests().len(), p.target.requests().len());
+    let r = p.sync(
+        "- source: team/app0:1\n- source: team/app1:1\n- source: team/app2:1\n",
+        &["--jobs", "3"],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let source = p.source.requests()[sb..].to_vec();
+    let target = p.target.requests()[tb..].to_vec();
+    // The shared layer left the source once.
+    let pulls = source
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains(&shared))
+        .count();
+    assert_eq!(pulls, 1, "{source:#?}");
+    // It was uploaded once and mounted into the two other repositories.
+    let uploads = target
+        .iter()
+        .filter(|r| {
+            r.starts_with("PUT") && r.contains(&format!("digest={}", shared.replace(':', "%3A")))
+        })
+        .count()
+        + target
+            .iter()
+            .filter(|r| r.starts_with("PUT") && r.contains(&format!("digest={shared}")))
+            .count();
+    let mounts = target
+        .iter()
+        .filter(|r| {
+            r.starts_with("POST")
+                && r.contains("mount=")
+                && (r.contains(&shared) || r.contains(&shared.replace(':', "%3A")))
+        })
+        .count();
+    assert_eq!((uploads, mounts), (1, 2), "{target:#?}");
+    block_on(async {
+        for (i, img) in imgs.iter().enumerate() {
+            assert_eq!(
+                p.target.digest(&format!("mirror/team/app{i}:1")).await,
+                Some(img.digest.to_string())
+            );
+            assert!(
+                p.target
+                    .has_blob(&format!("mirror/team/app{i}"), &shared)
+                    .await
+            );
+        }
+    });
+}

@@ -184,9 +184,17 @@ pub fn run(args: Args) -> Exit {
         Ok(p) => p,
         Err(e) => return input_error(e),
     };
+    let jobs = args
+        .jobs
+        .map(|j| j as usize)
+        .or(def.jobs)
+        .unwrap_or(image_syncer_core::orchestrator::DEFAULT_JOBS);
+    let prepared = prepared.with_jobs(jobs);
     info!(
         images = def.images.len(),
         dry_run = args.dry_run,
+        jobs,
+        shard = ?shard.map(|s| s.to_string()),
         "starting"
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()

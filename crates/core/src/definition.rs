@@ -34,6 +34,8 @@ struct FileModel {
     pipeline: Option<PipelineModel>,
     #[serde(default)]
     plugins: Vec<String>,
+    #[serde(default)]
+    jobs: Option<usize>,
 }
 
 /// Only the `plugins:` list, read before the rest (plugins bring transports
@@ -185,6 +187,8 @@ pub struct Definition {
     pub pipeline: PipelineSpec,
     /// Plugin libraries (`plugins:`), resolved against the definition's directory.
     pub plugins: Vec<PathBuf>,
+    /// `jobs:`: images (and blobs per image) worked on at once.
+    pub jobs: Option<usize>,
 }
 
 impl Definition {
@@ -307,6 +311,14 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
         }
     }
 
+    if model.jobs == Some(0) {
+        return Err(DefinitionError::Invalid {
+            path: shown,
+            line: find_line(text, "jobs:", 0),
+            what: "jobs".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     let global_sign = model.sign.unwrap_or(false);
     let mut images = Vec::with_capacity(model.images.len());
     let mut search_from = 0;
@@ -386,6 +398,7 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
         registries: model.registries,
         pipeline,
         plugins: model.plugins.iter().map(|p| base.join(p)).collect(),
+        jobs: model.jobs,
     })
 }
 

@@ -13,14 +13,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{stream, FutureExt, StreamExt};
+use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
 use crate::context::StageContext;
 use crate::definition::{Definition, ImageSpec};
 use crate::digest::{Digest, VerifyingStream};
-use crate::manifest::{Manifest, RawManifest};
+use crate::manifest::{Descriptor, Manifest, RawManifest};
 use crate::reference::ImageRef;
 use crate::registry::{BuildError, StageRegistry};
 use crate::report::{Action, ImageReport, Report};
@@ -103,7 +107,11 @@ pub struct Prepared {
     items: Vec<Item>,
     guards: Vec<Arc<dyn Guard>>,
     dry_run: bool,
+    jobs: usize,
 }
+
+/// The default number of images (and of blobs per image) worked on at once.
+pub const DEFAULT_JOBS: usize = 4;
 
 impl Orchestrator {
     pub fn new(registry: StageRegistry, context: StageContext) -> Orchestrator {
@@ -324,6 +332,7 @@ impl Orchestrator {
             items,
             guards,
             dry_run,
+            jobs: DEFAULT_JOBS,
         })
     }
 }
@@ -339,81 +348,101 @@ impl Prepared {
         self.items.iter().map(|i| (&i.spec, &i.target)).collect()
     }
 
+    /// Works on at most `jobs` images at once, and on at most `jobs` blobs of
+    /// an image at once (at least 1).
+    pub fn with_jobs(mut self, jobs: usize) -> Prepared {
+        self.jobs = jobs.max(1);
+        self
+    }
+
     /// Plans and (unless dry run) executes. Never panics on stage errors: every
-    /// outcome is in the report.
+    /// outcome is in the report, in definition order.
     pub async fn run(self) -> Report {
-        let mut planned = Vec::with_capacity(self.items.len());
-        for item in &self.items {
-            planned.push(self.plan(item).await);
-        }
-        let mut stop = planned.iter().any(|p| p.report.action == Action::Stopped);
-        if stop {
+        let jobs = self.jobs;
+        let planned: Vec<Planned> = stream::iter(self.items.iter())
+            .map(|item| self.plan(item))
+            .buffered(jobs)
+            .collect()
+            .await;
+        let stop = AtomicBool::new(planned.iter().any(|p| p.report.action == Action::Stopped));
+        if stop.load(Ordering::SeqCst) {
             warn!("safety stop during planning: nothing is written in this run");
         }
-        let mut images = Vec::with_capacity(planned.len());
-        for (item, p) in self.items.iter().zip(planned) {
-            let mut report = p.report;
-            if stop && matches!(report.action, Action::Copied | Action::InSync) {
-                if report.action == Action::Copied {
-                    report.action = Action::NotRun;
-                    report.message = Some("not copied: a safety stop halted all writing".into());
-                } else if item.signer.is_some() {
-                    report.message = Some("not signed: a safety stop halted all writing".into());
-                }
-                images.push(report);
-                continue;
-            }
+        let run = Run {
+            stop,
+            ledger: Ledger::default(),
+        };
+        let images = stream::iter(self.items.iter().zip(planned))
+            .map(|(item, p)| self.finish(item, p, &run))
+            .buffered(jobs)
+            .collect()
+            .await;
+        Report {
+            dry_run: self.dry_run,
+            images,
+        }
+    }
+
+    /// Executes one planned image: copy (unless in sync), then sign.
+    async fn finish(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
+        let mut report = p.report;
+        if run.stopped() && matches!(report.action, Action::Copied | Action::InSync) {
             if report.action == Action::Copied {
-                // `Copied` in a plan means "to copy".
-                if self.dry_run {
-                    report.action = Action::WouldCopy;
+                report.action = Action::NotRun;
+                report.message = Some("not copied: a safety stop halted all writing".into());
+            } else if item.signer.is_some() {
+                report.message = Some("not signed: a safety stop halted all writing".into());
+            }
+            return report;
+        }
+        if report.action == Action::Copied {
+            // `Copied` in a plan means "to copy".
+            if self.dry_run {
+                report.action = Action::WouldCopy;
+            } else {
+                let manifest = p.manifest.as_ref().expect("planned copy has a manifest");
+                match self.execute(item, manifest, run).await {
+                    Ok(bytes) => {
+                        report.bytes = bytes;
+                        info!(source = %item.spec.source, target = %item.target, digest = %manifest.digest, bytes, "copied");
+                    }
+                    Err(e) => {
+                        warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
+                        report.action = run.failed(&e);
+                        report.message = Some(e.message);
+                    }
+                }
+            }
+        }
+        if matches!(
+            report.action,
+            Action::Copied | Action::InSync | Action::WouldCopy
+        ) && item.spec.sign
+        {
+            if let (Some(signer), Some(manifest)) = (&item.signer, &p.manifest) {
+                if report.action == Action::WouldCopy {
+                    report.signature = Some(crate::stage::SignOutcome::WouldSign);
+                } else if run.stopped() {
+                    report.message = Some("not signed: a safety stop halted all writing".into());
                 } else {
-                    let manifest = p.manifest.as_ref().expect("planned copy has a manifest");
-                    match self.execute(item, manifest).await {
-                        Ok(bytes) => {
-                            report.bytes = bytes;
-                            info!(source = %item.spec.source, target = %item.target, digest = %manifest.digest, bytes, "copied");
-                        }
+                    let req = SignRequest {
+                        target: item.target.clone(),
+                        digest: manifest.digest.clone(),
+                        manifest: manifest.clone(),
+                        dry_run: self.dry_run,
+                    };
+                    match signer.sign(&req, item.sink.as_ref()).await {
+                        Ok(outcome) => report.signature = Some(outcome),
                         Err(e) => {
-                            warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
-                            report.action = failed(&e, &mut stop);
+                            warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
+                            report.action = run.failed(&e);
                             report.message = Some(e.message);
                         }
                     }
                 }
             }
-            if matches!(
-                report.action,
-                Action::Copied | Action::InSync | Action::WouldCopy
-            ) && item.spec.sign
-            {
-                if let (Some(signer), Some(manifest)) = (&item.signer, &p.manifest) {
-                    if report.action == Action::WouldCopy {
-                        report.signature = Some(crate::stage::SignOutcome::WouldSign);
-                    } else {
-                        let req = SignRequest {
-                            target: item.target.clone(),
-                            digest: manifest.digest.clone(),
-                            manifest: manifest.clone(),
-                            dry_run: self.dry_run,
-                        };
-                        match signer.sign(&req, item.sink.as_ref()).await {
-                            Ok(outcome) => report.signature = Some(outcome),
-                            Err(e) => {
-                                warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
-                                report.action = failed(&e, &mut stop);
-                                report.message = Some(e.message);
-                            }
-                        }
-                    }
-                }
-            }
-            images.push(report);
         }
-        Report {
-            dry_run: self.dry_run,
-            images,
-        }
+        report
     }
 
     async fn plan(&self, item: &Item) -> Planned {
@@ -430,7 +459,11 @@ impl Prepared {
         };
         let fail = |mut report: ImageReport, e: StageError, what: &str| {
             // Planning writes nothing; the stop is read off the report later.
-            report.action = failed(&e, &mut false);
+            report.action = if e.kind == ErrorKind::Integrity {
+                Action::Stopped
+            } else {
+                Action::Failed
+            };
             report.message = Some(format!("{what}: {e}"));
             Planned {
                 report,
@@ -500,15 +533,27 @@ impl Prepared {
     }
 
     /// Copies one image: blobs, child manifests, then the tag.
-    async fn execute(&self, item: &Item, manifest: &RawManifest) -> Result<u64, StageError> {
+    async fn execute(
+        &self,
+        item: &Item,
+        manifest: &RawManifest,
+        run: &Run,
+    ) -> Result<u64, StageError> {
         let tag = item
             .target
             .tag()
             .ok_or_else(|| StageError::invalid("target has no tag"))?
             .to_string();
-        let mut bytes = 0;
+        let bytes = AtomicU64::new(0);
         let repo = item.target.clone();
-        copy_children(item, &repo, manifest, &mut bytes).await?;
+        let copy = Copy {
+            item,
+            repo: &repo,
+            run,
+            jobs: self.jobs,
+            bytes: &bytes,
+        };
+        copy.children(manifest).await?;
         // Last check before the tag moves: the target must still be absent or equal.
         if let Some(now) = item.sink.manifest_digest(&item.target).await? {
             if now != manifest.digest {
@@ -518,21 +563,172 @@ impl Prepared {
                 )));
             }
         }
+        run.check()?;
         item.sink
             .put_manifest(&repo, &ManifestTarget::Tag(tag), manifest)
             .await?;
-        Ok(bytes)
+        Ok(bytes.load(Ordering::SeqCst))
     }
 }
 
-/// The action for a failed image: a content or signature problem is a safety
-/// stop and halts all further writing; anything else fails this image only.
-fn failed(e: &StageError, stop: &mut bool) -> Action {
-    if e.kind == ErrorKind::Integrity {
-        *stop = true;
-        Action::Stopped
-    } else {
-        Action::Failed
+/// State shared by all images of one run.
+struct Run {
+    /// Set by the first safety stop: no write starts after it.
+    stop: AtomicBool,
+    ledger: Ledger,
+}
+
+impl Run {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Refuses to start a write after a safety stop.
+    fn check(&self) -> Result<(), StageError> {
+        if self.stopped() {
+            Err(StageError::transient(
+                "not written: a safety stop elsewhere in the run halted all writing",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The action for a failed image: a content or signature problem is a
+    /// safety stop and halts all further writing; anything else fails this
+    /// image only.
+    fn failed(&self, e: &StageError) -> Action {
+        if e.kind == ErrorKind::Integrity {
+            self.stop.store(true, Ordering::SeqCst);
+            Action::Stopped
+        } else {
+            Action::Failed
+        }
+    }
+}
+
+/// Which blobs this run has put where, per sink: a blob shared by several
+/// images is transferred once, then found or mounted in the other
+/// repositories.
+#[derive(Default)]
+struct Ledger {
+    blobs: Mutex<HashMap<(usize, Digest), Arc<OnceCell<ImageRef>>>>,
+}
+
+impl Ledger {
+    fn cell(&self, sink: &Arc<dyn Sink>, digest: &Digest) -> Arc<OnceCell<ImageRef>> {
+        let id = Arc::as_ptr(sink) as *const () as usize;
+        self.blobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((id, digest.clone()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// One image's copy.
+struct Copy<'a> {
+    item: &'a Item,
+    repo: &'a ImageRef,
+    run: &'a Run,
+    jobs: usize,
+    bytes: &'a AtomicU64,
+}
+
+impl Copy<'_> {
+    /// Copies everything `manifest` references (not the manifest itself).
+    fn children<'b>(&'b self, manifest: &'b RawManifest) -> BoxFuture<'b, Result<(), StageError>> {
+        async move {
+            let parsed = manifest
+                .parse()
+                .map_err(|e| StageError::invalid(format!("{}: {e}", manifest.digest)))?;
+            match parsed {
+                Manifest::Index { manifests } => {
+                    for child in manifests {
+                        let child_ref = self.repo.with_digest(child.digest.clone());
+                        if self.item.sink.manifest_digest(&child_ref).await?.is_some() {
+                            debug!(digest = %child.digest, "child manifest present in target");
+                            continue;
+                        }
+                        let m = self
+                            .item
+                            .source
+                            .fetch_manifest(&self.item.spec.source, &child)
+                            .await?;
+                        check_manifest(&m, Some(&child.digest))?;
+                        self.children(&m).await?;
+                        self.run.check()?;
+                        self.item
+                            .sink
+                            .put_manifest(self.repo, &ManifestTarget::Digest, &m)
+                            .await?;
+                    }
+                }
+                Manifest::Image { config, layers } => {
+                    let blobs: Vec<Descriptor> = std::iter::once(config)
+                        .chain(layers)
+                        .filter(|b| {
+                            let foreign = b.is_non_distributable();
+                            if foreign {
+                                debug!(digest = %b.digest, "non-distributable layer not copied");
+                            }
+                            !foreign
+                        })
+                        .collect();
+                    // Every blob is attempted; the first error is reported.
+                    let results: Vec<Result<(), StageError>> = stream::iter(blobs)
+                        .map(|b| async move { self.blob(&b).await })
+                        .buffer_unordered(self.jobs)
+                        .collect()
+                        .await;
+                    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// One blob: transferred by the first image of the run that needs it;
+    /// the others find it, mount it from where it went, or transfer it.
+    async fn blob(&self, blob: &Descriptor) -> Result<(), StageError> {
+        let cell = self.run.ledger.cell(&self.item.sink, &blob.digest);
+        let mine = AtomicBool::new(false);
+        let home = cell
+            .get_or_try_init(|| async {
+                mine.store(true, Ordering::SeqCst);
+                self.transfer(blob).await?;
+                Ok::<_, StageError>(self.repo.clone())
+            })
+            .await?;
+        if mine.load(Ordering::SeqCst) || home == self.repo {
+            return Ok(());
+        }
+        if self.item.sink.has_blob(self.repo, blob).await? {
+            return Ok(());
+        }
+        self.run.check()?;
+        if self.item.sink.mount_blob(home, self.repo, blob).await? {
+            debug!(digest = %blob.digest, from = %home, to = %self.repo, "blob mounted");
+            return Ok(());
+        }
+        self.transfer(blob).await
+    }
+
+    /// Streams a blob from the source, verified, unless the target has it.
+    async fn transfer(&self, blob: &Descriptor) -> Result<(), StageError> {
+        let (item, repo) = (self.item, self.repo);
+        if item.sink.has_blob(repo, blob).await? {
+            debug!(digest = %blob.digest, "blob present in target");
+            return Ok(());
+        }
+        self.run.check()?;
+        let stream = item.source.fetch_blob(&item.spec.source, blob).await?;
+        let verified = VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));
+        item.sink.put_blob(repo, blob, Box::pin(verified)).await?;
+        self.bytes.fetch_add(blob.size, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -553,59 +749,6 @@ fn check_manifest(m: &RawManifest, expected: Option<&Digest>) -> Result<(), Stag
         }
     }
     Ok(())
-}
-
-/// Copies everything `manifest` references (not the manifest itself).
-fn copy_children<'a>(
-    item: &'a Item,
-    repo: &'a ImageRef,
-    manifest: &'a RawManifest,
-    bytes: &'a mut u64,
-) -> BoxFuture<'a, Result<(), StageError>> {
-    async move {
-        let parsed = manifest
-            .parse()
-            .map_err(|e| StageError::invalid(format!("{}: {e}", manifest.digest)))?;
-        match parsed {
-            Manifest::Index { manifests } => {
-                for child in manifests {
-                    let child_ref = repo.with_digest(child.digest.clone());
-                    if item.sink.manifest_digest(&child_ref).await?.is_some() {
-                        debug!(digest = %child.digest, "child manifest present in target");
-                        continue;
-                    }
-                    let m = item
-                        .source
-                        .fetch_manifest(&item.spec.source, &child)
-                        .await?;
-                    check_manifest(&m, Some(&child.digest))?;
-                    copy_children(item, repo, &m, bytes).await?;
-                    item.sink
-                        .put_manifest(repo, &ManifestTarget::Digest, &m)
-                        .await?;
-                }
-            }
-            Manifest::Image { config, layers } => {
-                for blob in std::iter::once(&config).chain(layers.iter()) {
-                    if blob.is_non_distributable() {
-                        debug!(digest = %blob.digest, "non-distributable layer not copied");
-                        continue;
-                    }
-                    if item.sink.has_blob(repo, blob).await? {
-                        debug!(digest = %blob.digest, "blob present in target");
-                        continue;
-                    }
-                    let stream = item.source.fetch_blob(&item.spec.source, blob).await?;
-                    let verified =
-                        VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));
-                    item.sink.put_blob(repo, blob, Box::pin(verified)).await?;
-                    *bytes += blob.size;
-                }
-            }
-        }
-        Ok(())
-    }
-    .boxed()
 }
 
 #[cfg(test)]

@@ -159,6 +159,19 @@ pub trait Sink: Send + Sync {
         content: ByteStream,
     ) -> Result<(), StageError>;
 
+    /// Makes a blob present in `to` by mounting it from `from`, another
+    /// repository of the same target (a cross-repository mount). `Ok(false)`
+    /// when the target cannot (the orchestrator then transfers the blob).
+    async fn mount_blob(
+        &self,
+        from: &ImageRef,
+        to: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        let _ = (from, to, descriptor);
+        Ok(false)
+    }
+
     /// Stores a manifest whose blobs (or children) are all present.
     async fn put_manifest(
         &self,

@@ -128,6 +128,45 @@ fn image_for(
     }
 }
 
+/// Single-platform OCI images that share their first layer (a common base)
+/// and each have one layer of their own.
+pub fn images_sharing_a_layer(seeds: &[&str], layer_size: usize) -> Vec<TestImage> {
+    let base = blob(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        random_bytes(&format!("{}/shared-base", seeds.join("+")), layer_size),
+    );
+    seeds
+        .iter()
+        .map(|seed| {
+            let own = blob("application/vnd.oci.image.layer.v1.tar+gzip", random_bytes(&format!("{seed}/own"), layer_size));
+            let layers = vec![base.clone(), own];
+            let config = serde_json::json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": {"seed": seed}},
+                "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|b| b.digest.to_string()).collect::<Vec<_>>()},
+            });
+            let config = blob("application/vnd.oci.image.config.v1+json", serde_json::to_vec(&config).unwrap());
+            let manifest = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": desc(&config),
+                "layers": layers.iter().map(desc).collect::<Vec<_>>(),
+            });
+            let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap());
+            let mut blobs = vec![config];
+            blobs.extend(layers);
+            TestImage {
+                media_type: OCI_MANIFEST.to_string(),
+                digest: Digest::sha256_of(&manifest),
+                manifest,
+                blobs,
+                children: vec![],
+            }
+        })
+        .collect()
+}
+
 /// A multi-platform OCI index over one image per platform (`os/arch`). Child
 /// images share their first layer (a common base).
 pub fn index(seed: &str, platforms: &[&str]) -> TestImage {

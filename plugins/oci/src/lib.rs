@@ -334,6 +334,32 @@ impl Sink for OciRegistry {
             })
     }
 
+    async fn mount_blob(
+        &self,
+        from: &ImageRef,
+        to: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        if from.registry() != to.registry() {
+            return Ok(false);
+        }
+        let target = self.prepare(to, RegistryOperation::Push).await;
+        let source = self.reference(from);
+        match self
+            .client
+            .mount_blob(&target, &source, &descriptor.digest.to_string())
+            .await
+        {
+            Ok(()) => Ok(true),
+            // A registry that does not mount (or not across these repositories)
+            // answers 202 and opens an upload instead: transfer the blob.
+            Err(e) => {
+                debug!(error = %e, digest = %descriptor.digest, "cross-repository mount refused");
+                Ok(false)
+            }
+        }
+    }
+
     async fn put_blob(
         &self,
         repository: &ImageRef,

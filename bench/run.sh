@@ -1,0 +1,430 @@
+#!/usr/bin/env bash
+# image-syncer vs skopeo on two local registries. See bench/README.md.
+#
+#   bench/run.sh [--quick]
+#
+# Builds image-syncer in release, starts a source and a target registry (Debian's
+# docker-registry) on free 127.0.0.1 ports with temporary storage, fills the source with four
+# workloads (bench/populate.py) and times cold syncs, warm re-syncs and peak memory of
+# image-syncer and `skopeo sync`, plus a raw-copy floor (bench/floor.py). Prints a Markdown table
+# and the machine it ran on; the same table is written to <target dir>/bench/results-<mode>.md.
+# All traffic goes to 127.0.0.1. Every wait and every tool run is bounded in time.
+set -euo pipefail
+
+usage() {
+  sed -n '4,11p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+QUICK=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) QUICK=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH="$ROOT/bench"
+cd "$ROOT"
+
+# --- sizes -------------------------------------------------------------------------------
+MIB=$((1 << 20))
+W1_COUNT=20 W1_LAYERS=3 W1_LAYER=$MIB
+W2_COUNT=10 W2_LAYER=$MIB
+W4_LAYER=1024
+if [ "$QUICK" = 1 ]; then
+  MODE=quick RUNS=1 W3_LAYER=$((64 * MIB)) W4_COUNT=100 W4_STEPS="30 100"
+else
+  MODE=full RUNS=3 W3_LAYER=$((1024 * MIB)) W4_COUNT=1000 W4_STEPS="100 300 1000"
+fi
+RUN_TIMEOUT=900     # seconds, one tool run
+START_TIMEOUT=15    # seconds, a registry answering /v2/
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
+BENCH_T0=$EPOCHREALTIME
+
+# --- prerequisites -------------------------------------------------------------------------
+REGISTRY_BIN=/usr/bin/docker-registry
+[ -x "$REGISTRY_BIN" ] || REGISTRY_BIN="$(command -v docker-registry || true)"
+
+if [ ! -x /usr/bin/time ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing GNU time (Debian package time) ..."
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
+  fi
+fi
+
+missing=()
+[ -n "$REGISTRY_BIN" ] && [ -x "$REGISTRY_BIN" ] || missing+=("docker-registry (Debian: apt-get install -y docker-registry)")
+command -v skopeo >/dev/null 2>&1 || missing+=("skopeo (Debian: apt-get install -y skopeo)")
+command -v python3 >/dev/null 2>&1 || missing+=("python3 (Debian: apt-get install -y python3)")
+[ -x /usr/bin/time ] || missing+=("/usr/bin/time, GNU time (Debian: apt-get install -y time)")
+command -v timeout >/dev/null 2>&1 || missing+=("timeout (Debian: coreutils)")
+command -v cargo >/dev/null 2>&1 || missing+=("cargo (a Rust toolchain)")
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "run.sh: missing prerequisites:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+
+# --- build ---------------------------------------------------------------------------------
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+log "building image-syncer (release) ..."
+cargo build --release -p image-syncer-cli >&2
+BIN="$TARGET_DIR/release/image-syncer"
+[ -x "$BIN" ] || die "no binary at $BIN after the build"
+JOBS_ARGS=()
+if "$BIN" --help 2>/dev/null | grep -q -- --jobs; then
+  JOBS_ARGS=(--jobs 8)
+fi
+
+# --- registries ----------------------------------------------------------------------------
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/image-syncer-bench.XXXXXX")"
+REG_PIDS=()
+cleanup() {
+  local pid
+  for pid in "${REG_PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${REG_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+answers() { # PORT: does the registry answer GET /v2/ ?
+  python3 - "$1" <<'EOF' 2>/dev/null
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=2)
+c.request("GET", "/v2/")
+sys.exit(0 if c.getresponse().status == 200 else 1)
+EOF
+}
+
+# start_registry NAME: sets PORT_<NAME>; storage in $WORK/NAME/storage
+start_registry() {
+  local name="$1" dir="$WORK/$1" attempt port pid i
+  for attempt in 1 2 3 4 5; do
+    rm -rf "$dir"
+    mkdir -p "$dir/storage"
+    port="$(free_port)"
+    cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:$port
+  secret: image-syncer-bench
+EOF
+    "$REGISTRY_BIN" serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
+    pid=$!
+    REG_PIDS+=("$pid")
+    for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      if answers "$port"; then
+        printf -v "PORT_$name" '%s' "$port"
+        return 0
+      fi
+      sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    log "registry $name did not start on port $port (attempt $attempt): $(tail -3 "$dir/registry.log")"
+  done
+  die "could not start the $name registry"
+}
+
+# Empties the target registry between runs (no request is in flight then; the registry keeps no
+# cache in this configuration), so that a 1 GiB workload does not pile up on disk.
+wipe_target() { rm -rf "$WORK/target/storage/docker"; }
+
+start_registry source
+start_registry target
+SRC="127.0.0.1:$PORT_source"
+DST="127.0.0.1:$PORT_target"
+SRC_PATH="127.0.0.1_$PORT_source" # how image-syncer writes the source host into target paths
+log "source registry $SRC, target registry $DST, work dir $WORK"
+
+# skopeo: accept anything, no mirrors or credentials from the machine's configuration
+cat >"$WORK/policy.json" <<'EOF'
+{"default": [{"type": "insecureAcceptAnything"}]}
+EOF
+: >"$WORK/registries.conf"
+echo '{}' >"$WORK/auth.json"
+export CONTAINERS_REGISTRIES_CONF="$WORK/registries.conf" REGISTRY_AUTH_FILE="$WORK/auth.json"
+
+# --- populate ------------------------------------------------------------------------------
+populate() {
+  local t0=$EPOCHREALTIME
+  python3 "$BENCH/populate.py" "$SRC" "$@" || die "populate.py $* failed"
+  log "populated $1 in $(secs_since "$t0") s"
+}
+secs_since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$EPOCHREALTIME"; }
+
+log "populating the source registry ($MODE mode) ..."
+populate w1 --count "$W1_COUNT" --layers "$W1_LAYERS" --layer-size "$W1_LAYER"
+populate w2 --count "$W2_COUNT" --layer-size "$W2_LAYER"
+populate w3 --layer-size "$W3_LAYER" --tmpdir "$WORK"
+populate w4 --count "$W4_COUNT" --layer-size "$W4_LAYER"
+
+refs_w1=() refs_w2=() refs_w4=()
+for ((i = 0; i < W1_COUNT; i++)); do refs_w1+=("$(printf 'bench/w1-%02d:1' "$i")"); done
+for ((i = 0; i < W2_COUNT; i++)); do refs_w2+=("$(printf 'bench/w2-%02d:1' "$i")"); done
+refs_w3=("bench/w3:1")
+for ((i = 0; i < W4_COUNT; i++)); do refs_w4+=("$(printf 'bench/w4-%04d:1' "$i")"); done
+
+# isync_def FILE PREFIX REF...: an image-syncer definition
+isync_def() {
+  local file="$1" prefix="$2" ref
+  shift 2
+  {
+    echo "targetRepoPrefix: \"$DST/$prefix/\""
+    echo "registries:"
+    echo "  \"$SRC\": { insecure: true }"
+    echo "images:"
+    for ref in "$@"; do echo "- source: \"$SRC/$ref\""; done
+  } >"$file"
+}
+
+# skopeo_yaml FILE REF...: a `skopeo sync --src yaml` file
+skopeo_yaml() {
+  local file="$1" ref
+  shift
+  {
+    echo "$SRC:"
+    echo "  tls-verify: false"
+    echo "  images:"
+    for ref in "$@"; do echo "    ${ref%:*}: [\"${ref##*:}\"]"; done
+  } >"$file"
+}
+
+# --- measuring -----------------------------------------------------------------------------
+declare -A VALS # "w1.isync.cold" -> "3.21 3.10 3.40" (seconds), "...rss" -> KiB
+FAILED=0
+
+# measure KEY LOG CMD...: runs CMD under GNU time and a timeout; appends wall seconds to
+# VALS[KEY] and peak RSS (KiB) to VALS[KEY.rss], or FAIL to both
+measure() {
+  local key="$1" out="$2" t0 t1 secs rss rc=0
+  shift 2
+  t0=$EPOCHREALTIME
+  /usr/bin/time -f '%M' -o "$out.time" timeout "$RUN_TIMEOUT" "$@" >"$out" 2>&1 || rc=$?
+  t1=$EPOCHREALTIME
+  if [ "$rc" -ne 0 ]; then
+    log "FAILED ($rc): $key: $*"
+    tail -n 15 "$out" | sed 's/^/    /' >&2
+    VALS[$key]+="FAIL "
+    VALS[$key.rss]+="FAIL "
+    FAILED=1
+    return 0
+  fi
+  secs="$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.3f}')" "$t0" "$t1")"
+  rss="$(tail -n 1 "$out.time")"
+  VALS[$key]+="$secs "
+  VALS[$key.rss]+="$rss "
+  log "$key: $secs s, peak RSS $((rss / 1024)) MiB"
+}
+
+# verify_target KEY REPO:TAG...: the manifests exist in the target (checked on run 1)
+verify_target() {
+  local key="$1"
+  shift
+  if ! python3 "$BENCH/populate.py" "$DST" check "$@" >&2; then
+    log "FAILED: $key: the target misses images after a successful run"
+    FAILED=1
+    VALS[$key.verify]="FAIL"
+  fi
+}
+
+run_isync() { # KEY DEF
+  measure "$1" "$WORK/$1.log" "$BIN" --images-file "$2" --insecure-registry "$DST" "${JOBS_ARGS[@]}"
+}
+
+run_skopeo() { # KEY YAML DEST [--all]
+  local key="$1" yaml="$2" dest="$3"
+  shift 3
+  measure "$key" "$WORK/$key.log" skopeo --policy "$WORK/policy.json" sync --src yaml --dest docker \
+    "$yaml" "$dest" --src-tls-verify=false --dest-tls-verify=false "$@"
+}
+
+# isync_targets PREFIX REF...: target repo:tag names under image-syncer's mapping
+isync_targets() {
+  local prefix="$1" ref
+  shift
+  for ref in "$@"; do echo "$prefix/$SRC_PATH/$ref"; done
+}
+skopeo_targets() { # skopeo sync (not --scoped) keeps the last path component
+  local prefix="$1" ref
+  shift
+  for ref in "$@"; do echo "$prefix/${ref##*/}"; done
+}
+
+# workload W REFS_ARRAY_NAME [skopeo args...]: RUNS × (image-syncer cold+warm, skopeo cold+warm)
+workload() {
+  local w="$1" arr="$2[@]" r prefix
+  shift 2
+  local refs=("${!arr}")
+  local first_last=("${refs[0]}" "${refs[-1]}")
+  for ((r = 1; r <= RUNS; r++)); do
+    prefix="isync-$w-r$r"
+    isync_def "$WORK/$w-$prefix.yaml" "$prefix" "${refs[@]}"
+    run_isync "$w.isync.cold" "$WORK/$w-$prefix.yaml"
+    if [ "$r" = 1 ]; then verify_target "$w.isync" $(isync_targets "$prefix" "${first_last[@]}"); fi
+    run_isync "$w.isync.warm" "$WORK/$w-$prefix.yaml"
+    if [ "$w" = w4 ]; then w4_scaling "$prefix"; fi
+
+    prefix="skopeo-$w-r$r"
+    skopeo_yaml "$WORK/$w-skopeo.yaml" "${refs[@]}"
+    run_skopeo "$w.skopeo.cold" "$WORK/$w-skopeo.yaml" "$DST/$prefix" "$@"
+    if [ "$r" = 1 ]; then verify_target "$w.skopeo" $(skopeo_targets "$prefix" "${first_last[@]}"); fi
+    run_skopeo "$w.skopeo.warm" "$WORK/$w-skopeo.yaml" "$DST/$prefix" "$@"
+
+    if [ "$w" = w1 ]; then
+      prefix="floor-w1-r$r"
+      measure "w1.floor" "$WORK/w1-floor-r$r.log" python3 "$BENCH/floor.py" "$SRC" "$DST" "$prefix/" "${refs[@]}"
+      if [ "$r" = 1 ]; then verify_target "w1.floor" "$prefix/${refs[0]}" "$prefix/${refs[-1]}"; fi
+    fi
+    wipe_target
+  done
+}
+
+# W4 scaling: warm re-syncs of the first N images of the prefix image-syncer just filled
+w4_scaling() {
+  local prefix="$1" n
+  for n in $W4_STEPS; do
+    if [ "$n" = "$W4_COUNT" ]; then
+      VALS[w4.isync.warm.n$n]="${VALS[w4.isync.warm]}" # the full warm re-sync is this step
+      continue
+    fi
+    isync_def "$WORK/w4-$prefix-n$n.yaml" "$prefix" "${refs_w4[@]:0:n}"
+    run_isync "w4.isync.warm.n$n" "$WORK/w4-$prefix-n$n.yaml"
+  done
+}
+
+log "W1: $W1_COUNT images x $W1_LAYERS x $((W1_LAYER / 1024)) KiB layers, $RUNS run(s)"
+workload w1 refs_w1
+log "W2: $W2_COUNT multi-arch images (amd64+arm64), $RUNS run(s)"
+workload w2 refs_w2 --all
+log "W3: one image with a $((W3_LAYER / MIB)) MiB layer, $RUNS run(s)"
+workload w3 refs_w3
+log "W4: $W4_COUNT images x 1 x $((W4_LAYER / 1024)) KiB layer, $RUNS run(s)"
+workload w4 refs_w4
+
+# --- report --------------------------------------------------------------------------------
+median() { # values... (FAIL wins) -> median, or "FAIL", or "n/a"
+  python3 - "$@" <<'EOF'
+import statistics, sys
+v = sys.argv[1:]
+if not v: print("n/a")
+elif "FAIL" in v: print("FAIL")
+else: print(repr(statistics.median(float(x) for x in v)))
+EOF
+}
+fmt() { # VALUE SCALE DIGITS
+  python3 -c "import sys; v=sys.argv[1]; print(v if v in ('FAIL','n/a') else f'{float(v)/float(sys.argv[2]):.{sys.argv[3]}f}')" "$@"
+}
+ratio() { # A B DIGITS
+  python3 -c "import sys; a,b=sys.argv[1:3]; print('n/a' if 'FAIL' in (a,b) or 'n/a' in (a,b) or float(b)==0 else f'{float(a)/float(b):.{sys.argv[3]}f}')" "$@"
+}
+med() { median ${VALS[$1]:-}; }
+
+TABLE="$WORK/table.md"
+row() { printf '| %s | %s | %s | %s | %s |\n' "$@" >>"$TABLE"; }
+{
+  echo "| workload | metric | image-syncer | skopeo | ratio image-syncer/skopeo |"
+  echo "|---|---|--:|--:|--:|"
+} >"$TABLE"
+
+describe() {
+  case "$1" in
+    w1) echo "W1: $W1_COUNT images x $W1_LAYERS x $((W1_LAYER / MIB)) MiB" ;;
+    w2) echo "W2: $W2_COUNT multi-arch images (2 platforms, shared base)" ;;
+    w3) echo "W3: 1 image, $((W3_LAYER / MIB)) MiB layer" ;;
+    w4) echo "W4: $W4_COUNT images x 1 KiB" ;;
+  esac
+}
+for w in w1 w2 w3 w4; do
+  d="$(describe "$w")"
+  for kind in cold warm; do
+    a="$(med "$w.isync.$kind")"
+    b="$(med "$w.skopeo.$kind")"
+    if [ "$kind" = cold ]; then label="cold sync (s)"; else label="warm re-sync (s)"; fi
+    row "$d" "$label" "$(fmt "$a" 1 2)" "$(fmt "$b" 1 2)" "$(ratio "$a" "$b" 2)"
+  done
+  if [ "$w" = w1 ]; then
+    f="$(med w1.floor)"
+    a="$(med w1.isync.cold)"
+    b="$(med w1.skopeo.cold)"
+    row "$d" "cold sync / raw-copy floor (floor.py: $(fmt "$f" 1 2) s)" "$(ratio "$a" "$f" 2)x" "$(ratio "$b" "$f" 2)x" "$(ratio "$a" "$b" 2)"
+  fi
+  if [ "$w" = w3 ]; then
+    for kind in cold warm; do
+      a="$(med "w3.isync.$kind.rss")"
+      b="$(med "w3.skopeo.$kind.rss")"
+      row "$d" "peak RSS, $kind (MiB)" "$(fmt "$a" 1024 0)" "$(fmt "$b" 1024 0)" "$(ratio "$a" "$b" 2)"
+    done
+    a="$(med w3.isync.cold)"
+    b="$(med w3.skopeo.cold)"
+    row "$d" "cold throughput (MiB/s)" "$(ratio "$((W3_LAYER / MIB))" "$a" 0)" "$(ratio "$((W3_LAYER / MIB))" "$b" 0)" "$(ratio "$b" "$a" 2)"
+  fi
+  if [ "$w" = w4 ]; then
+    for n in $W4_STEPS; do
+      a="$(med "w4.isync.warm.n$n")"
+      per="$(ratio "$a" "$n" 4)"
+      row "W4: first $n images" "warm re-sync (s); s/image" "$(fmt "$a" 1 2); $per" "-" "-"
+    done
+  fi
+done
+for w in w1 w2 w4; do
+  a="$(med "$w.isync.cold.rss")"
+  b="$(med "$w.skopeo.cold.rss")"
+  row "$(describe "$w")" "peak RSS, cold (MiB)" "$(fmt "$a" 1024 0)" "$(fmt "$b" 1024 0)" "$(ratio "$a" "$b" 2)"
+done
+
+ELAPSED="$(secs_since "$BENCH_T0")"
+{
+  echo
+  echo "## image-syncer benchmark, $MODE mode ($RUNS run(s) per figure, medians)"
+  echo
+  cat "$TABLE"
+  echo
+  echo "Machine and versions:"
+  echo
+  echo "- nproc: $(nproc)"
+  echo "- memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
+  echo "- CPU: $( (lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1) || true)"
+  echo "- kernel: $(uname -r)"
+  echo "- image-syncer: $("$BIN" --version 2>&1) (commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)), flags: --insecure-registry${JOBS_ARGS[*]:+ ${JOBS_ARGS[*]}}"
+  echo "- skopeo: $(skopeo --version 2>&1)"
+  echo "- registry: $("$REGISTRY_BIN" --version 2>&1)"
+  echo "- python3: $(python3 --version 2>&1)"
+  echo "- whole run: ${ELAPSED} s"
+  [ "$FAILED" = 0 ] || echo "- SOME RUNS FAILED: see FAIL above"
+} >"$WORK/report.md"
+
+mkdir -p "$TARGET_DIR/bench"
+cp "$WORK/report.md" "$TARGET_DIR/bench/results-$MODE.md"
+cat "$WORK/report.md"
+log "report also written to $TARGET_DIR/bench/results-$MODE.md"
+exit "$FAILED"
