@@ -24,6 +24,18 @@ for arg in "$@"; do
   esac
 done
 
+# skopeo (containers/image) records in a BoltDB cache where it has seen each blob, and on a later
+# run mounts a blob from another repository of the same registry instead of uploading it: its
+# cold runs after the first would not be cold. So each skopeo run starts with an empty cache. As
+# root, whose cache is the fixed /var/lib/containers/cache, the script re-runs itself in a private
+# mount namespace and puts a tmpfs over that directory (nothing outside the namespace changes);
+# otherwise XDG_DATA_HOME points into the work directory (see SKOPEO_CACHE below).
+if [ "$(id -u)" = 0 ] && [ -z "${IMAGE_SYNCER_BENCH_NS:-}" ] && command -v unshare >/dev/null 2>&1 &&
+  unshare --mount --propagation private true 2>/dev/null; then
+  mkdir -p /var/lib/containers/cache # where skopeo run as root creates its cache anyway
+  IMAGE_SYNCER_BENCH_NS=1 exec unshare --mount --propagation private bash "$0" "$@"
+fi
+
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH="$ROOT/bench"
 cd "$ROOT"
@@ -166,6 +178,24 @@ DST="127.0.0.1:$PORT_target"
 SRC_PATH="127.0.0.1_$PORT_source" # how image-syncer writes the source host into target paths
 log "source registry $SRC, target registry $DST, work dir $WORK"
 
+SKOPEO_CACHE="" SKOPEO_CACHE_NOTE="emptied before each run"
+if [ -n "${IMAGE_SYNCER_BENCH_NS:-}" ]; then
+  mount -t tmpfs -o size=256m,mode=0700 bench-skopeo-cache /var/lib/containers/cache ||
+    die "cannot mount a tmpfs over /var/lib/containers/cache in the private namespace"
+  SKOPEO_CACHE=/var/lib/containers/cache
+elif [ "$(id -u)" != 0 ]; then
+  export XDG_DATA_HOME="$WORK/xdg-data"
+  SKOPEO_CACHE="$XDG_DATA_HOME/containers/cache"
+else
+  SKOPEO_CACHE_NOTE="NOT emptied (no unshare): skopeo cold runs after the first may mount blobs"
+  log "warning: skopeo's blob-info cache is $SKOPEO_CACHE_NOTE"
+fi
+empty_skopeo_cache() {
+  if [ -n "$SKOPEO_CACHE" ] && [ -d "$SKOPEO_CACHE" ]; then
+    find "$SKOPEO_CACHE" -mindepth 1 -delete
+  fi
+}
+
 # skopeo: accept anything, no mirrors or credentials from the machine's configuration
 cat >"$WORK/policy.json" <<'EOF'
 {"default": [{"type": "insecureAcceptAnything"}]}
@@ -264,6 +294,7 @@ run_isync() { # KEY DEF
 run_skopeo() { # KEY YAML DEST [--all]
   local key="$1" yaml="$2" dest="$3"
   shift 3
+  empty_skopeo_cache
   measure "$key" "$WORK/$key.log" skopeo --policy "$WORK/policy.json" sync --src yaml --dest docker \
     "$yaml" "$dest" --src-tls-verify=false --dest-tls-verify=false "$@"
 }
@@ -280,32 +311,38 @@ skopeo_targets() { # skopeo sync (not --scoped) keeps the last path component
   for ref in "$@"; do echo "$prefix/${ref##*/}"; done
 }
 
-# workload W REFS_ARRAY_NAME [skopeo args...]: RUNS × (image-syncer cold+warm, skopeo cold+warm)
+# workload W REFS_ARRAY_NAME COLD_RUNS [skopeo args...]: RUNS rounds; each round is image-syncer
+# (cold, warm) then skopeo (cold, warm) [then the floor, for W1]. Rounds after COLD_RUNS do the
+# warm re-sync only, on the last cold round's repositories.
 workload() {
-  local w="$1" arr="$2[@]" r prefix
-  shift 2
+  local w="$1" arr="$2[@]" cold_runs="$3" r iprefix sprefix
+  shift 3
   local refs=("${!arr}")
   local first_last=("${refs[0]}" "${refs[-1]}")
+  skopeo_yaml "$WORK/$w-skopeo.yaml" "${refs[@]}"
   for ((r = 1; r <= RUNS; r++)); do
-    prefix="isync-$w-r$r"
-    isync_def "$WORK/$w-$prefix.yaml" "$prefix" "${refs[@]}"
-    run_isync "$w.isync.cold" "$WORK/$w-$prefix.yaml"
-    if [ "$r" = 1 ]; then verify_target "$w.isync" $(isync_targets "$prefix" "${first_last[@]}"); fi
-    run_isync "$w.isync.warm" "$WORK/$w-$prefix.yaml"
-    if [ "$w" = w4 ]; then w4_scaling "$prefix"; fi
+    if [ "$r" -le "$cold_runs" ]; then
+      iprefix="isync-$w-r$r"
+      sprefix="skopeo-$w-r$r"
+      isync_def "$WORK/$w-$iprefix.yaml" "$iprefix" "${refs[@]}"
+      run_isync "$w.isync.cold" "$WORK/$w-$iprefix.yaml"
+      if [ "$r" = 1 ]; then verify_target "$w.isync" $(isync_targets "$iprefix" "${first_last[@]}"); fi
+    fi
+    run_isync "$w.isync.warm" "$WORK/$w-$iprefix.yaml"
+    if [ "$w" = w4 ]; then w4_scaling "$iprefix"; fi
 
-    prefix="skopeo-$w-r$r"
-    skopeo_yaml "$WORK/$w-skopeo.yaml" "${refs[@]}"
-    run_skopeo "$w.skopeo.cold" "$WORK/$w-skopeo.yaml" "$DST/$prefix" "$@"
-    if [ "$r" = 1 ]; then verify_target "$w.skopeo" $(skopeo_targets "$prefix" "${first_last[@]}"); fi
-    run_skopeo "$w.skopeo.warm" "$WORK/$w-skopeo.yaml" "$DST/$prefix" "$@"
+    if [ "$r" -le "$cold_runs" ]; then
+      run_skopeo "$w.skopeo.cold" "$WORK/$w-skopeo.yaml" "$DST/$sprefix" "$@"
+      if [ "$r" = 1 ]; then verify_target "$w.skopeo" $(skopeo_targets "$sprefix" "${first_last[@]}"); fi
+    fi
+    run_skopeo "$w.skopeo.warm" "$WORK/$w-skopeo.yaml" "$DST/$sprefix" "$@"
 
     if [ "$w" = w1 ]; then
-      prefix="floor-w1-r$r"
-      measure "w1.floor" "$WORK/w1-floor-r$r.log" python3 "$BENCH/floor.py" "$SRC" "$DST" "$prefix/" "${refs[@]}"
-      if [ "$r" = 1 ]; then verify_target "w1.floor" "$prefix/${refs[0]}" "$prefix/${refs[-1]}"; fi
+      measure "w1.floor" "$WORK/w1-floor-r$r.log" python3 "$BENCH/floor.py" "$SRC" "$DST" "floor-w1-r$r/" "${refs[@]}"
+      if [ "$r" = 1 ]; then verify_target "w1.floor" "floor-w1-r$r/${refs[0]}" "floor-w1-r$r/${refs[-1]}"; fi
     fi
-    wipe_target
+    # empty the target before the next cold round, and at the end
+    if [ "$r" -lt "$cold_runs" ] || [ "$r" = "$RUNS" ]; then wipe_target; fi
   done
 }
 
@@ -323,13 +360,13 @@ w4_scaling() {
 }
 
 log "W1: $W1_COUNT images x $W1_LAYERS x $((W1_LAYER / 1024)) KiB layers, $RUNS run(s)"
-workload w1 refs_w1
+workload w1 refs_w1 "$RUNS"
 log "W2: $W2_COUNT multi-arch images (amd64+arm64), $RUNS run(s)"
-workload w2 refs_w2 --all
+workload w2 refs_w2 "$RUNS" --all
 log "W3: one image with a $((W3_LAYER / MIB)) MiB layer, $RUNS run(s)"
-workload w3 refs_w3
-log "W4: $W4_COUNT images x 1 x $((W4_LAYER / 1024)) KiB layer, $RUNS run(s)"
-workload w4 refs_w4
+workload w3 refs_w3 "$RUNS"
+log "W4: $W4_COUNT images x 1 x $((W4_LAYER / 1024)) KiB layer, 1 cold run, $RUNS warm run(s)"
+workload w4 refs_w4 1
 
 # --- report --------------------------------------------------------------------------------
 median() { # values... (FAIL wins) -> median, or "FAIL", or "n/a"
@@ -416,7 +453,7 @@ ELAPSED="$(secs_since "$BENCH_T0")"
   echo "- CPU: $( (lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1) || true)"
   echo "- kernel: $(uname -r)"
   echo "- image-syncer: $("$BIN" --version 2>&1) (commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)), flags: --insecure-registry${JOBS_ARGS[*]:+ ${JOBS_ARGS[*]}}"
-  echo "- skopeo: $(skopeo --version 2>&1)"
+  echo "- skopeo: $(skopeo --version 2>&1); its blob-info cache: $SKOPEO_CACHE_NOTE"
   echo "- registry: $("$REGISTRY_BIN" --version 2>&1)"
   echo "- python3: $(python3 --version 2>&1)"
   echo "- whole run: ${ELAPSED} s"

@@ -522,3 +522,25 @@ fn a_blob_shared_by_images_is_transferred_once_and_mounted_elsewhere() {
         }
     });
 }
+
+#[test]
+fn json_report_is_machine_readable() {
+    let p = Pair::new();
+    populate(&p);
+    let squatter = fixtures::image("squatter-json", 1, 100);
+    block_on(p.target.push("mirror/team/app2:1", &squatter));
+    let images = format!("{THREE}- source: \"team/app2:1\"\n- source: \"nothere:1\"\n");
+    block_on(
+        p.source
+            .push("team/app2:1", &fixtures::image("app2-json", 1, 100)),
+    );
+    let r = p.sync(&images, &["--output", "json"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    let mut report: serde_json::Value =
+        serde_json::from_str(&p.redact(&r.stdout)).expect("stdout is JSON");
+    for image in report["images"].as_array_mut().unwrap() {
+        assert!(image["duration_ms"].is_u64());
+        image["duration_ms"] = serde_json::json!("[ms]");
+    }
+    insta::assert_json_snapshot!(report);
+}

@@ -65,6 +65,10 @@ pub struct Args {
     #[arg(long = "insecure-registry", env = "SYNCER_INSECURE_REGISTRIES", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_host)]
     pub insecure_registries: Vec<String>,
 
+    /// Summary format on stdout: `text`, or `json` (a machine-readable report)
+    #[arg(long, env = "SYNCER_OUTPUT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+
     /// Images (and blobs of an image) worked on at once [default: the definition's `jobs:`, else 4]
     #[arg(short = 'j', long, env = "SYNCER_JOBS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: Option<u32>,

@@ -208,7 +208,11 @@ pub fn run(args: Args) -> Exit {
         }
     };
     let report = runtime.block_on(prepared.run());
-    print!("{}", report.render_text());
+    if args.output == "json" {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.render_text());
+    }
     match report.status() {
         Status::Ok => Exit::Ok,
         Status::Failed => Exit::SyncFailure,

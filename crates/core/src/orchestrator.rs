@@ -385,6 +385,13 @@ impl Prepared {
 
     /// Executes one planned image: copy (unless in sync), then sign.
     async fn finish(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
+        let started = std::time::Instant::now();
+        let mut report = self.finish_inner(item, p, run).await;
+        report.duration_ms += started.elapsed().as_millis() as u64;
+        report
+    }
+
+    async fn finish_inner(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
         let mut report = p.report;
         if run.stopped() && matches!(report.action, Action::Copied | Action::InSync) {
             if report.action == Action::Copied {
@@ -446,6 +453,13 @@ impl Prepared {
     }
 
     async fn plan(&self, item: &Item) -> Planned {
+        let started = std::time::Instant::now();
+        let mut planned = self.plan_inner(item).await;
+        planned.report.duration_ms = started.elapsed().as_millis() as u64;
+        planned
+    }
+
+    async fn plan_inner(&self, item: &Item) -> Planned {
         let mut report = ImageReport {
             index: item.spec.index,
             source: item.spec.source.to_string(),
@@ -455,6 +469,7 @@ impl Prepared {
             action: Action::Failed,
             signature: None,
             bytes: 0,
+            duration_ms: 0,
             message: None,
         };
         let fail = |mut report: ImageReport, e: StageError, what: &str| {

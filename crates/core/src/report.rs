@@ -54,12 +54,15 @@ pub struct ImageReport {
     pub signature: Option<SignOutcome>,
     /// Bytes of blobs transferred for this image.
     pub bytes: u64,
+    /// Time spent on this image (planning, copying, signing), in milliseconds.
+    pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
 /// How the run ended, in exit-code order of precedence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// Every image is in sync (or would be, in a dry run).
     Ok,
@@ -77,6 +80,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// The machine-readable report: `{"status", "dry_run", "images": [...]}`.
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            status: Status,
+            #[serde(flatten)]
+            report: &'a Report,
+        }
+        serde_json::to_string_pretty(&Out {
+            status: self.status(),
+            report: self,
+        })
+        .expect("the report serializes")
+    }
+
     pub fn status(&self) -> Status {
         if self.images.iter().any(|i| i.action == Action::Stopped) {
             Status::SafetyStop
