@@ -205,6 +205,7 @@ fn refusals_exit_2_with_clear_messages() {
         ("wrong ABI version", "wrong-abi"),
         ("wrong core version", "wrong-core"),
         ("wrong compiler", "wrong-rustc"),
+        ("other type layouts", "wrong-layout"),
         ("missing symbol", "no-declaration"),
         ("no stages", "no-stages"),
         ("duplicate stage name", "duplicate"),
@@ -285,4 +286,26 @@ fn refusals_exit_2_with_clear_messages() {
         out.push_str(&format!("## {name}\n{msg}\n"));
     }
     insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
+    let p = (Registry::start(), Registry::start());
+    let img = fixtures::image("panic", 1, 100);
+    block_on(p.0.push("library/busybox:1.36", &img));
+    let lib = build_plugin("image-syncer-test-misdeclared", &["panicking-guard"], "panicking-guard");
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\npipeline:\n  guards: [ {{ plugin: immutable }}, {{ plugin: pass }} ]\n",
+            header(&p.0, &p.1)
+        ),
+    );
+    let host = p.1.host();
+    let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host, "--plugin", lib.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("plugin guard panicked: this guard always panics"), "{}", r.stdout);
+    assert_eq!(block_on(p.1.digest("mirror/library/busybox:1.36")), None);
 }

@@ -438,7 +438,7 @@ impl Prepared {
                         manifest: manifest.clone(),
                         dry_run: self.dry_run,
                     };
-                    match signer.sign(&req, item.sink.as_ref()).await {
+                    match signer.sign(&req, &item.sink).await {
                         Ok(outcome) => report.signature = Some(outcome),
                         Err(e) => {
                             warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");

@@ -147,6 +147,23 @@ impl StageRegistry {
 
     /// Adds a stage; a second stage of the same kind and name is refused.
     pub fn insert(&mut self, stage: RegisteredStage) -> Result<(), BuildError> {
+        if let Some(t) = &stage.transport {
+            if let Some(other) = self
+                .entries
+                .values()
+                .find(|s| s.kind == stage.kind && s.transport.as_ref() == Some(t))
+            {
+                return Err(BuildError::Duplicate {
+                    kind: stage.kind,
+                    name: format!(
+                        "{} (serving `{t}:` references, as `{}` does)",
+                        stage.name, other.name
+                    ),
+                    first: other.origin.to_string(),
+                    second: stage.origin.to_string(),
+                });
+            }
+        }
         let key = (stage.kind, stage.name.clone());
         if let Some(existing) = self.entries.get(&key) {
             return Err(BuildError::Duplicate {

@@ -250,8 +250,11 @@ pub enum SignOutcome {
 /// for the key) is a safety stop.
 #[async_trait]
 pub trait Signer: Send + Sync {
-    async fn sign(&self, request: &SignRequest, sink: &dyn Sink)
-        -> Result<SignOutcome, StageError>;
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &Arc<dyn Sink>,
+    ) -> Result<SignOutcome, StageError>;
 }
 
 /// A built stage, as a factory returns it.

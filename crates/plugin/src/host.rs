@@ -30,7 +30,7 @@ use tokio::runtime::Handle;
 
 use crate::{
     BlockingGuard, BlockingSigner, BlockingSink, BlockingSource, PluginDeclaration, PluginFactory,
-    PluginStage, Registrar, ABI_VERSION, DECLARATION_SYMBOL, RUSTC_VERSION,
+    PluginStage, Registrar, ABI_VERSION, DECLARATION_SYMBOL, LAYOUT, RUSTC_VERSION,
 };
 
 /// A plugin library that cannot be used. Nothing of it was called when a
@@ -64,23 +64,34 @@ pub enum LoadError {
         found: String,
         expected: &'static str,
     },
+    #[error("plugin {path}: the types it shares with image-syncer have another layout (fingerprint {found:#x}, expected {expected:#x}); rebuild the plugin against this image-syncer's sources")]
+    Layout {
+        path: String,
+        found: u64,
+        expected: u64,
+    },
+    #[error("plugin {path}: {message}")]
+    Registration { path: String, message: String },
     #[error("plugin {path}: declares no stages")]
     Empty { path: String },
     #[error("plugin {path}: {source}")]
     Register { path: String, source: BuildError },
 }
 
-/// Loads a plugin library and adds its stages to `registry`. A stage whose
-/// kind and name are already registered is refused.
+/// Loads a plugin library and adds its stages to `registry`, all or none: a
+/// stage whose kind and name (or, for sources and sinks, transport) is already
+/// registered refuses the whole library.
 pub fn load_into(registry: &mut StageRegistry, path: &Path) -> Result<usize, LoadError> {
     let stages = load(path)?;
     let n = stages.len();
+    let mut trial = registry.clone();
     for s in stages {
-        registry.insert(s).map_err(|source| LoadError::Register {
+        trial.insert(s).map_err(|source| LoadError::Register {
             path: path.display().to_string(),
             source,
         })?;
     }
+    *registry = trial;
     Ok(n)
 }
 
@@ -122,6 +133,16 @@ fn open(path: &Path) -> Result<Library, libloading::Error> {
 
 /// Loads a plugin library: checks its declaration, then collects its stages.
 pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
+    // A bare file name is a file here, not a name for the system's library search.
+    let owned;
+    let path = if path.is_relative() {
+        owned = std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_path_buf());
+        owned.as_path()
+    } else {
+        path
+    };
     let shown = path.display().to_string();
     let library = open(path).map_err(|e| LoadError::Open {
         path: shown.clone(),
@@ -164,15 +185,28 @@ pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
         });
     }
     let rustc = c_str(declaration.rustc_version);
-    if rustc != RUSTC_VERSION {
+    if rustc != RUSTC_VERSION || rustc.starts_with("unknown") {
         return Err(LoadError::Rustc {
             path: shown,
             found: rustc,
             expected: RUSTC_VERSION,
         });
     }
+    if declaration.layout != LAYOUT {
+        return Err(LoadError::Layout {
+            path: shown,
+            found: declaration.layout,
+            expected: LAYOUT,
+        });
+    }
     let mut registrar = Registrar::default();
     unsafe { (declaration.register)(&mut registrar) };
+    if let Some(message) = registrar.panicked.take() {
+        return Err(LoadError::Registration {
+            path: shown,
+            message,
+        });
+    }
     if registrar.stages.is_empty() {
         return Err(LoadError::Empty { path: shown });
     }
@@ -228,7 +262,9 @@ impl StageFactory for LibraryFactory {
     }
 }
 
-/// Runs a plugin call on the blocking pool; a panic is a stage failure.
+/// Runs a plugin call on the blocking pool. Plugin panics are already turned
+/// into stage errors on the plugin's side (see `Registrar::register`); a join
+/// error here means the call was cancelled or host code panicked.
 async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce() -> Result<T, StageError> + Send + 'static,
@@ -236,7 +272,7 @@ async fn blocking<T: Send + 'static>(
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => Err(StageError::transient(format!(
-            "plugin {what} panicked or was cancelled: {e}"
+            "plugin {what} call did not complete: {e}"
         ))),
     }
 }
@@ -446,8 +482,20 @@ struct HostGuard {
 #[async_trait]
 impl Guard for HostGuard {
     async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
-        // GuardInput borrows; the check is quick and synchronous by contract.
-        tokio::task::block_in_place(|| self.inner.check(input))
+        let inner = self.inner.clone();
+        let spec = input.spec.clone();
+        let source_digest = input.source_digest.clone();
+        let target = input.target.clone();
+        let target_digest = input.target_digest.cloned();
+        blocking("guard", move || {
+            inner.check(GuardInput {
+                spec: &spec,
+                source_digest: &source_digest,
+                target: &target,
+                target_digest: target_digest.as_ref(),
+            })
+        })
+        .await
     }
 }
 
@@ -483,38 +531,33 @@ impl Signer for HostSigner {
     async fn sign(
         &self,
         request: &SignRequest,
-        sink: &dyn Sink,
+        sink: &Arc<dyn Sink>,
     ) -> Result<SignOutcome, StageError> {
-        // The sink is borrowed; wrap the call so the plugin sees a blocking sink
-        // backed by this runtime. `block_in_place` keeps the borrow valid.
-        let handle = Handle::current();
         let inner = self.inner.clone();
-        let host = BorrowedSink(sink);
-        tokio::task::block_in_place(move || {
-            let blocking = BlockingHostSinkRef { sink: host, handle };
-            inner.sign(request, &blocking)
-        })
+        let request = request.clone();
+        let host = BlockingHostSink {
+            sink: sink.clone(),
+            handle: Handle::current(),
+        };
+        blocking("signer", move || inner.sign(&request, &host)).await
     }
 }
 
-/// The host's async sink, offered to a plugin signer as a blocking sink.
-/// Calls run on the host's runtime through its handle, from a thread that
-/// `block_in_place` made blocking. Blobs a signer writes are small
-/// (payloads, configs) and are buffered, bounded by their descriptor's size.
-#[derive(Clone, Copy)]
-struct BorrowedSink<'a>(&'a dyn Sink);
-
-struct BlockingHostSinkRef<'a> {
-    sink: BorrowedSink<'a>,
+/// The host's async sink, offered to a plugin signer as a blocking sink. The
+/// signer runs on the blocking pool; each call runs on the host's runtime
+/// through its handle. Blobs a signer writes are small (payloads, configs) and
+/// are buffered, bounded by their descriptor's size.
+struct BlockingHostSink {
+    sink: Arc<dyn Sink>,
     handle: Handle,
 }
 
-impl BlockingSink for BlockingHostSinkRef<'_> {
+impl BlockingSink for BlockingHostSink {
     fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
-        self.handle.block_on(self.sink.0.manifest_digest(target))
+        self.handle.block_on(self.sink.manifest_digest(target))
     }
     fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
-        self.handle.block_on(self.sink.0.fetch_manifest(target))
+        self.handle.block_on(self.sink.fetch_manifest(target))
     }
     fn fetch_blob(
         &self,
@@ -523,7 +566,7 @@ impl BlockingSink for BlockingHostSinkRef<'_> {
     ) -> Result<Box<dyn Read + Send>, StageError> {
         let stream = self
             .handle
-            .block_on(self.sink.0.fetch_blob(repository, descriptor))?;
+            .block_on(self.sink.fetch_blob(repository, descriptor))?;
         Ok(Box::new(StreamReader {
             stream,
             handle: self.handle.clone(),
@@ -532,7 +575,7 @@ impl BlockingSink for BlockingHostSinkRef<'_> {
     }
     fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor) -> Result<bool, StageError> {
         self.handle
-            .block_on(self.sink.0.has_blob(repository, descriptor))
+            .block_on(self.sink.has_blob(repository, descriptor))
     }
     fn put_blob(
         &self,
@@ -555,7 +598,6 @@ impl BlockingSink for BlockingHostSinkRef<'_> {
         );
         self.handle.block_on(
             self.sink
-                .0
                 .put_blob(repository, descriptor, Box::pin(verified)),
         )
     }
@@ -575,6 +617,6 @@ impl BlockingSink for BlockingHostSinkRef<'_> {
             ));
         }
         self.handle
-            .block_on(self.sink.0.put_manifest(repository, target, manifest))
+            .block_on(self.sink.put_manifest(repository, target, manifest))
     }
 }

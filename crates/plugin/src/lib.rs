@@ -47,7 +47,53 @@ use image_syncer_core::stage::{
 pub mod host;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
+
+/// A fingerprint of the sizes and alignments of the types that cross the
+/// boundary, computed when this crate is compiled. Host and plugin must agree:
+/// it catches a layout change that no version number recorded.
+pub const LAYOUT: u64 = {
+    use std::mem::{align_of, size_of};
+    let shapes = [
+        size_of::<ImageRef>(),
+        align_of::<ImageRef>(),
+        size_of::<Digest>(),
+        align_of::<Digest>(),
+        size_of::<Descriptor>(),
+        align_of::<Descriptor>(),
+        size_of::<RawManifest>(),
+        align_of::<RawManifest>(),
+        size_of::<StageError>(),
+        align_of::<StageError>(),
+        size_of::<BuildError>(),
+        align_of::<BuildError>(),
+        size_of::<StageContext>(),
+        align_of::<StageContext>(),
+        size_of::<image_syncer_core::definition::ImageSpec>(),
+        size_of::<image_syncer_core::definition::StageSpec>(),
+        size_of::<GuardInput<'static>>(),
+        size_of::<Verdict>(),
+        size_of::<image_syncer_core::stage::TransformInput<'static>>(),
+        size_of::<SignRequest>(),
+        size_of::<SignOutcome>(),
+        size_of::<ManifestTarget>(),
+        size_of::<ConfigValue>(),
+        size_of::<bytes::Bytes>(),
+        size_of::<PluginStage>(),
+        size_of::<StageDeclaration>(),
+        size_of::<Registrar>(),
+        size_of::<Box<dyn Read + Send>>(),
+        size_of::<String>(),
+    ];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < shapes.len() {
+        h ^= shapes[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
+};
 
 /// The compiler this crate (and so a plugin or host using it) was built with.
 pub const RUSTC_VERSION: &str = env!("IMAGE_SYNCER_RUSTC_VERSION");
@@ -70,6 +116,8 @@ pub struct PluginDeclaration {
     pub core_version: *const c_char,
     /// NUL-terminated `rustc --version` of the plugin's compiler.
     pub rustc_version: *const c_char,
+    /// [`LAYOUT`] as the plugin was compiled.
+    pub layout: u64,
     /// Called once, after the checks, to collect the plugin's stages.
     pub register: unsafe extern "C" fn(registrar: *mut Registrar),
 }
@@ -177,17 +225,179 @@ pub struct StageDeclaration {
 #[derive(Default)]
 pub struct Registrar {
     pub stages: Vec<StageDeclaration>,
+    /// Set when the plugin's registration panicked: the host refuses it.
+    pub panicked: Option<String>,
 }
 
 impl Registrar {
-    pub fn register(&mut self, stage: StageDeclaration) {
+    /// Registers a stage. Its factory and every stage it builds are wrapped so
+    /// that a panic in plugin code becomes a stage error: a panic cannot cross
+    /// into the host (each side has its own copy of the Rust runtime, and an
+    /// unwind from the other copy is a foreign exception that aborts).
+    pub fn register(&mut self, mut stage: StageDeclaration) {
+        let factory = std::mem::replace(&mut stage.factory, Box::new(guard::Unset));
+        stage.factory = Box::new(guard::Factory(stage.kind, stage.name.clone(), factory));
         self.stages.push(stage);
     }
 }
 
+/// Panic fences, compiled into the plugin (this crate's copy in the plugin).
+mod guard {
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    fn fence<T>(what: &str, f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                Err(StageError::transient(format!(
+                    "plugin {what} panicked: {message}"
+                )))
+            }
+        }
+    }
+
+    /// Placeholder while a factory is being wrapped; never built.
+    pub(super) struct Unset;
+
+    impl PluginFactory for Unset {
+        fn build(&self, _: &ConfigValue, _: &StageContext) -> Result<PluginStage, BuildError> {
+            unreachable!("replaced before registration ends")
+        }
+    }
+
+    pub(super) struct Factory(pub StageKind, pub String, pub Box<dyn PluginFactory>);
+
+    impl PluginFactory for Factory {
+        fn build(
+            &self,
+            config: &ConfigValue,
+            cx: &StageContext,
+        ) -> Result<PluginStage, BuildError> {
+            let built = catch_unwind(AssertUnwindSafe(|| self.2.build(config, cx)));
+            let stage = match built {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(BuildError::Setup {
+                        kind: self.0,
+                        plugin: self.1.clone(),
+                        message: "the plugin's factory panicked".into(),
+                    })
+                }
+            };
+            Ok(match stage {
+                PluginStage::Source(s) => PluginStage::Source(Box::new(Source(s))),
+                PluginStage::Sink(s) => PluginStage::Sink(Box::new(Sink(s))),
+                PluginStage::Transform(t) => PluginStage::Transform(Box::new(Transform(t))),
+                PluginStage::Guard(g) => PluginStage::Guard(Box::new(Guard(g))),
+                PluginStage::Signer(s) => PluginStage::Signer(Box::new(Signer(s))),
+            })
+        }
+    }
+
+    struct Source(Box<dyn BlockingSource>);
+    impl BlockingSource for Source {
+        fn resolve(&self, r: &ImageRef) -> Result<RawManifest, StageError> {
+            fence("source", || self.0.resolve(r))
+        }
+        fn fetch_manifest(&self, r: &ImageRef, d: &Descriptor) -> Result<RawManifest, StageError> {
+            fence("source", || self.0.fetch_manifest(r, d))
+        }
+        fn fetch_blob(
+            &self,
+            r: &ImageRef,
+            d: &Descriptor,
+        ) -> Result<Box<dyn Read + Send>, StageError> {
+            let inner = fence("source", || self.0.fetch_blob(r, d))?;
+            Ok(Box::new(Reader(inner)))
+        }
+    }
+
+    struct Sink(Box<dyn BlockingSink>);
+    impl BlockingSink for Sink {
+        fn manifest_digest(&self, t: &ImageRef) -> Result<Option<Digest>, StageError> {
+            fence("sink", || self.0.manifest_digest(t))
+        }
+        fn fetch_manifest(&self, t: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+            fence("sink", || self.0.fetch_manifest(t))
+        }
+        fn fetch_blob(
+            &self,
+            r: &ImageRef,
+            d: &Descriptor,
+        ) -> Result<Box<dyn Read + Send>, StageError> {
+            let inner = fence("sink", || self.0.fetch_blob(r, d))?;
+            Ok(Box::new(Reader(inner)))
+        }
+        fn has_blob(&self, r: &ImageRef, d: &Descriptor) -> Result<bool, StageError> {
+            fence("sink", || self.0.has_blob(r, d))
+        }
+        fn put_blob(
+            &self,
+            r: &ImageRef,
+            d: &Descriptor,
+            c: &mut dyn Read,
+        ) -> Result<(), StageError> {
+            fence("sink", || self.0.put_blob(r, d, c))
+        }
+        fn put_manifest(
+            &self,
+            r: &ImageRef,
+            t: &ManifestTarget,
+            m: &RawManifest,
+        ) -> Result<(), StageError> {
+            fence("sink", || self.0.put_manifest(r, t, m))
+        }
+    }
+
+    struct Transform(Box<dyn super::Transform>);
+    impl super::Transform for Transform {
+        fn apply(
+            &self,
+            input: image_syncer_core::stage::TransformInput<'_>,
+        ) -> Result<ImageRef, StageError> {
+            fence("transform", || self.0.apply(input))
+        }
+    }
+
+    struct Guard(Box<dyn BlockingGuard>);
+    impl BlockingGuard for Guard {
+        fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
+            fence("guard", || self.0.check(input))
+        }
+    }
+
+    struct Signer(Box<dyn BlockingSigner>);
+    impl BlockingSigner for Signer {
+        fn sign(
+            &self,
+            request: &SignRequest,
+            sink: &dyn BlockingSink,
+        ) -> Result<SignOutcome, StageError> {
+            fence("signer", || self.0.sign(request, sink))
+        }
+    }
+
+    /// A plugin reader whose panics become I/O errors.
+    struct Reader(Box<dyn Read + Send>);
+    impl Read for Reader {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match catch_unwind(AssertUnwindSafe(|| self.0.read(buf))) {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::other("plugin reader panicked")),
+            }
+        }
+    }
+}
+
 /// Declares the plugin: exports the versioned declaration whose `register`
-/// calls `$register(&mut Registrar)`. A panic in `$register` is caught and
-/// reported as a plugin with no stages.
+/// calls `$register(&mut Registrar)`. A panic in `$register` is caught and the
+/// host refuses the plugin.
 #[macro_export]
 macro_rules! declare_plugin {
     ($register:path) => {
@@ -203,6 +413,7 @@ macro_rules! declare_plugin {
                 abi_version: $crate::ABI_VERSION,
                 core_version: $crate::CORE_VERSION_NUL.as_ptr() as *const ::std::ffi::c_char,
                 rustc_version: $crate::RUSTC_VERSION_NUL.as_ptr() as *const ::std::ffi::c_char,
+                layout: $crate::LAYOUT,
                 register: __image_syncer_register,
             }
         };

@@ -139,9 +139,9 @@ impl Signer for CosignSigner {
     async fn sign(
         &self,
         request: &SignRequest,
-        sink: &dyn Sink,
+        sink: &Arc<dyn Sink>,
     ) -> Result<SignOutcome, StageError> {
-        cosign::sign_request(&self.key, self.config.recursive, request, sink).await
+        cosign::sign_request(&self.key, self.config.recursive, request, sink.as_ref()).await
     }
 }
 

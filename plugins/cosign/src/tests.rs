@@ -32,12 +32,16 @@ fn signer(key: LocalKey, recursive: bool) -> CosignSigner {
     )
 }
 
+fn as_sink(reg: &Arc<MemoryRegistry>) -> Arc<dyn Sink> {
+    reg.clone()
+}
+
 fn target() -> ImageRef {
     ImageRef::parse("registry.example/mirror/app:1").unwrap()
 }
 
 /// An index with two children, stored in `reg` under `app:1`.
-fn index(reg: &MemoryRegistry) -> RawManifest {
+fn index(reg: &Arc<MemoryRegistry>) -> RawManifest {
     let t = target();
     let mut children = Vec::new();
     for arch in ["amd64", "arm64"] {
@@ -68,32 +72,35 @@ fn request(m: &RawManifest, dry_run: bool) -> SignRequest {
     }
 }
 
-async fn sig_layers(reg: &MemoryRegistry, d: &Digest) -> Option<usize> {
-    let m = Sink::fetch_manifest(reg, &target().with_tag(&sigmanifest::signature_tag(d)))
-        .await
-        .unwrap()?;
+async fn sig_layers(reg: &Arc<MemoryRegistry>, d: &Digest) -> Option<usize> {
+    let m = Sink::fetch_manifest(
+        reg.as_ref(),
+        &target().with_tag(&sigmanifest::signature_tag(d)),
+    )
+    .await
+    .unwrap()?;
     Some(sigmanifest::layers(&m).unwrap().len())
 }
 
 #[tokio::test]
 async fn signs_once_then_finds_its_signature() {
-    let reg = MemoryRegistry::new();
+    let reg = Arc::new(MemoryRegistry::new());
     let m = index(&reg);
     let (_, key) = new_key();
     let s = signer(key, false);
     assert_eq!(
-        s.sign(&request(&m, true), &reg).await.unwrap(),
+        s.sign(&request(&m, true), &as_sink(&reg)).await.unwrap(),
         SignOutcome::WouldSign
     );
     assert_eq!(reg.writes(), 0);
     assert_eq!(
-        s.sign(&request(&m, false), &reg).await.unwrap(),
+        s.sign(&request(&m, false), &as_sink(&reg)).await.unwrap(),
         SignOutcome::Signed
     );
     assert_eq!(sig_layers(&reg, &m.digest).await, Some(1));
     let writes = reg.writes();
     assert_eq!(
-        s.sign(&request(&m, false), &reg).await.unwrap(),
+        s.sign(&request(&m, false), &as_sink(&reg)).await.unwrap(),
         SignOutcome::AlreadySigned
     );
     assert_eq!(reg.writes(), writes);
@@ -101,12 +108,12 @@ async fn signs_once_then_finds_its_signature() {
 
 #[tokio::test]
 async fn recursive_signs_index_and_children() {
-    let reg = MemoryRegistry::new();
+    let reg = Arc::new(MemoryRegistry::new());
     let m = index(&reg);
     let (_, key) = new_key();
     let s = signer(key, true);
     assert_eq!(
-        s.sign(&request(&m, false), &reg).await.unwrap(),
+        s.sign(&request(&m, false), &as_sink(&reg)).await.unwrap(),
         SignOutcome::Signed
     );
     assert_eq!(sig_layers(&reg, &m.digest).await, Some(1));
@@ -122,11 +129,11 @@ async fn recursive_signs_index_and_children() {
         );
     }
     // Without --recursive only the index is signed.
-    let reg2 = MemoryRegistry::new();
+    let reg2 = Arc::new(MemoryRegistry::new());
     let m2 = index(&reg2);
     let (_, key) = new_key();
     signer(key, false)
-        .sign(&request(&m2, false), &reg2)
+        .sign(&request(&m2, false), &as_sink(&reg2))
         .await
         .unwrap();
     let image_syncer_core::manifest::Manifest::Index { manifests } = m2.parse().unwrap() else {
@@ -137,17 +144,17 @@ async fn recursive_signs_index_and_children() {
 
 #[tokio::test]
 async fn another_keys_signature_stops_and_writes_nothing() {
-    let reg = MemoryRegistry::new();
+    let reg = Arc::new(MemoryRegistry::new());
     let m = index(&reg);
     let (_, theirs) = new_key();
     signer(theirs, false)
-        .sign(&request(&m, false), &reg)
+        .sign(&request(&m, false), &as_sink(&reg))
         .await
         .unwrap();
     let writes = reg.writes();
     let (_, ours) = new_key();
     let err = signer(ours, false)
-        .sign(&request(&m, false), &reg)
+        .sign(&request(&m, false), &as_sink(&reg))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Integrity);
@@ -160,7 +167,7 @@ async fn another_keys_signature_stops_and_writes_nothing() {
     // Dry run stops the same way.
     let (_, ours) = new_key();
     let err = signer(ours, false)
-        .sign(&request(&m, true), &reg)
+        .sign(&request(&m, true), &as_sink(&reg))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Integrity);
@@ -168,7 +175,7 @@ async fn another_keys_signature_stops_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_signature_for_another_digest_is_not_valid() {
-    let reg = MemoryRegistry::new();
+    let reg = Arc::new(MemoryRegistry::new());
     let m = index(&reg);
     let (pem, key) = new_key();
     // A valid signature by our key, but over a payload naming another digest,
@@ -190,7 +197,7 @@ async fn a_signature_for_another_digest_is_not_valid() {
     reg.add_manifest(&t, &manifest, Some(&sigmanifest::signature_tag(&m.digest)));
     let key = LocalKey::from_pem("test", &pem, None).unwrap();
     let err = signer(key, false)
-        .sign(&request(&m, false), &reg)
+        .sign(&request(&m, false), &as_sink(&reg))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Integrity);
@@ -198,15 +205,15 @@ async fn a_signature_for_another_digest_is_not_valid() {
 
 #[tokio::test]
 async fn tampered_payload_is_an_integrity_error() {
-    let reg = MemoryRegistry::new();
+    let reg = Arc::new(MemoryRegistry::new());
     let m = index(&reg);
     let (pem, key) = new_key();
     signer(key, false)
-        .sign(&request(&m, false), &reg)
+        .sign(&request(&m, false), &as_sink(&reg))
         .await
         .unwrap();
     let sig = Sink::fetch_manifest(
-        &reg,
+        reg.as_ref(),
         &target().with_tag(&sigmanifest::signature_tag(&m.digest)),
     )
     .await
@@ -216,7 +223,7 @@ async fn tampered_payload_is_an_integrity_error() {
     reg.corrupt_blob(&target(), &layer.descriptor.digest, b"{\"tampered\":true}");
     let key = LocalKey::from_pem("test", &pem, None).unwrap();
     let err = signer(key, false)
-        .sign(&request(&m, false), &reg)
+        .sign(&request(&m, false), &as_sink(&reg))
         .await
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Integrity, "{}", err.message);
@@ -224,7 +231,7 @@ async fn tampered_payload_is_an_integrity_error() {
 
 #[tokio::test]
 async fn appends_to_a_manifest_without_signatures_keeping_its_layers() {
-    let reg = MemoryRegistry::new();
+    let reg = Arc::new(MemoryRegistry::new());
     let m = index(&reg);
     let t = target();
     // A signature manifest holding a non-signature layer (for example an attachment).
@@ -235,15 +242,18 @@ async fn appends_to_a_manifest_without_signatures_keeping_its_layers() {
     let (_, key) = new_key();
     assert_eq!(
         signer(key, false)
-            .sign(&request(&m, false), &reg)
+            .sign(&request(&m, false), &as_sink(&reg))
             .await
             .unwrap(),
         SignOutcome::Signed
     );
-    let sig = Sink::fetch_manifest(&reg, &t.with_tag(&sigmanifest::signature_tag(&m.digest)))
-        .await
-        .unwrap()
-        .unwrap();
+    let sig = Sink::fetch_manifest(
+        reg.as_ref(),
+        &t.with_tag(&sigmanifest::signature_tag(&m.digest)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let layers = sigmanifest::layers(&sig).unwrap();
     assert_eq!(layers.len(), 2);
     assert_eq!(layers[0].descriptor, other);

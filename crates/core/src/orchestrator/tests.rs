@@ -100,7 +100,7 @@ impl Signer for RecordingSigner {
     async fn sign(
         &self,
         request: &SignRequest,
-        sink: &dyn Sink,
+        sink: &Arc<dyn Sink>,
     ) -> Result<SignOutcome, StageError> {
         let target_digest_then = sink.manifest_digest(&request.target).await?;
         self.calls.lock().unwrap().push(SignCall {

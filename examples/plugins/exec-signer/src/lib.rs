@@ -14,8 +14,9 @@
 //!     verify: [openssl, dgst, -sha256, -verify, pub.pem, -signature, "{signature}"]  # exit 0 = valid
 //! ```
 //! `{signature}` is replaced by the path of a temporary file holding the raw
-//! signature. Relative program paths are looked up on `PATH`; arguments are
-//! passed as is (no shell).
+//! signature (created private, removed after use). A bare program name is
+//! looked up on `PATH`; arguments are passed as is (no shell). Messages name
+//! the program only, never its arguments (they may hold secrets).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -79,35 +80,34 @@ impl ExecKey {
 #[async_trait]
 impl SignatureKey for ExecKey {
     fn describe(&self) -> String {
-        format!("exec:{}", self.sign.join(" "))
+        format!("exec:{}", self.sign[0])
     }
 
     async fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<bool, StageError> {
-        let file = std::env::temp_dir().join(format!(
-            "image-syncer-exec-sig-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::write(&file, signature)
-            .map_err(|e| StageError::transient(format!("exec signer: {}: {e}", file.display())))?;
+        // A new private file (O_EXCL, mode 0600), removed when dropped.
+        let mut file = tempfile::NamedTempFile::new()
+            .map_err(|e| StageError::transient(format!("exec signer: temporary file: {e}")))?;
+        file.write_all(signature)
+            .and_then(|_| file.flush())
+            .map_err(|e| StageError::transient(format!("exec signer: temporary file: {e}")))?;
+        let path = file.path().display().to_string();
         let argv: Vec<String> = self
             .verify
             .iter()
-            .map(|a| a.replace("{signature}", &file.display().to_string()))
+            .map(|a| a.replace("{signature}", &path))
             .collect();
-        let out = self.run(&argv, payload);
-        let _ = std::fs::remove_file(&file);
-        Ok(out?.status.success())
+        Ok(self.run(&argv, payload)?.status.success())
     }
 
     async fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, StageError> {
         let out = self.run(&self.sign, payload)?;
         if !out.status.success() || out.stdout.is_empty() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
             return Err(StageError::config(format!(
                 "exec signer: `{}` failed ({}): {}",
                 self.sign[0],
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                stderr.trim().chars().take(300).collect::<String>()
             )));
         }
         Ok(out.stdout)

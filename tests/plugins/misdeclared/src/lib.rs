@@ -13,6 +13,9 @@ struct Pass;
 
 impl BlockingGuard for Pass {
     fn check(&self, _input: GuardInput<'_>) -> Result<Verdict, StageError> {
+        if cfg!(feature = "panicking-guard") {
+            panic!("this guard always panics");
+        }
         Ok(Verdict::Copy)
     }
 }
@@ -74,6 +77,11 @@ pub static IMAGE_SYNCER_PLUGIN_DECLARATION: PluginDeclaration = PluginDeclaratio
         RUSTC_VERSION_NUL
     }
     .as_ptr() as *const std::ffi::c_char,
+    layout: if cfg!(feature = "wrong-layout") {
+        image_syncer_plugin::LAYOUT ^ 1
+    } else {
+        image_syncer_plugin::LAYOUT
+    },
     register,
 };
 
