@@ -282,7 +282,12 @@ fn refusals_exit_2_with_clear_messages() {
             .replace(&target_debug().display().to_string(), "[TARGET]")
             .replace(&format!("-{}.so", std::process::id()), ".so")
             .replace(&dir.path().display().to_string(), "[DIR]")
-            .replace(image_syncer_plugin::RUSTC_VERSION, "[RUSTC]");
+            .replace(image_syncer_plugin::RUSTC_VERSION, "[RUSTC]")
+            .replace(&format!("{:#x}", image_syncer_plugin::LAYOUT), "[LAYOUT]")
+            .replace(
+                &format!("{:#x}", image_syncer_plugin::LAYOUT ^ 1),
+                "[OTHER LAYOUT]",
+            );
         out.push_str(&format!("## {name}\n{msg}\n"));
     }
     insta::assert_snapshot!(out);
@@ -293,7 +298,11 @@ fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
     let p = (Registry::start(), Registry::start());
     let img = fixtures::image("panic", 1, 100);
     block_on(p.0.push("library/busybox:1.36", &img));
-    let lib = build_plugin("image-syncer-test-misdeclared", &["panicking-guard"], "panicking-guard");
+    let lib = build_plugin(
+        "image-syncer-test-misdeclared",
+        &["panicking-guard"],
+        "panicking-guard",
+    );
     let dir = tempfile::tempdir().unwrap();
     let def = write(
         dir.path(),
@@ -304,8 +313,20 @@ fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
         ),
     );
     let host = p.1.host();
-    let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host, "--plugin", lib.to_str().unwrap()]);
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "--plugin",
+        lib.to_str().unwrap(),
+    ]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stdout.contains("plugin guard panicked: this guard always panics"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("plugin guard panicked: this guard always panics"),
+        "{}",
+        r.stdout
+    );
     assert_eq!(block_on(p.1.digest("mirror/library/busybox:1.36")), None);
 }

@@ -41,6 +41,15 @@ pub enum BuildError {
         name: String,
         known: String,
     },
+    #[error("{kind} plugin `{name}` ({second}) serves `{transport}:` references, already served by `{other}` ({first})")]
+    TransportTaken {
+        kind: StageKind,
+        name: String,
+        transport: String,
+        other: String,
+        first: String,
+        second: String,
+    },
     #[error("{kind} plugin `{name}` is registered twice ({first} and {second})")]
     Duplicate {
         kind: StageKind,
