@@ -154,7 +154,8 @@ impl StageRegistry {
         Ok(r)
     }
 
-    /// Adds a stage; a second stage of the same kind and name is refused.
+    /// Adds a stage; a second stage of the same kind and name, or a second
+    /// source (or sink) for the same transport, is refused.
     pub fn insert(&mut self, stage: RegisteredStage) -> Result<(), BuildError> {
         if let Some(t) = &stage.transport {
             if let Some(other) = self
@@ -162,12 +163,11 @@ impl StageRegistry {
                 .values()
                 .find(|s| s.kind == stage.kind && s.transport.as_ref() == Some(t))
             {
-                return Err(BuildError::Duplicate {
+                return Err(BuildError::TransportTaken {
                     kind: stage.kind,
-                    name: format!(
-                        "{} (serving `{t}:` references, as `{}` does)",
-                        stage.name, other.name
-                    ),
+                    name: stage.name.clone(),
+                    transport: t.clone(),
+                    other: other.name.clone(),
                     first: other.origin.to_string(),
                     second: stage.origin.to_string(),
                 });
