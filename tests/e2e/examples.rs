@@ -2,7 +2,6 @@
 //! (outputs redirected into a temp dir).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::plugins::build_plugin;
 use crate::support::*;
@@ -21,37 +20,6 @@ fn adapted(name: &str, out: &Path) -> String {
             &format!("oci:{}/quickstart/", examples().display()),
         )
         .replace(":../target/", &format!(":{}/", out.display()))
-}
-
-fn keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{stem}.pem"));
-    let public = dir.join(format!("{stem}.pub"));
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            key.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        assert!(Command::new("openssl")
-            .args(&args)
-            .status()
-            .unwrap()
-            .success());
-    }
-    (key, public)
 }
 
 #[test]
@@ -80,7 +48,7 @@ fn airgap_to_dir_example() {
 #[test]
 fn composed_pipeline_example_signs_recursively() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = keypair(dir.path(), "key");
+    let (key, _) = p256_keypair(dir.path(), "key");
     let def = write(
         dir.path(),
         "composed.yaml",
@@ -124,7 +92,7 @@ fn composed_pipeline_example_signs_recursively() {
 fn sign_with_exec_example() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = build_plugin("image-syncer-example-exec-signer", &[], "exec");
-    keypair(dir.path(), "exec-key");
+    p256_keypair(dir.path(), "exec-key");
     let def = write(
         dir.path(),
         "exec.yaml",

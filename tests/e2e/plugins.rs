@@ -147,33 +147,7 @@ fn dir_plugin_round_trips_with_skopeo() {
 #[test]
 fn exec_signer_passes_the_conformance_harness() {
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.pem");
-    let public = dir.path().join("pub.pem");
-    for args in [
-        vec![
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-        vec![
-            "pkey",
-            "-in",
-            key.to_str().unwrap(),
-            "-pubout",
-            "-out",
-            public.to_str().unwrap(),
-        ],
-    ] {
-        assert!(Command::new("openssl")
-            .args(&args)
-            .status()
-            .unwrap()
-            .success());
-    }
+    let (key, public) = p256_keypair(dir.path(), "key");
     let registry = conformance::registry_with(&exec_plugin());
     let config = format!(
         "{{ sign: [openssl, dgst, -sha256, -sign, \"{}\"], verify: [openssl, dgst, -sha256, -verify, \"{}\", -signature, \"{{signature}}\"] }}",

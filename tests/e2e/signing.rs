@@ -1,7 +1,6 @@
 //! Signing and verification against the real registry, checked with openssl.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine as _;
 
@@ -12,38 +11,8 @@ struct Keys {
     public: PathBuf,
 }
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn keypair(dir: &Path, name: &str) -> Keys {
-    let key = dir.join(format!("{name}.pem"));
-    let public = dir.join(format!("{name}.pub"));
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-        key.to_str().unwrap(),
-    ]);
-    openssl(&[
-        "pkey",
-        "-in",
-        key.to_str().unwrap(),
-        "-pubout",
-        "-out",
-        public.to_str().unwrap(),
-    ]);
+    let (key, public) = p256_keypair(dir, name);
     Keys { key, public }
 }
 
@@ -509,6 +478,21 @@ fn aws_kms_key_on_moto_signs_and_verifies_with_openssl() {
     assert_eq!(s.target.storage_snapshot(), before);
 }
 
+/// The environment that points the official GCP client at the stand-in: its
+/// KMS endpoint, and its metadata server for the standard credential chain
+/// (with an empty HOME, so no gcloud credentials of the machine are found).
+fn gcp_env(s: &Setup, standin: &StandIn) -> Vec<(&'static str, String)> {
+    let home = s.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.display().to_string();
+    vec![
+        ("SYNCER_GCP_KMS_ENDPOINT", standin.url()),
+        ("GCE_METADATA_HOST", standin.host()),
+        ("HOME", home.clone()),
+        ("CLOUDSDK_CONFIG", home),
+    ]
+}
+
 /// GCP Cloud KMS through the official client, against the STAND-IN server
 /// (tests/standins/gcpkms.py): no real Cloud KMS can run here.
 #[test]
@@ -524,16 +508,8 @@ fn gcp_kms_stand_in_newest_enabled_version_crc_checks_and_standard_credentials()
     let log = s.dir.path().join("gcp.log");
     let log_s = log.display().to_string();
     let standin = StandIn::start("gcpkms.py", &[keys.to_str().unwrap(), "--log", &log_s]);
-    let home = s.dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    let endpoint = standin.url();
-    let metadata = standin.host();
-    let env = [
-        ("SYNCER_GCP_KMS_ENDPOINT", endpoint.as_str()),
-        ("GCE_METADATA_HOST", metadata.as_str()),
-        ("HOME", home.to_str().unwrap()),
-        ("CLOUDSDK_CONFIG", home.to_str().unwrap()),
-    ];
+    let env = gcp_env(&s, &standin);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let def = write(
         s.dir.path(),
         "images.yaml",
@@ -623,15 +599,8 @@ fn gcp_kms_stand_in_corrupted_signature_is_refused_and_nothing_written() {
         "gcpkms.py",
         &[keys.to_str().unwrap(), "--bad-signature-crc"],
     );
-    let home = s.dir.path().join("home");
-    std::fs::create_dir(&home).unwrap();
-    let (endpoint, metadata) = (standin.url(), standin.host());
-    let env = [
-        ("SYNCER_GCP_KMS_ENDPOINT", endpoint.as_str()),
-        ("GCE_METADATA_HOST", metadata.as_str()),
-        ("HOME", home.to_str().unwrap()),
-        ("CLOUDSDK_CONFIG", home.to_str().unwrap()),
-    ];
+    let env = gcp_env(&s, &standin);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let def = write(
         s.dir.path(),
         "images.yaml",

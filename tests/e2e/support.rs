@@ -81,3 +81,40 @@ pub fn redact(text: &str, regs: &[(&Registry, &str)]) -> String {
     }
     t
 }
+
+/// Runs openssl, failing the test with its message when it fails.
+pub fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A P-256 key pair made by openssl in `dir`: `<stem>.pem` (PKCS#8) and `<stem>.pub`.
+pub fn p256_keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{stem}.pem"));
+    let public = dir.join(format!("{stem}.pub"));
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    (key, public)
+}

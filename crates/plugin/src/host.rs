@@ -317,16 +317,26 @@ fn reader_stream(reader: Box<dyn Read + Send>, library: Arc<Library>) -> ByteStr
     }))
 }
 
-/// Reads chunks sent by the async side; an error chunk is returned as is.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+/// A blocking reader over chunks handed out by `next` (an error chunk is
+/// returned as is; `None` is the end).
+struct ChunkReader<F: FnMut() -> Option<std::io::Result<Bytes>>> {
+    next: F,
     current: Bytes,
 }
 
-impl Read for ChannelReader {
+impl<F: FnMut() -> Option<std::io::Result<Bytes>>> ChunkReader<F> {
+    fn new(next: F) -> Self {
+        ChunkReader {
+            next,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl<F: FnMut() -> Option<std::io::Result<Bytes>>> Read for ChunkReader<F> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            match self.rx.blocking_recv() {
+            match (self.next)() {
                 Some(Ok(b)) => self.current = b,
                 Some(Err(e)) => return Err(e),
                 None => return Ok(0),
@@ -431,10 +441,8 @@ impl Sink for HostSink {
             }
         };
         let write = blocking("sink", move || {
-            let mut reader = ChannelReader {
-                rx,
-                current: Bytes::new(),
-            };
+            let mut rx = rx;
+            let mut reader = ChunkReader::new(move || rx.blocking_recv());
             inner.put_blob(&r, &d, &mut reader)
         });
         let ((), result) = tokio::join!(pump, write);
@@ -504,28 +512,6 @@ struct HostSigner {
     _library: Arc<Library>,
 }
 
-/// Reads an async stream from a blocking thread.
-struct StreamReader {
-    stream: ByteStream,
-    handle: Handle,
-    current: Bytes,
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.handle.block_on(self.stream.next()) {
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
 #[async_trait]
 impl Signer for HostSigner {
     async fn sign(
@@ -567,11 +553,11 @@ impl BlockingSink for BlockingHostSink {
         let stream = self
             .handle
             .block_on(self.sink.fetch_blob(repository, descriptor))?;
-        Ok(Box::new(StreamReader {
-            stream,
-            handle: self.handle.clone(),
-            current: Bytes::new(),
-        }))
+        // Reads the async stream from this blocking thread.
+        let (mut stream, handle) = (stream, self.handle.clone());
+        Ok(Box::new(ChunkReader::new(move || {
+            handle.block_on(stream.next())
+        })))
     }
     fn has_blob(&self, repository: &ImageRef, descriptor: &Descriptor) -> Result<bool, StageError> {
         self.handle
