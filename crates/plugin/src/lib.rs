@@ -6,7 +6,7 @@
 //! [`BlockingSigner`], or the core's synchronous [`Transform`]), and declares
 //! itself with [`declare_plugin!`]:
 //!
-//! ```ignore
+//! ```text
 //! fn register(r: &mut image_syncer_plugin::Registrar) {
 //!     r.register(image_syncer_plugin::StageDeclaration { /* kind, name, factory, ... */ });
 //! }
