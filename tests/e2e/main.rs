@@ -9,3 +9,4 @@ mod layout;
 mod plugins;
 mod signing;
 mod sync;
+mod tls;

@@ -30,6 +30,8 @@ pub fn command() -> Command {
             || k.starts_with("COSIGN_")
             || k == "RUST_LOG"
             || k == "JOB_COMPLETION_INDEX"
+            || k == "SSL_CERT_FILE"
+            || k == "SSL_CERT_DIR"
         {
             c.env_remove(k);
         }

@@ -65,6 +65,15 @@ pub struct Args {
     #[arg(long = "insecure-registry", env = "SYNCER_INSECURE_REGISTRIES", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_host)]
     pub insecure_registries: Vec<String>,
 
+    /// Also trust this CA certificate file (PEM) for registries over HTTPS (repeatable; env: comma-separated)
+    #[arg(
+        long = "ca-file",
+        env = "SYNCER_CA_FILES",
+        value_name = "PATH",
+        value_delimiter = ','
+    )]
+    pub ca_files: Vec<PathBuf>,
+
     /// Summary format on stdout: `text`, or `json` (a machine-readable report)
     #[arg(long, env = "SYNCER_OUTPUT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub output: String,

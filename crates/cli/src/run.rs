@@ -153,6 +153,17 @@ pub fn run(args: Args) -> Exit {
     .ok()
     .filter(|r| r.transport().is_none())
     .map(|r| r.registry().to_string());
+    let mut ca_certificates = Vec::new();
+    for f in &args.ca_files {
+        let shown = f.display().to_string();
+        match std::fs::read(f) {
+            Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
+                ca_certificates.push((shown, pem))
+            }
+            Ok(_) => return input_error(format!("{shown}: not a PEM certificate file")),
+            Err(e) => return input_error(format!("{shown}: cannot read the CA file: {e}")),
+        }
+    }
     let cx = StageContext {
         registries: def.registries.clone(),
         insecure_registries: args.insecure_registries.clone(),
@@ -161,6 +172,7 @@ pub fn run(args: Args) -> Exit {
         base_dir: def.base_dir(),
         transports: transports.clone(),
         key_ref: args.kms_key.clone(),
+        ca_certificates,
     };
     let shard = match (args.shard, args.shard_count) {
         (Some(s), _) => Some(s),

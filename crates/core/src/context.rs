@@ -55,6 +55,9 @@ pub struct StageContext {
     pub base_dir: PathBuf,
     /// Reference transports served by registered sources/sinks (`oci` for `oci:PATH`).
     pub transports: Vec<String>,
+    /// Extra trusted CA certificates (PEM), with the file each came from
+    /// (`--ca-file`), on top of the system's roots and `SSL_CERT_FILE`.
+    pub ca_certificates: Vec<(String, Vec<u8>)>,
     /// The signing key reference (`--kms-key`), if any.
     pub key_ref: Option<crate::keyref::KeyRef>,
 }

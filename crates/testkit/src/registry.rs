@@ -22,6 +22,87 @@ pub struct RegistryOptions {
     pub htpasswd: Option<(String, String)>,
     /// Keep the registry's access log, for [`Registry::requests`].
     pub access_log: bool,
+    /// Serve HTTPS with a certificate for 127.0.0.1 signed by a CA made for
+    /// this registry ([`Registry::ca_file`]).
+    pub tls: bool,
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with openssl in `dir`;
+/// returns (CA certificate, server certificate, server key).
+fn make_tls(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let run = |args: &[&str]| -> Result<(), String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=image-syncer test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ])?;
+    Ok((
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ))
 }
 
 /// A running CNCF distribution registry on 127.0.0.1, stopped on drop.
@@ -93,6 +174,21 @@ impl Registry {
              {auth}",
             !options.access_log,
             storage.display()
+        );
+        let tls = if options.tls {
+            let (_, cert, key) = make_tls(dir.path())?;
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
+        let config = config.replacen(
+            "  secret: image-syncer-test-secret\n",
+            &format!("  secret: image-syncer-test-secret\n{tls}"),
+            1,
         );
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
@@ -178,12 +274,27 @@ impl Registry {
         out
     }
 
-    /// An oci-client for this registry (plain HTTP), authenticated when the
-    /// registry has htpasswd.
+    /// The CA certificate of a TLS registry.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.options.tls.then(|| self.dir.path().join("ca.pem"))
+    }
+
+    /// An oci-client for this registry (plain HTTP, or HTTPS trusting its CA),
+    /// authenticated when the registry has htpasswd.
     pub fn client(&self) -> (Client, RegistryAuth) {
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::Http,
-            ..Default::default()
+        let client = Client::new(match self.ca_file() {
+            None => ClientConfig {
+                protocol: ClientProtocol::Http,
+                ..Default::default()
+            },
+            Some(ca) => ClientConfig {
+                protocol: ClientProtocol::Https,
+                extra_root_certificates: vec![oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: std::fs::read(ca).expect("CA file"),
+                }],
+                ..Default::default()
+            },
         });
         let auth = match &self.options.htpasswd {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),

@@ -26,7 +26,7 @@ use image_syncer_core::registry::{
 use image_syncer_core::stage::{
     ErrorKind, ManifestTarget, Sink, Source, Stage, StageError, StageKind,
 };
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -51,7 +51,7 @@ pub struct OciRegistry {
 }
 
 impl OciRegistry {
-    pub fn new(config: &OciConfig, cx: &StageContext) -> OciRegistry {
+    pub fn new(config: &OciConfig, cx: &StageContext) -> Result<OciRegistry, String> {
         // Every host reached over plain HTTP, as connected to (after endpoint mapping).
         let mut insecure = BTreeSet::new();
         let hosts = cx
@@ -72,12 +72,29 @@ impl OciRegistry {
             // No platform selection: indexes are copied whole.
             platform_resolver: None,
             user_agent: concat!("image-syncer/", env!("CARGO_PKG_VERSION")),
+            extra_root_certificates: cx
+                .ca_certificates
+                .iter()
+                .map(|(_, pem)| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             ..Default::default()
         };
-        OciRegistry {
-            client: Client::new(client_config),
+        // `Client::new` would fall back to a default client on a bad config:
+        // refuse instead, so a CA that cannot be used is an input error.
+        let client = Client::try_from(client_config).map_err(|e| {
+            let files: Vec<&str> = cx.ca_certificates.iter().map(|(f, _)| f.as_str()).collect();
+            format!(
+                "cannot set up the registry client (CA files: {}): {e}",
+                files.join(", ")
+            )
+        })?;
+        Ok(OciRegistry {
+            client,
             cx: cx.clone(),
-        }
+        })
     }
 
     fn auth_for(&self, registry: &str) -> RegistryAuth {
@@ -260,7 +277,23 @@ fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError 
     } else {
         String::new()
     };
-    StageError::new(kind, format!("{context}: {e}{hint}"))
+    StageError::new(kind, format!("{context}: {}{hint}", chain(&e)))
+}
+
+/// An error with its causes (`: `-separated), so that "error sending request"
+/// says why (a refused connection, an untrusted certificate, ...).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 #[async_trait]
@@ -425,7 +458,14 @@ struct Factory(StageKind);
 impl StageFactory for Factory {
     fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
         let config: OciConfig = typed_config(self.0, "oci", config)?;
-        let registry = Arc::new(OciRegistry::new(&config, cx));
+        let registry =
+            Arc::new(
+                OciRegistry::new(&config, cx).map_err(|message| BuildError::Setup {
+                    kind: self.0,
+                    plugin: "oci".into(),
+                    message,
+                })?,
+            );
         Ok(match self.0 {
             StageKind::Source => Stage::Source(registry),
             _ => Stage::Sink(registry),

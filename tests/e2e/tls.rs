@@ -1,0 +1,65 @@
+//! HTTPS registries: certificates verified by default, a CA given by
+//! `--ca-file` or `SSL_CERT_FILE`, a wrong CA refused clearly.
+
+use crate::support::*;
+
+fn setup() -> (Registry, Registry, tempfile::TempDir, String) {
+    let source = Registry::start();
+    let target = Registry::start_with(RegistryOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    block_on(source.push("library/busybox:1.36", &fixtures::image("tls", 1, 300)));
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\n",
+            header(&source, &target)
+        ),
+    )
+    .display()
+    .to_string();
+    (source, target, dir, def)
+}
+
+#[test]
+fn https_target_needs_its_ca_and_gets_it_from_ca_file_or_ssl_cert_file() {
+    let (_source, target, dir, def) = setup();
+    let ca = target.ca_file().unwrap();
+    // Verification is on by default: an unknown CA is refused, nothing written.
+    let r = run(&["-i", &def]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.to_lowercase().contains("certificate"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(block_on(target.digest("mirror/library/busybox:1.36")), None);
+    // A wrong CA is refused the same way.
+    let other = Registry::start_with(RegistryOptions {
+        tls: true,
+        ..Default::default()
+    });
+    let wrong = other.ca_file().unwrap();
+    let r = run(&["-i", &def, "--ca-file", wrong.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    // The right CA through --ca-file.
+    let r = run(&["-i", &def, "--ca-file", ca.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(block_on(target.digest("mirror/library/busybox:1.36")).is_some());
+    // And through the usual SSL_CERT_FILE: the next run finds it in sync.
+    let r = run_with(&["-i", &def], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("already in sync"), "{}", r.stdout);
+    // A CA file that is not one is an input error.
+    let junk = write(dir.path(), "junk.pem", "not a certificate");
+    let r = run(&["-i", &def, "--ca-file", junk.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("junk.pem: not a PEM certificate file"),
+        "{}",
+        r.stderr
+    );
+}
