@@ -201,7 +201,12 @@ pub fn run(args: Args) -> Exit {
         .map(|j| j as usize)
         .or(def.jobs)
         .unwrap_or(image_syncer_core::orchestrator::DEFAULT_JOBS);
-    let prepared = prepared.with_jobs(jobs);
+    let prepared = prepared
+        .with_jobs(jobs)
+        .with_retry(image_syncer_core::retry::RetryPolicy {
+            retries: args.retries,
+            ..Default::default()
+        });
     info!(
         images = def.images.len(),
         dry_run = args.dry_run,

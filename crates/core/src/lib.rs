@@ -14,6 +14,7 @@ pub mod orchestrator;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod retry;
 pub mod shard;
 pub mod stage;
 

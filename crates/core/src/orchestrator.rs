@@ -28,6 +28,7 @@ use crate::manifest::{Descriptor, Manifest, RawManifest};
 use crate::reference::ImageRef;
 use crate::registry::{BuildError, StageRegistry};
 use crate::report::{Action, ImageReport, Report};
+use crate::retry::RetryPolicy;
 use crate::stage::{
     ErrorKind, Guard, GuardInput, ManifestTarget, SignRequest, Signer, Sink, Source, Stage,
     StageError, StageKind, Transform, TransformInput, Verdict,
@@ -108,6 +109,7 @@ pub struct Prepared {
     guards: Vec<Arc<dyn Guard>>,
     dry_run: bool,
     jobs: usize,
+    retry: RetryPolicy,
 }
 
 /// The default number of images (and of blobs per image) worked on at once.
@@ -333,6 +335,7 @@ impl Orchestrator {
             guards,
             dry_run,
             jobs: DEFAULT_JOBS,
+            retry: RetryPolicy::default(),
         })
     }
 }
@@ -352,6 +355,12 @@ impl Prepared {
     /// an image at once (at least 1).
     pub fn with_jobs(mut self, jobs: usize) -> Prepared {
         self.jobs = jobs.max(1);
+        self
+    }
+
+    /// Retries transient failures of registry operations with `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Prepared {
+        self.retry = policy;
         self
     }
 
@@ -489,13 +498,21 @@ impl Prepared {
         // target's (HEAD) decide; the manifest is fetched only when needed.
         let source_digest = match item.spec.source.digest() {
             Some(d) => d.clone(),
-            None => match item.source.digest(&item.spec.source).await {
+            None => match self
+                .retry
+                .run("source digest", || item.source.digest(&item.spec.source))
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => return fail(report, e, "source"),
             },
         };
         report.digest = Some(source_digest.clone());
-        let current = match item.sink.manifest_digest(&item.target).await {
+        let current = match self
+            .retry
+            .run("target digest", || item.sink.manifest_digest(&item.target))
+            .await
+        {
             Ok(d) => d,
             Err(e) => return fail(report, e, "target"),
         };
@@ -533,7 +550,11 @@ impl Prepared {
                 manifest: None,
             };
         }
-        let manifest = match item.source.resolve(&item.spec.source).await {
+        let manifest = match self
+            .retry
+            .run("source manifest", || item.source.resolve(&item.spec.source))
+            .await
+        {
             Ok(m) => m,
             Err(e) => return fail(report, e, "source"),
         };
@@ -566,11 +587,16 @@ impl Prepared {
             repo: &repo,
             run,
             jobs: self.jobs,
+            retry: self.retry,
             bytes: &bytes,
         };
         copy.children(manifest).await?;
         // Last check before the tag moves: the target must still be absent or equal.
-        if let Some(now) = item.sink.manifest_digest(&item.target).await? {
+        let now = self
+            .retry
+            .run("target digest", || item.sink.manifest_digest(&item.target))
+            .await?;
+        if let Some(now) = now {
             if now != manifest.digest {
                 return Err(StageError::integrity(format!(
                     "target {} changed during the run: it now holds {now}, the source is {}; not overwritten",
@@ -578,9 +604,13 @@ impl Prepared {
                 )));
             }
         }
-        run.check()?;
-        item.sink
-            .put_manifest(&repo, &ManifestTarget::Tag(tag), manifest)
+        // PUT is idempotent: a retry after a lost answer writes the same bytes.
+        let target = ManifestTarget::Tag(tag);
+        self.retry
+            .run("tag manifest", || async {
+                run.check()?;
+                item.sink.put_manifest(&repo, &target, manifest).await
+            })
             .await?;
         Ok(bytes.load(Ordering::SeqCst))
     }
@@ -648,6 +678,7 @@ struct Copy<'a> {
     repo: &'a ImageRef,
     run: &'a Run,
     jobs: usize,
+    retry: RetryPolicy,
     bytes: &'a AtomicU64,
 }
 
@@ -662,21 +693,34 @@ impl Copy<'_> {
                 Manifest::Index { manifests } => {
                     for child in manifests {
                         let child_ref = self.repo.with_digest(child.digest.clone());
-                        if self.item.sink.manifest_digest(&child_ref).await?.is_some() {
+                        let present = self
+                            .retry
+                            .run("child digest", || {
+                                self.item.sink.manifest_digest(&child_ref)
+                            })
+                            .await?;
+                        if present.is_some() {
                             debug!(digest = %child.digest, "child manifest present in target");
                             continue;
                         }
                         let m = self
-                            .item
-                            .source
-                            .fetch_manifest(&self.item.spec.source, &child)
+                            .retry
+                            .run("child manifest", || {
+                                self.item
+                                    .source
+                                    .fetch_manifest(&self.item.spec.source, &child)
+                            })
                             .await?;
                         check_manifest(&m, Some(&child.digest))?;
                         self.children(&m).await?;
-                        self.run.check()?;
-                        self.item
-                            .sink
-                            .put_manifest(self.repo, &ManifestTarget::Digest, &m)
+                        self.retry
+                            .run("child manifest", || async {
+                                self.run.check()?;
+                                self.item
+                                    .sink
+                                    .put_manifest(self.repo, &ManifestTarget::Digest, &m)
+                                    .await
+                            })
                             .await?;
                     }
                 }
@@ -720,19 +764,37 @@ impl Copy<'_> {
         if mine.load(Ordering::SeqCst) || home == self.repo {
             return Ok(());
         }
-        if self.item.sink.has_blob(self.repo, blob).await? {
+        if self
+            .retry
+            .run("blob check", || self.item.sink.has_blob(self.repo, blob))
+            .await?
+        {
             return Ok(());
         }
         self.run.check()?;
-        if self.item.sink.mount_blob(home, self.repo, blob).await? {
+        if self
+            .retry
+            .run("blob mount", || {
+                self.item.sink.mount_blob(home, self.repo, blob)
+            })
+            .await?
+        {
             debug!(digest = %blob.digest, from = %home, to = %self.repo, "blob mounted");
             return Ok(());
         }
         self.transfer(blob).await
     }
 
-    /// Streams a blob from the source, verified, unless the target has it.
+    /// Streams a blob from the source, verified, unless the target has it. A
+    /// transient failure starts the whole transfer again (a stream cannot be
+    /// replayed); nothing is committed by a failed attempt.
     async fn transfer(&self, blob: &Descriptor) -> Result<(), StageError> {
+        self.retry
+            .run("blob copy", || self.transfer_once(blob))
+            .await
+    }
+
+    async fn transfer_once(&self, blob: &Descriptor) -> Result<(), StageError> {
         let (item, repo) = (self.item, self.repo);
         if item.sink.has_blob(repo, blob).await? {
             debug!(digest = %blob.digest, "blob present in target");

@@ -145,9 +145,20 @@ struct RecordingSink {
     inner: Arc<MemoryRegistry>,
     log: Mutex<Vec<Event>>,
     intruder: Mutex<Option<(ImageRef, RawManifest)>>,
+    /// The next this many lookups and writes fail with a transient error.
+    flaky: Mutex<u32>,
 }
 
 impl RecordingSink {
+    fn flake(&self) -> Result<(), StageError> {
+        let mut n = self.flaky.lock().unwrap();
+        if *n > 0 {
+            *n -= 1;
+            return Err(StageError::transient("503 Service Unavailable (injected)"));
+        }
+        Ok(())
+    }
+
     fn log(&self) -> Vec<Event> {
         self.log.lock().unwrap().clone()
     }
@@ -165,6 +176,7 @@ impl RecordingSink {
 #[async_trait]
 impl Sink for RecordingSink {
     async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.flake()?;
         self.inner.manifest_digest(target).await
     }
 
@@ -194,6 +206,7 @@ impl Sink for RecordingSink {
         descriptor: &Descriptor,
         content: ByteStream,
     ) -> Result<(), StageError> {
+        self.flake()?;
         let intruder = self.intruder.lock().unwrap().take();
         if let Some((r, m)) = intruder {
             self.inner.add_manifest(&r, &m, r.tag());
@@ -212,6 +225,7 @@ impl Sink for RecordingSink {
         target: &ManifestTarget,
         manifest: &RawManifest,
     ) -> Result<(), StageError> {
+        self.flake()?;
         self.inner
             .put_manifest(repository, target, manifest)
             .await?;
@@ -265,6 +279,7 @@ impl Harness {
                 inner: target.clone(),
                 log: Mutex::new(Vec::new()),
                 intruder: Mutex::new(None),
+                flaky: Mutex::new(0),
             }),
             target,
             signer: Arc::new(RecordingSigner::default()),
@@ -1164,4 +1179,79 @@ async fn same_entry_twice_is_signed_if_either_listing_asks() {
     let calls = h.signer.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].request.digest, a.manifest.digest);
+}
+
+fn quick_retries(retries: u32) -> crate::retry::RetryPolicy {
+    crate::retry::RetryPolicy {
+        retries,
+        base_delay: std::time::Duration::from_millis(1),
+        max_delay: std::time::Duration::from_millis(2),
+        budget: std::time::Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_the_copy_is_exact() {
+    let h = Harness::new();
+    let img = add_image(&h.source, "busybox:1.36", "flaky");
+    // Every second operation on the target fails once: lookups, blobs, manifests.
+    *h.sink.flaky.lock().unwrap() = 3;
+    let report = h
+        .orchestrator(true, true)
+        .prepare(&def(&yaml("- source: busybox:1.36\n")), false)
+        .unwrap()
+        .with_retry(quick_retries(3))
+        .run()
+        .await;
+    assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+    assert_eq!(
+        h.target_tag("dst.io/mirror/library/busybox:1.36").await,
+        Some(img.manifest.digest.clone())
+    );
+    assert_eq!(
+        *h.sink.flaky.lock().unwrap(),
+        0,
+        "all injected failures were hit"
+    );
+}
+
+#[tokio::test]
+async fn failures_beyond_the_budget_fail_that_image_only() {
+    let h = Harness::new();
+    add_image(&h.source, "busybox:1.36", "first");
+    let second = add_image(&h.source, "alpine:3", "second");
+    // More failures than one image's retries can absorb; then the registry heals.
+    *h.sink.flaky.lock().unwrap() = 3;
+    let report = h
+        .orchestrator(true, true)
+        .prepare(
+            &def(&yaml("- source: busybox:1.36\n- source: alpine:3\n")),
+            false,
+        )
+        .unwrap()
+        .with_jobs(1)
+        .with_retry(quick_retries(2))
+        .run()
+        .await;
+    assert_eq!(report.status(), Status::Failed, "{}", report.render_text());
+    let first = image_of(&report, "busybox:1.36");
+    assert_eq!(first.action, Action::Failed);
+    assert!(
+        first
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("(after 2 retries)"),
+        "{:?}",
+        first.message
+    );
+    assert_eq!(
+        h.target_tag("dst.io/mirror/library/busybox:1.36").await,
+        None
+    );
+    assert_eq!(image_of(&report, "alpine:3").action, Action::Copied);
+    assert_eq!(
+        h.target_tag("dst.io/mirror/library/alpine:3").await,
+        Some(second.manifest.digest.clone())
+    );
 }
