@@ -365,86 +365,85 @@ log "W2: $W2_COUNT multi-arch images (amd64+arm64), $RUNS run(s)"
 workload w2 refs_w2 "$RUNS" --all
 log "W3: one image with a $((W3_LAYER / MIB)) MiB layer, $RUNS run(s)"
 workload w3 refs_w3 "$RUNS"
-log "W4: $W4_COUNT images x 1 x $((W4_LAYER / 1024)) KiB layer, 1 cold run, $RUNS warm run(s)"
-workload w4 refs_w4 1
+log "W4: $W4_COUNT images x 1 x $((W4_LAYER / 1024)) KiB layer, $RUNS run(s)"
+workload w4 refs_w4 "$RUNS"
 
 # --- report --------------------------------------------------------------------------------
-median() { # values... (FAIL wins) -> median, or "FAIL", or "n/a"
-  python3 - "$@" <<'EOF'
-import statistics, sys
-v = sys.argv[1:]
-if not v: print("n/a")
-elif "FAIL" in v: print("FAIL")
-else: print(repr(statistics.median(float(x) for x in v)))
+for key in "${!VALS[@]}"; do printf '%s %s\n' "$key" "${VALS[$key]% }"; done | sort >"$WORK/values.txt"
+
+# The table, from the raw values (seconds; KiB for *.rss), in one Python run.
+BENCH_SIZES="$W1_COUNT $W1_LAYERS $W1_LAYER $W2_COUNT $W3_LAYER $W4_COUNT" \
+  BENCH_W4_STEPS="$W4_STEPS" python3 - "$WORK/values.txt" >"$WORK/table.md" <<'EOF'
+import os, statistics, sys
+
+vals = {}
+for line in open(sys.argv[1]):
+    key, *v = line.split()
+    vals[key] = v
+w1_count, w1_layers, w1_layer, w2_count, w3_layer, w4_count = map(int, os.environ["BENCH_SIZES"].split())
+steps = [int(n) for n in os.environ["BENCH_W4_STEPS"].split()]
+MIB = 1 << 20
+
+def med(key):
+    v = vals.get(key)
+    if not v:
+        return "n/a"
+    if "FAIL" in v:
+        return "FAIL"
+    return statistics.median(float(x) for x in v)
+
+def num(v, scale=1.0, digits=2):
+    return v if isinstance(v, str) else f"{v / scale:.{digits}f}"
+
+def ratio(a, b, digits=2):
+    if isinstance(a, str) or isinstance(b, str) or b == 0:
+        return "n/a" if "FAIL" not in (a, b) else "FAIL"
+    return f"{a / b:.{digits}f}"
+
+names = {
+    "w1": f"W1: {w1_count} images x {w1_layers} x {w1_layer // MIB} MiB",
+    "w2": f"W2: {w2_count} multi-arch images (2 platforms, shared base)",
+    "w3": f"W3: 1 image, {w3_layer // MIB} MiB layer",
+    "w4": f"W4: {w4_count} images x 1 KiB",
+}
+rows = []
+def row(*cells):
+    rows.append("| " + " | ".join(str(c) for c in cells) + " |")
+
+for w in ("w1", "w2", "w3", "w4"):
+    d = names[w]
+    for kind, label in (("cold", "cold sync (s)"), ("warm", "warm re-sync (s)")):
+        a, b = med(f"{w}.isync.{kind}"), med(f"{w}.skopeo.{kind}")
+        row(d, label, num(a), num(b), ratio(a, b))
+    if w == "w1":
+        f, a, b = med("w1.floor"), med("w1.isync.cold"), med("w1.skopeo.cold")
+        row(d, f"cold sync / raw-copy floor (floor.py: {num(f)} s)", ratio(a, f) + "x", ratio(b, f) + "x", ratio(a, b))
+    if w == "w3":
+        for kind in ("cold", "warm"):
+            a, b = med(f"w3.isync.{kind}.rss"), med(f"w3.skopeo.{kind}.rss")
+            row(d, f"peak RSS, {kind} (MiB)", num(a, 1024, 0), num(b, 1024, 0), ratio(a, b))
+        a, b = med("w3.isync.cold"), med("w3.skopeo.cold")
+        size = w3_layer / MIB
+        row(d, "cold throughput (MiB/s)", ratio(size, a, 0), ratio(size, b, 0), ratio(b, a))
+    if w == "w4":
+        for n in steps:
+            a = med(f"w4.isync.warm.n{n}")
+            row(f"W4: first {n} images", "warm re-sync (s); s/image", f"{num(a)}; {ratio(a, float(n), 4)}", "-", "-")
+for w in ("w1", "w2", "w4"):
+    a, b = med(f"{w}.isync.cold.rss"), med(f"{w}.skopeo.cold.rss")
+    row(names[w], "peak RSS, cold (MiB)", num(a, 1024, 0), num(b, 1024, 0), ratio(a, b))
+
+print("| workload | metric | image-syncer | skopeo | ratio image-syncer/skopeo |")
+print("|---|---|--:|--:|--:|")
+print("\n".join(rows))
 EOF
-}
-fmt() { # VALUE SCALE DIGITS
-  python3 -c "import sys; v=sys.argv[1]; print(v if v in ('FAIL','n/a') else f'{float(v)/float(sys.argv[2]):.{sys.argv[3]}f}')" "$@"
-}
-ratio() { # A B DIGITS
-  python3 -c "import sys; a,b=sys.argv[1:3]; print('n/a' if 'FAIL' in (a,b) or 'n/a' in (a,b) or float(b)==0 else f'{float(a)/float(b):.{sys.argv[3]}f}')" "$@"
-}
-med() { median ${VALS[$1]:-}; }
-
-TABLE="$WORK/table.md"
-row() { printf '| %s | %s | %s | %s | %s |\n' "$@" >>"$TABLE"; }
-{
-  echo "| workload | metric | image-syncer | skopeo | ratio image-syncer/skopeo |"
-  echo "|---|---|--:|--:|--:|"
-} >"$TABLE"
-
-describe() {
-  case "$1" in
-    w1) echo "W1: $W1_COUNT images x $W1_LAYERS x $((W1_LAYER / MIB)) MiB" ;;
-    w2) echo "W2: $W2_COUNT multi-arch images (2 platforms, shared base)" ;;
-    w3) echo "W3: 1 image, $((W3_LAYER / MIB)) MiB layer" ;;
-    w4) echo "W4: $W4_COUNT images x 1 KiB" ;;
-  esac
-}
-for w in w1 w2 w3 w4; do
-  d="$(describe "$w")"
-  for kind in cold warm; do
-    a="$(med "$w.isync.$kind")"
-    b="$(med "$w.skopeo.$kind")"
-    if [ "$kind" = cold ]; then label="cold sync (s)"; else label="warm re-sync (s)"; fi
-    row "$d" "$label" "$(fmt "$a" 1 2)" "$(fmt "$b" 1 2)" "$(ratio "$a" "$b" 2)"
-  done
-  if [ "$w" = w1 ]; then
-    f="$(med w1.floor)"
-    a="$(med w1.isync.cold)"
-    b="$(med w1.skopeo.cold)"
-    row "$d" "cold sync / raw-copy floor (floor.py: $(fmt "$f" 1 2) s)" "$(ratio "$a" "$f" 2)x" "$(ratio "$b" "$f" 2)x" "$(ratio "$a" "$b" 2)"
-  fi
-  if [ "$w" = w3 ]; then
-    for kind in cold warm; do
-      a="$(med "w3.isync.$kind.rss")"
-      b="$(med "w3.skopeo.$kind.rss")"
-      row "$d" "peak RSS, $kind (MiB)" "$(fmt "$a" 1024 0)" "$(fmt "$b" 1024 0)" "$(ratio "$a" "$b" 2)"
-    done
-    a="$(med w3.isync.cold)"
-    b="$(med w3.skopeo.cold)"
-    row "$d" "cold throughput (MiB/s)" "$(ratio "$((W3_LAYER / MIB))" "$a" 0)" "$(ratio "$((W3_LAYER / MIB))" "$b" 0)" "$(ratio "$b" "$a" 2)"
-  fi
-  if [ "$w" = w4 ]; then
-    for n in $W4_STEPS; do
-      a="$(med "w4.isync.warm.n$n")"
-      per="$(ratio "$a" "$n" 4)"
-      row "W4: first $n images" "warm re-sync (s); s/image" "$(fmt "$a" 1 2); $per" "-" "-"
-    done
-  fi
-done
-for w in w1 w2 w4; do
-  a="$(med "$w.isync.cold.rss")"
-  b="$(med "$w.skopeo.cold.rss")"
-  row "$(describe "$w")" "peak RSS, cold (MiB)" "$(fmt "$a" 1024 0)" "$(fmt "$b" 1024 0)" "$(ratio "$a" "$b" 2)"
-done
 
 ELAPSED="$(secs_since "$BENCH_T0")"
 {
   echo
   echo "## image-syncer benchmark, $MODE mode ($RUNS run(s) per figure, medians)"
   echo
-  cat "$TABLE"
+  cat "$WORK/table.md"
   echo
   echo "Machine and versions:"
   echo
@@ -457,7 +456,13 @@ ELAPSED="$(secs_since "$BENCH_T0")"
   echo "- registry: $("$REGISTRY_BIN" --version 2>&1)"
   echo "- python3: $(python3 --version 2>&1)"
   echo "- whole run: ${ELAPSED} s"
-  [ "$FAILED" = 0 ] || echo "- SOME RUNS FAILED: see FAIL above"
+  if [ "$FAILED" != 0 ]; then echo "- SOME RUNS FAILED: see FAIL above"; fi
+  echo
+  echo "Raw runs (seconds; .rss in KiB):"
+  echo
+  echo '```text'
+  cat "$WORK/values.txt"
+  echo '```'
 } >"$WORK/report.md"
 
 mkdir -p "$TARGET_DIR/bench"

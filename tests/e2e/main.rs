@@ -4,6 +4,7 @@
 mod support;
 
 mod examples;
+mod faults;
 mod inputs;
 mod layout;
 mod plugins;

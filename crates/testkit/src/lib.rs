@@ -7,6 +7,7 @@
 //! image-syncer's own stages — so that tests do not check our code with itself.
 
 pub mod conformance;
+pub mod faults;
 pub mod fixtures;
 mod moto;
 mod registry;

@@ -1,0 +1,266 @@
+//! A fault-injecting reverse proxy between image-syncer and a real registry:
+//! it forwards requests, and at set rates (deterministically, from a seed)
+//! answers 500, answers 429 with `Retry-After`, drops the connection, or cuts
+//! a response body short. Requests whose path contains `always_fail` always
+//! get a 503.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, BodyStream, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+
+type Body = BoxBody<Bytes, std::io::Error>;
+
+/// What to inject, per request. Rates are probabilities in [0, 1].
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    pub seed: u64,
+    pub server_error: f64,
+    pub too_many_requests: f64,
+    pub drop_connection: f64,
+    pub truncate_body: f64,
+    /// Requests whose path contains this always fail (503).
+    pub always_fail: Option<String>,
+}
+
+/// Counts of what was injected.
+#[derive(Debug, Default)]
+pub struct Injected {
+    pub requests: AtomicU64,
+    pub server_errors: AtomicU64,
+    pub too_many_requests: AtomicU64,
+    pub dropped: AtomicU64,
+    pub truncated: AtomicU64,
+    pub always_failed: AtomicU64,
+}
+
+impl Injected {
+    /// Faults injected by rate (not counting `always_fail`).
+    pub fn random_faults(&self) -> u64 {
+        self.server_errors.load(Ordering::SeqCst)
+            + self.too_many_requests.load(Ordering::SeqCst)
+            + self.dropped.load(Ordering::SeqCst)
+            + self.truncated.load(Ordering::SeqCst)
+    }
+}
+
+/// A running proxy, stopped on drop.
+pub struct FaultProxy {
+    port: u16,
+    pub injected: Arc<Injected>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct State {
+    upstream: String,
+    proxy: String,
+    faults: Faults,
+    injected: Arc<Injected>,
+    client: reqwest::Client,
+}
+
+enum Fault {
+    None,
+    ServerError,
+    TooMany,
+    Drop,
+    Truncate,
+}
+
+fn uniform(seed: u64, n: u64) -> f64 {
+    let mut x = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
+    for _ in 0..3 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn full(status: u16, body: &'static str, headers: &[(&str, &str)]) -> Response<Body> {
+    let mut r = Response::builder().status(status);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.body(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+    .expect("response")
+}
+
+async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, std::io::Error> {
+    let n = st.injected.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    if st
+        .faults
+        .always_fail
+        .as_deref()
+        .is_some_and(|p| path.contains(p))
+    {
+        st.injected.always_failed.fetch_add(1, Ordering::SeqCst);
+        return Ok(full(
+            503,
+            "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"injected\"}]}",
+            &[("content-type", "application/json")],
+        ));
+    }
+    let f = &st.faults;
+    let u = uniform(f.seed, n);
+    let fault = if u < f.server_error {
+        Fault::ServerError
+    } else if u < f.server_error + f.too_many_requests {
+        Fault::TooMany
+    } else if u < f.server_error + f.too_many_requests + f.drop_connection {
+        Fault::Drop
+    } else if u < f.server_error + f.too_many_requests + f.drop_connection + f.truncate_body {
+        Fault::Truncate
+    } else {
+        Fault::None
+    };
+    match fault {
+        Fault::ServerError => {
+            st.injected.server_errors.fetch_add(1, Ordering::SeqCst);
+            return Ok(full(500, "injected server error", &[]));
+        }
+        Fault::TooMany => {
+            st.injected.too_many_requests.fetch_add(1, Ordering::SeqCst);
+            return Ok(full(
+                429,
+                "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"injected\"}]}",
+                &[("retry-after", "1"), ("content-type", "application/json")],
+            ));
+        }
+        Fault::Drop => {
+            st.injected.dropped.fetch_add(1, Ordering::SeqCst);
+            return Err(std::io::Error::other("injected: connection dropped"));
+        }
+        _ => {}
+    }
+    // Forward.
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).expect("method");
+    let mut out = st
+        .client
+        .request(method, format!("http://{}{path}", st.upstream));
+    for (k, v) in req.headers() {
+        if k.as_str() != "host" {
+            out = out.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let body = BodyStream::new(req.into_body()).filter_map(|frame| async move {
+        match frame {
+            Ok(f) => f.into_data().ok().map(Ok::<Bytes, std::io::Error>),
+            Err(e) => Some(Err(std::io::Error::other(e))),
+        }
+    });
+    let resp = match out.body(reqwest::Body::wrap_stream(body)).send().await {
+        Ok(r) => r,
+        Err(e) => return Err(std::io::Error::other(e)),
+    };
+    let mut builder = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        let value = if k.as_str() == "location" {
+            v.to_str()
+                .unwrap_or_default()
+                .replace(&st.upstream, &st.proxy)
+        } else {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        };
+        builder = builder.header(k.as_str(), value);
+    }
+    let length = resp.content_length().unwrap_or(0);
+    let truncate = matches!(fault, Fault::Truncate) && length > 1;
+    if truncate {
+        st.injected.truncated.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut sent = 0u64;
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        if truncate {
+            let keep = (length / 2).saturating_sub(sent) as usize;
+            if keep < chunk.len() {
+                return Err(std::io::Error::other("injected: body cut short"));
+            }
+        }
+        sent += chunk.len() as u64;
+        Ok(Frame::data(chunk))
+    });
+    Ok(builder
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("response"))
+}
+
+impl FaultProxy {
+    /// Proxies to `upstream` (`127.0.0.1:PORT`, plain HTTP) with `faults`.
+    pub fn start(upstream: &str, faults: Faults) -> FaultProxy {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().unwrap().port();
+        let injected = Arc::new(Injected::default());
+        let state = Arc::new(State {
+            upstream: upstream.to_string(),
+            proxy: format!("127.0.0.1:{port}"),
+            faults,
+            injected: injected.clone(),
+            client: reqwest::Client::new(),
+        });
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            let st = state.clone();
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(move |req| handle(req, st.clone()));
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        FaultProxy {
+            port,
+            injected,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
