@@ -13,7 +13,7 @@ fn faulty(seed: u64) -> Faults {
         too_many_requests: 0.05,
         drop_connection: 0.05,
         truncate_body: 0.05,
-        always_fail: None,
+        ..Default::default()
     }
 }
 
@@ -142,4 +142,131 @@ fn a_fault_beyond_the_retry_budget_fails_that_image_only() {
         );
         assert_eq!(target.digest("mirror/team/broken:1").await, None);
     });
+}
+
+/// A sync slow enough to be interrupted mid-copy: ten 400 kB layers pulled
+/// one at a time through a source link that adds 150 ms to every request.
+struct Slow {
+    source: Registry,
+    target: Registry,
+    proxy: FaultProxy,
+    dir: tempfile::TempDir,
+    image: fixtures::TestImage,
+    def: String,
+}
+
+fn slow() -> Slow {
+    let source = Registry::start();
+    let target = Registry::start();
+    let image = fixtures::image("interrupt", 10, 400_000);
+    block_on(source.push("library/busybox:1.36", &image));
+    let proxy = FaultProxy::start(
+        &source.host(),
+        Faults {
+            latency_ms: 150,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "targetRepoPrefix: \"{t}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  \"{t}\":\n    insecure: true\nimages:\n- source: busybox:1.36\n",
+            s = proxy.host(),
+            t = target.host()
+        ),
+    )
+    .display()
+    .to_string();
+    Slow {
+        source,
+        target,
+        proxy,
+        dir,
+        image,
+        def,
+    }
+}
+
+/// Starts a sync, sends `signal` after `after`, and waits for the end.
+fn interrupted(s: &Slow, signal: &str, after: std::time::Duration) -> std::process::Output {
+    let child = command()
+        .args(["-i", &s.def, "--jobs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
+/// Whether the tag, if present, points at complete content.
+fn tag_is_sound(s: &Slow) -> bool {
+    block_on(async {
+        match s.target.digest("mirror/library/busybox:1.36").await {
+            None => true,
+            Some(d) => {
+                let mut ok = d == s.image.digest.to_string();
+                for b in s.image.all_blobs() {
+                    ok &= s
+                        .target
+                        .has_blob("mirror/library/busybox", &b.digest.to_string())
+                        .await;
+                }
+                ok
+            }
+        }
+    })
+}
+
+#[test]
+fn sigint_mid_copy_stops_cleanly_and_a_rerun_completes() {
+    let s = slow();
+    let out = interrupted(&s, "-INT", std::time::Duration::from_millis(1200));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Interrupted"), "{stdout}");
+    assert!(tag_is_sound(&s));
+    assert_eq!(
+        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        None,
+        "interrupted mid-copy, the tag must not be written"
+    );
+    let r = run(&["-i", &s.def]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(tag_is_sound(&s));
+    assert_eq!(
+        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        Some(s.image.digest.to_string())
+    );
+    let _ = (&s.source, &s.proxy, &s.dir);
+}
+
+#[test]
+fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
+    let s = slow();
+    let out = interrupted(&s, "-KILL", std::time::Duration::from_millis(1200));
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    assert!(
+        tag_is_sound(&s),
+        "a tag points at missing or other content after kill -9"
+    );
+    let r = run(&["-i", &s.def]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(tag_is_sound(&s));
+    assert_eq!(
+        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        Some(s.image.digest.to_string())
+    );
 }

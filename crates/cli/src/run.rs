@@ -1,6 +1,8 @@
 //! One run: definition → orchestrator → report → exit code.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use image_syncer_core::context::{Credentials, Secret, StageContext};
 use image_syncer_core::definition;
@@ -106,6 +108,41 @@ pub fn render_stages(registry: &StageRegistry) -> String {
         }
     }
     out
+}
+
+/// SIGINT/SIGTERM: no new work starts, writes in flight finish, the report
+/// is printed, and the exit code is non-zero. A second signal exits at once
+/// (a tag is never written before its content, so that is safe too).
+async fn watch_signals(interrupt: Arc<AtomicBool>) {
+    async fn next_signal() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    next_signal().await;
+    interrupt.store(true, Ordering::SeqCst);
+    warn!(
+        "interrupted: no new work starts; writes in flight finish (signal again to exit at once)"
+    );
+    next_signal().await;
+    eprintln!("error: interrupted twice; exiting at once");
+    std::process::exit(Exit::SyncFailure as i32);
 }
 
 pub fn run(args: Args) -> Exit {
@@ -224,6 +261,9 @@ pub fn run(args: Args) -> Exit {
             return Exit::SyncFailure;
         }
     };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let prepared = prepared.with_interrupt(interrupt.clone());
+    runtime.spawn(watch_signals(interrupt));
     let report = runtime.block_on(prepared.run());
     if args.output == "json" {
         println!("{}", report.to_json());

@@ -110,6 +110,7 @@ pub struct Prepared {
     dry_run: bool,
     jobs: usize,
     retry: RetryPolicy,
+    interrupt: Arc<AtomicBool>,
 }
 
 /// The default number of images (and of blobs per image) worked on at once.
@@ -336,6 +337,7 @@ impl Orchestrator {
             dry_run,
             jobs: DEFAULT_JOBS,
             retry: RetryPolicy::default(),
+            interrupt: Arc::default(),
         })
     }
 }
@@ -355,6 +357,13 @@ impl Prepared {
     /// an image at once (at least 1).
     pub fn with_jobs(mut self, jobs: usize) -> Prepared {
         self.jobs = jobs.max(1);
+        self
+    }
+
+    /// A flag that, once set (on SIGINT/SIGTERM), stops new work: no image
+    /// or write starts after it; writes in flight complete.
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Prepared {
+        self.interrupt = flag;
         self
     }
 
@@ -379,6 +388,7 @@ impl Prepared {
         }
         let run = Run {
             stop,
+            interrupt: self.interrupt.clone(),
             ledger: Ledger::default(),
         };
         let images = stream::iter(self.items.iter().zip(planned))
@@ -388,6 +398,7 @@ impl Prepared {
             .await;
         Report {
             dry_run: self.dry_run,
+            interrupted: run.interrupted(),
             images,
         }
     }
@@ -402,6 +413,13 @@ impl Prepared {
 
     async fn finish_inner(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
         let mut report = p.report;
+        if run.interrupted() && matches!(report.action, Action::Copied | Action::InSync) {
+            if report.action == Action::Copied {
+                report.action = Action::NotRun;
+                report.message = Some("not copied: the run was interrupted".into());
+            }
+            return report;
+        }
         if run.stopped() && matches!(report.action, Action::Copied | Action::InSync) {
             if report.action == Action::Copied {
                 report.action = Action::NotRun;
@@ -464,6 +482,11 @@ impl Prepared {
     async fn plan(&self, item: &Item) -> Planned {
         let started = std::time::Instant::now();
         let mut planned = self.plan_inner(item).await;
+        if self.interrupt.load(Ordering::SeqCst) && planned.report.action == Action::Copied {
+            planned.report.action = Action::NotRun;
+            planned.report.message = Some("not copied: the run was interrupted".into());
+            planned.manifest = None;
+        }
         planned.report.duration_ms = started.elapsed().as_millis() as u64;
         planned
     }
@@ -620,6 +643,8 @@ impl Prepared {
 struct Run {
     /// Set by the first safety stop: no write starts after it.
     stop: AtomicBool,
+    /// Set on SIGINT/SIGTERM: no write starts after it either.
+    interrupt: Arc<AtomicBool>,
     ledger: Ledger,
 }
 
@@ -628,11 +653,21 @@ impl Run {
         self.stop.load(Ordering::SeqCst)
     }
 
-    /// Refuses to start a write after a safety stop.
+    fn interrupted(&self) -> bool {
+        self.interrupt.load(Ordering::SeqCst)
+    }
+
+    /// Refuses to start a write after a safety stop or an interruption.
     fn check(&self) -> Result<(), StageError> {
         if self.stopped() {
-            Err(StageError::transient(
+            Err(StageError::new(
+                ErrorKind::Cancelled,
                 "not written: a safety stop elsewhere in the run halted all writing",
+            ))
+        } else if self.interrupted() {
+            Err(StageError::new(
+                ErrorKind::Cancelled,
+                "not written: the run was interrupted",
             ))
         } else {
             Ok(())
@@ -643,11 +678,13 @@ impl Run {
     /// safety stop and halts all further writing; anything else fails this
     /// image only.
     fn failed(&self, e: &StageError) -> Action {
-        if e.kind == ErrorKind::Integrity {
-            self.stop.store(true, Ordering::SeqCst);
-            Action::Stopped
-        } else {
-            Action::Failed
+        match e.kind {
+            ErrorKind::Integrity => {
+                self.stop.store(true, Ordering::SeqCst);
+                Action::Stopped
+            }
+            ErrorKind::Cancelled => Action::NotRun,
+            _ => Action::Failed,
         }
     }
 }

@@ -76,6 +76,8 @@ pub enum Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub dry_run: bool,
+    /// The run was interrupted (SIGINT/SIGTERM): images not finished are `not run`.
+    pub interrupted: bool,
     pub images: Vec<ImageReport>,
 }
 
@@ -98,7 +100,7 @@ impl Report {
     pub fn status(&self) -> Status {
         if self.images.iter().any(|i| i.action == Action::Stopped) {
             Status::SafetyStop
-        } else if self.images.iter().any(|i| i.action == Action::Failed) {
+        } else if self.interrupted || self.images.iter().any(|i| i.action == Action::Failed) {
             Status::Failed
         } else {
             Status::Ok
@@ -152,6 +154,9 @@ impl Report {
         } else {
             format!("{} copied", self.count(Action::Copied))
         };
+        if self.interrupted {
+            out.push_str("Interrupted: images not finished were left as they were; run again to complete them.\n");
+        }
         let _ = writeln!(
             out,
             "{} image(s): {copied}, {} already in sync, {} stopped, {} failed, {} not run",

@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Transient,
     /// The stage's configuration is wrong.
     Config,
+    /// Not attempted: the run stopped (a safety stop elsewhere, or an
+    /// interruption) before this operation started. Never retried.
+    Cancelled,
 }
 
 /// An error from a stage: a kind the orchestrator acts on, a message for people.

@@ -25,6 +25,8 @@ pub struct Faults {
     pub truncate_body: f64,
     /// Requests whose path contains this always fail (503).
     pub always_fail: Option<String>,
+    /// Added to every request before it is forwarded (a slow link).
+    pub latency_ms: u64,
 }
 
 /// Counts of what was injected.
@@ -97,6 +99,9 @@ fn full(status: u16, body: &'static str, headers: &[(&str, &str)]) -> Response<B
 
 async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, std::io::Error> {
     let n = st.injected.requests.fetch_add(1, Ordering::SeqCst);
+    if st.faults.latency_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(st.faults.latency_ms)).await;
+    }
     let path = req
         .uri()
         .path_and_query()
