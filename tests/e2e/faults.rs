@@ -270,3 +270,53 @@ fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
         Some(s.image.digest.to_string())
     );
 }
+
+#[test]
+fn redirected_blob_downloads_work() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let img = fixtures::image("redirect", 3, 100_000);
+    block_on(source.push("library/busybox:1.36", &img));
+    let sp = FaultProxy::start(
+        &source.host(),
+        Faults {
+            redirect_blobs: true,
+            ..Default::default()
+        },
+    );
+    let tp = FaultProxy::start(&target.host(), Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(dir.path(), &sp, &tp, "- source: busybox:1.36\n");
+    let r = run(&["-i", &def]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(target.digest("mirror/library/busybox:1.36")),
+        Some(img.digest.to_string())
+    );
+}
+
+#[test]
+fn a_digest_header_that_disagrees_with_the_content_is_not_trusted() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let img = fixtures::image("liar", 1, 1000);
+    block_on(source.push("library/busybox:1.36", &img));
+    let sp = FaultProxy::start(
+        &source.host(),
+        Faults {
+            wrong_digest_header: true,
+            ..Default::default()
+        },
+    );
+    let tp = FaultProxy::start(&target.host(), Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(dir.path(), &sp, &tp, "- source: busybox:1.36\n");
+    let before = target.storage_snapshot();
+    let r = run(&["-i", &def]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(
+        target.storage_snapshot(),
+        before,
+        "nothing may be written from an untrusted registry"
+    );
+}

@@ -33,6 +33,24 @@ fn bad_inputs_exit_2_with_clear_messages() {
     for (name, text) in defs {
         write(d, name, text);
     }
+    // Deeply nested and huge inputs: refused with a message, never a crash.
+    write(
+        d,
+        "deep.yaml",
+        &format!(
+            "targetRepoPrefix: {}{}\nimages: []\n",
+            "[".repeat(2000),
+            "]".repeat(2000)
+        ),
+    );
+    let many: String = (0..20000)
+        .map(|i| format!("- source: \"a{i}:1\"\n  tag: \"1\"\n  sign: false\n  bogus: {i}\n"))
+        .collect();
+    write(
+        d,
+        "huge.yaml",
+        &format!("targetRepoPrefix: \"127.0.0.1:9/x/\"\nimages:\n{many}"),
+    );
     write(d, "not-json.json", "this is not json");
     write(d, "empty.json", "");
     let p = |n: &str| d.join(n).display().to_string();
@@ -111,7 +129,11 @@ fn bad_inputs_exit_2_with_clear_messages() {
             vec![],
         ),
     ];
-    for (name, _) in defs {
+    for name in defs
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["deep.yaml", "huge.yaml"])
+    {
         cases.push((name.into(), vec!["-i".into(), p(name)], vec![]));
     }
     let mut out = String::new();

@@ -544,3 +544,58 @@ fn json_report_is_machine_readable() {
     }
     insta::assert_json_snapshot!(report);
 }
+
+#[test]
+fn corrupted_source_manifest_is_a_safety_stop() {
+    let p = Pair::new();
+    let img = fixtures::image("tampered-manifest", 1, 1000);
+    block_on(p.source.push("library/busybox:1.36", &img));
+    let data = p
+        .source
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&img.digest.hex()[..2])
+        .join(img.digest.hex())
+        .join("data");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let i = bytes.iter().position(|b| *b == b'2').unwrap();
+    bytes[i] = b'3'; // schemaVersion 2 → 3: still JSON, other bytes
+    std::fs::write(&data, bytes).unwrap();
+    let before = p.target.storage_snapshot();
+    let r = p.sync("- source: busybox:1.36\n", &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(p.target.storage_snapshot(), before);
+}
+
+#[test]
+fn a_key_file_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Pair::new();
+    populate(&p);
+    let key = write(
+        p.dir.path(),
+        "key.json",
+        "{\"username\": \"u\", \"password\": \"p\"}",
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = p.sync(
+        "- source: busybox:1.36\n",
+        &["--dry-run", "-t", key.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("readable by group or others"),
+        "{}",
+        r.stderr
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = p.sync(
+        "- source: busybox:1.36\n",
+        &["--dry-run", "-t", key.to_str().unwrap()],
+    );
+    assert!(
+        !r.stderr.contains("readable by group or others"),
+        "{}",
+        r.stderr
+    );
+}

@@ -27,6 +27,12 @@ pub struct Faults {
     pub always_fail: Option<String>,
     /// Added to every request before it is forwarded (a slow link).
     pub latency_ms: u64,
+    /// Answer blob downloads with a 307 redirect to the registry itself, as
+    /// registries backed by object storage do.
+    pub redirect_blobs: bool,
+    /// Replace the `Docker-Content-Digest` header of manifest responses with
+    /// another digest (a registry not to be trusted).
+    pub wrong_digest_header: bool,
 }
 
 /// Counts of what was injected.
@@ -152,6 +158,14 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         }
         _ => {}
     }
+    if f.redirect_blobs && req.method() == hyper::Method::GET && path.contains("/blobs/sha256:") {
+        let location = format!("http://{}{path}", st.upstream);
+        let mut r = full(307, "", &[]);
+        r.headers_mut()
+            .insert("location", location.parse().expect("header"));
+        return Ok(r);
+    }
+    let rewrite_digest = f.wrong_digest_header && path.contains("/manifests/");
     // Forward.
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).expect("method");
     let mut out = st
@@ -174,7 +188,10 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     };
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {
-        let value = if k.as_str() == "location" {
+        let value = if rewrite_digest && k.as_str().eq_ignore_ascii_case("docker-content-digest") {
+            // A well-formed digest of other bytes.
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000".to_string()
+        } else if k.as_str() == "location" {
             v.to_str()
                 .unwrap_or_default()
                 .replace(&st.upstream, &st.proxy)
