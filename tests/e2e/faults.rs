@@ -132,7 +132,16 @@ fn a_fault_beyond_the_retry_budget_fails_that_image_only() {
         &tp,
         "- source: team/broken:1\n- source: team/good:1\n",
     );
-    let r = run(&["-i", &def, "--retries", "2"]);
+    // Limits from the definition's `retry:` section.
+    let text = std::fs::read_to_string(&def).unwrap();
+    std::fs::write(
+        &def,
+        format!(
+            "{text}retry: {{ retries: 2, baseDelayMs: 10, maxDelayMs: 20, budgetSeconds: 30 }}\n"
+        ),
+    )
+    .unwrap();
+    let r = run(&["-i", &def]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("(after 2 retries)"), "{}", r.stdout);
     block_on(async {

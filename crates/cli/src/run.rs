@@ -238,12 +238,13 @@ pub fn run(args: Args) -> Exit {
         .map(|j| j as usize)
         .or(def.jobs)
         .unwrap_or(image_syncer_core::orchestrator::DEFAULT_JOBS);
-    let prepared = prepared
-        .with_jobs(jobs)
-        .with_retry(image_syncer_core::retry::RetryPolicy {
-            retries: args.retries,
-            ..Default::default()
-        });
+    let prepared = prepared.with_jobs(jobs).with_retry({
+        let mut policy = def.retry.policy();
+        if let Some(n) = args.retries {
+            policy.retries = n;
+        }
+        policy
+    });
     info!(
         images = def.images.len(),
         dry_run = args.dry_run,

@@ -36,6 +36,48 @@ struct FileModel {
     plugins: Vec<String>,
     #[serde(default)]
     jobs: Option<usize>,
+    #[serde(default)]
+    retry: Option<RetrySettings>,
+}
+
+/// `retry:`: how transient registry failures are retried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetrySettings {
+    /// Retries after the first try (default 3; `--retries` wins).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// Delay before the first retry, doubled each time (default 200).
+    #[serde(default)]
+    pub base_delay_ms: Option<u64>,
+    /// Longest single delay (default 10000).
+    #[serde(default)]
+    pub max_delay_ms: Option<u64>,
+    /// No retry starts after this long since the first try (default 120).
+    #[serde(default)]
+    pub budget_seconds: Option<u64>,
+}
+
+impl RetrySettings {
+    /// The policy these settings describe, over the defaults.
+    pub fn policy(&self) -> crate::retry::RetryPolicy {
+        let d = crate::retry::RetryPolicy::default();
+        crate::retry::RetryPolicy {
+            retries: self.retries.unwrap_or(d.retries),
+            base_delay: self
+                .base_delay_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(d.base_delay),
+            max_delay: self
+                .max_delay_ms
+                .map(std::time::Duration::from_millis)
+                .unwrap_or(d.max_delay),
+            budget: self
+                .budget_seconds
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.budget),
+        }
+    }
 }
 
 /// Only the `plugins:` list, read before the rest (plugins bring transports
@@ -189,6 +231,8 @@ pub struct Definition {
     pub plugins: Vec<PathBuf>,
     /// `jobs:`: images (and blobs per image) worked on at once.
     pub jobs: Option<usize>,
+    /// `retry:`: retry settings.
+    pub retry: RetrySettings,
 }
 
 impl Definition {
@@ -399,6 +443,7 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
         pipeline,
         plugins: model.plugins.iter().map(|p| base.join(p)).collect(),
         jobs: model.jobs,
+        retry: model.retry.unwrap_or_default(),
     })
 }
 

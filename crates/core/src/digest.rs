@@ -211,12 +211,19 @@ impl ContentMismatch {
 /// Wraps a byte stream and fails it — before its end is reported — when the bytes
 /// do not hash to `expected` or do not add up to `size`. A consumer that commits
 /// content only after the stream ends cleanly therefore never commits wrong bytes.
+///
+/// When the size is known, the digest is checked as the last byte arrives and a
+/// mismatch replaces the last chunk: a consumer that stops reading at the
+/// announced length (an HTTP body with `Content-Length`) never even sends the
+/// complete wrong content.
 pub struct VerifyingStream {
     inner: ByteStream,
     verifier: Option<Verifier>,
     expected: Digest,
     size: Option<u64>,
     seen: u64,
+    /// The digest was checked with the last byte of `size`.
+    done_early: bool,
 }
 
 impl VerifyingStream {
@@ -227,6 +234,7 @@ impl VerifyingStream {
             expected,
             size,
             seen: 0,
+            done_early: false,
         }
     }
 
@@ -244,6 +252,33 @@ impl Stream for VerifyingStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.done_early {
+            // Verified; anything more than `size` is still an error.
+            return match this.inner.as_mut().poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done_early = false;
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Ok(chunk))) if chunk.is_empty() => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.done_early = false;
+                    let m = ContentMismatch::Size {
+                        digest: this.expected.clone(),
+                        expected: this.size.unwrap_or(0),
+                        actual: this.seen + chunk.len() as u64,
+                    };
+                    this.mismatch(m)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done_early = false;
+                    Poll::Ready(Some(Err(e)))
+                }
+            };
+        }
         if this.verifier.is_none() {
             return Poll::Ready(None);
         }
@@ -263,6 +298,17 @@ impl Stream for VerifyingStream {
                 }
                 if let Some(v) = this.verifier.as_mut() {
                     v.update(&chunk);
+                }
+                if this.size == Some(this.seen) {
+                    let actual = this.verifier.take().expect("checked above").finish();
+                    if actual != this.expected {
+                        let m = ContentMismatch::Digest {
+                            expected: this.expected.clone(),
+                            actual,
+                        };
+                        return this.mismatch(m);
+                    }
+                    this.done_early = true;
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
@@ -364,6 +410,22 @@ mod tests {
             Some(ContentMismatch::Digest { expected, .. }) => assert_eq!(expected, &d),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_mismatch_replaces_the_last_chunk() {
+        // A consumer that stops at the announced length never gets all the bytes.
+        let d = Digest::sha256_of(b"hello world");
+        let mut s = VerifyingStream::new(stream_of(&[b"hello ", b"WORLD"]), d, Some(11));
+        assert_eq!(
+            s.next().await.unwrap().unwrap(),
+            Bytes::from_static(b"hello ")
+        );
+        let err = s.next().await.unwrap().unwrap_err();
+        assert!(matches!(
+            ContentMismatch::from_io(&err),
+            Some(ContentMismatch::Digest { .. })
+        ));
     }
 
     #[tokio::test]
