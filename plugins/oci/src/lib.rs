@@ -82,6 +82,37 @@ impl OciRegistry {
                 insecure.insert(endpoint);
             }
         }
+        // One client per distinct setup in the process: the source and the
+        // sink of a run share connections, tokens and the (costly) loading of
+        // the system's root certificates.
+        let credentials = match &cx.target_credentials {
+            None => String::new(),
+            Some(Credentials::Basic { username, password }) => {
+                Digest::sha256_of(format!("basic\0{username}\0{}", password.expose()).as_bytes())
+                    .to_string()
+            }
+            Some(Credentials::Bearer { token }) => {
+                Digest::sha256_of(format!("bearer\0{}", token.expose()).as_bytes()).to_string()
+            }
+        };
+        let key = format!(
+            "{insecure:?}|{}|{:?}|{credentials}|{:?}",
+            config.monolithic_push,
+            cx.target_registry,
+            cx.ca_certificates
+                .iter()
+                .map(|(_, pem)| Digest::sha256_of(pem).to_string())
+                .collect::<Vec<_>>()
+        );
+        static CLIENTS: std::sync::Mutex<Vec<(String, Client)>> = std::sync::Mutex::new(Vec::new());
+        let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
+            return Ok(OciRegistry {
+                client: client.clone(),
+                cx: cx.clone(),
+                open: Default::default(),
+            });
+        }
         let client_config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.into_iter().collect()),
             use_monolithic_push: config.monolithic_push,
@@ -107,6 +138,7 @@ impl OciRegistry {
                 files.join(", ")
             )
         })?;
+        clients.push((key, client.clone()));
         Ok(OciRegistry {
             client,
             cx: cx.clone(),
