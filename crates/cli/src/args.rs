@@ -30,7 +30,7 @@ pub struct Args {
         long,
         env = "SYNCER_IMAGES_FILE",
         value_name = "PATH",
-        required_unless_present = "list_stages"
+        required_unless_present_any = ["list_stages", "completions", "man"]
     )]
     pub images_file: Option<PathBuf>,
 
@@ -103,6 +103,14 @@ pub struct Args {
     #[arg(long = "plugin", value_name = "PATH")]
     pub plugins: Vec<PathBuf>,
 
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) and exit
+    #[arg(long, value_name = "SHELL")]
+    pub completions: Option<clap_complete::Shell>,
+
+    /// Print the man page (roff) and exit
+    #[arg(long)]
+    pub man: bool,
+
     /// List the stage plugins this binary knows (kind, name, description, example config) and exit
     #[arg(long)]
     pub list_stages: bool,
@@ -132,6 +140,24 @@ pub fn parse() -> Args {
     Args::parse()
 }
 
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Args::command(), "image-syncer", &mut out);
+    out
+}
+
+/// The man page, generated from the same definition as `--help`.
+pub fn man_page() -> Vec<u8> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Args::command())
+        .render(&mut out)
+        .expect("rendering into memory");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +170,27 @@ mod tests {
             .render_long_help()
             .to_string();
         insta::assert_snapshot!(help);
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_same_flags() {
+        let bash = String::from_utf8(completions(clap_complete::Shell::Bash)).unwrap();
+        for flag in [
+            "--images-file",
+            "--target-repo-auth-key",
+            "--kms-key",
+            "--key-ref",
+            "--shard",
+        ] {
+            assert!(bash.contains(flag), "bash completion lacks {flag}");
+        }
+        let zsh = String::from_utf8(completions(clap_complete::Shell::Zsh)).unwrap();
+        assert!(zsh.starts_with("#compdef image-syncer"), "{}", &zsh[..40]);
+        let man = String::from_utf8(man_page()).unwrap();
+        assert!(man.contains(".TH image-syncer"), "{}", &man[..200]);
+        for text in ["\\-\\-images\\-file", "\\-\\-kms\\-key", "Exit codes"] {
+            assert!(man.contains(text), "man page lacks {text}");
+        }
     }
 
     #[test]

@@ -146,6 +146,15 @@ async fn watch_signals(interrupt: Arc<AtomicBool>) {
 }
 
 pub fn run(args: Args) -> Exit {
+    use std::io::Write as _;
+    if let Some(shell) = args.completions {
+        let _ = std::io::stdout().write_all(&crate::args::completions(shell));
+        return Exit::Ok;
+    }
+    if args.man {
+        let _ = std::io::stdout().write_all(&crate::args::man_page());
+        return Exit::Ok;
+    }
     init_logging(args.debug);
     let registry = match StageRegistry::builtin() {
         Ok(r) => r,
