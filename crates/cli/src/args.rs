@@ -30,7 +30,7 @@ pub struct Args {
         long,
         env = "SYNCER_IMAGES_FILE",
         value_name = "PATH",
-        required_unless_present_any = ["list_stages", "completions", "man"]
+        required_unless_present_any = ["list_stages", "completions", "man", "print_schema"]
     )]
     pub images_file: Option<PathBuf>,
 
@@ -106,6 +106,10 @@ pub struct Args {
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish) and exit
     #[arg(long, value_name = "SHELL")]
     pub completions: Option<clap_complete::Shell>,
+
+    /// Print the JSON Schema of the definition file (for editors) and exit
+    #[arg(long)]
+    pub print_schema: bool,
 
     /// Print the man page (roff) and exit
     #[arg(long)]

@@ -151,6 +151,10 @@ pub fn run(args: Args) -> Exit {
         let _ = std::io::stdout().write_all(&crate::args::completions(shell));
         return Exit::Ok;
     }
+    if args.print_schema {
+        print!("{}", definition::json_schema());
+        return Exit::Ok;
+    }
     if args.man {
         let _ = std::io::stdout().write_all(&crate::args::man_page());
         return Exit::Ok;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::reference::ImageRef;
 
 /// Per-registry settings, keyed by the registry host as written in references.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegistrySettings {
     /// Connect to this `host[:port]` instead; repository names are unchanged.
@@ -21,27 +21,39 @@ pub struct RegistrySettings {
     pub insecure: Option<bool>,
 }
 
-#[derive(Deserialize)]
+/// An image-syncer definition file (`--images-file`).
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "image-syncer definition")]
 struct FileModel {
+    /// Prepended to each source's repository path to name its target, for example
+    /// `eu.gcr.io/kyma-project/external/`; `oci:DIR/` writes OCI image layouts.
     target_repo_prefix: String,
+    /// Sign every image unless the image says otherwise (default false).
     #[serde(default)]
     sign: Option<bool>,
+    /// The images to sync.
     images: Vec<ImageModel>,
+    /// Per-registry settings, keyed by the host as written in references.
     #[serde(default)]
     registries: BTreeMap<String, RegistrySettings>,
+    /// The plugin of each stage and its settings; absent = the default pipeline.
     #[serde(default)]
     pipeline: Option<PipelineModel>,
+    /// Plugin libraries to load, relative to this file.
     #[serde(default)]
     plugins: Vec<String>,
+    /// Images (and blobs of an image) worked on at once (default 4; `--jobs` wins).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     jobs: Option<usize>,
+    /// How transient registry failures are retried.
     #[serde(default)]
     retry: Option<RetrySettings>,
 }
 
 /// `retry:`: how transient registry failures are retried.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetrySettings {
     /// Retries after the first try (default 3; `--retries` wins).
@@ -104,28 +116,37 @@ pub fn plugin_list(path: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-#[derive(Deserialize)]
+/// The plugin of each stage and its settings.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PipelineModel {
+    /// Default: chosen per reference by transport.
     #[serde(default)]
     source: Option<StageModel>,
+    /// Default: `[retag]`.
     #[serde(default)]
     transforms: Option<Vec<StageModel>>,
+    /// Default: `[immutable]`.
     #[serde(default)]
     guards: Option<Vec<StageModel>>,
+    /// Default: chosen per target by transport.
     #[serde(default)]
     sink: Option<StageModel>,
+    /// Default: `cosign`.
     #[serde(default)]
     signer: Option<StageModel>,
 }
 
 /// `{ plugin: NAME, config: {...} }`: the config stays nested under `config`
 /// and is typed by the plugin.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct StageModel {
+    /// The plugin's name (`image-syncer --list-stages`).
     plugin: String,
+    /// The plugin's settings, checked by the plugin.
     #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     config: serde_yaml::Value,
 }
 
@@ -176,20 +197,25 @@ impl Default for PipelineSpec {
     }
 }
 
-#[derive(Deserialize)]
+/// One image to sync.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ImageModel {
+    /// The source reference (`busybox:1.36`, `gcr.io/x/y@sha256:…`, `oci:DIR[:TAG]`).
     source: String,
+    /// The target tag; required when the source is pinned by digest.
     #[serde(default)]
     tag: Option<String>,
+    /// Sign this image (wins over the global `sign`).
     #[serde(default)]
     sign: Option<bool>,
+    /// This image's own sink or signer.
     #[serde(default)]
     pipeline: Option<ImagePipelineModel>,
 }
 
 /// Per-image stage choices: the stages whose settings naturally differ by image.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ImagePipelineModel {
     #[serde(default)]
@@ -513,6 +539,15 @@ fn pipeline_spec(
     Ok(spec)
 }
 
+/// The JSON Schema of the definition file, generated from the types above
+/// (shipped as `docs/definition.schema.json`).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(FileModel);
+    let mut text = serde_json::to_string_pretty(&schema).expect("the schema serializes");
+    text.push('\n');
+    text
+}
+
 /// Parses a plugin's YAML config text (for example a plugin's example config).
 pub fn parse_config_yaml(text: &str) -> Result<serde_json::Value, String> {
     if text.trim().is_empty() {
@@ -558,6 +593,15 @@ mod tests {
         parse(text, Path::new("images.yaml"), &["oci"])
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn the_shipped_schema_is_current() {
+        let shipped = include_str!("../../../docs/definition.schema.json");
+        assert!(
+            shipped == json_schema(),
+            "docs/definition.schema.json is stale: run `image-syncer --print-schema > docs/definition.schema.json`"
+        );
     }
 
     #[test]
