@@ -28,6 +28,8 @@ fn bad_inputs_exit_2_with_clear_messages() {
         ("pipeline-flattened-config.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  sink:\n    plugin: oci\n    monolithicPush: true\n"),
         ("pipeline-wrong-kind.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  transforms:\n  - plugin: immutable\n"),
         ("pipeline-unknown-stage.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\npipeline:\n  filters: []\n"),
+        ("bad-platform.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\n  platforms: [amd64]\n"),
+        ("amd64only-and-platforms.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages:\n- source: a:1\n  amd64Only: true\n  platforms: [linux/arm64]\n"),
         ("bad-retry.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages: []\nretry:\n  attempts: 3\n"),
         ("bad-registry.yaml", "targetRepoPrefix: 127.0.0.1:9/x/\nimages: []\nregistries:\n  docker.io:\n    insecure: \"very\"\n"),
     ];

@@ -599,3 +599,86 @@ fn a_key_file_readable_by_others_is_warned_about() {
         r.stderr
     );
 }
+
+#[test]
+fn platform_filters_and_kyma_amd64_only() {
+    let p = Pair::new();
+    let idx = fixtures::index("plat", &["linux/amd64", "linux/arm64", "linux/s390x"]);
+    let single = fixtures::image("plat-single", 1, 100);
+    block_on(async {
+        p.source.push("team/multi:1", &idx).await;
+        p.source.push("team/multi:2", &idx).await;
+        p.source.push("library/busybox:1", &single).await;
+    });
+    // kyma's definition format: `amd64Only: true` per image.
+    let images = "- source: team/multi:1\n  amd64Only: true\n- source: team/multi:2\n  platforms: [linux/amd64, linux/arm64]\n- source: busybox:1\n  amd64Only: true\n";
+    let r = p.sync(images, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    block_on(async {
+        // One platform asked for: the tag holds that platform's manifest itself.
+        assert_eq!(
+            p.target.digest("mirror/team/multi:1").await,
+            Some(idx.children[0].digest.to_string())
+        );
+        // Several: a new index with exactly those children, all present.
+        let m: serde_json::Value =
+            serde_json::from_slice(&p.target.manifest("mirror/team/multi:2").await.unwrap())
+                .unwrap();
+        let archs: Vec<&str> = m["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["platform"]["architecture"].as_str().unwrap())
+            .collect();
+        assert_eq!(archs, vec!["amd64", "arm64"]);
+        for child in &idx.children[..2] {
+            assert!(p
+                .target
+                .digest(&format!("mirror/team/multi@{}", child.digest))
+                .await
+                .is_some());
+        }
+        assert_eq!(
+            p.target
+                .digest(&format!("mirror/team/multi@{}", idx.children[2].digest))
+                .await,
+            None,
+            "a filtered-out platform was copied"
+        );
+        // A single-platform image is copied as it is.
+        assert_eq!(
+            p.target.digest("mirror/library/busybox:1").await,
+            Some(single.digest.to_string())
+        );
+    });
+    // The filtered results are deterministic: a second run is in sync and writes nothing.
+    let before = p.target.storage_snapshot();
+    let r = p.sync(images, &[]);
+    assert_eq!(
+        r.stdout.matches("  already in sync  ").count(),
+        3,
+        "{}",
+        r.stdout
+    );
+    assert_eq!(p.target.storage_snapshot(), before);
+    // A changed source still stops the run, through the filter.
+    block_on(p.source.push(
+        "team/multi:1",
+        &fixtures::index("plat-v2", &["linux/amd64", "linux/arm64"]),
+    ));
+    let r = p.sync(images, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(p.target.storage_snapshot(), before);
+    // A platform the index lacks is a clear failure of that image.
+    let r = p.sync(
+        "- source: team/multi:2\n  platforms: [windows/amd64]\n",
+        &[],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("none of the platforms asked for (windows/amd64)"),
+        "{}",
+        r.stdout
+    );
+}

@@ -50,10 +50,16 @@ struct FileModel {
     /// How transient registry failures are retried.
     #[serde(default)]
     retry: Option<RetrySettings>,
+    /// Copy only these platforms of multi-platform images (`os/arch[/variant]`),
+    /// unless an image says otherwise.
+    #[serde(default)]
+    platforms: Option<Vec<String>>,
 }
 
 /// `retry:`: how transient registry failures are retried.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetrySettings {
     /// Retries after the first try (default 3; `--retries` wins).
@@ -212,6 +218,12 @@ struct ImageModel {
     /// This image's own sink or signer.
     #[serde(default)]
     pipeline: Option<ImagePipelineModel>,
+    /// Copy only these platforms of a multi-platform image (`os/arch[/variant]`).
+    #[serde(default)]
+    platforms: Option<Vec<String>>,
+    /// The original tool's shorthand for `platforms: [linux/amd64]`.
+    #[serde(default)]
+    amd64_only: Option<bool>,
 }
 
 /// Per-image stage choices: the stages whose settings naturally differ by image.
@@ -242,6 +254,8 @@ pub struct ImageSpec {
     pub sink: Option<StageSpec>,
     /// This image's own signer (`images[].pipeline.signer`), over the pipeline's.
     pub signer: Option<StageSpec>,
+    /// Platforms to keep of a multi-platform image (`os/arch[/variant]`); empty = all.
+    pub platforms: Vec<String>,
 }
 
 /// A parsed and validated definition.
@@ -442,6 +456,23 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
                 (one(p.sink, "sink")?, one(p.signer, "signer")?)
             }
         };
+        let platforms = match (m.amd64_only, &m.platforms) {
+            (Some(true), Some(_)) => {
+                return Err(invalid(
+                    "`amd64Only` and `platforms` cannot both be given; use `platforms`".into(),
+                ))
+            }
+            (Some(true), None) => vec!["linux/amd64".to_string()],
+            (_, Some(p)) => p.clone(),
+            (_, None) => model.platforms.clone().unwrap_or_default(),
+        };
+        for p in &platforms {
+            if !is_platform(p) {
+                return Err(invalid(format!(
+                    "platform `{p}` is not `os/arch` or `os/arch/variant` (for example `linux/arm64/v8`)"
+                )));
+            }
+        }
         images.push(ImageSpec {
             index,
             line,
@@ -451,6 +482,7 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             target_prefix: model.target_repo_prefix.clone(),
             sink,
             signer,
+            platforms,
         });
     }
     let pipeline = match model.pipeline {
@@ -567,6 +599,17 @@ fn strip_location(msg: &str) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
     }
+}
+
+fn is_platform(p: &str) -> bool {
+    let parts: Vec<&str> = p.split('/').collect();
+    (parts.len() == 2 || parts.len() == 3)
+        && parts.iter().all(|x| {
+            !x.is_empty()
+                && x.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' || c == '.'
+                })
+        })
 }
 
 fn is_host(s: &str) -> bool {

@@ -191,6 +191,72 @@ impl RawManifest {
     }
 }
 
+/// What a platform filter makes of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Filtered {
+    /// Not an index, or nothing to filter: copied as it is.
+    Unchanged,
+    /// One platform asked for and present: that child manifest is the image.
+    Single(Descriptor),
+    /// A new index holding only the matching children (other fields kept).
+    Index(RawManifest),
+}
+
+/// Whether a descriptor's platform is `os/arch[/variant]`.
+fn platform_matches(d: &Descriptor, wanted: &str) -> bool {
+    let Some(p) = &d.platform else { return false };
+    let mut parts = wanted.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    Some(p.os.as_str()) == os
+        && Some(p.architecture.as_str()) == arch
+        && variant.is_none_or(|v| p.variant.as_deref() == Some(v))
+}
+
+/// Keeps only `platforms` of an index. The new index is serialized
+/// deterministically (same input, same bytes, same digest), so that a later
+/// run computes the same digest and the immutability guard can compare it.
+pub fn filter_platforms(m: &RawManifest, platforms: &[String]) -> Result<Filtered, String> {
+    if platforms.is_empty() || !m.is_index() {
+        return Ok(Filtered::Unchanged);
+    }
+    let Manifest::Index { manifests } = m.parse().map_err(|e| e.to_string())? else {
+        return Ok(Filtered::Unchanged);
+    };
+    let keep: Vec<&Descriptor> = manifests
+        .iter()
+        .filter(|d| platforms.iter().any(|p| platform_matches(d, p)))
+        .collect();
+    if keep.is_empty() {
+        let available: Vec<String> = manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .collect();
+        return Err(format!(
+            "the index has none of the platforms asked for ({}); it has: {}",
+            platforms.join(", "),
+            available.join(", ")
+        ));
+    }
+    if platforms.len() == 1 && keep.len() == 1 {
+        return Ok(Filtered::Single(keep[0].clone()));
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&m.bytes).map_err(|e| e.to_string())?;
+    let digests: Vec<String> = keep.iter().map(|d| d.digest.to_string()).collect();
+    if let Some(list) = value.get_mut("manifests").and_then(|l| l.as_array_mut()) {
+        list.retain(|entry| {
+            entry
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| digests.iter().any(|k| k == d))
+        });
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&value).map_err(|e| e.to_string())?);
+    RawManifest::new(Some(&m.media_type), bytes, None)
+        .map(Filtered::Index)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +284,50 @@ mod tests {
         let err = RawManifest::new(None, Bytes::from_static(br#"{"schemaVersion":1}"#), None)
             .unwrap_err();
         assert_eq!(err, ManifestError::Schema1);
+    }
+
+    fn index_of(platforms: &[(&str, &str, Option<&str>)]) -> RawManifest {
+        let manifests: Vec<serde_json::Value> = platforms
+            .iter()
+            .enumerate()
+            .map(|(i, (os, arch, variant))| {
+                let mut p = serde_json::json!({"os": os, "architecture": arch});
+                if let Some(v) = variant {
+                    p["variant"] = serde_json::json!(v);
+                }
+                serde_json::json!({"mediaType": OCI_MANIFEST, "digest": Digest::sha256_of(&[i as u8]).to_string(), "size": 1, "platform": p})
+            })
+            .collect();
+        let v = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests, "annotations": {"keep": "me"}});
+        RawManifest::new(None, Bytes::from(serde_json::to_vec(&v).unwrap()), None).unwrap()
+    }
+
+    #[test]
+    fn platform_filters() {
+        let idx = index_of(&[
+            ("linux", "amd64", None),
+            ("linux", "arm64", Some("v8")),
+            ("linux", "s390x", None),
+        ]);
+        let want = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(filter_platforms(&idx, &[]).unwrap(), Filtered::Unchanged);
+        match filter_platforms(&idx, &want(&["linux/amd64"])).unwrap() {
+            Filtered::Single(d) => assert_eq!(d.platform.unwrap().architecture, "amd64"),
+            other => panic!("{other:?}"),
+        }
+        let two = filter_platforms(&idx, &want(&["linux/amd64", "linux/arm64/v8"])).unwrap();
+        let Filtered::Index(m) = two else {
+            panic!("{two:?}")
+        };
+        let Manifest::Index { manifests } = m.parse().unwrap() else {
+            panic!()
+        };
+        assert_eq!(manifests.len(), 2);
+        assert!(String::from_utf8_lossy(&m.bytes).contains("\"keep\":\"me\""));
+        // Deterministic: the same filter gives the same digest.
+        let again = filter_platforms(&idx, &want(&["linux/amd64", "linux/arm64/v8"])).unwrap();
+        assert_eq!(again, Filtered::Index(m));
+        let err = filter_platforms(&idx, &want(&["windows/amd64"])).unwrap_err();
+        insta::assert_snapshot!(err);
     }
 }

@@ -517,11 +517,21 @@ impl Prepared {
                 manifest: None,
             }
         };
+        // With a platform filter the target gets a manifest of our making: its
+        // digest (deterministic for a given source) is what the guard compares.
+        let mut filtered: Option<RawManifest> = None;
+        if !item.spec.platforms.is_empty() {
+            match self.filtered(item).await {
+                Ok(m) => filtered = Some(m),
+                Err(e) => return fail(report, e, "source"),
+            }
+        }
         // Warm path: the source digest (HEAD, or the pinned digest) and the
         // target's (HEAD) decide; the manifest is fetched only when needed.
-        let source_digest = match item.spec.source.digest() {
-            Some(d) => d.clone(),
-            None => match self
+        let source_digest = match (&filtered, item.spec.source.digest()) {
+            (Some(m), _) => m.digest.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => match self
                 .retry
                 .run("source digest", || item.source.digest(&item.spec.source))
                 .await
@@ -573,6 +583,12 @@ impl Prepared {
                 manifest: None,
             };
         }
+        if let Some(m) = filtered {
+            return Planned {
+                report,
+                manifest: Some(m),
+            };
+        }
         let manifest = match self
             .retry
             .run("source manifest", || item.source.resolve(&item.spec.source))
@@ -588,6 +604,32 @@ impl Prepared {
         Planned {
             report,
             manifest: Some(manifest),
+        }
+    }
+
+    /// The manifest a platform filter makes of the source: the source's own
+    /// when there is nothing to filter, the one child asked for, or a new index.
+    async fn filtered(&self, item: &Item) -> Result<RawManifest, StageError> {
+        let source = self
+            .retry
+            .run("source manifest", || item.source.resolve(&item.spec.source))
+            .await?;
+        check_manifest(&source, item.spec.source.digest())?;
+        match crate::manifest::filter_platforms(&source, &item.spec.platforms)
+            .map_err(|e| StageError::invalid(format!("{}: {e}", item.spec.source)))?
+        {
+            crate::manifest::Filtered::Unchanged => Ok(source),
+            crate::manifest::Filtered::Index(m) => Ok(m),
+            crate::manifest::Filtered::Single(child) => {
+                let m = self
+                    .retry
+                    .run("child manifest", || {
+                        item.source.fetch_manifest(&item.spec.source, &child)
+                    })
+                    .await?;
+                check_manifest(&m, Some(&child.digest))?;
+                Ok(m)
+            }
         }
     }
 

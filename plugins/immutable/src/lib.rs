@@ -78,6 +78,7 @@ mod tests {
             target_prefix: "r.io/m/".into(),
             sink: None,
             signer: None,
+            platforms: vec![],
         };
         let target = ImageRef::parse("r.io/m/library/busybox:1.36").unwrap();
         let a = Digest::sha256_of(b"a");

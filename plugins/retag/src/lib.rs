@@ -112,6 +112,7 @@ mod tests {
             target_prefix: prefix.to_string(),
             sink: None,
             signer: None,
+            platforms: vec![],
         };
         match Retag::new(vec!["oci".into()]).apply(TransformInput {
             spec: &spec,
