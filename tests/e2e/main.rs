@@ -3,6 +3,7 @@
 
 mod support;
 
+mod credentials;
 mod examples;
 mod faults;
 mod inputs;

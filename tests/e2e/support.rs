@@ -31,6 +31,8 @@ pub fn command() -> Command {
             || k == "RUST_LOG"
             || k == "JOB_COMPLETION_INDEX"
             || k == "SSL_CERT_FILE"
+            || k == "DOCKER_CONFIG"
+            || k == "REGISTRY_AUTH_FILE"
             || k == "SSL_CERT_DIR"
         {
             c.env_remove(k);

@@ -43,6 +43,16 @@ pub struct Args {
     )]
     pub target_repo_auth_key: Option<PathBuf>,
 
+    /// Bearer token for the target registry (instead of a key file)
+    #[arg(
+        long,
+        env = "SYNCER_ACCESS_TOKEN",
+        value_name = "TOKEN",
+        conflicts_with = "target_repo_auth_key",
+        hide_env_values = true
+    )]
+    pub access_token: Option<String>,
+
     /// Read-only: compute and print the plan, write nothing anywhere
     #[arg(long, env = "SYNCER_DRY_RUN", value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = parse_bool)]
     pub dry_run: bool,

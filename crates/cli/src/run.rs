@@ -189,12 +189,15 @@ pub fn run(args: Args) -> Exit {
         Ok(d) => d,
         Err(e) => return input_error(e),
     };
-    let credentials = match &args.target_repo_auth_key {
-        Some(p) => match read_key_file(p) {
+    let credentials = match (&args.target_repo_auth_key, &args.access_token) {
+        (Some(p), _) => match read_key_file(p) {
             Ok(c) => Some(c),
             Err(e) => return input_error(e),
         },
-        None => None,
+        (None, Some(token)) => Some(Credentials::Bearer {
+            token: Secret::new(token.clone()),
+        }),
+        (None, None) => None,
     };
     let target_registry = image_syncer_core::reference::ImageRef::parse_with_transports(
         &format!("{}x:1", def.target_repo_prefix),

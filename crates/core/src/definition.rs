@@ -19,6 +19,18 @@ pub struct RegistrySettings {
     /// Reach the registry over plain HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure: Option<bool>,
+    /// User name for this registry (with `passwordEnv` or `passwordFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Environment variable holding the password (never the password itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File holding the password (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Environment variable holding a bearer token (instead of user and password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 /// An image-syncer definition file (`--images-file`).

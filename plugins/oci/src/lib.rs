@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use image_syncer_core::async_trait;
-use image_syncer_core::context::{Credentials, StageContext};
+use image_syncer_core::context::{Credentials, Secret, StageContext};
 use image_syncer_core::digest::{ByteStream, ContentMismatch, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest, ACCEPTED_MANIFEST_TYPES};
 use image_syncer_core::reference::ImageRef;
@@ -62,6 +62,10 @@ impl Default for OciConfig {
 pub struct OciRegistry {
     client: Client,
     cx: StageContext,
+    /// Credentials from the definition's `registries:` (read from env or file).
+    configured: std::collections::HashMap<String, Credentials>,
+    /// Credentials found in Docker's or containers' config, per registry.
+    discovered: std::sync::Mutex<std::collections::HashMap<String, RegistryAuth>>,
     /// Registries (as connected to) that answered `/v2/` without a challenge.
     open: std::sync::Mutex<std::collections::HashMap<String, bool>>,
 }
@@ -110,6 +114,8 @@ impl OciRegistry {
             return Ok(OciRegistry {
                 client: client.clone(),
                 cx: cx.clone(),
+                configured: configured_credentials(cx)?,
+                discovered: Default::default(),
                 open: Default::default(),
             });
         }
@@ -142,20 +148,30 @@ impl OciRegistry {
         Ok(OciRegistry {
             client,
             cx: cx.clone(),
+            configured: configured_credentials(cx)?,
+            discovered: Default::default(),
             open: Default::default(),
         })
     }
 
+    /// The credentials for `registry`, in this order: the target key file or
+    /// token (for the target registry), the definition's `registries:` entry,
+    /// Docker's `config.json` (`auths`, `credHelpers`, `credsStore`, running
+    /// `docker-credential-<name>`) or containers' `auth.json`, else anonymous.
     fn auth_for(&self, registry: &str) -> RegistryAuth {
-        match (&self.cx.target_registry, &self.cx.target_credentials) {
-            (Some(t), Some(c)) if t == registry => match c {
-                Credentials::Basic { username, password } => {
-                    RegistryAuth::Basic(username.clone(), password.expose().to_string())
-                }
-                Credentials::Bearer { token } => RegistryAuth::Bearer(token.expose().to_string()),
-            },
-            _ => RegistryAuth::Anonymous,
+        if let (Some(t), Some(c)) = (&self.cx.target_registry, &self.cx.target_credentials) {
+            if t == registry {
+                return to_auth(c);
+            }
         }
+        if let Some(c) = self.configured.get(registry) {
+            return to_auth(c);
+        }
+        let mut found = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+        found
+            .entry(registry.to_string())
+            .or_insert_with(|| docker_config_auth(registry))
+            .clone()
     }
 
     /// The oci-client reference for `r` (tag or digest as given), connected
@@ -299,6 +315,87 @@ impl OciRegistry {
             })
         })))
     }
+}
+
+fn to_auth(c: &Credentials) -> RegistryAuth {
+    match c {
+        Credentials::Basic { username, password } => {
+            RegistryAuth::Basic(username.clone(), password.expose().to_string())
+        }
+        Credentials::Bearer { token } => RegistryAuth::Bearer(token.expose().to_string()),
+    }
+}
+
+/// Reads the credentials the definition names (from env or files). A setting
+/// that cannot be read is an input error, naming the registry.
+fn configured_credentials(
+    cx: &StageContext,
+) -> Result<std::collections::HashMap<String, Credentials>, String> {
+    let mut out = std::collections::HashMap::new();
+    for (host, s) in &cx.registries {
+        let env = |var: &str| {
+            std::env::var(var).map_err(|_| {
+                format!("registries.{host}: the environment variable {var} is not set")
+            })
+        };
+        let credentials = match (&s.username, &s.password_env, &s.password_file, &s.token_env) {
+            (None, None, None, None) => continue,
+            (None, None, None, Some(var)) => Credentials::Bearer {
+                token: Secret::new(env(var)?),
+            },
+            (Some(user), Some(var), None, None) => Credentials::Basic {
+                username: user.clone(),
+                password: Secret::new(env(var)?),
+            },
+            (Some(user), None, Some(file), None) => {
+                let path = cx.resolve_path(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!("registries.{host}: cannot read passwordFile {}: {e}", path.display())
+                })?;
+                Credentials::Basic {
+                    username: user.clone(),
+                    password: Secret::new(text.trim_end_matches(['\n', '\r'])),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "registries.{host}: give `username` with one of `passwordEnv`/`passwordFile`, or `tokenEnv` alone"
+                ))
+            }
+        };
+        let (endpoint, _) = cx.endpoint_for(host);
+        out.insert(host.clone(), credentials.clone());
+        out.entry(endpoint).or_insert(credentials);
+    }
+    Ok(out)
+}
+
+/// Docker's `config.json` (`DOCKER_CONFIG`, else `~/.docker`), then
+/// containers' `auth.json` (`REGISTRY_AUTH_FILE`, ...), through the
+/// `docker_credential` crate; anonymous when neither has the registry.
+fn docker_config_auth(registry: &str) -> RegistryAuth {
+    use docker_credential::DockerCredential;
+    let mut servers = vec![registry.to_string()];
+    if image_syncer_core::reference::is_docker_hub(registry) {
+        servers.push("https://index.docker.io/v1/".into());
+    }
+    for server in &servers {
+        for found in [
+            docker_credential::get_credential(server),
+            docker_credential::get_podman_credential(server),
+        ] {
+            match found {
+                Ok(DockerCredential::UsernamePassword(u, p)) => return RegistryAuth::Basic(u, p),
+                Ok(DockerCredential::IdentityToken(_)) => {
+                    // An OAuth refresh token, not a registry credential.
+                    tracing::warn!(%registry, "config.json holds an identity token for this registry; identity tokens are not supported, reading anonymously");
+                    return RegistryAuth::Anonymous;
+                }
+                Err(e) => debug!(%registry, error = %e, "no stored credential"),
+            }
+        }
+    }
+    RegistryAuth::Anonymous
 }
 
 fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
