@@ -682,3 +682,28 @@ fn platform_filters_and_kyma_amd64_only() {
         r.stdout
     );
 }
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let p = Pair::new();
+    populate(&p);
+    let def = p.definition(THREE);
+    let host = p.target.host();
+    let bin = env!("CARGO_BIN_EXE_image-syncer");
+    // `script` gives the command a terminal.
+    let out = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{bin} -i {def} --insecure-registry {host}"),
+            "/dev/null",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("script (util-linux) runs");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("[3/3 images] 3 to copy"), "{tty}");
+    assert!(tty.contains("MiB copied"), "{tty}");
+    // Not a terminal: no progress line, only the summary.
+    let r = p.sync(THREE, &[]);
+    assert!(!r.all().contains("images]"), "{}", r.all());
+}

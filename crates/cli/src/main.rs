@@ -2,6 +2,7 @@
 
 mod args;
 mod builtins;
+mod progress;
 mod run;
 
 use std::process::ExitCode;

@@ -279,9 +279,18 @@ pub fn run(args: Args) -> Exit {
         }
     };
     let interrupt = Arc::new(AtomicBool::new(false));
-    let prepared = prepared.with_interrupt(interrupt.clone());
+    let mut prepared = prepared.with_interrupt(interrupt.clone());
+    // A live line on a terminal; nothing extra when stderr is a file or pipe.
+    let display = (std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.debug)
+        .then(|| Arc::new(crate::progress::TtyProgress::new()));
+    if let Some(d) = &display {
+        prepared = prepared.with_progress(d.clone());
+    }
     runtime.spawn(watch_signals(interrupt));
     let report = runtime.block_on(prepared.run());
+    if let Some(d) = &display {
+        d.clear();
+    }
     if args.output == "json" {
         println!("{}", report.to_json());
     } else {

@@ -111,6 +111,7 @@ pub struct Prepared {
     jobs: usize,
     retry: RetryPolicy,
     interrupt: Arc<AtomicBool>,
+    progress: Arc<dyn crate::report::Progress>,
 }
 
 /// The default number of images (and of blobs per image) worked on at once.
@@ -338,6 +339,7 @@ impl Orchestrator {
             jobs: DEFAULT_JOBS,
             retry: RetryPolicy::default(),
             interrupt: Arc::default(),
+            progress: Arc::new(crate::report::NoProgress),
         })
     }
 }
@@ -362,6 +364,12 @@ impl Prepared {
 
     /// A flag that, once set (on SIGINT/SIGTERM), stops new work: no image
     /// or write starts after it; writes in flight complete.
+    /// Reports progress to `display` as the run goes.
+    pub fn with_progress(mut self, display: Arc<dyn crate::report::Progress>) -> Prepared {
+        self.progress = display;
+        self
+    }
+
     pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Prepared {
         self.interrupt = flag;
         self
@@ -382,6 +390,13 @@ impl Prepared {
             .buffered(jobs)
             .collect()
             .await;
+        self.progress.planned(
+            planned.len(),
+            planned
+                .iter()
+                .filter(|p| p.report.action == Action::Copied)
+                .count(),
+        );
         let stop = AtomicBool::new(planned.iter().any(|p| p.report.action == Action::Stopped));
         if stop.load(Ordering::SeqCst) {
             warn!("safety stop during planning: nothing is written in this run");
@@ -408,6 +423,7 @@ impl Prepared {
         let started = std::time::Instant::now();
         let mut report = self.finish_inner(item, p, run).await;
         report.duration_ms += started.elapsed().as_millis() as u64;
+        self.progress.finished(&report);
         report
     }
 
@@ -654,6 +670,7 @@ impl Prepared {
             jobs: self.jobs,
             retry: self.retry,
             bytes: &bytes,
+            progress: self.progress.as_ref(),
         };
         copy.children(manifest).await?;
         // Last check before the tag moves: the target must still be absent or equal.
@@ -759,6 +776,7 @@ struct Copy<'a> {
     jobs: usize,
     retry: RetryPolicy,
     bytes: &'a AtomicU64,
+    progress: &'a dyn crate::report::Progress,
 }
 
 impl Copy<'_> {
@@ -884,6 +902,8 @@ impl Copy<'_> {
         let verified = VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));
         item.sink.put_blob(repo, blob, Box::pin(verified)).await?;
         self.bytes.fetch_add(blob.size, Ordering::SeqCst);
+        self.progress
+            .transferred(item.spec.index, &item.spec.source.to_string(), blob.size);
         Ok(())
     }
 }

@@ -60,6 +60,26 @@ pub struct ImageReport {
     pub message: Option<String>,
 }
 
+/// Live progress of a run, for a display. Called from the run's tasks; an
+/// implementation must be cheap and must not block.
+pub trait Progress: Send + Sync {
+    /// Planning is done: `to_copy` of `total` images will be copied.
+    fn planned(&self, total: usize, to_copy: usize);
+    /// A blob of `bytes` was transferred for image `index`.
+    fn transferred(&self, index: usize, source: &str, bytes: u64);
+    /// An image is finished.
+    fn finished(&self, image: &ImageReport);
+}
+
+/// No display.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn planned(&self, _: usize, _: usize) {}
+    fn transferred(&self, _: usize, _: &str, _: u64) {}
+    fn finished(&self, _: &ImageReport) {}
+}
+
 /// How the run ended, in exit-code order of precedence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
