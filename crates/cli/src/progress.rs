@@ -77,10 +77,12 @@ impl Progress for TtyProgress {
     }
 
     fn finished(&self, image: &ImageReport) {
-        self.done.fetch_add(1, Ordering::Relaxed);
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        // The last image always shows, however soon it comes.
+        let last = done == self.total.load(Ordering::Relaxed);
         self.draw(
             Some(&format!("{} {}", image.action.label(), image.source)),
-            false,
+            last,
         );
     }
 }
