@@ -16,6 +16,47 @@ fn keypair(dir: &Path, name: &str) -> Keys {
     Keys { key, public }
 }
 
+/// Signs `digest` by hand — payload written here, signature by `openssl
+/// dgst -sign` — and pushes a cosign signature manifest for it under
+/// `repo:sha256-<hex>.sig` with oci-client: nothing of image-syncer involved.
+fn push_openssl_signature(registry: &Registry, repo: &str, digest: &str, key: &Path, dir: &Path) {
+    let host = registry.host();
+    let payload = format!(
+        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}"
+    );
+    let payload_file = dir.join(format!("payload-{}.json", &digest[7..19]));
+    let sig_file = dir.join(format!("sig-{}.der", &digest[7..19]));
+    std::fs::write(&payload_file, &payload).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        sig_file.to_str().unwrap(),
+        payload_file.to_str().unwrap(),
+    ]);
+    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig_file).unwrap());
+    let config = b"{\"architecture\":\"\",\"os\":\"\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]},\"config\":{}}";
+    let (payload_digest, config_digest) = block_on(async {
+        (
+            registry.push_blob(repo, payload.as_bytes()).await,
+            registry.push_blob(repo, config).await,
+        )
+    });
+    let manifest = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"size\":{},\"digest\":\"{config_digest}\"}},\"layers\":[{{\"mediaType\":\"application/vnd.dev.cosign.simplesigning.v1+json\",\"size\":{},\"digest\":\"{payload_digest}\",\"annotations\":{{\"dev.cosignproject.cosign/signature\":\"{sig}\"}}}}]}}",
+        config.len(),
+        payload.len()
+    );
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    block_on(registry.push_manifest(
+        &format!("{repo}:{tag}"),
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    ));
+}
+
 struct Setup {
     source: Registry,
     target: Registry,
@@ -235,41 +276,13 @@ fn signature_made_independently_with_openssl_is_accepted() {
         0
     );
     let repo = "mirror/library/busybox";
-    let digest = s.single.digest.to_string();
-    let payload = format!(
-        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}"
+    push_openssl_signature(
+        &s.target,
+        repo,
+        &s.single.digest.to_string(),
+        &k.key,
+        s.dir.path(),
     );
-    let payload_file = s.dir.path().join("payload.json");
-    let sig_file = s.dir.path().join("sig.der");
-    std::fs::write(&payload_file, &payload).unwrap();
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        k.key.to_str().unwrap(),
-        "-out",
-        sig_file.to_str().unwrap(),
-        payload_file.to_str().unwrap(),
-    ]);
-    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig_file).unwrap());
-    let config = b"{\"architecture\":\"\",\"os\":\"\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]},\"config\":{}}";
-    let (payload_digest, config_digest) = block_on(async {
-        (
-            s.target.push_blob(repo, payload.as_bytes()).await,
-            s.target.push_blob(repo, config).await,
-        )
-    });
-    let manifest = format!(
-        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"size\":{},\"digest\":\"{config_digest}\"}},\"layers\":[{{\"mediaType\":\"application/vnd.dev.cosign.simplesigning.v1+json\",\"size\":{},\"digest\":\"{payload_digest}\",\"annotations\":{{\"dev.cosignproject.cosign/signature\":\"{sig}\"}}}}]}}",
-        config.len(),
-        payload.len()
-    );
-    let tag = format!("{}.sig", digest.replace(':', "-"));
-    block_on(s.target.push_manifest(
-        &format!("{repo}:{tag}"),
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.as_bytes(),
-    ));
     let before = s.target.storage_snapshot();
     let def = write(
         s.dir.path(),
@@ -977,4 +990,120 @@ fn an_image_overrides_the_signer_and_sink_settings() {
         .stderr
         .replace(&s.dir.path().display().to_string(), "[DIR]");
     assert!(msg.contains("[DIR]/bad.yaml:11: images[0].pipeline.signer: signer plugin `cosign`: invalid config: unknown field `recursiv`"), "{msg}");
+}
+
+/// Upstream signatures and attestations survive mirroring: carried verbatim,
+/// then our signature is appended to the carried `.sig`; upstream signatures
+/// that our key cannot verify are not a conflict, anything else still is.
+#[test]
+fn signatures_and_attestations_are_carried_along_and_ours_appended() {
+    let s = setup();
+    let upstream = keypair(s.dir.path(), "upstream");
+    let ours = keypair(s.dir.path(), "ours");
+    let digest = s.single.digest.to_string();
+    push_openssl_signature(
+        &s.source,
+        "library/busybox",
+        &digest,
+        &upstream.key,
+        s.dir.path(),
+    );
+    let att = fixtures::image("attestation", 1, 300);
+    let att_tag = format!("{}.att", digest.replace(':', "-"));
+    block_on(s.source.push(&format!("library/busybox:{att_tag}"), &att));
+    let def = write(
+        s.dir.path(),
+        "carry.yaml",
+        &format!(
+            "{}carrySignatures: true\nsign: true\nimages:\n- source: busybox:1.36\n",
+            header(&s.source, &s.target)
+        ),
+    );
+    let host = s.target.host();
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        ours.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("carried: "), "{}", r.stdout);
+    assert!(r.stdout.contains("signature: signed"), "{}", r.stdout);
+    let repo = "mirror/library/busybox";
+    // The attestation, verbatim.
+    assert_eq!(
+        block_on(s.target.digest(&format!("{repo}:{att_tag}"))),
+        Some(att.digest.to_string())
+    );
+    // The .sig: the upstream layer first, kept, then ours; each verifies with its own key only.
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let m: serde_json::Value =
+        serde_json::from_slice(&block_on(s.target.manifest(&format!("{repo}:{tag}"))).unwrap())
+            .unwrap();
+    let layers = m["layers"].as_array().unwrap().clone();
+    assert_eq!(layers.len(), 2, "{m}");
+    let upstream_src: serde_json::Value = serde_json::from_slice(
+        &block_on(s.source.manifest(&format!("library/busybox:{tag}"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        layers[0], upstream_src["layers"][0],
+        "the upstream layer was not kept verbatim"
+    );
+    for (layer, key) in [(&layers[0], &upstream.public), (&layers[1], &ours.public)] {
+        let payload = block_on(s.target.blob(repo, layer["digest"].as_str().unwrap())).unwrap();
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(
+                layer["annotations"]["dev.cosignproject.cosign/signature"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        let (pf, sf) = (
+            s.dir.path().join("check.payload"),
+            s.dir.path().join("check.sig"),
+        );
+        std::fs::write(&pf, &payload).unwrap();
+        std::fs::write(&sf, &sig).unwrap();
+        openssl(&[
+            "dgst",
+            "-sha256",
+            "-verify",
+            key.to_str().unwrap(),
+            "-signature",
+            sf.to_str().unwrap(),
+            pf.to_str().unwrap(),
+        ]);
+    }
+    // Again: our signature is found, nothing is written.
+    let before = s.target.storage_snapshot();
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        ours.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("signature: already signed"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(s.target.storage_snapshot(), before);
+    // A third key sees our signature, which is not upstream and not its own: a safety stop.
+    let third = keypair(s.dir.path(), "third");
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "-k",
+        third.key.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(s.target.storage_snapshot(), before);
 }

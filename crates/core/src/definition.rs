@@ -66,6 +66,10 @@ struct FileModel {
     /// unless an image says otherwise.
     #[serde(default)]
     platforms: Option<Vec<String>>,
+    /// Carry the source's cosign signatures, attestations and SBOMs
+    /// (`sha256-<hex>.sig/.att/.sbom`) and its referrers tag along (default false).
+    #[serde(default)]
+    carry_signatures: Option<bool>,
 }
 
 /// `retry:`: how transient registry failures are retried.
@@ -236,6 +240,9 @@ struct ImageModel {
     /// The original tool's shorthand for `platforms: [linux/amd64]`.
     #[serde(default)]
     amd64_only: Option<bool>,
+    /// Carry this image's signatures along (wins over the global value).
+    #[serde(default)]
+    carry_signatures: Option<bool>,
 }
 
 /// Per-image stage choices: the stages whose settings naturally differ by image.
@@ -268,6 +275,8 @@ pub struct ImageSpec {
     pub signer: Option<StageSpec>,
     /// Platforms to keep of a multi-platform image (`os/arch[/variant]`); empty = all.
     pub platforms: Vec<String>,
+    /// Copy the source's cosign artifacts and referrers tag for the synced digest.
+    pub carry_signatures: bool,
 }
 
 /// A parsed and validated definition.
@@ -495,6 +504,10 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             sink,
             signer,
             platforms,
+            carry_signatures: m
+                .carry_signatures
+                .or(model.carry_signatures)
+                .unwrap_or(false),
         });
     }
     let pipeline = match model.pipeline {

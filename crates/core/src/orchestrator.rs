@@ -464,6 +464,25 @@ impl Prepared {
                 }
             }
         }
+        let mut upstream = Vec::new();
+        if item.spec.carry_signatures
+            && matches!(report.action, Action::Copied | Action::InSync)
+            && !run.stopped()
+        {
+            if let Some(digest) = report.digest.clone() {
+                match self.carry(item, &digest, run).await {
+                    Ok((carried, layers)) => {
+                        report.carried = carried;
+                        upstream = layers;
+                    }
+                    Err(e) => {
+                        warn!(source = %item.spec.source, error = %e, "carrying signatures failed");
+                        report.action = run.failed(&e);
+                        report.message = Some(format!("carrying signatures along: {e}"));
+                    }
+                }
+            }
+        }
         if matches!(
             report.action,
             Action::Copied | Action::InSync | Action::WouldCopy
@@ -480,6 +499,7 @@ impl Prepared {
                         digest: manifest.digest.clone(),
                         manifest: manifest.clone(),
                         dry_run: self.dry_run,
+                        upstream,
                     };
                     match signer.sign(&req, &item.sink).await {
                         Ok(outcome) => report.signature = Some(outcome),
@@ -518,6 +538,7 @@ impl Prepared {
             signature: None,
             bytes: 0,
             duration_ms: 0,
+            carried: Vec::new(),
             message: None,
         };
         let fail = |mut report: ImageReport, e: StageError, what: &str| {
@@ -647,6 +668,72 @@ impl Prepared {
                 Ok(m)
             }
         }
+    }
+
+    /// Copies the source's cosign artifacts for `digest` (`.sig`, `.att`,
+    /// `.sbom`) and its referrers tag (`sha256-<hex>`, OCI 1.1's tag schema)
+    /// that the target lacks, verbatim, before any signature of ours is added.
+    /// A tag the target has is never overwritten. Returns the tags carried and
+    /// the layers of the source's `.sig` (upstream signatures).
+    async fn carry(
+        &self,
+        item: &Item,
+        digest: &Digest,
+        run: &Run,
+    ) -> Result<(Vec<String>, Vec<Descriptor>), StageError> {
+        let mut carried = Vec::new();
+        let mut upstream = Vec::new();
+        for suffix in [".sig", ".att", ".sbom", ""] {
+            let tag = format!("{}-{}{suffix}", digest.algorithm().as_str(), digest.hex());
+            let from = item.spec.source.with_tag(&tag);
+            let m = match self
+                .retry
+                .run("carried artifact", || item.source.resolve(&from))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            check_manifest(&m, None)?;
+            if suffix == ".sig" {
+                if let Ok(Manifest::Image { layers, .. }) = m.parse() {
+                    upstream = layers;
+                }
+            }
+            let to = item.target.with_tag(&tag);
+            let present = self
+                .retry
+                .run("carried artifact", || item.sink.manifest_digest(&to))
+                .await?;
+            if present.is_some() {
+                continue;
+            }
+            if self.dry_run {
+                carried.push(format!("{tag} (would carry)"));
+                continue;
+            }
+            let bytes = AtomicU64::new(0);
+            let copy = Copy {
+                item,
+                repo: &item.target,
+                run,
+                jobs: self.jobs,
+                retry: self.retry,
+                bytes: &bytes,
+                progress: self.progress.as_ref(),
+            };
+            copy.children(&m).await?;
+            let target = ManifestTarget::Tag(tag.clone());
+            self.retry
+                .run("carried artifact", || async {
+                    run.check()?;
+                    item.sink.put_manifest(&item.target, &target, &m).await
+                })
+                .await?;
+            carried.push(tag);
+        }
+        Ok((carried, upstream))
     }
 
     /// Copies one image: blobs, child manifests, then the tag.

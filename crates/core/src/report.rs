@@ -56,6 +56,9 @@ pub struct ImageReport {
     pub bytes: u64,
     /// Time spent on this image (planning, copying, signing), in milliseconds.
     pub duration_ms: u64,
+    /// Tags carried along from the source (signatures, attestations, SBOMs, referrers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub carried: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
@@ -157,6 +160,9 @@ impl Report {
                 let _ = write!(out, " ({d})");
             }
             out.push('\n');
+            if !i.carried.is_empty() {
+                let _ = writeln!(out, "  {:width$}  carried: {}", "", i.carried.join(", "));
+            }
             if let Some(s) = &i.signature {
                 let what = match s {
                     SignOutcome::AlreadySigned => "signature: already signed",

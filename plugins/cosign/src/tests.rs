@@ -69,6 +69,7 @@ fn request(m: &RawManifest, dry_run: bool) -> SignRequest {
         digest: m.digest.clone(),
         manifest: m.clone(),
         dry_run,
+        upstream: vec![],
     }
 }
 

@@ -79,6 +79,7 @@ mod tests {
             sink: None,
             signer: None,
             platforms: vec![],
+            carry_signatures: false,
         };
         let target = ImageRef::parse("r.io/m/library/busybox:1.36").unwrap();
         let a = Digest::sha256_of(b"a");

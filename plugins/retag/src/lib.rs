@@ -113,6 +113,7 @@ mod tests {
             sink: None,
             signer: None,
             platforms: vec![],
+            carry_signatures: false,
         };
         match Retag::new(vec!["oci".into()]).apply(TransformInput {
             spec: &spec,

@@ -74,6 +74,7 @@ async fn find(
     sink: &dyn Sink,
     target: &ImageRef,
     digest: &Digest,
+    upstream: &[Descriptor],
 ) -> Result<Found, StageError> {
     let sig_ref = target.with_tag(&sigmanifest::signature_tag(digest));
     let Some(manifest) = sink.fetch_manifest(&sig_ref).await? else {
@@ -89,8 +90,8 @@ async fn find(
         ) else {
             continue;
         };
-        signatures += 1;
         let payload = read_payload(sink, target, &layer.descriptor).await?;
+        let carried = upstream.contains(&layer.descriptor);
         let raw = match base64::engine::general_purpose::STANDARD.decode(sig.trim()) {
             Ok(raw) => raw,
             Err(_) => continue,
@@ -98,9 +99,13 @@ async fn find(
         let valid = payload::signed_digest(&payload).as_deref()
             == Some(digest.to_string().as_str())
             && key.verify(&payload, &raw).await?;
-        debug!(tag = %sig_ref, layer = %layer.descriptor.digest, valid, "signature checked");
+        debug!(tag = %sig_ref, layer = %layer.descriptor.digest, valid, carried, "signature checked");
         if valid {
             return Ok(Found::Valid);
+        }
+        // Upstream signatures carried verbatim from the source are not ours to judge.
+        if !carried {
+            signatures += 1;
         }
     }
     if signatures > 0 {
@@ -164,7 +169,7 @@ pub async fn sign_request(
     // Verify all first: a stop must come before any write.
     let mut to_sign = Vec::new();
     for d in &digests {
-        match find(key, sink, &request.target, d).await? {
+        match find(key, sink, &request.target, d, &request.upstream).await? {
             Found::Valid => {}
             Found::None { existing } => to_sign.push((d.clone(), existing)),
         }
