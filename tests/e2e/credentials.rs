@@ -186,3 +186,47 @@ fn definition_credentials_from_env_and_file() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("NOT_SET_ANYWHERE"), "{}", r.stderr);
 }
+
+#[test]
+fn access_token_is_sent_to_the_target_as_a_bearer() {
+    use image_syncer_testkit::faults::{FaultProxy, Faults};
+    let source = Registry::start();
+    let target = Registry::start();
+    let img = fixtures::image("bearer", 1, 300);
+    block_on(source.push("library/busybox:1.36", &img));
+    // The target only answers requests carrying the token.
+    let proxy = FaultProxy::start(
+        &target.host(),
+        Faults {
+            require_bearer: Some("tok-123".into()),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "targetRepoPrefix: \"{t}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  \"{t}\":\n    insecure: true\nimages:\n- source: busybox:1.36\n",
+            s = source.host(),
+            t = proxy.host()
+        ),
+    );
+    let def = def.to_str().unwrap();
+    let r = run(&["-i", def]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let r = run(&["-i", def, "--access-token", "tok-123"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(target.digest("mirror/library/busybox:1.36")),
+        Some(img.digest.to_string())
+    );
+    assert!(!r.all().contains("tok-123"));
+    // The environment variable works the same, and the token never shows in --help.
+    let r = run_with(
+        &["-i", def, "--debug"],
+        &[("SYNCER_ACCESS_TOKEN", "tok-123")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains("tok-123"));
+}

@@ -1011,6 +1011,13 @@ fn signatures_and_attestations_are_carried_along_and_ours_appended() {
     let att = fixtures::image("attestation", 1, 300);
     let att_tag = format!("{}.att", digest.replace(':', "-"));
     block_on(s.source.push(&format!("library/busybox:{att_tag}"), &att));
+    // An OCI 1.1 referrers index under the tag schema (`sha256-<hex>`).
+    let referrers = fixtures::index("referrers", &["linux/amd64"]);
+    let referrers_tag = digest.replace(':', "-");
+    block_on(
+        s.source
+            .push(&format!("library/busybox:{referrers_tag}"), &referrers),
+    );
     let def = write(
         s.dir.path(),
         "carry.yaml",
@@ -1036,6 +1043,10 @@ fn signatures_and_attestations_are_carried_along_and_ours_appended() {
     assert_eq!(
         block_on(s.target.digest(&format!("{repo}:{att_tag}"))),
         Some(att.digest.to_string())
+    );
+    assert_eq!(
+        block_on(s.target.digest(&format!("{repo}:{referrers_tag}"))),
+        Some(referrers.digest.to_string())
     );
     // The .sig: the upstream layer first, kept, then ours; each verifies with its own key only.
     let tag = format!("{}.sig", digest.replace(':', "-"));

@@ -33,6 +33,8 @@ pub struct Faults {
     /// Replace the `Docker-Content-Digest` header of manifest responses with
     /// another digest (a registry not to be trusted).
     pub wrong_digest_header: bool,
+    /// Answer 401 to requests without `Authorization: Bearer <this>`.
+    pub require_bearer: Option<String>,
 }
 
 /// Counts of what was injected.
@@ -127,6 +129,20 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         ));
     }
     let f = &st.faults;
+    if let Some(token) = &f.require_bearer {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {token}"));
+        if !ok {
+            return Ok(full(
+                401,
+                "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"bearer token required\"}]}",
+                &[("content-type", "application/json")],
+            ));
+        }
+    }
     let u = uniform(f.seed, n);
     let fault = if u < f.server_error {
         Fault::ServerError
