@@ -133,6 +133,22 @@ fn docker_credential_helper_is_run() {
         log.starts_with(&format!("get {}", p.source.host())),
         "{log}"
     );
+    // The same helper as the default store (`credsStore`): the run finds the image in sync.
+    write(&config, "config.json", "{\"credsStore\": \"testhelper\"}");
+    let r = run_with(
+        &["-i", &def],
+        &[("DOCKER_CONFIG", config.to_str().unwrap()), ("PATH", &path)],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("already in sync"), "{}", r.stdout);
+    let log = std::fs::read_to_string(p.dir.path().join("helper.log")).unwrap();
+    // Asked for the source again (and, as the default store, for the target too).
+    let source_host = p.source.host();
+    assert_eq!(
+        log.lines().filter(|l| l.ends_with(&source_host)).count(),
+        2,
+        "{log}"
+    );
 }
 
 #[test]
