@@ -714,7 +714,7 @@ impl Prepared {
                 continue;
             }
             let bytes = AtomicU64::new(0);
-            let copy = Copy {
+            let copy = ImageCopy {
                 item,
                 repo: &item.target,
                 run,
@@ -750,7 +750,7 @@ impl Prepared {
             .to_string();
         let bytes = AtomicU64::new(0);
         let repo = item.target.clone();
-        let copy = Copy {
+        let copy = ImageCopy {
             item,
             repo: &repo,
             run,
@@ -856,7 +856,7 @@ impl Ledger {
 }
 
 /// One image's copy.
-struct Copy<'a> {
+struct ImageCopy<'a> {
     item: &'a Item,
     repo: &'a ImageRef,
     run: &'a Run,
@@ -866,7 +866,7 @@ struct Copy<'a> {
     progress: &'a dyn crate::report::Progress,
 }
 
-impl Copy<'_> {
+impl ImageCopy<'_> {
     /// Copies everything `manifest` references (not the manifest itself).
     fn children<'b>(&'b self, manifest: &'b RawManifest) -> BoxFuture<'b, Result<(), StageError>> {
         async move {
