@@ -966,7 +966,8 @@ impl ImageCopy<'_> {
             debug!(digest = %blob.digest, from = %home, to = %self.repo, "blob mounted");
             return Ok(());
         }
-        self.transfer(blob).await
+        // Just found absent: copy without asking the target again.
+        self.retry.run("blob copy", || self.copy(blob)).await
     }
 
     /// Streams a blob from the source, verified, unless the target has it. A
@@ -974,16 +975,19 @@ impl ImageCopy<'_> {
     /// replayed); nothing is committed by a failed attempt.
     async fn transfer(&self, blob: &Descriptor) -> Result<(), StageError> {
         self.retry
-            .run("blob copy", || self.transfer_once(blob))
+            .run("blob copy", || async {
+                if self.item.sink.has_blob(self.repo, blob).await? {
+                    debug!(digest = %blob.digest, "blob present in target");
+                    return Ok(());
+                }
+                self.copy(blob).await
+            })
             .await
     }
 
-    async fn transfer_once(&self, blob: &Descriptor) -> Result<(), StageError> {
+    /// One verified stream from the source into the target.
+    async fn copy(&self, blob: &Descriptor) -> Result<(), StageError> {
         let (item, repo) = (self.item, self.repo);
-        if item.sink.has_blob(repo, blob).await? {
-            debug!(digest = %blob.digest, "blob present in target");
-            return Ok(());
-        }
         self.run.check()?;
         let stream = item.source.fetch_blob(&item.spec.source, blob).await?;
         let verified = VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));

@@ -95,6 +95,22 @@ fn assert_all(report: &Report, action: Action, what: &str) {
     }
 }
 
+/// Pushes the conformance images to `origin`; returns them with the
+/// definition's `images:` entries naming them there.
+fn seed(origin: &Registry) -> (Vec<(&'static str, TestImage)>, String) {
+    let imgs = images();
+    crate::block_on(async {
+        for (r, img) in &imgs {
+            origin.push(r, img).await;
+        }
+    });
+    let entries = imgs
+        .iter()
+        .map(|(r, _)| format!("- source: \"{}/{r}\"\n", origin.host()))
+        .collect();
+    (imgs, entries)
+}
+
 /// A sink and source pair serving `transport` (`dir` for `dir:PATH`):
 /// 1. three images (single-platform OCI, Docker schema 2, a two-platform
 ///    index) are copied from a real registry into the plugin's sink under
@@ -106,16 +122,7 @@ pub fn check_sink_and_source(registry: &StageRegistry, transport: &str, sink: &s
     let dir = tempfile::tempdir().expect("temp dir");
     let origin = Registry::start();
     let back = Registry::start();
-    let imgs = images();
-    crate::block_on(async {
-        for (r, img) in &imgs {
-            origin.push(r, img).await;
-        }
-    });
-    let entries: String = imgs
-        .iter()
-        .map(|(r, _)| format!("- source: \"{}/{r}\"\n", origin.host()))
-        .collect();
+    let (imgs, entries) = seed(&origin);
     let to_plugin = format!(
         "targetRepoPrefix: \"{transport}:out/\"\n{}images:\n{entries}pipeline:\n  sink: {{ plugin: {sink} }}\n",
         registries_yaml(&[&origin])
@@ -157,16 +164,7 @@ pub fn check_signer(registry: &StageRegistry, signer: &str, config: &str, key_re
     let dir = tempfile::tempdir().expect("temp dir");
     let origin = Registry::start();
     let target = Registry::start();
-    let imgs = images();
-    crate::block_on(async {
-        for (r, img) in &imgs {
-            origin.push(r, img).await;
-        }
-    });
-    let entries: String = imgs
-        .iter()
-        .map(|(r, _)| format!("- source: \"{}/{r}\"\n", origin.host()))
-        .collect();
+    let (_, entries) = seed(&origin);
     let text = format!(
         "targetRepoPrefix: \"{}/signed/\"\nsign: true\n{}images:\n{entries}pipeline:\n  signer: {{ plugin: {signer}, config: {config} }}\n",
         target.host(),
