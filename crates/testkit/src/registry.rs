@@ -312,32 +312,24 @@ impl Registry {
 
     /// The digest `repo:tag` (or `repo@digest`) resolves to, `None` when absent.
     pub async fn digest(&self, repo_and_tag: &str) -> Option<String> {
-        let (client, auth) = self.client();
-        let r = self.reference(repo_and_tag);
-        client
-            .pull_manifest_raw(
-                &r,
-                &auth,
-                image_syncer_core::manifest::ACCEPTED_MANIFEST_TYPES,
-            )
-            .await
-            .ok()
-            .map(|(_, d)| d)
+        self.pull_manifest(repo_and_tag).await.map(|(_, d)| d)
     }
 
     /// The manifest bytes at `repo:tag` / `repo@digest`.
     pub async fn manifest(&self, repo_and_tag: &str) -> Option<bytes::Bytes> {
+        self.pull_manifest(repo_and_tag).await.map(|(b, _)| b)
+    }
+
+    async fn pull_manifest(&self, repo_and_tag: &str) -> Option<(bytes::Bytes, String)> {
         let (client, auth) = self.client();
-        let r = self.reference(repo_and_tag);
         client
             .pull_manifest_raw(
-                &r,
+                &self.reference(repo_and_tag),
                 &auth,
                 image_syncer_core::manifest::ACCEPTED_MANIFEST_TYPES,
             )
             .await
             .ok()
-            .map(|(b, _)| b)
     }
 
     /// Whether the blob exists in `repo`.

@@ -441,24 +441,36 @@ impl Layout {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(self.io_error(format_args!("reading {name}"), &e)),
         }
+        let tmp = self.write_temp(name, content).await?;
+        // A hard link does not replace a file created meanwhile by another process.
+        let result = match tokio::fs::hard_link(&tmp, &path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            // Filesystems without hard links.
+            Err(_) => tokio::fs::rename(&tmp, &path).await,
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result.map_err(|e| self.io_error(format_args!("writing {name}"), &e))
+    }
+
+    /// Writes `content` to a new temp file beside `root/name`, synced; removed again on failure.
+    async fn write_temp(&self, name: &str, content: &[u8]) -> Result<PathBuf, StageError> {
         let (tmp, mut file) = self
             .create_temp(&self.root, &format!("{name}.tmp-"))
             .await?;
-        let result = async {
+        let written = async {
             file.write_all(content).await?;
-            file.sync_all().await?;
-            drop(file);
-            // A hard link does not replace a file created meanwhile by another process.
-            match tokio::fs::hard_link(&tmp, &path).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                // Filesystems without hard links.
-                Err(_) => tokio::fs::rename(&tmp, &path).await,
-            }
+            file.sync_all().await
         }
         .await;
-        let _ = tokio::fs::remove_file(&tmp).await;
-        result.map_err(|e| self.io_error(format_args!("writing {name}"), &e))
+        drop(file);
+        match written {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(self.io_error(format_args!("writing {name}"), &e))
+            }
+        }
     }
 
     /// Creates a new, uniquely named file `dir/<prefix>…`.
@@ -602,16 +614,8 @@ impl Layout {
 
     /// Replaces `index.json` atomically.
     async fn replace_index(&self, bytes: &[u8]) -> Result<(), StageError> {
-        let (tmp, mut file) = self
-            .create_temp(&self.root, &format!("{INDEX_FILE}.tmp-"))
-            .await?;
-        let result = async {
-            file.write_all(bytes).await?;
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&tmp, self.root.join(INDEX_FILE)).await
-        }
-        .await;
+        let tmp = self.write_temp(INDEX_FILE, bytes).await?;
+        let result = tokio::fs::rename(&tmp, self.root.join(INDEX_FILE)).await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
