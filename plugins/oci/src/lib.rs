@@ -407,44 +407,43 @@ fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
     }
 }
 
+/// The kind a registry's error code stands for (distribution spec error codes).
+fn code_kind(code: &OciErrorCode) -> Option<ErrorKind> {
+    match code {
+        OciErrorCode::ManifestUnknown
+        | OciErrorCode::NameUnknown
+        | OciErrorCode::BlobUnknown
+        | OciErrorCode::NotFound => Some(ErrorKind::NotFound),
+        // The registry hashed what it received and it was not the digest.
+        OciErrorCode::DigestInvalid => Some(ErrorKind::Integrity),
+        OciErrorCode::Unauthorized | OciErrorCode::Denied => Some(ErrorKind::Unauthorized),
+        OciErrorCode::Toomanyrequests => Some(ErrorKind::Transient),
+        _ => None,
+    }
+}
+
 /// Maps an oci-client error to a stage error. Messages never include credentials.
 fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError {
     use OciDistributionError as E;
     let kind = match &e {
         E::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
         E::RegistryError { envelope, .. } => {
-            if envelope.errors.iter().any(|x| {
-                matches!(
-                    x.code,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                ErrorKind::NotFound
-            } else if envelope
-                .errors
-                .iter()
-                .any(|x| matches!(x.code, OciErrorCode::DigestInvalid))
-            {
-                // The registry hashed what it received and it was not the digest.
-                ErrorKind::Integrity
-            } else if envelope
-                .errors
-                .iter()
-                .any(|x| matches!(x.code, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                ErrorKind::Unauthorized
-            } else if envelope
-                .errors
-                .iter()
-                .any(|x| matches!(x.code, OciErrorCode::Toomanyrequests))
-            {
-                ErrorKind::Transient
-            } else {
-                ErrorKind::Invalid
-            }
+            // With several codes in one envelope, the first kind in this order wins.
+            let found = |k| {
+                envelope
+                    .errors
+                    .iter()
+                    .any(|x| code_kind(&x.code) == Some(k))
+            };
+            [
+                ErrorKind::NotFound,
+                ErrorKind::Integrity,
+                ErrorKind::Unauthorized,
+                ErrorKind::Transient,
+            ]
+            .into_iter()
+            .find(|k| found(*k))
+            .unwrap_or(ErrorKind::Invalid)
         }
         E::ServerError { code: 404, .. } => ErrorKind::NotFound,
         E::ServerError {
