@@ -2,7 +2,9 @@
 //! truncated bodies at set rates, deterministically seeded) in front of real
 //! registries.
 
-use image_syncer_testkit::faults::{FaultProxy, Faults};
+use std::time::Duration;
+
+use image_syncer_testkit::faults::{FaultProxy, Faults, RateLimit};
 
 use crate::support::*;
 
@@ -151,6 +153,181 @@ fn a_fault_beyond_the_retry_budget_fails_that_image_only() {
         );
         assert_eq!(target.digest("mirror/team/broken:1").await, None);
     });
+}
+
+/// How long after each refused request the next matching one came.
+fn waits_after_refusals(p: &FaultProxy) -> Vec<Duration> {
+    let seen = p.injected.rate_limited();
+    seen.windows(2)
+        .filter(|w| w[0].refused)
+        .map(|w| w[1].at - w[0].at)
+        .collect()
+}
+
+#[test]
+fn a_retry_after_on_429_or_503_is_waited_out() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let image = fixtures::image("retry-after", 2, 50_000);
+    block_on(source.push("team/app:1", &image));
+    // The source's first manifest request (the digest HEAD) gets a 429 asking
+    // for 2 s; the target's tag PUT a 503 asking for 1 s. The backoff alone
+    // would retry after 100-200 ms.
+    let sp = FaultProxy::start(
+        &source.host(),
+        Faults {
+            rate_limit: Some(RateLimit {
+                method: None,
+                path: "/team/app/manifests/".into(),
+                times: 1,
+                status: 429,
+                retry_after: "2".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let tp = FaultProxy::start(
+        &target.host(),
+        Faults {
+            rate_limit: Some(RateLimit {
+                method: Some("PUT"),
+                path: "/mirror/team/app/manifests/1".into(),
+                times: 1,
+                status: 503,
+                retry_after: "1".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
+    let r = run(&["-i", &def, "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("retry_after_ms=2000"), "{}", r.stderr);
+    assert!(r.stderr.contains("retry_after_ms=1000"), "{}", r.stderr);
+    let source_waits = waits_after_refusals(&sp);
+    assert_eq!(source_waits.len(), 1, "{:?}", sp.injected.rate_limited());
+    assert!(
+        source_waits[0] >= Duration::from_secs(2),
+        "{source_waits:?}"
+    );
+    let target_waits = waits_after_refusals(&tp);
+    assert_eq!(target_waits.len(), 1, "{:?}", tp.injected.rate_limited());
+    assert!(
+        target_waits[0] >= Duration::from_secs(1),
+        "{target_waits:?}"
+    );
+    assert_eq!(
+        block_on(target.digest("mirror/team/app:1")),
+        Some(image.digest.to_string())
+    );
+}
+
+#[test]
+fn a_retry_after_past_the_retry_budget_fails_that_image_at_once() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let good = fixtures::image("patient-good", 1, 20_000);
+    let limited = fixtures::image("patient-limited", 1, 20_000);
+    block_on(async {
+        source.push("team/good:1", &good).await;
+        source.push("team/limited:1", &limited).await;
+    });
+    let sp = FaultProxy::start(
+        &source.host(),
+        Faults {
+            rate_limit: Some(RateLimit {
+                method: None,
+                path: "/team/limited/".into(),
+                times: 1000,
+                status: 429,
+                retry_after: "3600".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let tp = FaultProxy::start(&target.host(), Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(
+        dir.path(),
+        &sp,
+        &tp,
+        "- source: team/limited:1\n- source: team/good:1\n",
+    );
+    let r = run(&["-i", &def]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains(
+            "(the registry asks to wait 3600 s before trying again, past the retry budget of 120 s)"
+        ),
+        "{}",
+        r.stdout
+    );
+    // Asked once, not retried early, not waited out.
+    assert_eq!(sp.injected.rate_limited().len(), 1);
+    block_on(async {
+        assert_eq!(
+            target.digest("mirror/team/good:1").await,
+            Some(good.digest.to_string())
+        );
+        assert_eq!(target.digest("mirror/team/limited:1").await, None);
+    });
+}
+
+#[test]
+fn sigint_during_a_retry_after_wait_ends_the_wait() {
+    let source = Registry::start();
+    let target = Registry::start();
+    block_on(source.push("team/app:1", &fixtures::image("patient-sigint", 1, 20_000)));
+    let sp = FaultProxy::start(
+        &source.host(),
+        Faults {
+            rate_limit: Some(RateLimit {
+                method: None,
+                path: "/team/app/manifests/".into(),
+                times: 1,
+                status: 429,
+                retry_after: "60".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let tp = FaultProxy::start(&target.host(), Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
+    let child = command()
+        .args(["-i", &def])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the 429 is answered (bounded: 30 s).
+    for _ in 0..600 {
+        if !sp.injected.rate_limited().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sp.injected.rate_limited().len(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Ended by the signal, not by the 60 s the registry asked for.
+    assert!(signalled.elapsed() < Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Interrupted"), "{stdout}");
+    assert!(
+        stdout.contains("(not retried: the run was interrupted)"),
+        "{stdout}"
+    );
+    assert_eq!(sp.injected.rate_limited().len(), 1, "retried after all");
+    assert_eq!(block_on(target.digest("mirror/team/app:1")), None);
 }
 
 /// A sync slow enough to be interrupted mid-copy: ten 400 kB layers pulled

@@ -28,7 +28,7 @@ use crate::manifest::{Descriptor, Manifest, RawManifest};
 use crate::reference::ImageRef;
 use crate::registry::{BuildError, StageRegistry};
 use crate::report::{Action, ImageReport, Report};
-use crate::retry::RetryPolicy;
+use crate::retry::{Retry, RetryPolicy};
 use crate::stage::{
     ErrorKind, Guard, GuardInput, ManifestTarget, SignRequest, Signer, Sink, Source, Stage,
     StageError, StageKind, Transform, TransformInput, Verdict,
@@ -381,6 +381,14 @@ impl Prepared {
         self
     }
 
+    /// The retry policy, its waits ended by an interruption.
+    fn retry(&self) -> Retry<'_> {
+        Retry {
+            policy: &self.retry,
+            halt: &self.interrupt,
+        }
+    }
+
     /// Plans and (unless dry run) executes. Never panics on stage errors: every
     /// outcome is in the report, in definition order.
     pub async fn run(self) -> Report {
@@ -543,10 +551,10 @@ impl Prepared {
         };
         let fail = |mut report: ImageReport, e: StageError, what: &str| {
             // Planning writes nothing; the stop is read off the report later.
-            report.action = if e.kind == ErrorKind::Integrity {
-                Action::Stopped
-            } else {
-                Action::Failed
+            report.action = match e.kind {
+                ErrorKind::Integrity => Action::Stopped,
+                ErrorKind::Cancelled => Action::NotRun,
+                _ => Action::Failed,
             };
             report.message = Some(format!("{what}: {e}"));
             Planned {
@@ -569,7 +577,7 @@ impl Prepared {
             (Some(m), _) => m.digest.clone(),
             (None, Some(d)) => d.clone(),
             (None, None) => match self
-                .retry
+                .retry()
                 .run("source digest", || item.source.digest(&item.spec.source))
                 .await
             {
@@ -579,7 +587,7 @@ impl Prepared {
         };
         report.digest = Some(source_digest.clone());
         let current = match self
-            .retry
+            .retry()
             .run("target digest", || item.sink.manifest_digest(&item.target))
             .await
         {
@@ -627,7 +635,7 @@ impl Prepared {
             };
         }
         let manifest = match self
-            .retry
+            .retry()
             .run("source manifest", || item.source.resolve(&item.spec.source))
             .await
         {
@@ -648,7 +656,7 @@ impl Prepared {
     /// when there is nothing to filter, the one child asked for, or a new index.
     async fn filtered(&self, item: &Item) -> Result<RawManifest, StageError> {
         let source = self
-            .retry
+            .retry()
             .run("source manifest", || item.source.resolve(&item.spec.source))
             .await?;
         check_manifest(&source, item.spec.source.digest())?;
@@ -659,7 +667,7 @@ impl Prepared {
             crate::manifest::Filtered::Index(m) => Ok(m),
             crate::manifest::Filtered::Single(child) => {
                 let m = self
-                    .retry
+                    .retry()
                     .run("child manifest", || {
                         item.source.fetch_manifest(&item.spec.source, &child)
                     })
@@ -687,7 +695,7 @@ impl Prepared {
             let tag = format!("{}-{}{suffix}", digest.algorithm().as_str(), digest.hex());
             let from = item.spec.source.with_tag(&tag);
             let m = match self
-                .retry
+                .retry()
                 .run("carried artifact", || item.source.resolve(&from))
                 .await
             {
@@ -703,7 +711,7 @@ impl Prepared {
             }
             let to = item.target.with_tag(&tag);
             let present = self
-                .retry
+                .retry()
                 .run("carried artifact", || item.sink.manifest_digest(&to))
                 .await?;
             if present.is_some() {
@@ -719,13 +727,13 @@ impl Prepared {
                 repo: &item.target,
                 run,
                 jobs: self.jobs,
-                retry: self.retry,
+                retry: self.retry(),
                 bytes: &bytes,
                 progress: self.progress.as_ref(),
             };
             copy.children(&m).await?;
             let target = ManifestTarget::Tag(tag.clone());
-            self.retry
+            self.retry()
                 .run("carried artifact", || async {
                     run.check()?;
                     item.sink.put_manifest(&item.target, &target, &m).await
@@ -755,14 +763,14 @@ impl Prepared {
             repo: &repo,
             run,
             jobs: self.jobs,
-            retry: self.retry,
+            retry: self.retry(),
             bytes: &bytes,
             progress: self.progress.as_ref(),
         };
         copy.children(manifest).await?;
         // Last check before the tag moves: the target must still be absent or equal.
         let now = self
-            .retry
+            .retry()
             .run("target digest", || item.sink.manifest_digest(&item.target))
             .await?;
         if let Some(now) = now {
@@ -775,7 +783,7 @@ impl Prepared {
         }
         // PUT is idempotent: a retry after a lost answer writes the same bytes.
         let target = ManifestTarget::Tag(tag);
-        self.retry
+        self.retry()
             .run("tag manifest", || async {
                 run.check()?;
                 item.sink.put_manifest(&repo, &target, manifest).await
@@ -861,7 +869,7 @@ struct ImageCopy<'a> {
     repo: &'a ImageRef,
     run: &'a Run,
     jobs: usize,
-    retry: RetryPolicy,
+    retry: Retry<'a>,
     bytes: &'a AtomicU64,
     progress: &'a dyn crate::report::Progress,
 }

@@ -3,8 +3,10 @@
 //! content mismatch, a refusal or a missing image is never retried.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tracing::debug;
 
@@ -55,7 +57,28 @@ impl RetryPolicy {
     }
 
     /// Runs `op`, retrying transient failures. `what` names it in logs.
-    pub async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StageError>
+    ///
+    /// A failure that carries a `retry_after` (a registry's `Retry-After`) is
+    /// retried no sooner than asked, even past `max_delay`; when the wait
+    /// asked for would end past the budget, the failure is returned at once,
+    /// saying so, rather than retried early or waited out.
+    pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StageError>>,
+    {
+        self.run_until(&AtomicBool::new(false), what, op).await
+    }
+
+    /// [`Self::run`], ending a wait between tries as soon as `halt` is set
+    /// (an interrupted run): the failure is returned as
+    /// [`ErrorKind::Cancelled`], saying it was not retried.
+    pub async fn run_until<T, F, Fut>(
+        &self,
+        halt: &AtomicBool,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, StageError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StageError>>,
@@ -63,25 +86,84 @@ impl RetryPolicy {
         let start = Instant::now();
         let mut n = 0;
         loop {
-            match op().await {
-                Err(e)
-                    if e.kind == ErrorKind::Transient
-                        && n < self.retries
-                        && start.elapsed() < self.budget =>
-                {
-                    n += 1;
-                    let delay = self.delay(n);
-                    debug!(operation = what, attempt = n, delay_ms = delay.as_millis() as u64, error = %e, "retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(mut e) if n > 0 && e.kind == ErrorKind::Transient => {
+            let mut e = match op().await {
+                Err(e) if e.kind == ErrorKind::Transient => e,
+                other => return other,
+            };
+            let elapsed = start.elapsed();
+            if n >= self.retries || elapsed >= self.budget {
+                if n > 0 {
                     e.message = format!("{} (after {} retries)", e.message, n);
+                }
+                return Err(e);
+            }
+            if let Some(asked) = e.retry_after {
+                if elapsed + asked > self.budget {
+                    let retries = match n {
+                        0 => String::new(),
+                        n => format!("after {n} retries; "),
+                    };
+                    e.message = format!(
+                        "{} ({retries}the registry asks to wait {} before trying again, past the retry budget of {})",
+                        e.message,
+                        seconds(asked),
+                        seconds(self.budget)
+                    );
                     return Err(e);
                 }
-                other => return other,
+            }
+            n += 1;
+            let delay = self.delay(n).max(e.retry_after.unwrap_or_default());
+            debug!(
+                operation = what,
+                attempt = n,
+                delay_ms = delay.as_millis() as u64,
+                retry_after_ms = e.retry_after.map(|d| d.as_millis() as u64),
+                error = %e,
+                "retrying"
+            );
+            // Bounded: one pass per 100 ms of the delay.
+            let until = Instant::now() + delay;
+            loop {
+                if halt.load(Ordering::SeqCst) {
+                    e.kind = ErrorKind::Cancelled;
+                    e.message = format!("{} (not retried: the run was interrupted)", e.message);
+                    return Err(e);
+                }
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::time::sleep((until - now).min(HALT_CHECK)).await;
             }
         }
     }
+}
+
+/// How often a wait between tries looks at the halt flag.
+const HALT_CHECK: Duration = Duration::from_millis(100);
+
+/// A policy bound to a run's interrupt flag: what the orchestrator retries with.
+#[derive(Clone, Copy)]
+pub struct Retry<'a> {
+    pub policy: &'a RetryPolicy,
+    pub halt: &'a AtomicBool,
+}
+
+impl Retry<'_> {
+    /// [`RetryPolicy::run_until`] with this run's flag.
+    pub async fn run<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StageError>>,
+    {
+        self.policy.run_until(self.halt, what, op).await
+    }
+}
+
+/// `2 s`, `1.5 s`, `0.25 s`: a wait for people.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// A number in [0, 1): xorshift over a process-wide counter and the clock.
@@ -141,6 +223,108 @@ mod tests {
             .unwrap_err();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(e.message, "503 (after 2 retries)");
+    }
+
+    /// Fails with 429 + `Retry-After: wait` `fails` times, then succeeds.
+    async fn rate_limited(
+        policy: RetryPolicy,
+        wait: Duration,
+        fails: u32,
+    ) -> (Result<u8, StageError>, u32, Duration) {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let r = policy
+            .run("op", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < fails {
+                    Err(StageError::transient("429 Too Many Requests").with_retry_after(wait))
+                } else {
+                    Ok(1)
+                }
+            })
+            .await;
+        (r, calls.load(Ordering::SeqCst), started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_is_waited_out_even_past_the_longest_backoff() {
+        // Backoff alone would wait at most 4 ms; the registry asks for 30 s.
+        let policy = RetryPolicy {
+            budget: Duration::from_secs(120),
+            ..quick(3)
+        };
+        let (r, calls, waited) = rate_limited(policy, Duration::from_secs(30), 2).await;
+        assert_eq!(r.unwrap(), 1);
+        assert_eq!(calls, 3);
+        assert!(waited >= Duration::from_secs(60), "waited {waited:?}");
+        assert!(waited < Duration::from_secs(61), "waited {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_shorter_than_the_backoff_keeps_the_backoff() {
+        let policy = RetryPolicy {
+            retries: 1,
+            base_delay: Duration::from_secs(8),
+            max_delay: Duration::from_secs(8),
+            budget: Duration::from_secs(60),
+        };
+        let (r, calls, waited) = rate_limited(policy, Duration::from_secs(1), 1).await;
+        assert_eq!(r.unwrap(), 1);
+        assert_eq!(calls, 2);
+        // Equal jitter: at least half the backoff, which is more than asked.
+        assert!(waited >= Duration::from_secs(4), "waited {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_past_the_budget_fails_at_once_and_says_so() {
+        let (r, calls, waited) = rate_limited(quick(3), Duration::from_secs(600), 1).await;
+        assert_eq!(calls, 1);
+        assert_eq!(waited, Duration::ZERO);
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert_eq!(
+            e.message,
+            "429 Too Many Requests (the registry asks to wait 600 s before trying again, past the retry budget of 5 s)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interruption_ends_the_wait_and_the_retries() {
+        let policy = RetryPolicy {
+            budget: Duration::from_secs(120),
+            ..quick(3)
+        };
+        let halt = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = halt.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let e = Retry {
+            policy: &policy,
+            halt: &halt,
+        }
+        .run("op", || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(
+                StageError::transient("429 Too Many Requests")
+                    .with_retry_after(Duration::from_secs(60)),
+            )
+        })
+        .await
+        .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(
+            waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+            "{waited:?}"
+        );
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert_eq!(
+            e.message,
+            "429 Too Many Requests (not retried: the run was interrupted)"
+        );
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -40,6 +41,10 @@ pub enum ErrorKind {
 pub struct StageError {
     pub kind: ErrorKind,
     pub message: String,
+    /// How long the far side asked to be left alone before the next try (a
+    /// registry's `Retry-After` on 429 or 503). Retries wait at least this
+    /// long, and give up at once when it reaches past the retry budget.
+    pub retry_after: Option<Duration>,
 }
 
 impl StageError {
@@ -47,7 +52,14 @@ impl StageError {
         StageError {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// This error, with the wait the far side asked for before a retry.
+    pub fn with_retry_after(mut self, wait: Duration) -> StageError {
+        self.retry_after = Some(wait);
+        self
     }
     pub fn not_found(message: impl Into<String>) -> StageError {
         Self::new(ErrorKind::NotFound, message)

@@ -47,7 +47,7 @@ use image_syncer_core::stage::{
 pub mod host;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// A fingerprint of the sizes and alignments of the types that cross the
 /// boundary, computed when this crate is compiled. Host and plugin must agree:

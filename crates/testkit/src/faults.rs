@@ -2,7 +2,8 @@
 //! it forwards requests, and at set rates (deterministically, from a seed)
 //! answers 500, answers 429 with `Retry-After`, drops the connection, or cuts
 //! a response body short. Requests whose path contains `always_fail` always
-//! get a 503.
+//! get a 503; a [`RateLimit`] answers the first requests of a path with a
+//! 429 (or 503) and a `Retry-After`, and records when each such request came.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +36,27 @@ pub struct Faults {
     pub wrong_digest_header: bool,
     /// Answer 401 to requests without `Authorization: Bearer <this>`.
     pub require_bearer: Option<String>,
+    /// Rate-limit the first requests of a path.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// Answers the first `times` requests whose path contains `path` (and whose
+/// method is `method`, when given) with `status` and `Retry-After:
+/// retry_after`; later ones are forwarded.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    pub method: Option<&'static str>,
+    pub path: String,
+    pub times: u32,
+    pub status: u16,
+    pub retry_after: String,
+}
+
+/// A request a [`RateLimit`] saw: when it came and whether it was refused.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitedRequest {
+    pub at: std::time::Instant,
+    pub refused: bool,
 }
 
 /// Counts of what was injected.
@@ -46,6 +68,18 @@ pub struct Injected {
     pub dropped: AtomicU64,
     pub truncated: AtomicU64,
     pub always_failed: AtomicU64,
+    /// Every request matching the [`RateLimit`] path, in order.
+    pub rate_limited: std::sync::Mutex<Vec<LimitedRequest>>,
+}
+
+impl Injected {
+    /// The requests the [`RateLimit`] saw so far.
+    pub fn rate_limited(&self) -> Vec<LimitedRequest> {
+        self.rate_limited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 impl Injected {
@@ -129,6 +163,37 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         ));
     }
     let f = &st.faults;
+    let limited = f
+        .rate_limit
+        .as_ref()
+        .filter(|l| path.contains(&l.path) && l.method.is_none_or(|m| req.method().as_str() == m));
+    if let Some(limit) = limited {
+        let mut seen = st
+            .injected
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let refused = seen.len() < limit.times as usize;
+        seen.push(LimitedRequest {
+            at: std::time::Instant::now(),
+            refused,
+        });
+        if refused {
+            let body = if limit.status == 429 {
+                "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"rate limited\"}]}"
+            } else {
+                "{\"errors\":[{\"code\":\"UNAVAILABLE\",\"message\":\"busy\"}]}"
+            };
+            return Ok(full(
+                limit.status,
+                body,
+                &[
+                    ("retry-after", limit.retry_after.as_str()),
+                    ("content-type", "application/json"),
+                ],
+            ));
+        }
+    }
     if let Some(token) = &f.require_bearer {
         let ok = req
             .headers()

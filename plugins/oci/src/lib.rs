@@ -422,10 +422,49 @@ fn code_kind(code: &OciErrorCode) -> Option<ErrorKind> {
     }
 }
 
-/// Maps an oci-client error to a stage error. Messages never include credentials.
+/// Maps an oci-client error to a stage error, keeping the wait a registry
+/// asked for with `Retry-After`. Messages never include credentials.
 fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError {
+    let kind = kind_of(&e);
+    let hint = if kind == ErrorKind::Unauthorized {
+        format!(
+            " (registry {} refused access; for the target pass --target-repo-auth-key)",
+            r.registry()
+        )
+    } else {
+        String::new()
+    };
+    let error = StageError::new(kind, format!("{context}: {}{hint}", chain(&e)));
+    match &e {
+        OciDistributionError::RetryAfter { retry_after, .. } if kind == ErrorKind::Transient => {
+            match parse_retry_after(retry_after, std::time::SystemTime::now()) {
+                Some(wait) => error.with_retry_after(wait),
+                None => {
+                    debug!(value = %retry_after, "unreadable Retry-After, using the backoff");
+                    error
+                }
+            }
+        }
+        _ => error,
+    }
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date
+/// (a date already past means no wait).
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or_default())
+}
+
+/// The kind of an oci-client error.
+fn kind_of(e: &OciDistributionError) -> ErrorKind {
     use OciDistributionError as E;
-    let kind = match &e {
+    match e {
+        E::RetryAfter { source, .. } => kind_of(source),
         E::ImageManifestNotFoundError(_) => ErrorKind::NotFound,
         E::RegistryError { envelope, .. } => {
             // With several codes in one envelope, the first kind in this order wins.
@@ -465,17 +504,11 @@ fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError 
         | E::VersionedParsingError(_)
         | E::JsonError(_)
         | E::SpecViolationError(_) => ErrorKind::Invalid,
+        E::RequestError(re) if matches!(re.status().map(|s| s.as_u16()), Some(401 | 403)) => {
+            ErrorKind::Unauthorized
+        }
         _ => ErrorKind::Transient,
-    };
-    let hint = if kind == ErrorKind::Unauthorized {
-        format!(
-            " (registry {} refused access; for the target pass --target-repo-auth-key)",
-            r.registry()
-        )
-    } else {
-        String::new()
-    };
-    StageError::new(kind, format!("{context}: {}{hint}", chain(&e)))
+    }
 }
 
 /// An error with its causes (`: `-separated), so that "error sending request"
@@ -690,5 +723,82 @@ image_syncer_core::inventory::submit! {
         example_config: "monolithicPush: true\n",
         transport: None,
         factory: &Factory(StageKind::Sink),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // Wed, 21 Oct 2015 07:28:00 GMT
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // A date already past: no wait.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in ["soon", "-5", "1.5", ""] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad}");
+        }
+        assert!(parse_retry_after("120", SystemTime::now()).is_some());
+    }
+
+    fn image() -> ImageRef {
+        ImageRef::parse("registry.example/team/app:1").unwrap()
+    }
+
+    fn too_many(retry_after: &str) -> OciDistributionError {
+        OciDistributionError::RetryAfter {
+            retry_after: retry_after.into(),
+            source: Box::new(OciDistributionError::ServerError {
+                code: 429,
+                url: "https://registry.example/v2/team/app/manifests/1".into(),
+                message: "slow down".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_429_keeps_the_wait_the_registry_asked_for() {
+        let e = classify(
+            "registry.example/team/app:1: fetching manifest",
+            too_many("7"),
+            &image(),
+        );
+        assert_eq!(e.kind, ErrorKind::Transient);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(
+            e.message,
+            "registry.example/team/app:1: fetching manifest: Server error: url https://registry.example/v2/team/app/manifests/1, code: 429, message: slow down (the registry asks to retry after 7)"
+        );
+        // An unreadable value falls back to the backoff, still retried.
+        let e = classify("x", too_many("later"), &image());
+        assert_eq!((e.kind, e.retry_after), (ErrorKind::Transient, None));
+    }
+
+    #[test]
+    fn a_retry_after_on_a_refusal_is_not_a_reason_to_retry() {
+        let e = OciDistributionError::RetryAfter {
+            retry_after: "5".into(),
+            source: Box::new(OciDistributionError::ServerError {
+                code: 403,
+                url: "u".into(),
+                message: "denied".into(),
+            }),
+        };
+        let e = classify("x", e, &image());
+        assert_eq!((e.kind, e.retry_after), (ErrorKind::Unauthorized, None));
     }
 }
