@@ -84,10 +84,12 @@ pub struct RetrySettings {
     /// Delay before the first retry, doubled each time (default 200).
     #[serde(default)]
     pub base_delay_ms: Option<u64>,
-    /// Longest single delay (default 10000).
+    /// Longest single backoff delay (default 10000); a registry's
+    /// `Retry-After` may ask for longer and is honoured.
     #[serde(default)]
     pub max_delay_ms: Option<u64>,
-    /// No retry starts after this long since the first try (default 120).
+    /// No retry starts after this long since the first try (default 120); a
+    /// `Retry-After` reaching past it fails the operation at once.
     #[serde(default)]
     pub budget_seconds: Option<u64>,
 }
