@@ -411,10 +411,11 @@ fn tag_is_sound(s: &Slow) -> bool {
     })
 }
 
-#[test]
-fn sigint_mid_copy_stops_cleanly_and_a_rerun_completes() {
+/// One signal mid-copy: the run stops cleanly (exit 1, "Interrupted", no tag
+/// written), and a re-run completes the image exactly.
+fn a_signal_mid_copy_stops_cleanly_and_a_rerun_completes(signal: &str) {
     let s = slow();
-    let out = interrupted(&s, "-INT", std::time::Duration::from_millis(1200));
+    let out = interrupted(&s, signal, std::time::Duration::from_millis(1200));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -437,6 +438,57 @@ fn sigint_mid_copy_stops_cleanly_and_a_rerun_completes() {
         Some(s.image.digest.to_string())
     );
     let _ = (&s.source, &s.proxy, &s.dir);
+}
+
+#[test]
+fn sigint_mid_copy_stops_cleanly_and_a_rerun_completes() {
+    a_signal_mid_copy_stops_cleanly_and_a_rerun_completes("-INT");
+}
+
+#[test]
+fn sigterm_mid_copy_stops_cleanly_and_a_rerun_completes() {
+    a_signal_mid_copy_stops_cleanly_and_a_rerun_completes("-TERM");
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_a_rerun_completes() {
+    let s = slow();
+    let child = command()
+        .args(["-i", &s.def, "--jobs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    for signal in ["-INT", "-TERM"] {
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("error: interrupted twice; exiting at once"),
+        "{stderr}"
+    );
+    // No report: the process left without finishing anything.
+    assert!(!stdout.contains("busybox"), "{stdout}");
+    assert!(tag_is_sound(&s));
+    assert_eq!(
+        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        None
+    );
+    let r = run(&["-i", &s.def]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        Some(s.image.digest.to_string())
+    );
 }
 
 #[test]
