@@ -110,6 +110,57 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
 }
 
 #[test]
+fn stalled_answers_time_out_and_are_retried() {
+    let source = Registry::start();
+    let target = Registry::start();
+    let image = fixtures::image("stalls", 3, 120_000);
+    block_on(source.push("team/app:1", &image));
+    // A fifth of the answers hold their body back for 5 s; the registries
+    // may stay silent for 1 s.
+    let stalls = |seed| Faults {
+        seed,
+        stall: 0.2,
+        stall_ms: 5_000,
+        ..Default::default()
+    };
+    let sp = FaultProxy::start(&source.host(), stalls(3));
+    let tp = FaultProxy::start(&target.host(), stalls(5));
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
+    let text = std::fs::read_to_string(&def).unwrap();
+    std::fs::write(
+        &def,
+        format!("{text}pipeline:\n  source: {{ plugin: oci, config: {{ readTimeoutSeconds: 1 }} }}\n  sink: {{ plugin: oci, config: {{ readTimeoutSeconds: 1 }} }}\n"),
+    )
+    .unwrap();
+    let r = run(&["-i", &def, "--retries", "10", "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let stalled = sp
+        .injected
+        .stalled
+        .load(std::sync::atomic::Ordering::SeqCst)
+        + tp.injected
+            .stalled
+            .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(stalled >= 1, "no answer was stalled");
+    assert!(r.stderr.contains("retrying"), "{}", r.stderr);
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    assert_eq!(
+        block_on(target.digest("mirror/team/app:1")),
+        Some(image.digest.to_string())
+    );
+    block_on(async {
+        for b in image.all_blobs() {
+            assert!(
+                target
+                    .has_blob("mirror/team/app", &b.digest.to_string())
+                    .await
+            );
+        }
+    });
+}
+
+#[test]
 fn a_fault_beyond_the_retry_budget_fails_that_image_only() {
     let source = Registry::start();
     let target = Registry::start();

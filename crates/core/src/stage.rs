@@ -88,7 +88,7 @@ impl StageError {
             std::io::ErrorKind::InvalidData => ErrorKind::Invalid,
             _ => ErrorKind::Transient,
         };
-        StageError::new(kind, format!("{context}: {err}"))
+        StageError::new(kind, format!("{context}: {}", error_chain(err)))
     }
 }
 
@@ -99,6 +99,25 @@ impl fmt::Display for StageError {
 }
 
 impl std::error::Error for StageError {}
+
+/// An error with its causes, `: `-separated, each said once: "error decoding
+/// response body" says why ("operation timed out"), and "error sending
+/// request" names the refused connection or the untrusted certificate.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    // Bounded: error chains are short, and a cyclic one stops here.
+    for _ in 0..16 {
+        let Some(s) = cur else { break };
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
 
 /// Where images come from: resolves references and serves manifests and blobs.
 #[async_trait]

@@ -24,6 +24,10 @@ pub struct Faults {
     pub too_many_requests: f64,
     pub drop_connection: f64,
     pub truncate_body: f64,
+    /// Rate of answers whose body is held back for `stall_ms` after the
+    /// headers (a registry that stalls mid-answer).
+    pub stall: f64,
+    pub stall_ms: u64,
     /// Requests whose path contains this always fail (503).
     pub always_fail: Option<String>,
     /// Added to every request before it is forwarded (a slow link).
@@ -67,6 +71,7 @@ pub struct Injected {
     pub too_many_requests: AtomicU64,
     pub dropped: AtomicU64,
     pub truncated: AtomicU64,
+    pub stalled: AtomicU64,
     pub always_failed: AtomicU64,
     /// Every request matching the [`RateLimit`] path, in order.
     pub rate_limited: std::sync::Mutex<Vec<LimitedRequest>>,
@@ -89,6 +94,7 @@ impl Injected {
             + self.too_many_requests.load(Ordering::SeqCst)
             + self.dropped.load(Ordering::SeqCst)
             + self.truncated.load(Ordering::SeqCst)
+            + self.stalled.load(Ordering::SeqCst)
     }
 }
 
@@ -114,6 +120,7 @@ enum Fault {
     TooMany,
     Drop,
     Truncate,
+    Stall,
 }
 
 fn uniform(seed: u64, n: u64) -> f64 {
@@ -217,6 +224,13 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         Fault::Drop
     } else if u < f.server_error + f.too_many_requests + f.drop_connection + f.truncate_body {
         Fault::Truncate
+    } else if u < f.server_error
+        + f.too_many_requests
+        + f.drop_connection
+        + f.truncate_body
+        + f.stall
+    {
+        Fault::Stall
     } else {
         Fault::None
     };
@@ -286,6 +300,18 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     if truncate {
         st.injected.truncated.fetch_add(1, Ordering::SeqCst);
     }
+    let stall = matches!(fault, Fault::Stall) && length > 0;
+    if stall {
+        st.injected.stalled.fetch_add(1, Ordering::SeqCst);
+    }
+    let stall_ms = if stall { f.stall_ms } else { 0 };
+    // Headers go out at once; the body waits.
+    let pause = futures_util::stream::once(async move {
+        if stall_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(stall_ms)).await;
+        }
+    })
+    .filter_map(|()| async { None::<Result<Frame<Bytes>, std::io::Error>> });
     let mut sent = 0u64;
     let stream = resp.bytes_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -299,7 +325,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         Ok(Frame::data(chunk))
     });
     Ok(builder
-        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .body(BodyExt::boxed(StreamBody::new(pause.chain(stream))))
         .expect("response"))
 }
 

@@ -24,7 +24,7 @@ use image_syncer_core::registry::{
     typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{
-    ErrorKind, ManifestTarget, Sink, Source, Stage, StageError, StageKind,
+    error_chain, ErrorKind, ManifestTarget, Sink, Source, Stage, StageError, StageKind,
 };
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
@@ -44,16 +44,34 @@ pub struct OciConfig {
     /// large single requests. Either way memory stays constant.
     #[serde(default = "yes")]
     pub monolithic_push: bool,
+    /// Seconds to wait for a connection to a registry.
+    #[serde(default = "connect_timeout")]
+    pub connect_timeout_seconds: u64,
+    /// Seconds a registry may stay silent while answering (between two reads,
+    /// not for a whole download): a stalled answer ends as a transient
+    /// failure and is retried.
+    #[serde(default = "read_timeout")]
+    pub read_timeout_seconds: u64,
 }
 
 fn yes() -> bool {
     true
 }
 
+fn connect_timeout() -> u64 {
+    30
+}
+
+fn read_timeout() -> u64 {
+    60
+}
+
 impl Default for OciConfig {
     fn default() -> Self {
         OciConfig {
             monolithic_push: true,
+            connect_timeout_seconds: connect_timeout(),
+            read_timeout_seconds: read_timeout(),
         }
     }
 }
@@ -100,8 +118,10 @@ impl OciRegistry {
             }
         };
         let key = format!(
-            "{insecure:?}|{}|{:?}|{credentials}|{:?}",
+            "{insecure:?}|{}|{}|{}|{:?}|{credentials}|{:?}",
             config.monolithic_push,
+            config.connect_timeout_seconds,
+            config.read_timeout_seconds,
             cx.target_registry,
             cx.ca_certificates
                 .iter()
@@ -122,6 +142,12 @@ impl OciRegistry {
         let client_config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.into_iter().collect()),
             use_monolithic_push: config.monolithic_push,
+            connect_timeout: Some(std::time::Duration::from_secs(
+                config.connect_timeout_seconds.max(1),
+            )),
+            read_timeout: Some(std::time::Duration::from_secs(
+                config.read_timeout_seconds.max(1),
+            )),
             // No platform selection: indexes are copied whole.
             platform_resolver: None,
             user_agent: concat!("image-syncer/", env!("CARGO_PKG_VERSION")),
@@ -434,7 +460,7 @@ fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError 
     } else {
         String::new()
     };
-    let error = StageError::new(kind, format!("{context}: {}{hint}", chain(&e)));
+    let error = StageError::new(kind, format!("{context}: {}{hint}", error_chain(&e)));
     match &e {
         OciDistributionError::RetryAfter { retry_after, .. } if kind == ErrorKind::Transient => {
             match parse_retry_after(retry_after, std::time::SystemTime::now()) {
@@ -509,22 +535,6 @@ fn kind_of(e: &OciDistributionError) -> ErrorKind {
         }
         _ => ErrorKind::Transient,
     }
-}
-
-/// An error with its causes (`: `-separated), so that "error sending request"
-/// says why (a refused connection, an untrusted certificate, ...).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[async_trait]
@@ -709,7 +719,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Source,
         name: "oci",
         description: "Pulls from OCI/Docker registries (anonymous, or the target credentials on the target registry)",
-        example_config: "monolithicPush: true\n",
+        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\n",
         transport: None,
         factory: &Factory(StageKind::Source),
     }
@@ -720,7 +730,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Sink,
         name: "oci",
         description: "Pushes to an OCI/Docker registry with the target credentials: blobs first, manifests last",
-        example_config: "monolithicPush: true\n",
+        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\n",
         transport: None,
         factory: &Factory(StageKind::Sink),
     }

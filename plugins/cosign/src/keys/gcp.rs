@@ -16,6 +16,7 @@ use google_cloud_kms_v1::client::KeyManagementService;
 use google_cloud_kms_v1::model::crypto_key_version::CryptoKeyVersionState;
 use google_cloud_kms_v1::model::Digest as KmsDigest;
 use image_syncer_core::async_trait;
+use image_syncer_core::stage::error_chain;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::OnceCell;
 
@@ -28,18 +29,6 @@ pub struct GcpKms {
     resource: String,
     client: OnceCell<KeyManagementService>,
     version: OnceCell<String>,
-}
-
-/// An error with its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 fn crc32c(data: &[u8]) -> i64 {
@@ -56,7 +45,7 @@ impl GcpKms {
     }
 
     fn error(&self, what: &str, e: google_cloud_kms_v1::Error) -> KeyError {
-        let message = format!("gcpkms {what} ({}): {}", self.resource, chain(&e));
+        let message = format!("gcpkms {what} ({}): {}", self.resource, error_chain(&e));
         let status = e.http_status_code();
         if e.is_timeout() || e.is_io() || status.is_some_and(|s| s >= 500 || s == 429) {
             KeyError::transient(message)
@@ -75,7 +64,7 @@ impl GcpKms {
                 builder.build().await.map_err(|e| {
                     KeyError::config(format!(
                         "gcpkms: cannot create the KMS client: {}",
-                        chain(&e)
+                        error_chain(&e)
                     ))
                 })
             })
