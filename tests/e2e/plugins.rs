@@ -145,6 +145,50 @@ fn dir_plugin_round_trips_with_skopeo() {
 }
 
 #[test]
+fn plugin_logs_reach_the_host_under_its_filter() {
+    let plugin = dir_plugin();
+    let source = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let img = fixtures::image("plugin-logs", 1, 5000);
+    block_on(source.push("team/app:1", &img));
+    let def = |out: &str| {
+        write(
+            dir.path(),
+            &format!("{out}.yaml"),
+            &format!(
+                "targetRepoPrefix: \"dir:{out}/\"\nregistries:\n  \"{h}\":\n    insecure: true\nimages:\n- source: \"{h}/team/app:1\"\n",
+                h = source.host()
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let plugin = plugin.to_str().unwrap();
+    // The plugin logs each blob at debug level: not shown by default...
+    let r = run(&["-i", &def("quiet"), "--plugin", plugin]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("blob written"), "{}", r.stderr);
+    // ...shown with --debug, through the host's subscriber, naming the plugin.
+    let r = run(&["-i", &def("loud"), "--plugin", plugin, "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("blob written"))
+        .collect();
+    assert_eq!(lines.len(), img.all_blobs().len(), "{}", r.stderr);
+    for b in img.all_blobs() {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(&format!("digest={}", b.digest)))
+            .unwrap_or_else(|| panic!("no log line for {}: {}", b.digest, r.stderr));
+        assert!(line.contains(" DEBUG "), "{line}");
+        assert!(line.contains(&format!("plugin={plugin}")), "{line}");
+        assert!(line.contains("origin=image_syncer_example_dir"), "{line}");
+    }
+}
+
+#[test]
 fn exec_signer_passes_the_conformance_harness() {
     let dir = tempfile::tempdir().unwrap();
     let (key, public) = p256_keypair(dir.path(), "key");

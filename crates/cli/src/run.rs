@@ -27,9 +27,9 @@ fn init_logging(debug: bool) {
     // Debug applies to image-syncer's own crates only: HTTP libraries below
     // log request details we do not control.
     let filter = if debug {
-        "warn,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug,image_syncer_cosign=debug"
+        "warn,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug,image_syncer_cosign=debug,image_syncer_plugin=debug"
     } else {
-        "warn,image_syncer_core=info,image_syncer_cosign=info"
+        "warn,image_syncer_core=info,image_syncer_cosign=info,image_syncer_plugin=info"
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))

@@ -199,7 +199,10 @@ pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
             expected: LAYOUT,
         });
     }
-    let mut registrar = Registrar::default();
+    let mut registrar = Registrar {
+        log: Some(host_log(&shown)),
+        ..Registrar::default()
+    };
     unsafe { (declaration.register)(&mut registrar) };
     if let Some(message) = registrar.panicked.take() {
         return Err(LoadError::Registration {
@@ -604,5 +607,69 @@ impl BlockingSink for BlockingHostSink {
         }
         self.handle
             .block_on(self.sink.put_manifest(repository, target, manifest))
+    }
+}
+
+/// The log sink handed to the library at `path`: its events are re-emitted
+/// here with `plugin = path`, under the host's filter for this module.
+fn host_log(path: &str) -> crate::log::HostLog {
+    // Lives as long as the library, which is never unloaded (RTLD_NODELETE):
+    // one small string per loaded library.
+    let context: &'static String = Box::leak(Box::new(path.to_string()));
+    let max_level = [
+        tracing::Level::TRACE,
+        tracing::Level::DEBUG,
+        tracing::Level::INFO,
+        tracing::Level::WARN,
+        tracing::Level::ERROR,
+    ]
+    .iter()
+    .find(|level| level_enabled(level))
+    .map(crate::log::level_number)
+    .unwrap_or(0);
+    crate::log::HostLog {
+        max_level,
+        context: context as *const String as *const std::ffi::c_void,
+        emit: host_emit,
+    }
+}
+
+fn level_enabled(level: &tracing::Level) -> bool {
+    match *level {
+        tracing::Level::TRACE => tracing::enabled!(tracing::Level::TRACE),
+        tracing::Level::DEBUG => tracing::enabled!(tracing::Level::DEBUG),
+        tracing::Level::INFO => tracing::enabled!(tracing::Level::INFO),
+        tracing::Level::WARN => tracing::enabled!(tracing::Level::WARN),
+        tracing::Level::ERROR => tracing::enabled!(tracing::Level::ERROR),
+    }
+}
+
+/// Re-emits one plugin event. Called from plugin code on any thread; it only
+/// reads the bytes it is given and never unwinds (a panic in an `extern "C"`
+/// function aborts, so there is nothing here that panics).
+extern "C" fn host_emit(
+    context: *const std::ffi::c_void,
+    level: u8,
+    target: *const u8,
+    target_len: usize,
+    text: *const u8,
+    text_len: usize,
+) {
+    // SAFETY: `context` is the leaked String of `host_log`; the plugin passes
+    // pointer and length of live `&str`s for the duration of the call.
+    let plugin = unsafe { &*(context as *const String) };
+    let read = |p: *const u8, n: usize| {
+        if p.is_null() {
+            return "";
+        }
+        std::str::from_utf8(unsafe { std::slice::from_raw_parts(p, n) }).unwrap_or("<not UTF-8>")
+    };
+    let (target, text) = (read(target, target_len), read(text, text_len));
+    match level {
+        1 => tracing::error!(plugin = %plugin, origin = %target, "{text}"),
+        2 => tracing::warn!(plugin = %plugin, origin = %target, "{text}"),
+        3 => tracing::info!(plugin = %plugin, origin = %target, "{text}"),
+        4 => tracing::debug!(plugin = %plugin, origin = %target, "{text}"),
+        _ => tracing::trace!(plugin = %plugin, origin = %target, "{text}"),
     }
 }

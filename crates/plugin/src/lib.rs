@@ -42,9 +42,12 @@ pub use image_syncer_core::stage::Transform;
 use image_syncer_core::stage::{
     GuardInput, ManifestTarget, SignOutcome, SignRequest, Sink, StageError, StageKind, Verdict,
 };
+/// The `tracing` a plugin logs with: its events reach the host (see [`log`]).
+pub use tracing;
 
 #[cfg(feature = "host")]
 pub mod host;
+pub mod log;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
 pub const ABI_VERSION: u32 = 3;
@@ -82,6 +85,7 @@ pub const LAYOUT: u64 = {
         size_of::<PluginStage>(),
         size_of::<StageDeclaration>(),
         size_of::<Registrar>(),
+        size_of::<log::HostLog>(),
         size_of::<Box<dyn Read + Send>>(),
         size_of::<String>(),
     ];
@@ -227,6 +231,9 @@ pub struct Registrar {
     pub stages: Vec<StageDeclaration>,
     /// Set when the plugin's registration panicked: the host refuses it.
     pub panicked: Option<String>,
+    /// Where the plugin's `tracing` events go; [`declare_plugin!`] installs
+    /// it before the plugin's register function runs.
+    pub log: Option<log::HostLog>,
 }
 
 impl Registrar {
@@ -406,6 +413,9 @@ macro_rules! declare_plugin {
             unsafe extern "C" fn __image_syncer_register(registrar: *mut $crate::Registrar) {
                 let registrar = unsafe { &mut *registrar };
                 let _ = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| {
+                    if let ::std::option::Option::Some(log) = registrar.log {
+                        $crate::log::install(log);
+                    }
                     $register(registrar)
                 }));
             }

@@ -236,7 +236,10 @@ impl BlockingSink for Dir {
         content: &mut dyn Read,
     ) -> Result<(), StageError> {
         let p = Self::blob_path(&self.path(repository)?, &descriptor.digest);
-        Self::write_atomic(&p, content, Some(descriptor))
+        Self::write_atomic(&p, content, Some(descriptor))?;
+        // Shown by the host under its own filter (`--debug`).
+        image_syncer_plugin::tracing::debug!(digest = %descriptor.digest, path = %p.display(), "blob written");
+        Ok(())
     }
 
     fn put_manifest(
