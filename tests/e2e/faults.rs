@@ -39,10 +39,96 @@ fn definition(
     .to_string()
 }
 
-#[test]
-fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
+/// Source and target registries, each behind a fault proxy: the source holds
+/// `images`; `def` syncs `entries` (followed by `extra`, top-level YAML)
+/// through the proxies.
+struct Proxied {
+    /// Kept running for the proxy in front of it.
+    _source: Registry,
+    target: Registry,
+    sp: FaultProxy,
+    tp: FaultProxy,
+    def: String,
+    _dir: tempfile::TempDir,
+}
+
+fn proxied(
+    images: &[(&str, &fixtures::TestImage)],
+    source_faults: Faults,
+    target_faults: Faults,
+    entries: &str,
+    extra: &str,
+) -> Proxied {
     let source = Registry::start();
     let target = Registry::start();
+    block_on(async {
+        for (r, img) in images {
+            source.push(r, img).await;
+        }
+    });
+    let sp = FaultProxy::start(&source.host(), source_faults);
+    let tp = FaultProxy::start(&target.host(), target_faults);
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(dir.path(), &sp, &tp, &format!("{entries}{extra}"));
+    Proxied {
+        _source: source,
+        target,
+        sp,
+        tp,
+        def,
+        _dir: dir,
+    }
+}
+
+impl Proxied {
+    /// The digest the target holds for `mirror/<reference>`.
+    fn synced(&self, reference: &str) -> Option<String> {
+        block_on(self.target.digest(&format!("mirror/{reference}")))
+    }
+}
+
+/// Faults that refuse the first `times` requests matching `method` and `path`
+/// with `status` and `Retry-After: retry_after`.
+fn rate_limited(
+    method: Option<&'static str>,
+    path: &str,
+    times: u32,
+    status: u16,
+    retry_after: &str,
+) -> Faults {
+    Faults {
+        rate_limit: Some(RateLimit {
+            method,
+            path: path.into(),
+            times,
+            status,
+            retry_after: retry_after.into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Starts a sync of `def` in the background, its output captured.
+fn spawn_sync(def: &str) -> std::process::Child {
+    command()
+        .args(["-i", def, "--jobs", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Sends `signal` (`-INT`, `-TERM`, `-9`) to `child`.
+fn send(child: &std::process::Child, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
     let images = [
         (
             "library/busybox:1.36",
@@ -54,20 +140,15 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
             fixtures::index("faults-c", &["linux/amd64", "linux/arm64"]),
         ),
     ];
-    block_on(async {
-        for (r, img) in &images {
-            source.push(r, img).await;
-        }
-    });
-    let sp = FaultProxy::start(&source.host(), faulty(7));
-    let tp = FaultProxy::start(&target.host(), faulty(11));
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(
-        dir.path(),
-        &sp,
-        &tp,
+    let pushed: Vec<(&str, &fixtures::TestImage)> = images.iter().map(|(r, i)| (*r, i)).collect();
+    let p = proxied(
+        &pushed,
+        faulty(7),
+        faulty(11),
         "- source: busybox:1.36\n- source: team/app:2\n- source: team/multi:1.0\n",
+        "",
     );
+    let (target, def, sp, tp) = (&p.target, &p.def, &p.sp, &p.tp);
     let r = run(&["-i", &def, "--retries", "10"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let injected = sp.injected.random_faults() + tp.injected.random_faults();
@@ -111,10 +192,7 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
 
 #[test]
 fn stalled_answers_time_out_and_are_retried() {
-    let source = Registry::start();
-    let target = Registry::start();
     let image = fixtures::image("stalls", 3, 120_000);
-    block_on(source.push("team/app:1", &image));
     // A fifth of the answers hold their body back for 5 s; the registries
     // may stay silent for 1 s.
     let stalls = |seed| Faults {
@@ -123,36 +201,31 @@ fn stalled_answers_time_out_and_are_retried() {
         stall_ms: 5_000,
         ..Default::default()
     };
-    let sp = FaultProxy::start(&source.host(), stalls(3));
-    let tp = FaultProxy::start(&target.host(), stalls(5));
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
-    let text = std::fs::read_to_string(&def).unwrap();
-    std::fs::write(
-        &def,
-        format!("{text}pipeline:\n  source: {{ plugin: oci, config: {{ readTimeoutSeconds: 1 }} }}\n  sink: {{ plugin: oci, config: {{ readTimeoutSeconds: 1 }} }}\n"),
-    )
-    .unwrap();
-    let r = run(&["-i", &def, "--retries", "10", "--debug"]);
+    let p = proxied(
+        &[("team/app:1", &image)],
+        stalls(3),
+        stalls(5),
+        "- source: team/app:1\n",
+        "pipeline:\n  source: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n  sink: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n",
+    );
+    let r = run(&["-i", &p.def, "--retries", "10", "--debug"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    let stalled = sp
-        .injected
-        .stalled
-        .load(std::sync::atomic::Ordering::SeqCst)
-        + tp.injected
+    let stalled =
+        p.sp.injected
             .stalled
-            .load(std::sync::atomic::Ordering::SeqCst);
+            .load(std::sync::atomic::Ordering::SeqCst)
+            + p.tp
+                .injected
+                .stalled
+                .load(std::sync::atomic::Ordering::SeqCst);
     assert!(stalled >= 1, "no answer was stalled");
     assert!(r.stderr.contains("retrying"), "{}", r.stderr);
     assert!(r.stderr.contains("timed out"), "{}", r.stderr);
-    assert_eq!(
-        block_on(target.digest("mirror/team/app:1")),
-        Some(image.digest.to_string())
-    );
+    assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
     block_on(async {
         for b in image.all_blobs() {
             assert!(
-                target
+                p.target
                     .has_blob("mirror/team/app", &b.digest.to_string())
                     .await
             );
@@ -162,48 +235,24 @@ fn stalled_answers_time_out_and_are_retried() {
 
 #[test]
 fn a_fault_beyond_the_retry_budget_fails_that_image_only() {
-    let source = Registry::start();
-    let target = Registry::start();
     let good = fixtures::image("budget-good", 2, 50_000);
     let broken = fixtures::image("budget-broken", 2, 50_000);
-    block_on(async {
-        source.push("team/good:1", &good).await;
-        source.push("team/broken:1", &broken).await;
-    });
-    let sp = FaultProxy::start(&source.host(), Faults::default());
-    let tp = FaultProxy::start(
-        &target.host(),
+    let p = proxied(
+        &[("team/good:1", &good), ("team/broken:1", &broken)],
+        Faults::default(),
         Faults {
             always_fail: Some("/mirror/team/broken/".into()),
             ..Default::default()
         },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(
-        dir.path(),
-        &sp,
-        &tp,
         "- source: team/broken:1\n- source: team/good:1\n",
+        // Limits from the definition's `retry:` section.
+        "retry: { retries: 2, baseDelayMs: 10, maxDelayMs: 20, budgetSeconds: 30 }\n",
     );
-    // Limits from the definition's `retry:` section.
-    let text = std::fs::read_to_string(&def).unwrap();
-    std::fs::write(
-        &def,
-        format!(
-            "{text}retry: {{ retries: 2, baseDelayMs: 10, maxDelayMs: 20, budgetSeconds: 30 }}\n"
-        ),
-    )
-    .unwrap();
-    let r = run(&["-i", &def]);
+    let r = run(&["-i", &p.def]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("(after 2 retries)"), "{}", r.stdout);
-    block_on(async {
-        assert_eq!(
-            target.digest("mirror/team/good:1").await,
-            Some(good.digest.to_string())
-        );
-        assert_eq!(target.digest("mirror/team/broken:1").await, None);
-    });
+    assert_eq!(p.synced("team/good:1"), Some(good.digest.to_string()));
+    assert_eq!(p.synced("team/broken:1"), None);
 }
 
 /// How long after each refused request the next matching one came.
@@ -217,95 +266,41 @@ fn waits_after_refusals(p: &FaultProxy) -> Vec<Duration> {
 
 #[test]
 fn a_retry_after_on_429_or_503_is_waited_out() {
-    let source = Registry::start();
-    let target = Registry::start();
     let image = fixtures::image("retry-after", 2, 50_000);
-    block_on(source.push("team/app:1", &image));
     // The source's first manifest request (the digest HEAD) gets a 429 asking
     // for 2 s; the target's tag PUT a 503 asking for 1 s. The backoff alone
     // would retry after 100-200 ms.
-    let sp = FaultProxy::start(
-        &source.host(),
-        Faults {
-            rate_limit: Some(RateLimit {
-                method: None,
-                path: "/team/app/manifests/".into(),
-                times: 1,
-                status: 429,
-                retry_after: "2".into(),
-            }),
-            ..Default::default()
-        },
+    let p = proxied(
+        &[("team/app:1", &image)],
+        rate_limited(None, "/team/app/manifests/", 1, 429, "2"),
+        rate_limited(Some("PUT"), "/mirror/team/app/manifests/1", 1, 503, "1"),
+        "- source: team/app:1\n",
+        "",
     );
-    let tp = FaultProxy::start(
-        &target.host(),
-        Faults {
-            rate_limit: Some(RateLimit {
-                method: Some("PUT"),
-                path: "/mirror/team/app/manifests/1".into(),
-                times: 1,
-                status: 503,
-                retry_after: "1".into(),
-            }),
-            ..Default::default()
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
-    let r = run(&["-i", &def, "--debug"]);
+    let r = run(&["-i", &p.def, "--debug"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("retry_after_ms=2000"), "{}", r.stderr);
     assert!(r.stderr.contains("retry_after_ms=1000"), "{}", r.stderr);
-    let source_waits = waits_after_refusals(&sp);
-    assert_eq!(source_waits.len(), 1, "{:?}", sp.injected.rate_limited());
-    assert!(
-        source_waits[0] >= Duration::from_secs(2),
-        "{source_waits:?}"
-    );
-    let target_waits = waits_after_refusals(&tp);
-    assert_eq!(target_waits.len(), 1, "{:?}", tp.injected.rate_limited());
-    assert!(
-        target_waits[0] >= Duration::from_secs(1),
-        "{target_waits:?}"
-    );
-    assert_eq!(
-        block_on(target.digest("mirror/team/app:1")),
-        Some(image.digest.to_string())
-    );
+    for (proxy, asked) in [(&p.sp, 2), (&p.tp, 1)] {
+        let waits = waits_after_refusals(proxy);
+        assert_eq!(waits.len(), 1, "{:?}", proxy.injected.rate_limited());
+        assert!(waits[0] >= Duration::from_secs(asked), "{waits:?}");
+    }
+    assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
 }
 
 #[test]
 fn a_retry_after_past_the_retry_budget_fails_that_image_at_once() {
-    let source = Registry::start();
-    let target = Registry::start();
     let good = fixtures::image("patient-good", 1, 20_000);
     let limited = fixtures::image("patient-limited", 1, 20_000);
-    block_on(async {
-        source.push("team/good:1", &good).await;
-        source.push("team/limited:1", &limited).await;
-    });
-    let sp = FaultProxy::start(
-        &source.host(),
-        Faults {
-            rate_limit: Some(RateLimit {
-                method: None,
-                path: "/team/limited/".into(),
-                times: 1000,
-                status: 429,
-                retry_after: "3600".into(),
-            }),
-            ..Default::default()
-        },
-    );
-    let tp = FaultProxy::start(&target.host(), Faults::default());
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(
-        dir.path(),
-        &sp,
-        &tp,
+    let p = proxied(
+        &[("team/good:1", &good), ("team/limited:1", &limited)],
+        rate_limited(None, "/team/limited/", 1000, 429, "3600"),
+        Faults::default(),
         "- source: team/limited:1\n- source: team/good:1\n",
+        "",
     );
-    let r = run(&["-i", &def]);
+    let r = run(&["-i", &p.def]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stdout.contains(
@@ -315,58 +310,33 @@ fn a_retry_after_past_the_retry_budget_fails_that_image_at_once() {
         r.stdout
     );
     // Asked once, not retried early, not waited out.
-    assert_eq!(sp.injected.rate_limited().len(), 1);
-    block_on(async {
-        assert_eq!(
-            target.digest("mirror/team/good:1").await,
-            Some(good.digest.to_string())
-        );
-        assert_eq!(target.digest("mirror/team/limited:1").await, None);
-    });
+    assert_eq!(p.sp.injected.rate_limited().len(), 1);
+    assert_eq!(p.synced("team/good:1"), Some(good.digest.to_string()));
+    assert_eq!(p.synced("team/limited:1"), None);
 }
 
 #[test]
 fn sigint_during_a_retry_after_wait_ends_the_wait() {
-    let source = Registry::start();
-    let target = Registry::start();
-    block_on(source.push("team/app:1", &fixtures::image("patient-sigint", 1, 20_000)));
-    let sp = FaultProxy::start(
-        &source.host(),
-        Faults {
-            rate_limit: Some(RateLimit {
-                method: None,
-                path: "/team/app/manifests/".into(),
-                times: 1,
-                status: 429,
-                retry_after: "60".into(),
-            }),
-            ..Default::default()
-        },
+    let image = fixtures::image("patient-sigint", 1, 20_000);
+    let p = proxied(
+        &[("team/app:1", &image)],
+        rate_limited(None, "/team/app/manifests/", 1, 429, "60"),
+        Faults::default(),
+        "- source: team/app:1\n",
+        "",
     );
-    let tp = FaultProxy::start(&target.host(), Faults::default());
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
-    let child = command()
-        .args(["-i", &def])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_sync(&p.def);
     // Until the 429 is answered (bounded: 30 s).
     for _ in 0..600 {
-        if !sp.injected.rate_limited().is_empty() {
+        if !p.sp.injected.rate_limited().is_empty() {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(sp.injected.rate_limited().len(), 1);
+    assert_eq!(p.sp.injected.rate_limited().len(), 1);
     std::thread::sleep(Duration::from_millis(300));
     let signalled = std::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send(&child, "-INT");
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     // Ended by the signal, not by the 60 s the registry asked for.
@@ -377,84 +347,51 @@ fn sigint_during_a_retry_after_wait_ends_the_wait() {
         stdout.contains("(not retried: the run was interrupted)"),
         "{stdout}"
     );
-    assert_eq!(sp.injected.rate_limited().len(), 1, "retried after all");
-    assert_eq!(block_on(target.digest("mirror/team/app:1")), None);
+    assert_eq!(p.sp.injected.rate_limited().len(), 1, "retried after all");
+    assert_eq!(p.synced("team/app:1"), None);
 }
 
 /// A sync slow enough to be interrupted mid-copy: ten 400 kB layers pulled
 /// one at a time through a source link that adds 150 ms to every request.
 struct Slow {
-    source: Registry,
-    target: Registry,
-    proxy: FaultProxy,
-    dir: tempfile::TempDir,
+    p: Proxied,
     image: fixtures::TestImage,
-    def: String,
 }
 
 fn slow() -> Slow {
-    let source = Registry::start();
-    let target = Registry::start();
     let image = fixtures::image("interrupt", 10, 400_000);
-    block_on(source.push("library/busybox:1.36", &image));
-    let proxy = FaultProxy::start(
-        &source.host(),
+    let p = proxied(
+        &[("library/busybox:1.36", &image)],
         Faults {
             latency_ms: 150,
             ..Default::default()
         },
+        Faults::default(),
+        "- source: busybox:1.36\n",
+        "",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let def = write(
-        dir.path(),
-        "images.yaml",
-        &format!(
-            "targetRepoPrefix: \"{t}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  \"{t}\":\n    insecure: true\nimages:\n- source: busybox:1.36\n",
-            s = proxy.host(),
-            t = target.host()
-        ),
-    )
-    .display()
-    .to_string();
-    Slow {
-        source,
-        target,
-        proxy,
-        dir,
-        image,
-        def,
-    }
+    Slow { p, image }
 }
 
-/// Starts a sync, sends `signal` after `after`, and waits for the end.
 fn interrupted(s: &Slow, signal: &str, after: std::time::Duration) -> std::process::Output {
-    let child = command()
-        .args(["-i", &s.def, "--jobs", "1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_sync(&s.p.def);
     std::thread::sleep(after);
-    let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send(&child, signal);
     child.wait_with_output().unwrap()
 }
 
 /// Whether the tag, if present, points at complete content.
 fn tag_is_sound(s: &Slow) -> bool {
     block_on(async {
-        match s.target.digest("mirror/library/busybox:1.36").await {
+        match s.p.target.digest("mirror/library/busybox:1.36").await {
             None => true,
             Some(d) => {
                 let mut ok = d == s.image.digest.to_string();
                 for b in s.image.all_blobs() {
-                    ok &= s
-                        .target
-                        .has_blob("mirror/library/busybox", &b.digest.to_string())
-                        .await;
+                    ok &=
+                        s.p.target
+                            .has_blob("mirror/library/busybox", &b.digest.to_string())
+                            .await;
                 }
                 ok
             }
@@ -477,18 +414,17 @@ fn a_signal_mid_copy_stops_cleanly_and_a_rerun_completes(signal: &str) {
     assert!(stdout.contains("Interrupted"), "{stdout}");
     assert!(tag_is_sound(&s));
     assert_eq!(
-        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
         None,
         "interrupted mid-copy, the tag must not be written"
     );
-    let r = run(&["-i", &s.def]);
+    let r = run(&["-i", &s.p.def]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(tag_is_sound(&s));
     assert_eq!(
-        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
         Some(s.image.digest.to_string())
     );
-    let _ = (&s.source, &s.proxy, &s.dir);
 }
 
 #[test]
@@ -505,32 +441,21 @@ fn sigterm_mid_copy_stops_cleanly_and_a_rerun_completes() {
 fn a_second_signal_exits_at_once() {
     // Every source request takes 2 s: both signals land while the first one
     // (the source digest) is still in flight.
-    let source = Registry::start();
-    let target = Registry::start();
-    block_on(source.push("team/app:1", &fixtures::image("second-signal", 1, 20_000)));
-    let sp = FaultProxy::start(
-        &source.host(),
+    let image = fixtures::image("second-signal", 1, 20_000);
+    let p = proxied(
+        &[("team/app:1", &image)],
         Faults {
             latency_ms: 2_000,
             ..Default::default()
         },
+        Faults::default(),
+        "- source: team/app:1\n",
+        "",
     );
-    let tp = FaultProxy::start(&target.host(), Faults::default());
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(dir.path(), &sp, &tp, "- source: team/app:1\n");
-    let child = command()
-        .args(["-i", &def])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_sync(&p.def);
     std::thread::sleep(Duration::from_millis(1000));
     for signal in ["-INT", "-TERM"] {
-        let status = std::process::Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        send(&child, signal);
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = child.wait_with_output().unwrap();
@@ -543,7 +468,7 @@ fn a_second_signal_exits_at_once() {
     );
     // No report: the process left without finishing anything.
     assert!(!stdout.contains("team/app"), "{stdout}");
-    assert_eq!(block_on(target.digest("mirror/team/app:1")), None);
+    assert_eq!(p.synced("team/app:1"), None);
 }
 
 #[test]
@@ -555,60 +480,54 @@ fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
         tag_is_sound(&s),
         "a tag points at missing or other content after kill -9"
     );
-    let r = run(&["-i", &s.def]);
+    let r = run(&["-i", &s.p.def]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(tag_is_sound(&s));
     assert_eq!(
-        block_on(s.target.digest("mirror/library/busybox:1.36")),
+        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
         Some(s.image.digest.to_string())
     );
 }
 
 #[test]
 fn redirected_blob_downloads_work() {
-    let source = Registry::start();
-    let target = Registry::start();
     let img = fixtures::image("redirect", 3, 100_000);
-    block_on(source.push("library/busybox:1.36", &img));
-    let sp = FaultProxy::start(
-        &source.host(),
+    let p = proxied(
+        &[("library/busybox:1.36", &img)],
         Faults {
             redirect_blobs: true,
             ..Default::default()
         },
+        Faults::default(),
+        "- source: busybox:1.36\n",
+        "",
     );
-    let tp = FaultProxy::start(&target.host(), Faults::default());
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(dir.path(), &sp, &tp, "- source: busybox:1.36\n");
-    let r = run(&["-i", &def]);
+    let r = run(&["-i", &p.def]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(
-        block_on(target.digest("mirror/library/busybox:1.36")),
+        p.synced("library/busybox:1.36"),
         Some(img.digest.to_string())
     );
 }
 
 #[test]
 fn a_digest_header_that_disagrees_with_the_content_is_not_trusted() {
-    let source = Registry::start();
-    let target = Registry::start();
     let img = fixtures::image("liar", 1, 1000);
-    block_on(source.push("library/busybox:1.36", &img));
-    let sp = FaultProxy::start(
-        &source.host(),
+    let p = proxied(
+        &[("library/busybox:1.36", &img)],
         Faults {
             wrong_digest_header: true,
             ..Default::default()
         },
+        Faults::default(),
+        "- source: busybox:1.36\n",
+        "",
     );
-    let tp = FaultProxy::start(&target.host(), Faults::default());
-    let dir = tempfile::tempdir().unwrap();
-    let def = definition(dir.path(), &sp, &tp, "- source: busybox:1.36\n");
-    let before = target.storage_snapshot();
-    let r = run(&["-i", &def]);
+    let before = p.target.storage_snapshot();
+    let r = run(&["-i", &p.def]);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(
-        target.storage_snapshot(),
+        p.target.storage_snapshot(),
         before,
         "nothing may be written from an untrusted registry"
     );
