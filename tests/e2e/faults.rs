@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use image_syncer_testkit::faults::{FaultProxy, Faults, RateLimit};
+use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, RateLimit};
 
 use crate::support::*;
 
@@ -220,7 +220,7 @@ fn stalled_answers_time_out_and_are_retried() {
                 .load(std::sync::atomic::Ordering::SeqCst);
     assert!(stalled >= 1, "no answer was stalled");
     assert!(r.stderr.contains("retrying"), "{}", r.stderr);
-    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+    assert!(r.stderr.contains("(readTimeoutSeconds)"), "{}", r.stderr);
     assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
     block_on(async {
         for b in image.all_blobs() {
@@ -231,6 +231,63 @@ fn stalled_answers_time_out_and_are_retried() {
             );
         }
     });
+}
+
+#[test]
+fn a_slow_upload_longer_than_the_idle_limit_is_not_cut() {
+    // One 6 MB layer, read by the target at 1.5 MB/s (about 4 s), with a
+    // 3 s limit on silence: the upload makes progress throughout and must
+    // go through in one try.
+    let image = fixtures::image("slow-upload", 1, 6_000_000);
+    let p = proxied(
+        &[("team/app:1", &image)],
+        Faults::default(),
+        Faults {
+            upload_bytes_per_sec: 1_500_000,
+            ..Default::default()
+        },
+        "- source: team/app:1\n",
+        "pipeline:\n  sink: { plugin: oci, config: { readTimeoutSeconds: 3 } }\n",
+    );
+    let started = std::time::Instant::now();
+    let r = run(&["-i", &p.def, "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+    // The throttle did hold the upload longer than the limit.
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
+}
+
+#[test]
+fn an_upload_left_unanswered_times_out_and_is_retried() {
+    // The target takes the first blob upload's last request whole and then
+    // says nothing for 30 s; with a 1 s limit the upload is tried again.
+    let image = fixtures::image("unanswered", 1, 50_000);
+    let p = proxied(
+        &[("team/app:1", &image)],
+        Faults::default(),
+        Faults {
+            hold: Some(Hold {
+                method: Some("PUT"),
+                path: "/blobs/uploads/".into(),
+                times: 1,
+                ms: 30_000,
+            }),
+            ..Default::default()
+        },
+        "- source: team/app:1\n",
+        "pipeline:\n  sink: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n",
+    );
+    let r = run(&["-i", &p.def, "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("upload: no answer from the registry 1 s after the last byte"),
+        "{}",
+        r.stderr
+    );
+    assert!(p.tp.injected.held.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
 }
 
 #[test]

@@ -42,6 +42,11 @@ pub struct Faults {
     pub require_bearer: Option<String>,
     /// Rate-limit the first requests of a path.
     pub rate_limit: Option<RateLimit>,
+    /// Hold the first requests of a path before forwarding them.
+    pub hold: Option<Hold>,
+    /// Read request bodies (uploads) at this many bytes per second, through
+    /// a small receive buffer (0: as fast as they come).
+    pub upload_bytes_per_sec: u64,
 }
 
 /// Answers the first `times` requests whose path contains `path` (and whose
@@ -54,6 +59,17 @@ pub struct RateLimit {
     pub times: u32,
     pub status: u16,
     pub retry_after: String,
+}
+
+/// Holds the first `times` requests whose path contains `path` (and whose
+/// method is `method`) for `ms` before forwarding them: a registry that has
+/// the whole request and does not answer.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub method: Option<&'static str>,
+    pub path: String,
+    pub times: u32,
+    pub ms: u64,
 }
 
 /// A request a [`RateLimit`] saw: when it came and whether it was refused.
@@ -73,6 +89,8 @@ pub struct Injected {
     pub truncated: AtomicU64,
     pub stalled: AtomicU64,
     pub always_failed: AtomicU64,
+    /// Requests a [`Hold`] held.
+    pub held: AtomicU64,
     /// Every request matching the [`RateLimit`] path, in order.
     pub rate_limited: std::sync::Mutex<Vec<LimitedRequest>>,
 }
@@ -201,6 +219,15 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             ));
         }
     }
+    let hold = f
+        .hold
+        .as_ref()
+        .filter(|h| path.contains(&h.path) && h.method.is_none_or(|m| req.method().as_str() == m));
+    if let Some(h) = hold {
+        if st.injected.held.fetch_add(1, Ordering::SeqCst) < h.times as u64 {
+            tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+        }
+    }
     if let Some(token) = &f.require_bearer {
         let ok = req
             .headers()
@@ -271,9 +298,17 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             out = out.header(k.as_str(), v.as_bytes());
         }
     }
-    let body = BodyStream::new(req.into_body()).filter_map(|frame| async move {
+    let rate = f.upload_bytes_per_sec;
+    let body = BodyStream::new(req.into_body()).filter_map(move |frame| async move {
         match frame {
-            Ok(f) => f.into_data().ok().map(Ok::<Bytes, std::io::Error>),
+            Ok(f) => {
+                let data = f.into_data().ok()?;
+                if rate > 0 {
+                    let micros = data.len() as u64 * 1_000_000 / rate;
+                    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+                }
+                Some(Ok::<Bytes, std::io::Error>(data))
+            }
             Err(e) => Some(Err(std::io::Error::other(e))),
         }
     });
@@ -332,7 +367,17 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
 impl FaultProxy {
     /// Proxies to `upstream` (`127.0.0.1:PORT`, plain HTTP) with `faults`.
     pub fn start(upstream: &str, faults: Faults) -> FaultProxy {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if faults.upload_bytes_per_sec > 0 {
+            // Small, fixed buffers: a throttled upload is read at the set pace,
+            // not swallowed whole by the kernel first.
+            socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        }
+        let address: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        socket.bind(&address.into()).expect("bind 127.0.0.1");
+        socket.listen(128).expect("listen");
+        let std_listener: std::net::TcpListener = socket.into();
         std_listener.set_nonblocking(true).expect("nonblocking");
         let port = std_listener.local_addr().unwrap().port();
         let injected = Arc::new(Injected::default());

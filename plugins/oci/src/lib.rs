@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -47,9 +48,10 @@ pub struct OciConfig {
     /// Seconds to wait for a connection to a registry.
     #[serde(default = "connect_timeout")]
     pub connect_timeout_seconds: u64,
-    /// Seconds a registry may stay silent while answering (between two reads,
-    /// not for a whole download): a stalled answer ends as a transient
-    /// failure and is retried.
+    /// Seconds a registry may stay silent: a short request (manifests, blob
+    /// checks, mounts) not answered in full within it, or a blob download or
+    /// upload that moves no byte for that long, ends as a transient failure
+    /// and is retried. Long transfers that keep moving are never cut.
     #[serde(default = "read_timeout")]
     pub read_timeout_seconds: u64,
 }
@@ -79,6 +81,8 @@ impl Default for OciConfig {
 /// A connection to registries: source and sink share this.
 pub struct OciRegistry {
     client: Client,
+    /// How long a registry may stay silent (`readTimeoutSeconds`).
+    idle: Duration,
     cx: StageContext,
     /// Credentials from the definition's `registries:` (read from env or file).
     configured: std::collections::HashMap<String, Credentials>,
@@ -133,6 +137,7 @@ impl OciRegistry {
         if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
             return Ok(OciRegistry {
                 client: client.clone(),
+                idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
                 cx: cx.clone(),
                 configured: configured_credentials(cx)?,
                 discovered: Default::default(),
@@ -142,12 +147,11 @@ impl OciRegistry {
         let client_config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure.into_iter().collect()),
             use_monolithic_push: config.monolithic_push,
-            connect_timeout: Some(std::time::Duration::from_secs(
-                config.connect_timeout_seconds.max(1),
-            )),
-            read_timeout: Some(std::time::Duration::from_secs(
-                config.read_timeout_seconds.max(1),
-            )),
+            connect_timeout: Some(Duration::from_secs(config.connect_timeout_seconds.max(1))),
+            // No `read_timeout` here: reqwest counts it from the start of a
+            // request until its answer, so it would cut every upload longer
+            // than the limit. Silence is watched per operation instead
+            // (`answered`, `idle_limited`, `put_blob`).
             // No platform selection: indexes are copied whole.
             platform_resolver: None,
             user_agent: concat!("image-syncer/", env!("CARGO_PKG_VERSION")),
@@ -173,6 +177,7 @@ impl OciRegistry {
         clients.push((key, client.clone()));
         Ok(OciRegistry {
             client,
+            idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
             cx: cx.clone(),
             configured: configured_credentials(cx)?,
             discovered: Default::default(),
@@ -276,13 +281,17 @@ impl OciRegistry {
         media_type: Option<&str>,
         expected: Option<&Digest>,
     ) -> Result<RawManifest, StageError> {
-        let reference = self.prepare(r, RegistryOperation::Pull).await;
-        let auth = self.auth_for(r.registry());
+        let what = || format!("{r}: fetching manifest");
         let (bytes, _digest) = self
-            .client
-            .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
-            .await
-            .map_err(|e| classify(&format!("{r}: fetching manifest"), e, r))?;
+            .answered(what, async {
+                let reference = self.prepare(r, RegistryOperation::Pull).await;
+                let auth = self.auth_for(r.registry());
+                self.client
+                    .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
+                    .await
+                    .map_err(|e| classify(&what(), e, r))
+            })
+            .await?;
         RawManifest::new(media_type, bytes, expected.or(r.digest())).map_err(|e| {
             let kind = match e {
                 image_syncer_core::manifest::ManifestError::Digest { .. } => ErrorKind::Integrity,
@@ -293,14 +302,20 @@ impl OciRegistry {
     }
 
     async fn head_manifest(&self, r: &ImageRef) -> Result<Option<Digest>, StageError> {
-        let reference = self.prepare(r, RegistryOperation::Pull).await;
-        let auth = self.auth_for(r.registry());
-        match self.client.fetch_manifest_digest(&reference, &auth).await {
+        let what = || format!("{r}: looking up manifest");
+        let found = self
+            .answered(what, async {
+                let reference = self.prepare(r, RegistryOperation::Pull).await;
+                let auth = self.auth_for(r.registry());
+                Ok(self.client.fetch_manifest_digest(&reference, &auth).await)
+            })
+            .await?;
+        match found {
             Ok(d) => d.parse().map(Some).map_err(|e| {
                 StageError::invalid(format!("{r}: registry answered an invalid digest: {e}"))
             }),
             Err(e) => {
-                let e = classify(&format!("{r}: looking up manifest"), e, r);
+                let e = classify(&what(), e, r);
                 if e.kind == ErrorKind::NotFound {
                     Ok(None)
                 } else {
@@ -310,17 +325,38 @@ impl OciRegistry {
         }
     }
 
+    /// `op`, a request with a short answer, failed as transient when the
+    /// registry has not answered it in full within the idle limit.
+    async fn answered<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        op: impl std::future::Future<Output = Result<T, StageError>>,
+    ) -> Result<T, StageError> {
+        match tokio::time::timeout(self.idle, op).await {
+            Ok(r) => r,
+            Err(_) => Err(StageError::transient(format!(
+                "{}: no answer from the registry within {} s (readTimeoutSeconds)",
+                what(),
+                self.idle.as_secs()
+            ))),
+        }
+    }
+
     async fn stream_blob(&self, r: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
-        let reference = self.prepare(r, RegistryOperation::Pull).await;
+        let what = format!("{r}: fetching blob {}", d.digest);
         let stream = self
-            .client
-            .pull_blob_stream(&reference, &oci_descriptor(d))
-            .await
-            .map_err(|e| classify(&format!("{r}: fetching blob {}", d.digest), e, r))?;
+            .answered(|| what.clone(), async {
+                let reference = self.prepare(r, RegistryOperation::Pull).await;
+                self.client
+                    .pull_blob_stream(&reference, &oci_descriptor(d))
+                    .await
+                    .map_err(|e| classify(&what, e, r))
+            })
+            .await?;
         let expected = d.digest.clone();
         // oci-client verifies on the fly too; its verdict becomes core's
         // ContentMismatch so that it is a safety stop like ours.
-        Ok(Box::pin(stream.stream.map(move |item| {
+        let stream = Box::pin(stream.stream.map(move |item| {
             item.map_err(|e| {
                 let actual = match e.get_ref().and_then(|i| i.downcast_ref::<DigestError>()) {
                     Some(DigestError::VerificationError { actual, .. }) => {
@@ -339,8 +375,59 @@ impl OciRegistry {
                     None => e,
                 }
             })
-        })))
+        }));
+        Ok(idle_limited(stream, self.idle, what))
     }
+}
+
+/// Whether an upload that has sent `sent` of `size` bytes, the last of them
+/// `quiet` ago, is stalled, and why. While bytes remain, the client can hand
+/// over nothing only when the registry stopped reading (the socket buffers
+/// are full): `idle` of that is a stall. Once everything is handed over, the
+/// socket buffers (megabytes) still drain to the registry, which may then
+/// move the blob into storage before it answers; that wait is allowed `idle`
+/// plus a second per MiB of the blob.
+fn upload_stalled(quiet: Duration, sent: u64, size: u64, idle: Duration) -> Option<String> {
+    if sent < size {
+        (quiet >= idle).then(|| {
+            format!(
+                "the registry took no byte for {} s (readTimeoutSeconds)",
+                idle.as_secs()
+            )
+        })
+    } else {
+        let allowed = idle + Duration::from_secs(size / (1 << 20));
+        (quiet >= allowed).then(|| {
+            format!(
+                "no answer from the registry {} s after the last byte (readTimeoutSeconds + 1 s per MiB)",
+                allowed.as_secs()
+            )
+        })
+    }
+}
+
+/// `stream`, ended by a `TimedOut` error when no chunk comes for `limit`.
+fn idle_limited(stream: ByteStream, limit: Duration, what: String) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(Some(stream), move |state| {
+        let what = what.clone();
+        async move {
+            let mut stream = state?;
+            match tokio::time::timeout(limit, stream.next()).await {
+                Ok(Some(item)) => Some((item, Some(stream))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{what}: the registry sent nothing for {} s (readTimeoutSeconds)",
+                            limit.as_secs()
+                        ),
+                    )),
+                    None,
+                )),
+            }
+        }
+    }))
 }
 
 fn to_auth(c: &Credentials) -> RegistryAuth {
@@ -595,17 +682,15 @@ impl Sink for OciRegistry {
         repository: &ImageRef,
         descriptor: &Descriptor,
     ) -> Result<bool, StageError> {
-        let reference = self.prepare(repository, RegistryOperation::Push).await;
-        self.client
-            .blob_exists(&reference, &descriptor.digest.to_string())
-            .await
-            .map_err(|e| {
-                classify(
-                    &format!("{repository}: checking blob {}", descriptor.digest),
-                    e,
-                    repository,
-                )
-            })
+        let what = || format!("{repository}: checking blob {}", descriptor.digest);
+        self.answered(what, async {
+            let reference = self.prepare(repository, RegistryOperation::Push).await;
+            self.client
+                .blob_exists(&reference, &descriptor.digest.to_string())
+                .await
+                .map_err(|e| classify(&what(), e, repository))
+        })
+        .await
     }
 
     async fn mount_blob(
@@ -617,13 +702,18 @@ impl Sink for OciRegistry {
         if from.registry() != to.registry() {
             return Ok(false);
         }
-        let target = self.prepare(to, RegistryOperation::Push).await;
-        let source = self.reference(from);
-        match self
-            .client
-            .mount_blob(&target, &source, &descriptor.digest.to_string())
-            .await
-        {
+        let what = || format!("{to}: mounting blob {} from {from}", descriptor.digest);
+        let mounted = self
+            .answered(what, async {
+                let target = self.prepare(to, RegistryOperation::Push).await;
+                let source = self.reference(from);
+                Ok(self
+                    .client
+                    .mount_blob(&target, &source, &descriptor.digest.to_string())
+                    .await)
+            })
+            .await?;
+        match mounted {
             Ok(()) => Ok(true),
             // A registry that does not mount (or not across these repositories)
             // answers 202 and opens an upload instead: transfer the blob.
@@ -646,21 +736,47 @@ impl Sink for OciRegistry {
         let seen = failure.clone();
         let context = format!("{repository}: blob {}", descriptor.digest);
         let ctx2 = context.clone();
+        // When the client last took a chunk (ms since `started`), and how
+        // many bytes it took: see `upload_stalled`.
+        let started = tokio::time::Instant::now();
+        let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (last_w, sent_w) = (last.clone(), sent.clone());
         let stream = content.map(move |item: std::io::Result<Bytes>| {
+            last_w.store(
+                started.elapsed().as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if let Ok(chunk) = &item {
+                sent_w.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             item.map_err(|e| {
                 *seen.lock().unwrap() = Some(StageError::from_io(&ctx2, &e));
                 OciDistributionError::IoError(e)
             })
         });
-        let result = self
+        let digest = descriptor.digest.to_string();
+        let push = self
             .client
-            .push_blob_stream(
-                &reference,
-                stream,
-                &descriptor.digest.to_string(),
-                Some(descriptor.size),
-            )
-            .await;
+            .push_blob_stream(&reference, stream, &digest, Some(descriptor.size));
+        tokio::pin!(push);
+        let check = (self.idle / 4).max(Duration::from_millis(100));
+        // Bounded: each turn either ends the upload or finds it moved within
+        // the idle limit.
+        let result = loop {
+            tokio::select! {
+                r = &mut push => break r,
+                _ = tokio::time::sleep(check) => {
+                    let quiet = started.elapsed().saturating_sub(Duration::from_millis(
+                        last.load(std::sync::atomic::Ordering::Relaxed),
+                    ));
+                    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Some(why) = upload_stalled(quiet, sent, descriptor.size, self.idle) {
+                        return Err(StageError::transient(format!("{context}: upload: {why}")));
+                    }
+                }
+            }
+        };
         if let Some(e) = failure.lock().unwrap().take() {
             return Err(e);
         }
@@ -679,18 +795,22 @@ impl Sink for OciRegistry {
             ManifestTarget::Tag(t) => repository.with_tag(t),
             ManifestTarget::Digest => repository.with_digest(manifest.digest.clone()),
         };
-        let reference = self.prepare(&r, RegistryOperation::Push).await;
         let content_type = manifest.media_type.parse().map_err(|_| {
             StageError::invalid(format!(
                 "{r}: media type `{}` is not a valid header",
                 manifest.media_type
             ))
         })?;
-        self.client
-            .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
-            .await
-            .map(|url| debug!(%url, "manifest pushed"))
-            .map_err(|e| classify(&format!("{r}: pushing manifest {}", manifest.digest), e, &r))
+        let what = || format!("{r}: pushing manifest {}", manifest.digest);
+        self.answered(what, async {
+            let reference = self.prepare(&r, RegistryOperation::Push).await;
+            self.client
+                .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
+                .await
+                .map(|url| debug!(%url, "manifest pushed"))
+                .map_err(|e| classify(&what(), e, &r))
+        })
+        .await
     }
 }
 
@@ -740,6 +860,25 @@ image_syncer_core::inventory::submit! {
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn an_upload_stalls_on_silence_with_room_for_the_buffered_tail() {
+        let idle = Duration::from_secs(60);
+        let s = Duration::from_secs;
+        // Bytes remain: silence up to the limit is fine, at it a stall.
+        assert_eq!(upload_stalled(s(59), 10, 100, idle), None);
+        assert_eq!(
+            upload_stalled(s(60), 10, 100, idle).as_deref(),
+            Some("the registry took no byte for 60 s (readTimeoutSeconds)")
+        );
+        // All handed over: a 100 MiB blob may take 60 + 100 s to be answered.
+        let size = 100 << 20;
+        assert_eq!(upload_stalled(s(159), size, size, idle), None);
+        assert_eq!(
+            upload_stalled(s(160), size, size, idle).as_deref(),
+            Some("no answer from the registry 160 s after the last byte (readTimeoutSeconds + 1 s per MiB)")
+        );
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {
