@@ -730,11 +730,15 @@ impl Sink for OciRegistry {
         descriptor: &Descriptor,
         content: ByteStream,
     ) -> Result<(), StageError> {
-        let reference = self.prepare(repository, RegistryOperation::Push).await;
+        let context = format!("{repository}: blob {}", descriptor.digest);
+        let reference = self
+            .answered(|| format!("{context}: upload"), async {
+                Ok(self.prepare(repository, RegistryOperation::Push).await)
+            })
+            .await?;
         // Remember a content error of the stream: oci-client wraps it.
         let failure: Arc<Mutex<Option<StageError>>> = Arc::default();
         let seen = failure.clone();
-        let context = format!("{repository}: blob {}", descriptor.digest);
         let ctx2 = context.clone();
         // When the client last took a chunk (ms since `started`), and how
         // many bytes it took: see `upload_stalled`.
