@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, RateLimit};
+use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, RateLimit, TokenServer};
 
 use crate::support::*;
 
@@ -287,6 +287,42 @@ fn an_upload_left_unanswered_times_out_and_is_retried() {
         r.stderr
     );
     assert!(p.tp.injected.held.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
+}
+
+#[test]
+fn a_busy_token_server_is_retried_not_taken_as_a_refusal() {
+    // The source wants a bearer token from its realm (as Docker Hub does);
+    // the realm answers its first two requests 503 with `Retry-After: 1`.
+    let image = fixtures::image("token-busy", 1, 20_000);
+    let p = proxied(
+        &[("team/app:1", &image)],
+        Faults {
+            token_server: Some(TokenServer {
+                token: "t0ken-for-anyone".into(),
+                busy_first: 2,
+            }),
+            ..Default::default()
+        },
+        Faults::default(),
+        "- source: team/app:1\n",
+        "",
+    );
+    let r = run(&["-i", &p.def, "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let retried = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("retrying") && l.contains("/token"))
+        .unwrap_or_else(|| panic!("no retry of the token request: {}", r.stderr));
+    assert!(retried.contains("code: 503"), "{retried}");
+    assert!(retried.contains("retry_after_ms=1000"), "{retried}");
+    assert!(
+        p.sp.injected
+            .token_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 3
+    );
     assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
 }
 

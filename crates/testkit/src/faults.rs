@@ -40,6 +40,8 @@ pub struct Faults {
     pub wrong_digest_header: bool,
     /// Answer 401 to requests without `Authorization: Bearer <this>`.
     pub require_bearer: Option<String>,
+    /// Be a registry with token authentication, as Docker Hub is.
+    pub token_server: Option<TokenServer>,
     /// Rate-limit the first requests of a path.
     pub rate_limit: Option<RateLimit>,
     /// Hold the first requests of a path before forwarding them.
@@ -47,6 +49,16 @@ pub struct Faults {
     /// Read request bodies (uploads) at this many bytes per second, through
     /// a small receive buffer (0: as fast as they come).
     pub upload_bytes_per_sec: u64,
+}
+
+/// Token authentication in front of the registry: requests without
+/// `Authorization: Bearer <token>` get a 401 whose `WWW-Authenticate` names
+/// the proxy's own `/token` realm, which hands out `token` to anyone, after
+/// answering its first `busy_first` requests with 503 and `Retry-After: 1`.
+#[derive(Clone, Debug)]
+pub struct TokenServer {
+    pub token: String,
+    pub busy_first: u32,
 }
 
 /// Answers the first `times` requests whose path contains `path` (and whose
@@ -91,6 +103,8 @@ pub struct Injected {
     pub always_failed: AtomicU64,
     /// Requests a [`Hold`] held.
     pub held: AtomicU64,
+    /// Requests to the [`TokenServer`]'s realm, busy or not.
+    pub token_requests: AtomicU64,
     /// Every request matching the [`RateLimit`] path, in order.
     pub rate_limited: std::sync::Mutex<Vec<LimitedRequest>>,
 }
@@ -226,6 +240,43 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     if let Some(h) = hold {
         if st.injected.held.fetch_add(1, Ordering::SeqCst) < h.times as u64 {
             tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+        }
+    }
+    if let Some(ts) = &f.token_server {
+        if path.starts_with("/token") {
+            let n = st.injected.token_requests.fetch_add(1, Ordering::SeqCst);
+            if n < ts.busy_first as u64 {
+                return Ok(full(
+                    503,
+                    "token service busy",
+                    &[("retry-after", "1"), ("content-type", "text/plain")],
+                ));
+            }
+            let body = format!("{{\"token\":\"{0}\",\"access_token\":\"{0}\"}}", ts.token);
+            let mut r = full(200, "", &[("content-type", "application/json")]);
+            *r.body_mut() = Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed();
+            return Ok(r);
+        }
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {}", ts.token));
+        if !ok {
+            let challenge = format!(
+                "Bearer realm=\"http://{}/token\",service=\"fault-proxy\"",
+                st.proxy
+            );
+            return Ok(full(
+                401,
+                "{\"errors\":[{\"code\":\"UNAUTHORIZED\",\"message\":\"token required\"}]}",
+                &[
+                    ("content-type", "application/json"),
+                    ("www-authenticate", challenge.as_str()),
+                ],
+            ));
         }
     }
     if let Some(token) = &f.require_bearer {

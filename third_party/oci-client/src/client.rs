@@ -440,16 +440,31 @@ impl Client {
         &self,
         reference: &Reference,
         op: RegistryOperation,
-    ) -> Option<RegistryTokenType> {
+    ) -> Result<Option<RegistryTokenType>> {
         let registry = reference.resolve_registry();
-        let auth = self.auth_store.read().await.get(registry)?.clone();
+        let Some(auth) = self.auth_store.read().await.get(registry).cloned() else {
+            return Ok(None);
+        };
         match self.tokens.get(reference, op).await {
-            Some(token) => Some(token),
-            None => {
-                let token = self._auth(reference, &auth, op).await.ok()??;
-                self.tokens.insert(reference, op, token.clone()).await;
-                Some(token)
-            }
+            Some(token) => Ok(Some(token)),
+            None => match self._auth(reference, &auth, op).await {
+                Ok(Some(token)) => {
+                    self.tokens.insert(reference, op, token.clone()).await;
+                    Ok(Some(token))
+                }
+                Ok(None) => Ok(None),
+                // Patched (image-syncer): a token server that is busy, failing
+                // or unreachable fails the request with that error, so that it
+                // can be retried; before, the request went out without a token
+                // and came back as "not authorized". A refusal still does: the
+                // registry's own 401 says what is wrong.
+                Err(
+                    e @ (OciDistributionError::ServerError { .. }
+                    | OciDistributionError::RetryAfter { .. }
+                    | OciDistributionError::RequestError(_)),
+                ) => Err(e),
+                Err(_) => Ok(None),
+            },
         }
     }
 
@@ -2474,7 +2489,7 @@ impl<'a> RequestBuilderWrapper<'a> {
         }
 
         let mut headers = HeaderMap::new();
-        if let Some(token) = self.client.get_auth_token(image, op).await {
+        if let Some(token) = self.client.get_auth_token(image, op).await? {
             match token {
                 RegistryTokenType::Bearer(token) => {
                     debug!("Using bearer token authentication.");
