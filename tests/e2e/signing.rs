@@ -85,15 +85,27 @@ fn setup() -> Setup {
     }
 }
 
+/// Says `what` ("signature: signed", ...) in `n` report lines.
+fn assert_says(r: &Run, what: &str, n: usize) {
+    assert_eq!(r.stdout.matches(what).count(), n, "{}", r.stdout);
+}
+
 const IMAGES: &str = "sign: true\nimages:\n- source: busybox:1.36\n- source: team/multi:1.0\n- source: team/unsigned:1\n  sign: false\n";
 
 impl Setup {
-    fn sync(&self, key: &Path, extra: &[&str]) -> Run {
-        let def = write(
+    /// Writes the definition `name`: the registries' header, then `body`.
+    fn definition(&self, name: &str, body: &str) -> PathBuf {
+        write(
             self.dir.path(),
-            "images.yaml",
-            &format!("{}{IMAGES}", header(&self.source, &self.target)),
-        );
+            name,
+            &format!("{}{body}", header(&self.source, &self.target)),
+        )
+    }
+
+    /// Syncs [`IMAGES`] signing with `key` (a key file or a key reference),
+    /// with the flags `extra` and the environment `env`.
+    fn sign_with(&self, key: &str, extra: &[&str], env: &[(&str, &str)]) -> Run {
+        let def = self.definition("images.yaml", IMAGES);
         let host = self.target.host();
         let mut args = vec![
             "-i",
@@ -101,10 +113,26 @@ impl Setup {
             "--insecure-registry",
             &host,
             "--kms-key",
-            key.to_str().unwrap(),
+            key,
         ];
         args.extend_from_slice(extra);
-        run(&args)
+        run_with(&args, env)
+    }
+
+    fn sync(&self, key: &Path, extra: &[&str]) -> Run {
+        self.sign_with(key.to_str().unwrap(), extra, &[])
+    }
+
+    /// Both signed images of [`IMAGES`] carry exactly one signature, and
+    /// openssl alone finds it valid for `public`.
+    fn both_signed_by(&self, public: &Path) {
+        let single = self.single.digest.to_string();
+        let multi = self.multi.digest.to_string();
+        assert_eq!(
+            self.openssl_verify("mirror/library/busybox", &single, public),
+            1
+        );
+        assert_eq!(self.openssl_verify("mirror/team/multi", &multi, public), 1);
     }
 
     /// Verifies every signature layer under `repo:sha256-<hex>.sig` with openssl alone.
@@ -158,25 +186,9 @@ fn signs_on_first_sync_verifies_with_openssl_and_writes_nothing_the_second_time(
     let k = keypair(s.dir.path(), "ours");
     let r = s.sync(&k.key, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: signed", 2);
     // Every signature pushed verifies with openssl and the public key alone.
-    assert_eq!(
-        s.openssl_verify(
-            "mirror/library/busybox",
-            &s.single.digest.to_string(),
-            &k.public
-        ),
-        1
-    );
-    assert_eq!(
-        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
-        1
-    );
+    s.both_signed_by(&k.public);
     // `sign: false` is honoured.
     block_on(async {
         assert_eq!(s.target.tags("mirror/team/unsigned").await, vec!["1"]);
@@ -185,12 +197,7 @@ fn signs_on_first_sync_verifies_with_openssl_and_writes_nothing_the_second_time(
     let before = s.target.storage_snapshot();
     let r = s.sync(&k.key, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: already signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: already signed", 2);
     assert_eq!(s.target.storage_snapshot(), before);
 }
 
@@ -223,12 +230,7 @@ fn dry_run_reports_would_sign_and_writes_nothing() {
     let before = s.target.storage_snapshot();
     let r = s.sync(&k.key, &["--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: would sign").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: would sign", 2);
     assert_eq!(s.target.storage_snapshot(), before);
     // Copied but unsigned images in the target: dry run verifies and still writes nothing.
     let plain = write(
@@ -248,12 +250,7 @@ fn dry_run_reports_would_sign_and_writes_nothing() {
     let before = s.target.storage_snapshot();
     let r = s.sync(&k.key, &["--dry-run"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: would sign").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: would sign", 2);
     assert_eq!(s.target.storage_snapshot(), before);
 }
 
@@ -262,14 +259,7 @@ fn signature_made_independently_with_openssl_is_accepted() {
     let s = setup();
     let k = keypair(s.dir.path(), "ours");
     // Sync without signing, then sign by hand: payload written here, signed by openssl.
-    let plain = write(
-        s.dir.path(),
-        "plain.yaml",
-        &format!(
-            "{}images:\n- source: busybox:1.36\n",
-            header(&s.source, &s.target)
-        ),
-    );
+    let plain = s.definition("plain.yaml", "images:\n- source: busybox:1.36\n");
     let host = s.target.host();
     assert_eq!(
         run(&["-i", plain.to_str().unwrap(), "--insecure-registry", &host]).code,
@@ -284,14 +274,7 @@ fn signature_made_independently_with_openssl_is_accepted() {
         s.dir.path(),
     );
     let before = s.target.storage_snapshot();
-    let def = write(
-        s.dir.path(),
-        "one.yaml",
-        &format!(
-            "{}sign: true\nimages:\n- source: busybox:1.36\n",
-            header(&s.source, &s.target)
-        ),
-    );
+    let def = s.definition("one.yaml", "sign: true\nimages:\n- source: busybox:1.36\n");
     let r = run(&[
         "-i",
         def.to_str().unwrap(),
@@ -314,11 +297,7 @@ fn key_from_environment_variable() {
     let s = setup();
     let k = keypair(s.dir.path(), "ours");
     let pem = std::fs::read_to_string(&k.key).unwrap();
-    let def = write(
-        s.dir.path(),
-        "images.yaml",
-        &format!("{}{IMAGES}", header(&s.source, &s.target)),
-    );
+    let def = s.definition("images.yaml", IMAGES);
     let host = s.target.host();
     let r = run_with(
         &["-i", def.to_str().unwrap(), "--insecure-registry", &host],
@@ -401,91 +380,24 @@ fn aws_kms_key_on_moto_signs_and_verifies_with_openssl() {
     std::fs::write(&public, moto.public_key_pem(&key_id)).unwrap();
     let env = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let def = write(
-        s.dir.path(),
-        "images.yaml",
-        &format!("{}{IMAGES}", header(&s.source, &s.target)),
-    );
-    let host = s.target.host();
     let key_ref = format!("awskms:///{key_id}");
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            &key_ref,
-        ],
-        &env,
-    );
+    let r = s.sign_with(&key_ref, &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
-    assert_eq!(
-        s.openssl_verify(
-            "mirror/library/busybox",
-            &s.single.digest.to_string(),
-            &public
-        ),
-        1
-    );
-    assert_eq!(
-        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &public),
-        1
-    );
+    assert_says(&r, "signature: signed", 2);
+    s.both_signed_by(&public);
     // The same key through its alias finds its own signatures: nothing written.
     let before = s.target.storage_snapshot();
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            "awskms:///alias/image-syncer",
-        ],
-        &env,
-    );
+    let r = s.sign_with("awskms:///alias/image-syncer", &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: already signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: already signed", 2);
     assert_eq!(s.target.storage_snapshot(), before);
     // Another KMS key sees signatures it cannot verify: safety stop.
     let other = moto.create_p256_key();
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            &format!("awskms:///{other}"),
-        ],
-        &env,
-    );
+    let r = s.sign_with(&format!("awskms:///{other}"), &[], &env);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(s.target.storage_snapshot(), before);
     // A key that does not exist: a failure naming the key, nothing written.
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            "awskms:///alias/missing",
-        ],
-        &env,
-    );
+    let r = s.sign_with("awskms:///alias/missing", &[], &env);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stdout.contains("alias/missing"), "{}", r.stdout);
     assert_eq!(s.target.storage_snapshot(), before);
@@ -523,31 +435,10 @@ fn gcp_kms_stand_in_newest_enabled_version_crc_checks_and_standard_credentials()
     let standin = StandIn::start("gcpkms.py", &[keys.to_str().unwrap(), "--log", &log_s]);
     let env = gcp_env(&s, &standin);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let def = write(
-        s.dir.path(),
-        "images.yaml",
-        &format!("{}{IMAGES}", header(&s.source, &s.target)),
-    );
-    let host = s.target.host();
     let key = "gcpkms://projects/p/locations/global/keyRings/r/cryptoKeys/k";
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            key,
-        ],
-        &env,
-    );
+    let r = s.sign_with(&key, &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: signed", 2);
     // Signed by the newest ENABLED version (3), checked by openssl alone.
     assert_eq!(
         s.openssl_verify(
@@ -569,35 +460,10 @@ fn gcp_kms_stand_in_newest_enabled_version_crc_checks_and_standard_credentials()
     );
     // The named version 3 finds its signatures; version 2 does not verify them: stop.
     let before = s.target.storage_snapshot();
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            &format!("{key}/cryptoKeyVersions/3"),
-        ],
-        &env,
-    );
+    let r = s.sign_with(&format!("{key}/cryptoKeyVersions/3"), &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: already signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            &format!("{key}/cryptoKeyVersions/2"),
-        ],
-        &env,
-    );
+    assert_says(&r, "signature: already signed", 2);
+    let r = s.sign_with(&format!("{key}/cryptoKeyVersions/2"), &[], &env);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(s.target.storage_snapshot(), before);
 }
@@ -614,13 +480,9 @@ fn gcp_kms_stand_in_corrupted_signature_is_refused_and_nothing_written() {
     );
     let env = gcp_env(&s, &standin);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let def = write(
-        s.dir.path(),
+    let def = s.definition(
         "images.yaml",
-        &format!(
-            "{}sign: true\nimages:\n- source: busybox:1.36\n",
-            header(&s.source, &s.target)
-        ),
+        "sign: true\nimages:\n- source: busybox:1.36\n",
     );
     let host = s.target.host();
     let r = run_with(
@@ -659,46 +521,15 @@ fn vault_transit_stand_in_signs_and_verifies_with_openssl() {
         ("VAULT_TOKEN", "s.token"),
         ("TRANSIT_SECRET_ENGINE_PATH", "signing"),
     ];
-    let def = write(
-        s.dir.path(),
-        "images.yaml",
-        &format!("{}{IMAGES}", header(&s.source, &s.target)),
-    );
     let host = s.target.host();
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            "hashivault://cosign",
-        ],
-        &env,
-    );
+    let r = s.sign_with("hashivault://cosign", &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        s.openssl_verify(
-            "mirror/library/busybox",
-            &s.single.digest.to_string(),
-            &k.public
-        ),
-        1
-    );
-    assert_eq!(
-        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
-        1
-    );
+    s.both_signed_by(&k.public);
     assert!(!r.all().contains("s.token"));
-    // A wrong token: refused, nothing written, the token never printed.
-    let before = s.target.storage_snapshot();
-    let plain = write(
-        s.dir.path(),
+    // A wrong token: refused, no signature written, the token never printed.
+    let plain = s.definition(
         "more.yaml",
-        &format!(
-            "{}sign: true\nimages:\n- source: team/unsigned:1\n",
-            header(&s.source, &s.target)
-        ),
+        "sign: true\nimages:\n- source: team/unsigned:1\n",
     );
     let r = run_with(
         &[
@@ -729,7 +560,6 @@ fn vault_transit_stand_in_signs_and_verifies_with_openssl() {
         block_on(s.target.digest(&format!("mirror/team/unsigned:{tag}"))),
         None
     );
-    let _ = before;
 }
 
 /// Azure Key Vault through the official SDK, against the STAND-IN server
@@ -763,31 +593,10 @@ fn azure_key_vault_stand_in_signs_with_the_current_version() {
         ("IDENTITY_HEADER", "standin-identity-header"),
         ("SSL_CERT_FILE", ca.to_str().unwrap()),
     ];
-    let def = write(
-        s.dir.path(),
-        "images.yaml",
-        &format!("{}{IMAGES}", header(&s.source, &s.target)),
-    );
-    let host = s.target.host();
     let key = "azurekms://standin.vault.azure.net/cosign";
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            key,
-        ],
-        &env,
-    );
+    let r = s.sign_with(&key, &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
+    assert_says(&r, "signature: signed", 2);
     // The current version (v2) signed; openssl alone checks it.
     assert_eq!(
         s.openssl_verify(
@@ -802,17 +611,7 @@ fn azure_key_vault_stand_in_signs_with_the_current_version() {
     assert!(requests.contains("/keys/cosign/v2/sign"), "{requests}");
     // Version 1 named explicitly: the v2 signatures are not valid for it.
     let before = s.target.storage_snapshot();
-    let r = run_with(
-        &[
-            "-i",
-            def.to_str().unwrap(),
-            "--insecure-registry",
-            &host,
-            "-k",
-            &format!("{key}/v1"),
-        ],
-        &env,
-    );
+    let r = s.sign_with(&format!("{key}/v1"), &[], &env);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(s.target.storage_snapshot(), before);
 }
@@ -821,14 +620,7 @@ fn azure_key_vault_stand_in_signs_with_the_current_version() {
 fn recursive_signing_from_the_pipeline_section_signs_index_and_children() {
     let s = setup();
     let k = keypair(s.dir.path(), "ours");
-    let def = write(
-        s.dir.path(),
-        "images.yaml",
-        &format!(
-            "{}sign: true\nimages:\n- source: team/multi:1.0\npipeline:\n  signer:\n    plugin: cosign\n    config:\n      recursive: true\n",
-            header(&s.source, &s.target)
-        ),
-    );
+    let def = s.definition("images.yaml", "sign: true\nimages:\n- source: team/multi:1.0\npipeline:\n  signer:\n    plugin: cosign\n    config:\n      recursive: true\n");
     let host = s.target.host();
     let r = run(&[
         "-i",
@@ -870,33 +662,13 @@ fn exec_signer_plugin_from_the_definition_signs_verifiably() {
     let host = s.target.host();
     let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert_eq!(
-        r.stdout.matches("signature: signed").count(),
-        2,
-        "{}",
-        r.stdout
-    );
-    assert_eq!(
-        s.openssl_verify(
-            "mirror/library/busybox",
-            &s.single.digest.to_string(),
-            &k.public
-        ),
-        1
-    );
-    assert_eq!(
-        s.openssl_verify("mirror/team/multi", &s.multi.digest.to_string(), &k.public),
-        1
-    );
+    assert_says(&r, "signature: signed", 2);
+    s.both_signed_by(&k.public);
     // Signatures by the cosign signer with another key stop the exec signer.
     let other = keypair(s.dir.path(), "other");
-    let plain = write(
-        s.dir.path(),
+    let plain = s.definition(
         "other.yaml",
-        &format!(
-            "{}sign: true\nimages:\n- source: team/unsigned:1\n",
-            header(&s.source, &s.target)
-        ),
+        "sign: true\nimages:\n- source: team/unsigned:1\n",
     );
     assert_eq!(
         run(&[
@@ -1018,13 +790,9 @@ fn signatures_and_attestations_are_carried_along_and_ours_appended() {
         s.source
             .push(&format!("library/busybox:{referrers_tag}"), &referrers),
     );
-    let def = write(
-        s.dir.path(),
+    let def = s.definition(
         "carry.yaml",
-        &format!(
-            "{}carrySignatures: true\nsign: true\nimages:\n- source: busybox:1.36\n",
-            header(&s.source, &s.target)
-        ),
+        "carrySignatures: true\nsign: true\nimages:\n- source: busybox:1.36\n",
     );
     let host = s.target.host();
     let r = run(&[
