@@ -327,6 +327,47 @@ fn a_busy_token_server_is_retried_not_taken_as_a_refusal() {
 }
 
 #[test]
+fn the_proxy_named_by_http_proxy_is_used_and_no_proxy_is_honoured() {
+    // The source is named by a host that does not resolve; only the HTTP
+    // proxy from the environment (a proxy in front of the real source) can
+    // reach it. The target is reached directly: NO_PROXY names it.
+    let source = Registry::start();
+    let target = Registry::start();
+    let image = fixtures::image("via-proxy", 1, 20_000);
+    block_on(source.push("team/app:1", &image));
+    let proxy = FaultProxy::start(&source.host(), Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "targetRepoPrefix: \"{t}/mirror/\"\nregistries:\n  \"registry.invalid:5000\":\n    insecure: true\n  \"{t}\":\n    insecure: true\nimages:\n- source: registry.invalid:5000/team/app:1\n",
+            t = target.host()
+        ),
+    );
+    let proxy_url = format!("http://{}", proxy.host());
+    let r = run_with(
+        &["-i", def.to_str().unwrap()],
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "127.0.0.1")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        proxy
+            .injected
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+    assert_eq!(
+        block_on(target.digest("mirror/registry.invalid_5000/team/app:1")),
+        Some(image.digest.to_string())
+    );
+    // Without the proxy the source cannot be reached at all.
+    let r = run(&["-i", def.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+}
+
+#[test]
 fn a_fault_beyond_the_retry_budget_fails_that_image_only() {
     let good = fixtures::image("budget-good", 2, 50_000);
     let broken = fixtures::image("budget-broken", 2, 50_000);
