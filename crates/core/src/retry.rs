@@ -98,7 +98,10 @@ impl RetryPolicy {
                 return Err(e);
             }
             if let Some(asked) = e.retry_after {
-                if elapsed + asked > self.budget {
+                if elapsed
+                    .checked_add(asked)
+                    .is_none_or(|end| end > self.budget)
+                {
                     let retries = match n {
                         0 => String::new(),
                         n => format!("after {n} retries; "),
@@ -285,6 +288,13 @@ mod tests {
             e.message,
             "429 Too Many Requests (the registry asks to wait 600 s before trying again, past the retry budget of 5 s)"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_retry_after_fails_at_once_without_overflow() {
+        let (r, calls, waited) = rate_limited(quick(3), Duration::from_secs(u64::MAX), 1).await;
+        assert_eq!((calls, waited), (1, Duration::ZERO));
+        assert!(r.unwrap_err().message.contains("past the retry budget"));
     }
 
     #[tokio::test(start_paused = true)]
