@@ -295,23 +295,28 @@ impl Orchestrator {
             });
         }
 
-        // Signers, for the images that are signed: the image's own or the pipeline's.
-        let signing: Vec<&Item> = items.iter().filter(|i| i.spec.sign).collect();
-        // The built-in signer takes its key from `--kms-key`; other signers
-        // (plugins) may carry their key in their own config.
-        let keyless: Vec<&&Item> = signing
+        // Signers, for the images that are signed: the image's own or the
+        // pipeline's. A signer that needs `--kms-key` says so when built
+        // (`BuildError::MissingKey`); others may carry their key in their config.
+        let signing: Vec<(String, usize, String)> = items
             .iter()
-            .filter(|i| i.spec.signer.as_ref().unwrap_or(&pipeline.signer).plugin == "cosign")
+            .filter(|i| i.spec.sign)
+            .map(|i| {
+                let plugin = &i.spec.signer.as_ref().unwrap_or(&pipeline.signer).plugin;
+                (plugin.clone(), i.spec.index, i.spec.source.to_string())
+            })
             .collect();
-        if let (None, Some(first)) = (&self.context.key_ref, keyless.first()) {
-            return Err(PrepareError::SigningWithoutKey {
-                path,
-                count: keyless.len(),
-                first: first.spec.index,
-                first_source: first.spec.source.to_string(),
-            });
-        }
         let count = signing.len();
+        let without_key = |plugin: &str| {
+            let asking: Vec<&(String, usize, String)> =
+                signing.iter().filter(|(p, ..)| p == plugin).collect();
+            PrepareError::SigningWithoutKey {
+                path: path.clone(),
+                count: asking.len(),
+                first: asking[0].1,
+                first_source: asking[0].2.clone(),
+            }
+        };
         let mut signers: HashMap<String, Arc<dyn Signer>> = HashMap::new();
         for item in items.iter_mut().filter(|i| i.spec.sign) {
             let chosen = item.spec.signer.as_ref().unwrap_or(&pipeline.signer);
@@ -320,6 +325,13 @@ impl Orchestrator {
                 match self.build_at(def, StageKind::Signer, chosen) {
                     Ok(Stage::Signer(s)) => signers.insert(key.clone(), s),
                     Ok(_) => unreachable!("registry checks the kind"),
+                    Err(
+                        PrepareError::Build(BuildError::MissingKey { .. })
+                        | PrepareError::Stage {
+                            source: BuildError::MissingKey { .. },
+                            ..
+                        },
+                    ) => return Err(without_key(&chosen.plugin)),
                     Err(e @ PrepareError::Stage { .. }) => return Err(e),
                     Err(e) => {
                         return Err(PrepareError::SignerUnavailable {

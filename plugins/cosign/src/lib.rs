@@ -150,10 +150,9 @@ struct Factory;
 impl StageFactory for Factory {
     fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
         let config: CosignConfig = typed_config(StageKind::Signer, "cosign", config)?;
-        let key_ref = cx.key_ref.clone().ok_or_else(|| BuildError::Setup {
+        let key_ref = cx.key_ref.clone().ok_or_else(|| BuildError::MissingKey {
             kind: StageKind::Signer,
             plugin: "cosign".into(),
-            message: "no signing key: set --kms-key (or --key-ref, SYNCER_KMS_KEY)".into(),
         })?;
         let provider = keys::provider_for(&key_ref).map_err(|e: KeyError| BuildError::Setup {
             kind: StageKind::Signer,

@@ -242,7 +242,14 @@ impl Sink for RecordingSink {
 struct Fixed(Stage);
 
 impl StageFactory for Fixed {
-    fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<Stage, BuildError> {
+    fn build(&self, _config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
+        // Like the built-in cosign signer: a signer needs `--kms-key`.
+        if matches!(self.0, Stage::Signer(_)) && cx.key_ref.is_none() {
+            return Err(BuildError::MissingKey {
+                kind: StageKind::Signer,
+                plugin: "cosign".into(),
+            });
+        }
         Ok(self.0.clone())
     }
 }
