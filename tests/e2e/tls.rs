@@ -63,3 +63,28 @@ fn https_target_needs_its_ca_and_gets_it_from_ca_file_or_ssl_cert_file() {
         r.stderr
     );
 }
+
+#[test]
+fn an_https_registry_is_reached_through_https_proxy() {
+    // The proxy tunnels (CONNECT) to the HTTPS target and forwards the plain
+    // HTTP source's requests; TLS runs end to end, verified with the CA.
+    let (source, target, _dir, def) = setup();
+    let proxy = image_syncer_testkit::faults::FaultProxy::start(
+        &source.host(),
+        image_syncer_testkit::faults::Faults::default(),
+    );
+    let ca = target.ca_file().unwrap();
+    let url = format!("http://{}", proxy.host());
+    let r = run_with(
+        &["-i", &def, "--ca-file", ca.to_str().unwrap()],
+        &[("HTTPS_PROXY", &url), ("HTTP_PROXY", &url)],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let seen = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(seen(&proxy.injected.tunnels) >= 1, "no CONNECT tunnel");
+    assert!(
+        seen(&proxy.injected.requests) >= 1,
+        "no proxied HTTP request"
+    );
+    assert!(block_on(target.digest("mirror/library/busybox:1.36")).is_some());
+}

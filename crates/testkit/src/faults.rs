@@ -105,6 +105,8 @@ pub struct Injected {
     pub held: AtomicU64,
     /// Requests to the [`TokenServer`]'s realm, busy or not.
     pub token_requests: AtomicU64,
+    /// `CONNECT` tunnels opened (the proxy used as an HTTPS proxy).
+    pub tunnels: AtomicU64,
     /// Every request matching the [`RateLimit`] path, in order.
     pub rate_limited: std::sync::Mutex<Vec<LimitedRequest>>,
 }
@@ -179,6 +181,9 @@ fn full(status: u16, body: &'static str, headers: &[(&str, &str)]) -> Response<B
 }
 
 async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>, std::io::Error> {
+    if req.method() == hyper::Method::CONNECT {
+        return Ok(tunnel(req, &st));
+    }
     let n = st.injected.requests.fetch_add(1, Ordering::SeqCst);
     if st.faults.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.latency_ms)).await;
@@ -415,6 +420,31 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         .expect("response"))
 }
 
+/// As an HTTPS proxy: a `CONNECT host:port` tunnel, to 127.0.0.1 only,
+/// carrying the bytes both ways untouched (TLS goes end to end).
+fn tunnel(req: Request<Incoming>, st: &State) -> Response<Body> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if !authority.starts_with("127.0.0.1:") {
+        return full(403, "this proxy tunnels to 127.0.0.1 only", &[]);
+    }
+    st.injected.tunnels.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(req).await else {
+            return;
+        };
+        let Ok(mut upstream) = tokio::net::TcpStream::connect(&authority).await else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(upgraded);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    full(200, "", &[])
+}
+
 impl FaultProxy {
     /// Proxies to `upstream` (`127.0.0.1:PORT`, plain HTTP) with `faults`.
     pub fn start(upstream: &str, faults: Faults) -> FaultProxy {
@@ -458,6 +488,7 @@ impl FaultProxy {
                                 let service = hyper::service::service_fn(move |req| handle(req, st.clone()));
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .with_upgrades()
                                     .await;
                             });
                         }
