@@ -533,6 +533,17 @@ fn tag_is_sound(s: &Slow) -> bool {
     })
 }
 
+/// A re-run after an interruption copies the image exactly.
+fn rerun_completes(s: &Slow) {
+    let r = run(&["-i", &s.p.def]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(tag_is_sound(s));
+    assert_eq!(
+        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
+        Some(s.image.digest.to_string())
+    );
+}
+
 /// One signal mid-copy: the run stops cleanly (exit 1, "Interrupted", no tag
 /// written), and a re-run completes the image exactly.
 fn a_signal_mid_copy_stops_cleanly_and_a_rerun_completes(signal: &str) {
@@ -552,13 +563,7 @@ fn a_signal_mid_copy_stops_cleanly_and_a_rerun_completes(signal: &str) {
         None,
         "interrupted mid-copy, the tag must not be written"
     );
-    let r = run(&["-i", &s.p.def]);
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(tag_is_sound(&s));
-    assert_eq!(
-        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
-        Some(s.image.digest.to_string())
-    );
+    rerun_completes(&s);
 }
 
 #[test]
@@ -614,13 +619,7 @@ fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
         tag_is_sound(&s),
         "a tag points at missing or other content after kill -9"
     );
-    let r = run(&["-i", &s.p.def]);
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(tag_is_sound(&s));
-    assert_eq!(
-        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
-        Some(s.image.digest.to_string())
-    );
+    rerun_completes(&s);
 }
 
 #[test]

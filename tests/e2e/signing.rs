@@ -436,7 +436,7 @@ fn gcp_kms_stand_in_newest_enabled_version_crc_checks_and_standard_credentials()
     let env = gcp_env(&s, &standin);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let key = "gcpkms://projects/p/locations/global/keyRings/r/cryptoKeys/k";
-    let r = s.sign_with(&key, &[], &env);
+    let r = s.sign_with(key, &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_says(&r, "signature: signed", 2);
     // Signed by the newest ENABLED version (3), checked by openssl alone.
@@ -594,7 +594,7 @@ fn azure_key_vault_stand_in_signs_with_the_current_version() {
         ("SSL_CERT_FILE", ca.to_str().unwrap()),
     ];
     let key = "azurekms://standin.vault.azure.net/cosign";
-    let r = s.sign_with(&key, &[], &env);
+    let r = s.sign_with(key, &[], &env);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_says(&r, "signature: signed", 2);
     // The current version (v2) signed; openssl alone checks it.

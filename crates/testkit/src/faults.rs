@@ -167,13 +167,13 @@ fn uniform(seed: u64, n: u64) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn full(status: u16, body: &'static str, headers: &[(&str, &str)]) -> Response<Body> {
+fn full(status: u16, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Response<Body> {
     let mut r = Response::builder().status(status);
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
     r.body(
-        Full::new(Bytes::from_static(body.as_bytes()))
+        Full::new(body.into())
             .map_err(|never| match never {})
             .boxed(),
     )
@@ -258,11 +258,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
                 ));
             }
             let body = format!("{{\"token\":\"{0}\",\"access_token\":\"{0}\"}}", ts.token);
-            let mut r = full(200, "", &[("content-type", "application/json")]);
-            *r.body_mut() = Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed();
-            return Ok(r);
+            return Ok(full(200, body, &[("content-type", "application/json")]));
         }
         let ok = req
             .headers()

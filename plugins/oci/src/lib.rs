@@ -11,6 +11,7 @@
 //!   the orchestrator); blobs stream both ways and are verified on the fly.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -743,16 +744,13 @@ impl Sink for OciRegistry {
         // When the client last took a chunk (ms since `started`), and how
         // many bytes it took: see `upload_stalled`.
         let started = tokio::time::Instant::now();
-        let last = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let last = Arc::new(AtomicU64::new(0));
+        let sent = Arc::new(AtomicU64::new(0));
         let (last_w, sent_w) = (last.clone(), sent.clone());
         let stream = content.map(move |item: std::io::Result<Bytes>| {
-            last_w.store(
-                started.elapsed().as_millis() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            last_w.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
             if let Ok(chunk) = &item {
-                sent_w.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                sent_w.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             item.map_err(|e| {
                 *seen.lock().unwrap() = Some(StageError::from_io(&ctx2, &e));
@@ -772,9 +770,9 @@ impl Sink for OciRegistry {
                 r = &mut push => break r,
                 _ = tokio::time::sleep(check) => {
                     let quiet = started.elapsed().saturating_sub(Duration::from_millis(
-                        last.load(std::sync::atomic::Ordering::Relaxed),
+                        last.load(Ordering::Relaxed),
                     ));
-                    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+                    let sent = sent.load(Ordering::Relaxed);
                     if let Some(why) = upload_stalled(quiet, sent, descriptor.size, self.idle) {
                         return Err(StageError::transient(format!("{context}: upload: {why}")));
                     }
