@@ -6,6 +6,8 @@
     populate.py HOST:PORT w3 [--layer-size 1073741824] [--tmpdir DIR]
     populate.py HOST:PORT w4 [--count 1000] [--layer-size 1024]
     populate.py HOST:PORT check REPO:TAG ...     # HEAD each manifest; exit 1 if one is missing
+    populate.py HOST:PORT same SRC_HOST:PORT SRC_REPO:TAG=REPO:TAG ...
+                                                 # print how many pairs hold the same digest
 
 Repositories: bench/w1-NN:1, bench/w2-NN:1, bench/w3:1, bench/w4-NNNN:1.
 
@@ -123,6 +125,12 @@ class Registry:
         self.request("PUT", f"/v2/{repo}/manifests/{ref or digest}", body=body,
                      headers={"Content-Type": media_type}, expect=(201,))
         return {"mediaType": media_type, "digest": digest, "size": len(body)}
+
+    def manifest_digest(self, repo, ref):
+        """The digest `repo:ref` resolves to, or None."""
+        r, _ = self.request("HEAD", f"/v2/{repo}/manifests/{ref}",
+                            headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}, expect=(200, 404))
+        return r.getheader("Docker-Content-Digest") if r.status == 200 else None
 
     def has_manifest(self, repo, ref):
         r, _ = self.request("HEAD", f"/v2/{repo}/manifests/{ref}",
@@ -275,10 +283,24 @@ def check(reg, refs):
     return 1 if missing else 0
 
 
+def same(reg, source, pairs):
+    """How many SRC=DST pairs resolve to the same digest (the target exact)."""
+    src = Registry(source)
+    n = 0
+    for pair in pairs:
+        a, b = pair.split("=", 1)
+        (ra, ta), (rb, tb) = a.rsplit(":", 1), b.rsplit(":", 1)
+        want = src.manifest_digest(ra, ta)
+        if want is not None and reg.manifest_digest(rb, tb) == want:
+            n += 1
+    print(n)
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("registry", help="127.0.0.1:PORT (plain HTTP)")
-    p.add_argument("workload", choices=["w1", "w2", "w3", "w4", "check"])
+    p.add_argument("workload", choices=["w1", "w2", "w3", "w4", "check", "same"])
     p.add_argument("refs", nargs="*", help="for check: REPO:TAG ...")
     p.add_argument("--count", type=int)
     p.add_argument("--layers", type=int, default=3)
@@ -289,6 +311,8 @@ def main():
     defaults = {"w1": (20, 1 << 20), "w2": (10, 1 << 20), "w3": (1, 1 << 30), "w4": (1000, 1024)}
     if args.workload == "check":
         sys.exit(check(reg, args.refs))
+    if args.workload == "same":
+        sys.exit(same(reg, args.refs[0], args.refs[1:]))
     count, size = defaults[args.workload]
     args.count = args.count if args.count is not None else count
     args.layer_size = args.layer_size if args.layer_size is not None else size

@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # image-syncer vs skopeo on two local registries. See bench/README.md.
 #
-#   bench/run.sh [--quick]
+#   bench/run.sh [--quick] [--flaky-only]
 #
 # Builds image-syncer in release, starts a source and a target registry (Debian's
 # docker-registry) on free 127.0.0.1 ports with temporary storage, fills the source with four
 # workloads (bench/populate.py) and times cold syncs, warm re-syncs and peak memory of
-# image-syncer and `skopeo sync`, plus a raw-copy floor (bench/floor.py). Prints a Markdown table
-# and the machine it ran on; the same table is written to <target dir>/bench/results-<mode>.md.
+# image-syncer and `skopeo sync`, plus a raw-copy floor (bench/floor.py), then W1 cold through
+# fault-injecting proxies (10 % and 20 % of requests failing: completion and time). Prints a
+# Markdown table and the machine it ran on; the same table is written to
+# <target dir>/bench/results-<mode>.md. --flaky-only runs W1 and the flaky rows only.
 # All traffic goes to 127.0.0.1. Every wait and every tool run is bounded in time.
 set -euo pipefail
 
 usage() {
-  sed -n '4,11p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '4,13p' "$0" | sed 's/^# \{0,1\}//'
 }
 
-QUICK=0
+QUICK=0 FLAKY_ONLY=0
 for arg in "$@"; do
   case "$arg" in
     --quick) QUICK=1 ;;
+    --flaky-only) FLAKY_ONLY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
   esac
@@ -50,6 +53,8 @@ if [ "$QUICK" = 1 ]; then
 else
   MODE=full RUNS=3 W3_LAYER=$((1024 * MIB)) W4_COUNT=1000 W4_STEPS="100 300 1000"
 fi
+FLAKY_RATES="10 20" # percent of requests failing: half 500s, a quarter 429s, a quarter drops
+if [ "$FLAKY_ONLY" = 1 ]; then MODE="$MODE-flaky"; fi
 RUN_TIMEOUT=900     # seconds, one tool run
 START_TIMEOUT=15    # seconds, a registry answering /v2/
 
@@ -87,8 +92,11 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
 log "building image-syncer (release) ..."
 cargo build --release -p image-syncer-cli >&2
+cargo build --release -p image-syncer-testkit --bin fault-proxy >&2
 BIN="$TARGET_DIR/release/image-syncer"
+PROXY_BIN="$TARGET_DIR/release/fault-proxy"
 [ -x "$BIN" ] || die "no binary at $BIN after the build"
+[ -x "$PROXY_BIN" ] || die "no fault proxy at $PROXY_BIN after the build"
 JOBS_ARGS=()
 if "$BIN" --help 2>/dev/null | grep -q -- --jobs; then
   JOBS_ARGS=(--jobs 8)
@@ -96,9 +104,10 @@ fi
 
 # --- registries ----------------------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/image-syncer-bench.XXXXXX")"
-REG_PIDS=()
+REG_PIDS=() PROXY_PIDS=() PROXY_FDS=()
 cleanup() {
   local pid
+  stop_proxies
   for pid in "${REG_PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -167,6 +176,34 @@ EOF
   die "could not start the $name registry"
 }
 
+# start_proxy NAME UPSTREAM SEED PERCENT: a fault proxy (crates/testkit, bin fault-proxy) in front
+# of UPSTREAM failing PERCENT % of requests; sets PORT_<NAME>. It runs until its stdin (a fifo we
+# hold open) closes, then logs what it injected to $WORK/NAME.log.
+start_proxy() {
+  local name="$1" fifo="$WORK/$1.in" fd i r
+  r="$4"
+  rm -f "$fifo" && mkfifo "$fifo"
+  "$PROXY_BIN" "$2" "$3" "$(python3 -c "print($r / 200)")" "$(python3 -c "print($r / 400)")" \
+    "$(python3 -c "print($r / 400)")" <"$fifo" >"$WORK/$name.port" 2>"$WORK/$name.log" &
+  PROXY_PIDS+=($!)
+  exec {fd}>"$fifo"
+  PROXY_FDS+=("$fd")
+  for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+    if [ -s "$WORK/$name.port" ]; then
+      printf -v "PORT_$name" '%s' "$(head -n 1 "$WORK/$name.port")"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "the fault proxy $name did not start: $(cat "$WORK/$name.log")"
+}
+stop_proxies() {
+  local fd pid
+  for fd in "${PROXY_FDS[@]}"; do exec {fd}>&-; done
+  for pid in "${PROXY_PIDS[@]}"; do timeout 10 tail --pid="$pid" -f /dev/null || kill "$pid" 2>/dev/null || true; done
+  PROXY_FDS=() PROXY_PIDS=()
+}
+
 # Empties the target registry between runs (no request is in flight then; the registry keeps no
 # cache in this configuration), so that a 1 GiB workload does not pile up on disk.
 wipe_target() { rm -rf "$WORK/target/storage/docker"; }
@@ -214,9 +251,11 @@ secs_since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.a
 
 log "populating the source registry ($MODE mode) ..."
 populate w1 --count "$W1_COUNT" --layers "$W1_LAYERS" --layer-size "$W1_LAYER"
-populate w2 --count "$W2_COUNT" --layer-size "$W2_LAYER"
-populate w3 --layer-size "$W3_LAYER" --tmpdir "$WORK"
-populate w4 --count "$W4_COUNT" --layer-size "$W4_LAYER"
+if [ "$FLAKY_ONLY" = 0 ]; then
+  populate w2 --count "$W2_COUNT" --layer-size "$W2_LAYER"
+  populate w3 --layer-size "$W3_LAYER" --tmpdir "$WORK"
+  populate w4 --count "$W4_COUNT" --layer-size "$W4_LAYER"
+fi
 
 refs_w1=() refs_w2=() refs_w4=()
 for ((i = 0; i < W1_COUNT; i++)); do refs_w1+=("$(printf 'bench/w1-%02d:1' "$i")"); done
@@ -359,6 +398,54 @@ w4_scaling() {
   done
 }
 
+# flaky PERCENT R: W1 cold through fault proxies in front of both registries (fresh proxies, the
+# same seeds, per tool), image-syncer with its defaults and `skopeo sync --retry-times 5`. Records
+# the time and how many of the W1 images ended exact in the target (digest equal to the source's).
+declare -A FLAKY # "20.isync" -> "12.3s:20/20 ..."
+flaky() {
+  local pct="$1" r="$2" tool t0 rc secs exact pairs ref prefix def
+  for tool in isync skopeo; do
+    start_proxy psrc "$SRC" "$((pct * 100 + r))" "$pct"
+    start_proxy pdst "$DST" "$((pct * 100 + r + 50))" "$pct"
+    local PSRC="127.0.0.1:$PORT_psrc" PDST="127.0.0.1:$PORT_pdst"
+    prefix="flaky$pct-$tool-r$r"
+    pairs=()
+    if [ "$tool" = isync ]; then
+      def="$WORK/$prefix.yaml"
+      {
+        echo "targetRepoPrefix: \"$PDST/$prefix/\""
+        echo "registries:"
+        echo "  \"$PSRC\": { insecure: true }"
+        echo "images:"
+        for ref in "${refs_w1[@]}"; do echo "- source: \"$PSRC/$ref\""; done
+      } >"$def"
+      for ref in "${refs_w1[@]}"; do pairs+=("$ref=$prefix/127.0.0.1_$PORT_psrc/$ref"); done
+      t0=$EPOCHREALTIME rc=0
+      timeout "$RUN_TIMEOUT" "$BIN" --images-file "$def" --insecure-registry "$PDST" "${JOBS_ARGS[@]}" \
+        >"$WORK/$prefix.log" 2>&1 || rc=$?
+    else
+      {
+        echo "$PSRC:"
+        echo "  tls-verify: false"
+        echo "  images:"
+        for ref in "${refs_w1[@]}"; do echo "    ${ref%:*}: [\"${ref##*:}\"]"; done
+      } >"$WORK/$prefix.yaml"
+      for ref in "${refs_w1[@]}"; do pairs+=("$ref=$prefix/${ref##*/}"); done
+      empty_skopeo_cache
+      t0=$EPOCHREALTIME rc=0
+      timeout "$RUN_TIMEOUT" skopeo --policy "$WORK/policy.json" sync --src yaml --dest docker \
+        "$WORK/$prefix.yaml" "$PDST/$prefix" --src-tls-verify=false --dest-tls-verify=false \
+        --retry-times 5 >"$WORK/$prefix.log" 2>&1 || rc=$?
+    fi
+    secs="$(secs_since "$t0")"
+    stop_proxies
+    exact="$(python3 "$BENCH/populate.py" "$DST" same "$SRC" "${pairs[@]}")"
+    log "flaky $pct %: $tool: exit $rc, $exact/${#refs_w1[@]} exact, $secs s ($(tail -n 1 "$WORK/psrc.log" | sed 's/^fault-proxy: //') at the source, $(tail -n 1 "$WORK/pdst.log" | sed 's/^fault-proxy: //') at the target)"
+    FLAKY[$pct.$tool]+="${secs}s:$exact/${#refs_w1[@]}:exit$rc "
+  done
+}
+
+if [ "$FLAKY_ONLY" = 0 ]; then
 log "W1: $W1_COUNT images x $W1_LAYERS x $((W1_LAYER / 1024)) KiB layers, $RUNS run(s)"
 workload w1 refs_w1 "$RUNS"
 log "W2: $W2_COUNT multi-arch images (amd64+arm64), $RUNS run(s)"
@@ -367,6 +454,14 @@ log "W3: one image with a $((W3_LAYER / MIB)) MiB layer, $RUNS run(s)"
 workload w3 refs_w3 "$RUNS"
 log "W4: $W4_COUNT images x 1 x $((W4_LAYER / 1024)) KiB layer, $RUNS run(s)"
 workload w4 refs_w4 "$RUNS"
+fi
+for pct in $FLAKY_RATES; do
+  for ((r = 1; r <= RUNS; r++)); do
+    log "flaky: W1 cold through proxies failing $pct % of requests, run $r"
+    flaky "$pct" "$r"
+  done
+  wipe_target
+done
 
 # --- report --------------------------------------------------------------------------------
 for key in "${!VALS[@]}"; do printf '%s %s\n' "$key" "${VALS[$key]% }"; done | sort >"$WORK/values.txt"
@@ -443,7 +538,16 @@ ELAPSED="$(secs_since "$BENCH_T0")"
   echo
   echo "## image-syncer benchmark, $MODE mode ($RUNS run(s) per figure, medians)"
   echo
-  cat "$WORK/table.md"
+  if [ "$FLAKY_ONLY" = 0 ]; then cat "$WORK/table.md"; echo; fi
+  echo "W1 cold through fault proxies in front of both registries (half 500s, a quarter 429s with"
+  echo "Retry-After: 1, a quarter dropped connections): per run, seconds : images exact : exit code."
+  echo "image-syncer with its defaults; skopeo sync --retry-times 5."
+  echo
+  echo "| requests failing | image-syncer | skopeo |"
+  echo "|---|---|---|"
+  for pct in $FLAKY_RATES; do
+    echo "| $pct % | ${FLAKY[$pct.isync]% } | ${FLAKY[$pct.skopeo]% } |"
+  done
   echo
   echo "Machine and versions:"
   echo

@@ -10,5 +10,6 @@ mod inputs;
 mod layout;
 mod plugins;
 mod signing;
+mod stress;
 mod sync;
 mod tls;

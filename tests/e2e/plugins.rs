@@ -9,7 +9,7 @@ use image_syncer_testkit::conformance;
 
 use crate::support::*;
 
-fn workspace() -> PathBuf {
+pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -342,9 +342,63 @@ fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stdout
-            .contains("plugin guard panicked: this guard always panics"),
+            .contains("plugin guard `pass` panicked in check: this guard always panics (a bug in the plugin; not retried)"),
         "{}",
         r.stdout
     );
     assert_eq!(block_on(p.1.digest("mirror/library/busybox:1.36")), None);
+}
+
+#[test]
+fn a_panicking_plugin_source_is_an_internal_error_and_not_retried() {
+    let p = (Registry::start(), Registry::start());
+    let lib = build_plugin(
+        "image-syncer-test-misdeclared",
+        &["panicking-source"],
+        "panicking-source",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\n- source: team/app:2\npipeline:\n  source: {{ plugin: panicky }}\n",
+            header(&p.0, &p.1)
+        ),
+    );
+    let host = p.1.host();
+    let before = p.1.storage_snapshot();
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "--plugin",
+        lib.to_str().unwrap(),
+        "--retries",
+        "5",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    for image in ["busybox:1.36", "team/app:2"] {
+        let line = r
+            .stdout
+            .lines()
+            .skip_while(|l| !l.contains(&format!("FAILED  {image} ")))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{image} did not fail: {}", r.stdout));
+        assert!(
+            line.contains("plugin source `panicky` panicked in resolve: this source always panics (resolve) (a bug in the plugin; not retried)"),
+            "{line}"
+        );
+    }
+    // One call per image: a bug is not retried like a network glitch. (This
+    // plugin writes its declaration by hand, without the log bridge; each
+    // panic shows once in stderr through the plugin's panic hook.)
+    assert_eq!(
+        r.stderr.matches("this source always panics").count(),
+        2,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(p.1.storage_snapshot(), before);
 }

@@ -92,7 +92,7 @@ pub struct Args {
     #[arg(short = 'j', long, env = "SYNCER_JOBS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: Option<u32>,
 
-    /// Retries of a registry operation after a transient failure (5xx, 429, timeouts, dropped connections), with exponential backoff and jitter, never sooner than a registry's Retry-After [default: the definition's `retry.retries`, else 3]
+    /// Retries of a registry operation after a transient failure (5xx, 429, timeouts, dropped connections), with exponential backoff and jitter, never sooner than a registry's Retry-After [default: the definition's `retry.retries`, else 6]
     #[arg(long, env = "SYNCER_RETRIES", value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
     pub retries: Option<u32>,
 

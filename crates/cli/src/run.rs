@@ -226,6 +226,7 @@ pub fn run(args: Args) -> Exit {
         transports: transports.clone(),
         key_ref: args.kms_key.clone(),
         ca_certificates,
+        flow: Default::default(),
     };
     let shard = match (args.shard, args.shard_count) {
         (Some(s), _) => Some(s),

@@ -60,6 +60,9 @@ pub struct StageContext {
     pub ca_certificates: Vec<(String, Vec<u8>)>,
     /// The signing key reference (`--kms-key`), if any.
     pub key_ref: Option<crate::keyref::KeyRef>,
+    /// The run's per-registry flow control: a plugin that reads what a
+    /// registry says of its limits (`ratelimit-remaining`) passes it on here.
+    pub flow: std::sync::Arc<crate::flow::FlowControl>,
 }
 
 impl StageContext {

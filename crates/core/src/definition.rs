@@ -78,7 +78,7 @@ struct FileModel {
 )]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetrySettings {
-    /// Retries after the first try (default 3; `--retries` wins).
+    /// Retries after the first try (default 6; `--retries` wins).
     #[serde(default)]
     pub retries: Option<u32>,
     /// Delay before the first retry, doubled each time (default 200).

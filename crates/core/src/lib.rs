@@ -6,6 +6,7 @@ pub mod context;
 pub mod cosign;
 pub mod definition;
 pub mod digest;
+pub mod flow;
 pub mod keyref;
 pub mod manifest;
 #[cfg(any(test, feature = "testing"))]

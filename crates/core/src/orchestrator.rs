@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::context::StageContext;
 use crate::definition::{Definition, ImageSpec};
 use crate::digest::{Digest, VerifyingStream};
+use crate::flow::FlowControl;
 use crate::manifest::{Descriptor, Manifest, RawManifest};
 use crate::reference::ImageRef;
 use crate::registry::{BuildError, StageRegistry};
@@ -112,6 +113,17 @@ pub struct Prepared {
     retry: RetryPolicy,
     interrupt: Arc<AtomicBool>,
     progress: Arc<dyn crate::report::Progress>,
+    /// Per-registry gates (the context's, shared with the plugins).
+    flow: Arc<FlowControl>,
+}
+
+/// The name a registry's gate and figures go by: the registry host of a
+/// registry reference, `<transport>:` for the others (layouts, `dir:`).
+fn registry_of(r: &ImageRef) -> String {
+    match r.transport() {
+        Some(t) => format!("{t}:"),
+        None => r.registry().to_string(),
+    }
 }
 
 /// The default number of images (and of blobs per image) worked on at once.
@@ -352,6 +364,7 @@ impl Orchestrator {
             retry: RetryPolicy::default(),
             interrupt: Arc::default(),
             progress: Arc::new(crate::report::NoProgress),
+            flow: self.context.flow.clone(),
         })
     }
 }
@@ -398,6 +411,7 @@ impl Prepared {
         Retry {
             policy: &self.retry,
             halt: &self.interrupt,
+            flow: Some(&self.flow),
         }
     }
 
@@ -405,6 +419,7 @@ impl Prepared {
     /// outcome is in the report, in definition order.
     pub async fn run(self) -> Report {
         let jobs = self.jobs;
+        self.flow.start(jobs, self.retry.budget);
         let planned: Vec<Planned> = stream::iter(self.items.iter())
             .map(|item| self.plan(item))
             .buffered(jobs)
@@ -426,15 +441,20 @@ impl Prepared {
             interrupt: self.interrupt.clone(),
             ledger: Ledger::default(),
         };
-        let images = stream::iter(self.items.iter().zip(planned))
+        let images: Vec<ImageReport> = stream::iter(self.items.iter().zip(planned))
             .map(|(item, p)| self.finish(item, p, &run))
             .buffered(jobs)
             .collect()
             .await;
+        let registries = self.flow.figures();
+        for (registry, f) in &registries {
+            debug!(%registry, requests = f.requests, retries = f.retries, pushbacks = f.pushbacks, throttled_seconds = f.throttled_seconds, lowest_limit = f.lowest_limit, "registry figures");
+        }
         Report {
             dry_run: self.dry_run,
             interrupted: run.interrupted(),
             images,
+            registries,
         }
     }
 
@@ -590,7 +610,9 @@ impl Prepared {
             (None, Some(d)) => d.clone(),
             (None, None) => match self
                 .retry()
-                .run("source digest", || item.source.digest(&item.spec.source))
+                .at(&registry_of(&item.spec.source), "source digest", || {
+                    item.source.digest(&item.spec.source)
+                })
                 .await
             {
                 Ok(d) => d,
@@ -600,7 +622,9 @@ impl Prepared {
         report.digest = Some(source_digest.clone());
         let current = match self
             .retry()
-            .run("target digest", || item.sink.manifest_digest(&item.target))
+            .at(&registry_of(&item.target), "target digest", || {
+                item.sink.manifest_digest(&item.target)
+            })
             .await
         {
             Ok(d) => d,
@@ -648,7 +672,9 @@ impl Prepared {
         }
         let manifest = match self
             .retry()
-            .run("source manifest", || item.source.resolve(&item.spec.source))
+            .at(&registry_of(&item.spec.source), "source manifest", || {
+                item.source.resolve(&item.spec.source)
+            })
             .await
         {
             Ok(m) => m,
@@ -669,7 +695,9 @@ impl Prepared {
     async fn filtered(&self, item: &Item) -> Result<RawManifest, StageError> {
         let source = self
             .retry()
-            .run("source manifest", || item.source.resolve(&item.spec.source))
+            .at(&registry_of(&item.spec.source), "source manifest", || {
+                item.source.resolve(&item.spec.source)
+            })
             .await?;
         check_manifest(&source, item.spec.source.digest())?;
         match crate::manifest::filter_platforms(&source, &item.spec.platforms)
@@ -680,7 +708,7 @@ impl Prepared {
             crate::manifest::Filtered::Single(child) => {
                 let m = self
                     .retry()
-                    .run("child manifest", || {
+                    .at(&registry_of(&item.spec.source), "child manifest", || {
                         item.source.fetch_manifest(&item.spec.source, &child)
                     })
                     .await?;
@@ -708,7 +736,9 @@ impl Prepared {
             let from = item.spec.source.with_tag(&tag);
             let m = match self
                 .retry()
-                .run("carried artifact", || item.source.resolve(&from))
+                .at(&registry_of(&from), "carried artifact", || {
+                    item.source.resolve(&from)
+                })
                 .await
             {
                 Ok(m) => m,
@@ -724,7 +754,9 @@ impl Prepared {
             let to = item.target.with_tag(&tag);
             let present = self
                 .retry()
-                .run("carried artifact", || item.sink.manifest_digest(&to))
+                .at(&registry_of(&to), "carried artifact", || {
+                    item.sink.manifest_digest(&to)
+                })
                 .await?;
             if present.is_some() {
                 continue;
@@ -744,12 +776,7 @@ impl Prepared {
                 progress: self.progress.as_ref(),
             };
             copy.children(&m).await?;
-            let target = ManifestTarget::Tag(tag.clone());
-            self.retry()
-                .run("carried artifact", || async {
-                    run.check()?;
-                    item.sink.put_manifest(&item.target, &target, &m).await
-                })
+            copy.put_manifest(&ManifestTarget::Tag(tag.clone()), &m, "carried artifact")
                 .await?;
             carried.push(tag);
         }
@@ -783,7 +810,9 @@ impl Prepared {
         // Last check before the tag moves: the target must still be absent or equal.
         let now = self
             .retry()
-            .run("target digest", || item.sink.manifest_digest(&item.target))
+            .at(&registry_of(&item.target), "target digest", || {
+                item.sink.manifest_digest(&item.target)
+            })
             .await?;
         if let Some(now) = now {
             if now != manifest.digest {
@@ -794,12 +823,7 @@ impl Prepared {
             }
         }
         // PUT is idempotent: a retry after a lost answer writes the same bytes.
-        let target = ManifestTarget::Tag(tag);
-        self.retry()
-            .run("tag manifest", || async {
-                run.check()?;
-                item.sink.put_manifest(&repo, &target, manifest).await
-            })
+        copy.put_manifest(&ManifestTarget::Tag(tag), manifest, "tag manifest")
             .await?;
         Ok(bytes.load(Ordering::SeqCst))
     }
@@ -855,21 +879,42 @@ impl Run {
     }
 }
 
-/// Which blobs this run has put where, per sink: a blob shared by several
-/// images is transferred once, then found or mounted in the other
-/// repositories.
+/// What this run has put where, per sink. A blob shared by several images
+/// is transferred once, then found or mounted in the other repositories. A
+/// manifest pushed by digest (the child of an index) is pushed once per
+/// repository: other images needing it wait for that push's confirmed
+/// result, so an index never goes out before its children are in.
 #[derive(Default)]
 struct Ledger {
     blobs: Mutex<HashMap<(usize, Digest), Arc<OnceCell<ImageRef>>>>,
+    manifests: Mutex<HashMap<(usize, String, Digest), Arc<OnceCell<()>>>>,
+}
+
+fn sink_id(sink: &Arc<dyn Sink>) -> usize {
+    Arc::as_ptr(sink) as *const () as usize
 }
 
 impl Ledger {
     fn cell(&self, sink: &Arc<dyn Sink>, digest: &Digest) -> Arc<OnceCell<ImageRef>> {
-        let id = Arc::as_ptr(sink) as *const () as usize;
         self.blobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry((id, digest.clone()))
+            .entry((sink_id(sink), digest.clone()))
+            .or_default()
+            .clone()
+    }
+
+    fn manifest(
+        &self,
+        sink: &Arc<dyn Sink>,
+        repo: &ImageRef,
+        digest: &Digest,
+    ) -> Arc<OnceCell<()>> {
+        let repo = repo.with_tag("_").to_string();
+        self.manifests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((sink_id(sink), repo, digest.clone()))
             .or_default()
             .clone()
     }
@@ -887,8 +932,130 @@ struct ImageCopy<'a> {
 }
 
 impl ImageCopy<'_> {
+    fn source_registry(&self) -> String {
+        registry_of(&self.item.spec.source)
+    }
+
+    fn target_registry(&self) -> String {
+        registry_of(self.repo)
+    }
+
+    /// The blobs of an image manifest that are copied (not foreign layers).
+    fn blobs(config: Descriptor, layers: Vec<Descriptor>) -> Vec<Descriptor> {
+        std::iter::once(config)
+            .chain(layers)
+            .filter(|b| {
+                let foreign = b.is_non_distributable();
+                if foreign {
+                    debug!(digest = %b.digest, "non-distributable layer not copied");
+                }
+                !foreign
+            })
+            .collect()
+    }
+
     /// Copies everything `manifest` references (not the manifest itself).
     fn children<'b>(&'b self, manifest: &'b RawManifest) -> BoxFuture<'b, Result<(), StageError>> {
+        async move {
+            let parsed = manifest
+                .parse()
+                .map_err(|e| StageError::invalid(format!("{}: {e}", manifest.digest)))?;
+            match parsed {
+                Manifest::Index { manifests } => {
+                    for child in manifests {
+                        // Pushed once per repository in the run; the others
+                        // wait for the registry's confirmed answer.
+                        let cell =
+                            self.run
+                                .ledger
+                                .manifest(&self.item.sink, self.repo, &child.digest);
+                        cell.get_or_try_init(|| self.child(&child)).await?;
+                    }
+                }
+                Manifest::Image { config, layers } => {
+                    // Every blob is attempted; the first error is reported.
+                    let results: Vec<Result<(), StageError>> =
+                        stream::iter(Self::blobs(config, layers))
+                            .map(|b| async move { self.blob(&b).await })
+                            .buffer_unordered(self.jobs)
+                            .collect()
+                            .await;
+                    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// One child manifest of an index, with what it references, unless the
+    /// target has it.
+    async fn child(&self, child: &Descriptor) -> Result<(), StageError> {
+        let child_ref = self.repo.with_digest(child.digest.clone());
+        let present = self
+            .retry
+            .at(&self.target_registry(), "child digest", || {
+                self.item.sink.manifest_digest(&child_ref)
+            })
+            .await?;
+        if present.is_some() {
+            debug!(digest = %child.digest, "child manifest present in target");
+            return Ok(());
+        }
+        let m = self.fetch_child(child).await?;
+        self.children(&m).await?;
+        self.put_manifest(&ManifestTarget::Digest, &m, "child manifest")
+            .await
+    }
+
+    /// A child manifest from the source, verified against its descriptor.
+    async fn fetch_child(&self, child: &Descriptor) -> Result<RawManifest, StageError> {
+        let m = self
+            .retry
+            .at(&self.source_registry(), "child manifest", || {
+                self.item
+                    .source
+                    .fetch_manifest(&self.item.spec.source, child)
+            })
+            .await?;
+        check_manifest(&m, Some(&child.digest))?;
+        Ok(m)
+    }
+
+    /// Puts a manifest whose references are in the target. A registry that
+    /// refuses it as inconsistent (a blob or child it does not see, a digest
+    /// it computed otherwise) is not a safety stop: what the manifest
+    /// references is checked again, what is missing put again, and the put
+    /// retried; if the refusal persists the image fails with its words.
+    async fn put_manifest(
+        &self,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+        what: &str,
+    ) -> Result<(), StageError> {
+        let registry = self.target_registry();
+        self.retry
+            .then_write(
+                &registry,
+                what,
+                |previous: Option<&StageError>| {
+                    let recheck = previous.is_some_and(|e| e.kind == ErrorKind::Consistency);
+                    async move {
+                        if recheck {
+                            warn!(digest = %manifest.digest, target = %self.repo, "the registry refused a manifest as inconsistent; checking what it references");
+                            self.repair(manifest).await?;
+                        }
+                        self.run.check()
+                    }
+                },
+                |()| self.item.sink.put_manifest(self.repo, target, manifest),
+            )
+            .await
+    }
+
+    /// Checks everything `manifest` references in the target, past the
+    /// ledger, and puts what is missing.
+    fn repair<'b>(&'b self, manifest: &'b RawManifest) -> BoxFuture<'b, Result<(), StageError>> {
         async move {
             let parsed = manifest
                 .parse()
@@ -899,53 +1066,22 @@ impl ImageCopy<'_> {
                         let child_ref = self.repo.with_digest(child.digest.clone());
                         let present = self
                             .retry
-                            .run("child digest", || {
+                            .at(&self.target_registry(), "child digest", || {
                                 self.item.sink.manifest_digest(&child_ref)
                             })
                             .await?;
-                        if present.is_some() {
-                            debug!(digest = %child.digest, "child manifest present in target");
-                            continue;
+                        if present.is_none() {
+                            let m = self.fetch_child(&child).await?;
+                            self.repair(&m).await?;
+                            self.put_manifest(&ManifestTarget::Digest, &m, "child manifest")
+                                .await?;
                         }
-                        let m = self
-                            .retry
-                            .run("child manifest", || {
-                                self.item
-                                    .source
-                                    .fetch_manifest(&self.item.spec.source, &child)
-                            })
-                            .await?;
-                        check_manifest(&m, Some(&child.digest))?;
-                        self.children(&m).await?;
-                        self.retry
-                            .run("child manifest", || async {
-                                self.run.check()?;
-                                self.item
-                                    .sink
-                                    .put_manifest(self.repo, &ManifestTarget::Digest, &m)
-                                    .await
-                            })
-                            .await?;
                     }
                 }
                 Manifest::Image { config, layers } => {
-                    let blobs: Vec<Descriptor> = std::iter::once(config)
-                        .chain(layers)
-                        .filter(|b| {
-                            let foreign = b.is_non_distributable();
-                            if foreign {
-                                debug!(digest = %b.digest, "non-distributable layer not copied");
-                            }
-                            !foreign
-                        })
-                        .collect();
-                    // Every blob is attempted; the first error is reported.
-                    let results: Vec<Result<(), StageError>> = stream::iter(blobs)
-                        .map(|b| async move { self.blob(&b).await })
-                        .buffer_unordered(self.jobs)
-                        .collect()
-                        .await;
-                    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+                    for b in Self::blobs(config, layers) {
+                        self.transfer(&b).await?;
+                    }
                 }
             }
             Ok(())
@@ -968,9 +1104,12 @@ impl ImageCopy<'_> {
         if mine.load(Ordering::SeqCst) || home == self.repo {
             return Ok(());
         }
+        let registry = self.target_registry();
         if self
             .retry
-            .run("blob check", || self.item.sink.has_blob(self.repo, blob))
+            .at(&registry, "blob check", || {
+                self.item.sink.has_blob(self.repo, blob)
+            })
             .await?
         {
             return Ok(());
@@ -978,7 +1117,7 @@ impl ImageCopy<'_> {
         self.run.check()?;
         if self
             .retry
-            .run("blob mount", || {
+            .at(&registry, "blob mount", || {
                 self.item.sink.mount_blob(home, self.repo, blob)
             })
             .await?
@@ -987,31 +1126,62 @@ impl ImageCopy<'_> {
             return Ok(());
         }
         // Just found absent: copy without asking the target again.
-        self.retry.run("blob copy", || self.copy(blob)).await
+        self.copy(blob).await
     }
 
-    /// Streams a blob from the source, verified, unless the target has it. A
-    /// transient failure starts the whole transfer again (a stream cannot be
-    /// replayed); nothing is committed by a failed attempt.
+    /// Copies a blob unless the target has it.
     async fn transfer(&self, blob: &Descriptor) -> Result<(), StageError> {
-        self.retry
-            .run("blob copy", || async {
-                if self.item.sink.has_blob(self.repo, blob).await? {
-                    debug!(digest = %blob.digest, "blob present in target");
-                    return Ok(());
-                }
-                self.copy(blob).await
+        let present = self
+            .retry
+            .at(&self.target_registry(), "blob check", || {
+                self.item.sink.has_blob(self.repo, blob)
             })
-            .await
+            .await?;
+        if present {
+            debug!(digest = %blob.digest, "blob present in target");
+            return Ok(());
+        }
+        self.copy(blob).await
     }
 
-    /// One verified stream from the source into the target.
+    /// One verified stream from the source into the target. Each try opens
+    /// an upload and the download (each retried on its own), then sends the
+    /// bytes; a send that fails starts a new try (the stream is spent, so the
+    /// source is read again). Nothing is committed by a failed try.
     async fn copy(&self, blob: &Descriptor) -> Result<(), StageError> {
         let (item, repo) = (self.item, self.repo);
-        self.run.check()?;
-        let stream = item.source.fetch_blob(&item.spec.source, blob).await?;
-        let verified = VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));
-        item.sink.put_blob(repo, blob, Box::pin(verified)).await?;
+        let (source, target) = (self.source_registry(), self.target_registry());
+        let (source, target) = (source.as_str(), target.as_str());
+        self.retry
+            .then_write(
+                target,
+                "blob upload",
+                |_| async move {
+                    self.run.check()?;
+                    let upload = self
+                        .retry
+                        .at(target, "blob upload start", || async {
+                            self.run.check()?;
+                            item.sink.begin_blob(repo, blob).await
+                        })
+                        .await?;
+                    let stream = self
+                        .retry
+                        .at(source, "blob download", || {
+                            item.source.fetch_blob(&item.spec.source, blob)
+                        })
+                        .await?;
+                    Ok((upload, stream))
+                },
+                |(upload, stream)| async move {
+                    let verified =
+                        VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));
+                    item.sink
+                        .put_blob_into(repo, blob, upload, Box::pin(verified))
+                        .await
+                },
+            )
+            .await?;
         self.bytes.fetch_add(blob.size, Ordering::SeqCst);
         self.progress
             .transferred(item.spec.index, &item.spec.source.to_string(), blob.size);

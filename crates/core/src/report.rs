@@ -102,6 +102,9 @@ pub struct Report {
     /// The run was interrupted (SIGINT/SIGTERM): images not finished are `not run`.
     pub interrupted: bool,
     pub images: Vec<ImageReport>,
+    /// Per registry (host, or `<transport>:`): operations, retries,
+    /// pushbacks, seconds paused, the lowest concurrency limit reached.
+    pub registries: std::collections::BTreeMap<String, crate::flow::RegistryFigures>,
 }
 
 impl Report {

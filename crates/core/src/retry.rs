@@ -1,15 +1,21 @@
 //! Retries of transient failures: exponential backoff with jitter, bounded in
-//! count and in time. Only [`ErrorKind::Transient`] errors are retried; a
-//! content mismatch, a refusal or a missing image is never retried.
+//! count and in time. Only [`ErrorKind::Transient`] errors and writes a
+//! registry found inconsistent ([`ErrorKind::Consistency`]) are retried; a
+//! content mismatch, a refusal, a missing image or a bug is never retried.
+//!
+//! The orchestrator retries each registry operation on its own (a lookup, a
+//! download opened, an upload opened, an upload, a manifest put), each try
+//! passing the registry's gate ([`crate::flow`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use tracing::debug;
 
+use crate::flow::FlowControl;
 use crate::stage::{ErrorKind, StageError};
 
 /// How hard to try again.
@@ -25,10 +31,16 @@ pub struct RetryPolicy {
     pub budget: Duration,
 }
 
+/// Tries after the first, per operation. Six retries make an operation fail
+/// only when seven tries in a row fail: on a registry where one request in
+/// five fails, that is one operation in ~80,000; their backoff adds up to
+/// 6–13 s, so a registry that is down fails each operation within that.
+pub const DEFAULT_RETRIES: u32 = 6;
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            retries: 3,
+            retries: DEFAULT_RETRIES,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(10),
             budget: Duration::from_secs(120),
@@ -87,7 +99,7 @@ impl RetryPolicy {
         let mut n = 0;
         loop {
             let mut e = match op().await {
-                Err(e) if e.kind == ErrorKind::Transient => e,
+                Err(e) if e.is_retried() => e,
                 other => return other,
             };
             let elapsed = start.elapsed();
@@ -146,11 +158,13 @@ impl RetryPolicy {
 /// How often a wait between tries looks at the halt flag.
 const HALT_CHECK: Duration = Duration::from_millis(100);
 
-/// A policy bound to a run's interrupt flag: what the orchestrator retries with.
+/// A policy bound to a run's interrupt flag and flow control: what the
+/// orchestrator retries with.
 #[derive(Clone, Copy)]
 pub struct Retry<'a> {
     pub policy: &'a RetryPolicy,
     pub halt: &'a AtomicBool,
+    pub flow: Option<&'a FlowControl>,
 }
 
 impl Retry<'_> {
@@ -161,6 +175,86 @@ impl Retry<'_> {
         Fut: Future<Output = Result<T, StageError>>,
     {
         self.policy.run_until(self.halt, what, op).await
+    }
+
+    /// [`Self::run`] for an operation on `registry`: each try passes the
+    /// registry's gate and tells it how the registry answered.
+    pub async fn at<T, F, Fut>(&self, registry: &str, what: &str, op: F) -> Result<T, StageError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, StageError>>,
+    {
+        let Some(flow) = self.flow else {
+            return self.run(what, op).await;
+        };
+        let tries = AtomicU32::new(0);
+        let (op, tries) = (&op, &tries);
+        self.run(what, move || {
+            let attempt = op();
+            async move {
+                let retry = tries.fetch_add(1, Ordering::SeqCst) > 0;
+                let permit = flow.acquire(registry, retry, self.halt).await?;
+                let r = attempt.await;
+                permit.finish(r.as_ref().map(|_| ()));
+                r
+            }
+        })
+        .await
+    }
+}
+
+impl Retry<'_> {
+    /// A write to `registry` that cannot be retried by itself (an upload
+    /// whose stream is spent, a manifest put that needs a re-check first):
+    /// every try runs `setup` (told the previous try's error), then `write`
+    /// through the registry's gate. A failure of `write` that is retried
+    /// starts a new try; a failure of `setup` ends it all (its own steps are
+    /// retried on their own, so they are not retried twice).
+    pub async fn then_write<S, T, SF, SFut, WF, WFut>(
+        &self,
+        registry: &str,
+        what: &str,
+        setup: SF,
+        write: WF,
+    ) -> Result<T, StageError>
+    where
+        SF: Fn(Option<&StageError>) -> SFut,
+        SFut: Future<Output = Result<S, StageError>>,
+        WF: Fn(S) -> WFut,
+        WFut: Future<Output = Result<T, StageError>>,
+    {
+        let previous: std::sync::Mutex<Option<StageError>> = Default::default();
+        let tries = AtomicU32::new(0);
+        let (setup, write, previous, tries) = (&setup, &write, &previous, &tries);
+        let outcome = self
+            .run(what, move || async move {
+                let last = previous.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let ready = match setup(last.as_ref()).await {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let retry = tries.fetch_add(1, Ordering::SeqCst) > 0;
+                let permit = match self.flow {
+                    Some(flow) => match flow.acquire(registry, retry, self.halt).await {
+                        Ok(p) => Some(p),
+                        Err(e) => return Ok(Err(e)),
+                    },
+                    None => None,
+                };
+                let r = write(ready).await;
+                if let Some(p) = permit {
+                    p.finish(r.as_ref().map(|_| ()));
+                }
+                match r {
+                    Ok(t) => Ok(Ok(t)),
+                    Err(e) => {
+                        *previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.clone());
+                        Err(e)
+                    }
+                }
+            })
+            .await;
+        outcome.and_then(|r| r)
     }
 }
 
@@ -187,7 +281,6 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
 
     fn quick(retries: u32) -> RetryPolicy {
         RetryPolicy {
@@ -314,6 +407,7 @@ mod tests {
         let e = Retry {
             policy: &policy,
             halt: &halt,
+            flow: None,
         }
         .run("op", || async {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -338,11 +432,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_found_inconsistent_is_retried() {
+        let calls = AtomicU32::new(0);
+        let r = quick(3)
+            .run("op", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(StageError::consistency("MANIFEST_BLOB_UNKNOWN"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(r.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_try_of_a_gated_operation_passes_the_gate_and_counts() {
+        let flow = FlowControl::new(4);
+        let halt = AtomicBool::new(false);
+        let retry = Retry {
+            policy: &quick(3),
+            halt: &halt,
+            flow: Some(&flow),
+        };
+        let calls = AtomicU32::new(0);
+        let r = retry
+            .at("r", "op", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(StageError::transient("503")
+                        .with_pushback(crate::stage::Pushback::Busy)
+                        .with_retry_after(Duration::from_secs(1)))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(r.is_ok());
+        let f = &flow.figures()["r"];
+        assert_eq!((f.requests, f.retries, f.pushbacks), (3, 2, 2));
+        assert_eq!(f.throttled_seconds, 2.0);
+    }
+
+    #[tokio::test]
     async fn never_retries_other_kinds() {
         for e in [
             StageError::integrity("bad digest"),
             StageError::not_found("nope"),
             StageError::new(ErrorKind::Unauthorized, "401"),
+            StageError::internal("plugin `x` panicked"),
         ] {
             let calls = AtomicU32::new(0);
             let got = quick(5)

@@ -33,6 +33,27 @@ pub enum ErrorKind {
     /// Not attempted: the run stopped (a safety stop elsewhere, or an
     /// interruption) before this operation started. Never retried.
     Cancelled,
+    /// The far side refused one of our writes as inconsistent with what it
+    /// holds: a manifest naming a blob or child it does not have yet, a blob
+    /// whose digest it computed otherwise than we did (we verified the bytes
+    /// we sent). Never a safety stop: the writer checks again what the write
+    /// references, puts what is missing and retries; if it persists the image
+    /// fails with the registry's words.
+    Consistency,
+    /// A bug in a stage (a plugin panicked): not retried, fails the image,
+    /// naming the plugin.
+    Internal,
+}
+
+/// How the far side pushed back on a request, for per-registry flow control.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pushback {
+    /// It answered "slow down" (429, 503): every request to it waits (its
+    /// `Retry-After`, else a backoff) and fewer run at once.
+    Busy,
+    /// It did not answer in time: fewer requests run at once.
+    Silent,
 }
 
 /// An error from a stage: a kind the orchestrator acts on, a message for people.
@@ -45,6 +66,9 @@ pub struct StageError {
     /// registry's `Retry-After` on 429 or 503). Retries wait at least this
     /// long, and give up at once when it reaches past the retry budget.
     pub retry_after: Option<Duration>,
+    /// Set when the failure says the far side is overloaded (see
+    /// [`Pushback`]); the orchestrator slows every request to it.
+    pub pushback: Option<Pushback>,
 }
 
 impl StageError {
@@ -53,7 +77,20 @@ impl StageError {
             kind,
             message: message.into(),
             retry_after: None,
+            pushback: None,
         }
+    }
+
+    /// This error, saying how the far side pushed back.
+    pub fn with_pushback(mut self, pushback: Pushback) -> StageError {
+        self.pushback = Some(pushback);
+        self
+    }
+
+    /// Whether the retry policy tries this again: transient failures, and
+    /// writes the far side found inconsistent (after a re-check).
+    pub fn is_retried(&self) -> bool {
+        matches!(self.kind, ErrorKind::Transient | ErrorKind::Consistency)
     }
 
     /// This error, with the wait the far side asked for before a retry.
@@ -75,6 +112,12 @@ impl StageError {
     }
     pub fn config(message: impl Into<String>) -> StageError {
         Self::new(ErrorKind::Config, message)
+    }
+    pub fn consistency(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::Consistency, message)
+    }
+    pub fn internal(message: impl Into<String>) -> StageError {
+        Self::new(ErrorKind::Internal, message)
     }
 
     /// Classifies an I/O error, recognising content mismatches raised by
@@ -159,6 +202,11 @@ pub enum ManifestTarget {
     Tag(String),
 }
 
+/// An upload a sink opened with [`Sink::begin_blob`]: where the bytes go (a
+/// registry's upload location), or nothing for a sink that opens none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upload(pub Option<String>);
+
 /// Where images go: says what exists and receives blobs and manifests.
 #[async_trait]
 pub trait Sink: Send + Sync {
@@ -192,6 +240,33 @@ pub trait Sink: Send + Sync {
         descriptor: &Descriptor,
         content: ByteStream,
     ) -> Result<(), StageError>;
+
+    /// Opens an upload of a blob (a registry's upload session), so that
+    /// opening it is retried on its own and a failed upload does not open
+    /// twice for nothing. The default opens none: [`Sink::put_blob_into`]
+    /// then does it all through [`Sink::put_blob`].
+    async fn begin_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<Upload, StageError> {
+        let _ = (repository, descriptor);
+        Ok(Upload::default())
+    }
+
+    /// Stores a blob into the upload [`Sink::begin_blob`] opened, on the
+    /// same terms as [`Sink::put_blob`]. After a failure the upload is not
+    /// used again.
+    async fn put_blob_into(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        upload: Upload,
+        content: ByteStream,
+    ) -> Result<(), StageError> {
+        let _ = upload;
+        self.put_blob(repository, descriptor, content).await
+    }
 
     /// Makes a blob present in `to` by mounting it from `from`, another
     /// repository of the same target (a cross-repository mount). `Ok(false)`

@@ -274,7 +274,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StageError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(StageError::transient(format!(
+        Err(e) => Err(StageError::internal(format!(
             "plugin {what} call did not complete: {e}"
         ))),
     }

@@ -50,7 +50,7 @@ pub mod host;
 pub mod log;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// A fingerprint of the sizes and alignments of the types that cross the
 /// boundary, computed when this crate is compiled. Host and plugin must agree:
@@ -253,18 +253,34 @@ mod guard {
     use super::*;
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
-    fn fence<T>(what: &str, f: impl FnOnce() -> Result<T, StageError>) -> Result<T, StageError> {
-        match catch_unwind(AssertUnwindSafe(f)) {
-            Ok(r) => r,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "no message".into());
-                Err(StageError::transient(format!(
-                    "plugin {what} panicked: {message}"
-                )))
+    /// Which stage a fence guards: named in the error a panic becomes.
+    #[derive(Clone)]
+    pub(super) struct Named {
+        pub kind: StageKind,
+        pub name: String,
+    }
+
+    impl Named {
+        /// Runs `f`; a panic becomes an [`ErrorKind::Internal`] error naming
+        /// the plugin and stage: a bug, never retried like a network glitch.
+        fn fence<T>(
+            &self,
+            method: &str,
+            f: impl FnOnce() -> Result<T, StageError>,
+        ) -> Result<T, StageError> {
+            match catch_unwind(AssertUnwindSafe(f)) {
+                Ok(r) => r,
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "no message".into());
+                    Err(StageError::internal(format!(
+                        "plugin {} `{}` panicked in {method}: {message} (a bug in the plugin; not retried)",
+                        self.kind, self.name
+                    )))
+                }
             }
         }
     }
@@ -297,52 +313,58 @@ mod guard {
                     })
                 }
             };
+            let named = Named {
+                kind: self.0,
+                name: self.1.clone(),
+            };
             Ok(match stage {
-                PluginStage::Source(s) => PluginStage::Source(Box::new(Source(s))),
-                PluginStage::Sink(s) => PluginStage::Sink(Box::new(Sink(s))),
-                PluginStage::Transform(t) => PluginStage::Transform(Box::new(Transform(t))),
-                PluginStage::Guard(g) => PluginStage::Guard(Box::new(Guard(g))),
-                PluginStage::Signer(s) => PluginStage::Signer(Box::new(Signer(s))),
+                PluginStage::Source(s) => PluginStage::Source(Box::new(Source(named, s))),
+                PluginStage::Sink(s) => PluginStage::Sink(Box::new(Sink(named, s))),
+                PluginStage::Transform(t) => PluginStage::Transform(Box::new(Transform(named, t))),
+                PluginStage::Guard(g) => PluginStage::Guard(Box::new(Guard(named, g))),
+                PluginStage::Signer(s) => PluginStage::Signer(Box::new(Signer(named, s))),
             })
         }
     }
 
-    struct Source(Box<dyn BlockingSource>);
+    struct Source(Named, Box<dyn BlockingSource>);
     impl BlockingSource for Source {
         fn resolve(&self, r: &ImageRef) -> Result<RawManifest, StageError> {
-            fence("source", || self.0.resolve(r))
+            self.0.fence("resolve", || self.1.resolve(r))
         }
         fn fetch_manifest(&self, r: &ImageRef, d: &Descriptor) -> Result<RawManifest, StageError> {
-            fence("source", || self.0.fetch_manifest(r, d))
+            self.0
+                .fence("fetch_manifest", || self.1.fetch_manifest(r, d))
         }
         fn fetch_blob(
             &self,
             r: &ImageRef,
             d: &Descriptor,
         ) -> Result<Box<dyn Read + Send>, StageError> {
-            let inner = fence("source", || self.0.fetch_blob(r, d))?;
+            let inner = self.0.fence("fetch_blob", || self.1.fetch_blob(r, d))?;
             Ok(Box::new(Reader(inner)))
         }
     }
 
-    struct Sink(Box<dyn BlockingSink>);
+    struct Sink(Named, Box<dyn BlockingSink>);
     impl BlockingSink for Sink {
         fn manifest_digest(&self, t: &ImageRef) -> Result<Option<Digest>, StageError> {
-            fence("sink", || self.0.manifest_digest(t))
+            self.0
+                .fence("manifest_digest", || self.1.manifest_digest(t))
         }
         fn fetch_manifest(&self, t: &ImageRef) -> Result<Option<RawManifest>, StageError> {
-            fence("sink", || self.0.fetch_manifest(t))
+            self.0.fence("fetch_manifest", || self.1.fetch_manifest(t))
         }
         fn fetch_blob(
             &self,
             r: &ImageRef,
             d: &Descriptor,
         ) -> Result<Box<dyn Read + Send>, StageError> {
-            let inner = fence("sink", || self.0.fetch_blob(r, d))?;
+            let inner = self.0.fence("fetch_blob", || self.1.fetch_blob(r, d))?;
             Ok(Box::new(Reader(inner)))
         }
         fn has_blob(&self, r: &ImageRef, d: &Descriptor) -> Result<bool, StageError> {
-            fence("sink", || self.0.has_blob(r, d))
+            self.0.fence("has_blob", || self.1.has_blob(r, d))
         }
         fn put_blob(
             &self,
@@ -350,7 +372,7 @@ mod guard {
             d: &Descriptor,
             c: &mut dyn Read,
         ) -> Result<(), StageError> {
-            fence("sink", || self.0.put_blob(r, d, c))
+            self.0.fence("put_blob", || self.1.put_blob(r, d, c))
         }
         fn put_manifest(
             &self,
@@ -358,35 +380,36 @@ mod guard {
             t: &ManifestTarget,
             m: &RawManifest,
         ) -> Result<(), StageError> {
-            fence("sink", || self.0.put_manifest(r, t, m))
+            self.0
+                .fence("put_manifest", || self.1.put_manifest(r, t, m))
         }
     }
 
-    struct Transform(Box<dyn super::Transform>);
+    struct Transform(Named, Box<dyn super::Transform>);
     impl super::Transform for Transform {
         fn apply(
             &self,
             input: image_syncer_core::stage::TransformInput<'_>,
         ) -> Result<ImageRef, StageError> {
-            fence("transform", || self.0.apply(input))
+            self.0.fence("apply", || self.1.apply(input))
         }
     }
 
-    struct Guard(Box<dyn BlockingGuard>);
+    struct Guard(Named, Box<dyn BlockingGuard>);
     impl BlockingGuard for Guard {
         fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
-            fence("guard", || self.0.check(input))
+            self.0.fence("check", || self.1.check(input))
         }
     }
 
-    struct Signer(Box<dyn BlockingSigner>);
+    struct Signer(Named, Box<dyn BlockingSigner>);
     impl BlockingSigner for Signer {
         fn sign(
             &self,
             request: &SignRequest,
             sink: &dyn BlockingSink,
         ) -> Result<SignOutcome, StageError> {
-            fence("signer", || self.0.sign(request, sink))
+            self.0.fence("sign", || self.1.sign(request, sink))
         }
     }
 

@@ -49,6 +49,33 @@ pub struct Faults {
     /// Read request bodies (uploads) at this many bytes per second, through
     /// a small receive buffer (0: as fast as they come).
     pub upload_bytes_per_sec: u64,
+    /// Inject at most this many faults by rate (0: no limit).
+    pub max_faults: u64,
+    /// Answer every request with 429 for a while.
+    pub throttle: Option<Throttle>,
+    /// Answer the first requests of a path with a registry's refusal.
+    pub refuse: Option<Refuse>,
+}
+
+/// Answers every request that comes within `ms` of the first one with 429
+/// and `Retry-After: retry_after` (empty: no header), recording when each
+/// came ([`Injected::throttled`]).
+#[derive(Clone, Debug)]
+pub struct Throttle {
+    pub ms: u64,
+    pub retry_after: String,
+}
+
+/// Answers the first `times` requests whose path contains `path` (and whose
+/// method is `method`) with `status` and the distribution error `code`, as a
+/// registry refusing what it was sent; later ones are forwarded.
+#[derive(Clone, Debug)]
+pub struct Refuse {
+    pub method: Option<&'static str>,
+    pub path: String,
+    pub times: u32,
+    pub status: u16,
+    pub code: String,
 }
 
 /// Token authentication in front of the registry: requests without
@@ -109,9 +136,28 @@ pub struct Injected {
     pub tunnels: AtomicU64,
     /// Every request matching the [`RateLimit`] path, in order.
     pub rate_limited: std::sync::Mutex<Vec<LimitedRequest>>,
+    /// Every request since the [`Throttle`] began, in order.
+    pub throttled: std::sync::Mutex<Vec<LimitedRequest>>,
+    /// Requests matching the [`Refuse`] path (the first `times` were refused).
+    pub refused: AtomicU64,
+    /// Every request as it came: method and path.
+    pub log: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Injected {
+    /// The requests the [`Throttle`] saw so far, from its first one on.
+    pub fn throttled(&self) -> Vec<LimitedRequest> {
+        self.throttled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every request so far: method and path.
+    pub fn log(&self) -> Vec<(String, String)> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The requests the [`RateLimit`] saw so far.
     pub fn rate_limited(&self) -> Vec<LimitedRequest> {
         self.rate_limited
@@ -207,6 +253,50 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         ));
     }
     let f = &st.faults;
+    st.injected
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((req.method().to_string(), path.clone()));
+    if let Some(t) = &f.throttle {
+        let mut seen = st
+            .injected
+            .throttled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let first = seen.first().map_or(now, |r| r.at);
+        let refused = now.duration_since(first) < std::time::Duration::from_millis(t.ms);
+        seen.push(LimitedRequest { at: now, refused });
+        if refused {
+            let mut headers = vec![("content-type", "application/json")];
+            if !t.retry_after.is_empty() {
+                headers.push(("retry-after", t.retry_after.as_str()));
+            }
+            return Ok(full(
+                429,
+                "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"throttled\"}]}",
+                &headers,
+            ));
+        }
+    }
+    let refusal = f
+        .refuse
+        .as_ref()
+        .filter(|r| path.contains(&r.path) && r.method.is_none_or(|m| req.method().as_str() == m));
+    if let Some(r) = refusal {
+        if st.injected.refused.fetch_add(1, Ordering::SeqCst) < r.times as u64 {
+            let body = format!(
+                "{{\"errors\":[{{\"code\":\"{}\",\"message\":\"refused by the fault proxy\"}}]}}",
+                r.code
+            );
+            return Ok(full(
+                r.status,
+                body,
+                &[("content-type", "application/json")],
+            ));
+        }
+    }
     let limited = f
         .rate_limit
         .as_ref()
@@ -295,7 +385,9 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         }
     }
     let u = uniform(f.seed, n);
-    let fault = if u < f.server_error {
+    let fault = if f.max_faults > 0 && st.injected.random_faults() >= f.max_faults {
+        Fault::None
+    } else if u < f.server_error {
         Fault::ServerError
     } else if u < f.server_error + f.too_many_requests {
         Fault::TooMany

@@ -26,7 +26,8 @@ use image_syncer_core::registry::{
     typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{
-    error_chain, ErrorKind, ManifestTarget, Sink, Source, Stage, StageError, StageKind,
+    error_chain, ErrorKind, ManifestTarget, Pushback, Sink, Source, Stage, StageError, StageKind,
+    Upload,
 };
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
@@ -190,20 +191,36 @@ impl OciRegistry {
     /// token (for the target registry), the definition's `registries:` entry,
     /// Docker's `config.json` (`auths`, `credHelpers`, `credsStore`, running
     /// `docker-credential-<name>`) or containers' `auth.json`, else anonymous.
+    /// A registry reached through an `endpoint` (a mirror) is looked up under
+    /// the endpoint's host first, then under its own name, in each of the
+    /// two places: a mirror is authenticated with its own credentials, as in
+    /// containers-registries.conf.
     fn auth_for(&self, registry: &str) -> RegistryAuth {
         if let (Some(t), Some(c)) = (&self.cx.target_registry, &self.cx.target_credentials) {
             if t == registry {
                 return to_auth(c);
             }
         }
-        if let Some(c) = self.configured.get(registry) {
+        let (endpoint, _) = self.cx.endpoint_for(registry);
+        let hosts: Vec<&str> = if endpoint == registry {
+            vec![registry]
+        } else {
+            vec![endpoint.as_str(), registry]
+        };
+        if let Some(c) = hosts.iter().find_map(|h| self.configured.get(*h)) {
             return to_auth(c);
         }
         let mut found = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
-        found
-            .entry(registry.to_string())
-            .or_insert_with(|| docker_config_auth(registry))
-            .clone()
+        for host in hosts {
+            let auth = found
+                .entry(host.to_string())
+                .or_insert_with(|| docker_config_auth(host))
+                .clone();
+            if !matches!(auth, RegistryAuth::Anonymous) {
+                return auth;
+            }
+        }
+        RegistryAuth::Anonymous
     }
 
     /// The oci-client reference for `r` (tag or digest as given), connected
@@ -276,6 +293,22 @@ impl OciRegistry {
         }
     }
 
+    /// Passes the registry's count of requests left (Docker Hub's
+    /// `ratelimit-remaining: 76;w=21600`), when it sent one, on to the run's
+    /// flow control, which then runs at most that many requests at once.
+    fn pass_on_ratelimit(&self, r: &ImageRef, reference: &Reference) {
+        let value = self
+            .client
+            .ratelimit_remaining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(reference.resolve_registry())
+            .cloned();
+        if let Some(n) = value.as_deref().and_then(parse_ratelimit_remaining) {
+            self.cx.flow.remaining(r.registry(), n);
+        }
+    }
+
     async fn pull_manifest(
         &self,
         r: &ImageRef,
@@ -287,10 +320,12 @@ impl OciRegistry {
             .answered(what, async {
                 let reference = self.prepare(r, RegistryOperation::Pull).await;
                 let auth = self.auth_for(r.registry());
-                self.client
+                let pulled = self
+                    .client
                     .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
-                    .await
-                    .map_err(|e| classify(&what(), e, r))
+                    .await;
+                self.pass_on_ratelimit(r, &reference);
+                pulled.map_err(|e| classify(&what(), e, r))
             })
             .await?;
         RawManifest::new(media_type, bytes, expected.or(r.digest())).map_err(|e| {
@@ -308,7 +343,9 @@ impl OciRegistry {
             .answered(what, async {
                 let reference = self.prepare(r, RegistryOperation::Pull).await;
                 let auth = self.auth_for(r.registry());
-                Ok(self.client.fetch_manifest_digest(&reference, &auth).await)
+                let found = self.client.fetch_manifest_digest(&reference, &auth).await;
+                self.pass_on_ratelimit(r, &reference);
+                Ok(found)
             })
             .await?;
         match found {
@@ -339,7 +376,8 @@ impl OciRegistry {
                 "{}: no answer from the registry within {} s (readTimeoutSeconds)",
                 what(),
                 self.idle.as_secs()
-            ))),
+            ))
+            .with_pushback(Pushback::Silent)),
         }
     }
 
@@ -548,7 +586,10 @@ fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError 
     } else {
         String::new()
     };
-    let error = StageError::new(kind, format!("{context}: {}{hint}", error_chain(&e)));
+    let mut error = StageError::new(kind, format!("{context}: {}{hint}", error_chain(&e)));
+    if kind == ErrorKind::Transient && busy(&e) {
+        error = error.with_pushback(Pushback::Busy);
+    }
     match &e {
         OciDistributionError::RetryAfter { retry_after, .. } if kind == ErrorKind::Transient => {
             match parse_retry_after(retry_after, std::time::SystemTime::now()) {
@@ -561,6 +602,56 @@ fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError 
         }
         _ => error,
     }
+}
+
+/// Whether a registry answered "slow down": 429 or 503, or a
+/// `TOOMANYREQUESTS` code.
+fn busy(e: &OciDistributionError) -> bool {
+    use OciDistributionError as E;
+    match e {
+        E::RetryAfter { source, .. } => busy(source),
+        E::ServerError { code, .. } => matches!(code, 429 | 503),
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|x| matches!(x.code, OciErrorCode::Toomanyrequests)),
+        E::RequestError(re) => matches!(re.status().map(|s| s.as_u16()), Some(429 | 503)),
+        _ => false,
+    }
+}
+
+/// [`classify`] for a write (a manifest or blob put). The registry's
+/// refusal of what we sent (a blob or child it does not see, a digest it
+/// computed otherwise: `MANIFEST_BLOB_UNKNOWN`, `BLOB_UNKNOWN`,
+/// `DIGEST_INVALID`, `MANIFEST_INVALID`, or any other 400/404) is a
+/// consistency failure, never a safety stop: we verified the bytes
+/// ourselves, so the registry's view, not the content, is in question.
+fn classify_write(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError {
+    use OciDistributionError as E;
+    let refused = |e: &E| match e {
+        E::RegistryError { .. } => true,
+        E::ServerError { code, .. } => matches!(code, 400 | 404),
+        _ => false,
+    };
+    let inconsistent = match &e {
+        E::RetryAfter { source, .. } => refused(source),
+        other => refused(other),
+    };
+    let mut error = classify(context, e, r);
+    if inconsistent
+        && matches!(
+            error.kind,
+            ErrorKind::Integrity | ErrorKind::NotFound | ErrorKind::Invalid
+        )
+    {
+        error.kind = ErrorKind::Consistency;
+    }
+    error
+}
+
+/// The count in a `ratelimit-remaining` value (`76;w=21600`, or `76`).
+fn parse_ratelimit_remaining(value: &str) -> Option<u64> {
+    value.split(';').next()?.trim().parse().ok()
 }
 
 /// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date
@@ -725,10 +816,43 @@ impl Sink for OciRegistry {
         }
     }
 
+    async fn begin_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<Upload, StageError> {
+        let what = || {
+            format!(
+                "{repository}: blob {}: opening an upload",
+                descriptor.digest
+            )
+        };
+        self.answered(what, async {
+            let reference = self.prepare(repository, RegistryOperation::Push).await;
+            self.client
+                .begin_push_session(&reference)
+                .await
+                .map(|location| Upload(Some(location)))
+                .map_err(|e| classify_write(&what(), e, repository))
+        })
+        .await
+    }
+
     async fn put_blob(
         &self,
         repository: &ImageRef,
         descriptor: &Descriptor,
+        content: ByteStream,
+    ) -> Result<(), StageError> {
+        self.put_blob_into(repository, descriptor, Upload(None), content)
+            .await
+    }
+
+    async fn put_blob_into(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        upload: Upload,
         content: ByteStream,
     ) -> Result<(), StageError> {
         let context = format!("{repository}: blob {}", descriptor.digest);
@@ -758,9 +882,21 @@ impl Sink for OciRegistry {
             })
         });
         let digest = descriptor.digest.to_string();
-        let push = self
-            .client
-            .push_blob_stream(&reference, stream, &digest, Some(descriptor.size));
+        let size = Some(descriptor.size);
+        let push = async {
+            match upload.0 {
+                Some(location) => {
+                    self.client
+                        .push_blob_stream_at(location, &reference, stream, &digest, size)
+                        .await
+                }
+                None => {
+                    self.client
+                        .push_blob_stream(&reference, stream, &digest, size)
+                        .await
+                }
+            }
+        };
         tokio::pin!(push);
         let check = (self.idle / 4).max(Duration::from_millis(100));
         // Bounded: each turn either ends the upload or finds it moved within
@@ -774,7 +910,8 @@ impl Sink for OciRegistry {
                     ));
                     let sent = sent.load(Ordering::Relaxed);
                     if let Some(why) = upload_stalled(quiet, sent, descriptor.size, self.idle) {
-                        return Err(StageError::transient(format!("{context}: upload: {why}")));
+                        return Err(StageError::transient(format!("{context}: upload: {why}"))
+                            .with_pushback(Pushback::Silent));
                     }
                 }
             }
@@ -784,7 +921,7 @@ impl Sink for OciRegistry {
         }
         result
             .map(|url| debug!(%url, "blob pushed"))
-            .map_err(|e| classify(&format!("{context}: upload"), e, repository))
+            .map_err(|e| classify_write(&format!("{context}: upload"), e, repository))
     }
 
     async fn put_manifest(
@@ -810,7 +947,7 @@ impl Sink for OciRegistry {
                 .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
                 .await
                 .map(|url| debug!(%url, "manifest pushed"))
-                .map_err(|e| classify(&what(), e, &r))
+                .map_err(|e| classify_write(&what(), e, &r))
         })
         .await
     }
@@ -879,6 +1016,49 @@ mod tests {
         assert_eq!(
             upload_stalled(s(160), size, size, idle).as_deref(),
             Some("no answer from the registry 160 s after the last byte (readTimeoutSeconds + 1 s per MiB)")
+        );
+    }
+
+    #[test]
+    fn ratelimit_remaining_reads_the_count() {
+        assert_eq!(parse_ratelimit_remaining("76;w=21600"), Some(76));
+        assert_eq!(parse_ratelimit_remaining(" 0 "), Some(0));
+        assert_eq!(parse_ratelimit_remaining("lots"), None);
+    }
+
+    #[test]
+    fn a_refusal_of_our_write_is_a_consistency_failure_not_a_stop() {
+        let refused = |code: &str| OciDistributionError::ServerError {
+            code: 400,
+            url: "https://registry.example/v2/team/app/manifests/1".into(),
+            message: format!("{{\"errors\":[{{\"code\":\"{code}\"}}]}}"),
+        };
+        for code in [
+            "DIGEST_INVALID",
+            "MANIFEST_BLOB_UNKNOWN",
+            "MANIFEST_INVALID",
+        ] {
+            let e = classify_write("pushing", refused(code), &image());
+            assert_eq!(e.kind, ErrorKind::Consistency, "{code}");
+            assert!(e.message.contains(code), "{}", e.message);
+        }
+        // The same answer to a read keeps its kind; a 5xx on a write stays transient.
+        assert_eq!(
+            classify("pulling", refused("DIGEST_INVALID"), &image()).kind,
+            ErrorKind::Integrity
+        );
+        let e = classify_write(
+            "pushing",
+            OciDistributionError::ServerError {
+                code: 503,
+                url: "u".into(),
+                message: "busy".into(),
+            },
+            &image(),
+        );
+        assert_eq!(
+            (e.kind, e.pushback),
+            (ErrorKind::Transient, Some(Pushback::Busy))
         );
     }
 

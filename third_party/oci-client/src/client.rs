@@ -303,6 +303,10 @@ pub struct Client {
     pub tokens: TokenCache,
     client: reqwest::Client,
     push_chunk_size: usize,
+    /// Patched (image-syncer): the last `ratelimit-remaining` header a
+    /// registry sent with a manifest (Docker Hub's count of pulls left),
+    /// by registry as connected to.
+    pub ratelimit_remaining: Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl Default for Client {
@@ -313,6 +317,7 @@ impl Default for Client {
             tokens: TokenCache::new(DEFAULT_TOKEN_EXPIRATION_SECS),
             client: reqwest::Client::default(),
             push_chunk_size: PUSH_CHUNK_MAX_SIZE,
+            ratelimit_remaining: Arc::default(),
         }
     }
 }
@@ -765,6 +770,58 @@ impl Client {
             .await
     }
 
+    /// Patched (image-syncer): opens an upload session (the POST that
+    /// [`Client::push_blob_stream`] starts with) and returns its location,
+    /// so that a caller can retry opening it on its own.
+    pub async fn begin_push_session(&self, image: &Reference) -> Result<String> {
+        if self.config.use_monolithic_push {
+            self.begin_push_monolithical_session(image).await
+        } else {
+            self.begin_push_chunked_session(image).await
+        }
+    }
+
+    /// Patched (image-syncer): [`Client::push_blob_stream`] into a session
+    /// that [`Client::begin_push_session`] opened.
+    pub async fn push_blob_stream_at<T: Stream<Item = Result<bytes::Bytes>> + Send + 'static>(
+        &self,
+        location: String,
+        image: &Reference,
+        blob_data_stream: T,
+        blob_digest: &str,
+        size: Option<u64>,
+    ) -> Result<String> {
+        if self.config.use_monolithic_push {
+            let size = size.ok_or_else(|| {
+                OciDistributionError::GenericError(Some(
+                    "size must be provided when use_monolithic_push is enabled".to_string(),
+                ))
+            })?;
+            return self
+                .push_stream_monolithically(&location, image, blob_data_stream, size, blob_digest)
+                .await;
+        }
+        let (location, _size) = self
+            .push_stream_chunks(location, image, blob_data_stream, |_| {})
+            .await?;
+        self.end_push_chunked_session(&location, image, blob_digest)
+            .await
+    }
+
+    /// Patched (image-syncer): keeps a manifest answer's
+    /// `ratelimit-remaining` (see [`Client::ratelimit_remaining`]).
+    fn note_ratelimit(&self, image: &Reference, headers: &HeaderMap) {
+        if let Some(v) = headers
+            .get("ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.ratelimit_remaining
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(image.resolve_registry().to_string(), v.to_string());
+        }
+    }
+
     /// Pushes a blob to the registry from an input stream using chunked transfer, computing
     /// the SHA256 digest on-the-fly.
     ///
@@ -972,6 +1029,7 @@ impl Client {
             .into_request_builder()
             .send()
             .await?;
+        self.note_ratelimit(image, res.headers());
 
         // Patched (image-syncer): a refused HEAD (404, 401, 429, 5xx, ...) is
         // the answer; only a successful one without a digest header falls back
@@ -1216,6 +1274,7 @@ impl Client {
             .await?;
         let status = res.status();
         let headers = res.headers().clone();
+        self.note_ratelimit(image, &headers);
         let body = res.bytes().await?;
 
         validate_registry_response(status, &body, &url)

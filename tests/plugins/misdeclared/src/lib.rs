@@ -3,9 +3,13 @@
 //! process if it is reached in a version-mismatch build).
 
 use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::manifest::{Descriptor, RawManifest};
+use image_syncer_plugin::core::reference::ImageRef;
 use image_syncer_plugin::core::registry::{BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{GuardInput, StageError, StageKind, Verdict};
-use image_syncer_plugin::{BlockingGuard, PluginFactory, PluginStage, Registrar, StageDeclaration};
+use image_syncer_plugin::{
+    BlockingGuard, BlockingSource, PluginFactory, PluginStage, Registrar, StageDeclaration,
+};
 #[cfg(not(feature = "no-declaration"))]
 use image_syncer_plugin::{PluginDeclaration, ABI_VERSION, CORE_VERSION_NUL, RUSTC_VERSION_NUL};
 
@@ -20,11 +24,45 @@ impl BlockingGuard for Pass {
     }
 }
 
+/// With `panicking-source`: a source named `panicky` that panics on every
+/// call.
+struct Panicky;
+
+impl Panicky {
+    fn called<T>(&self, method: &str) -> T {
+        panic!("this source always panics ({method})");
+    }
+}
+
+impl BlockingSource for Panicky {
+    fn resolve(&self, _: &ImageRef) -> Result<RawManifest, StageError> {
+        self.called("resolve")
+    }
+    fn fetch_manifest(&self, _: &ImageRef, _: &Descriptor) -> Result<RawManifest, StageError> {
+        self.called("fetch_manifest")
+    }
+    fn fetch_blob(
+        &self,
+        _: &ImageRef,
+        _: &Descriptor,
+    ) -> Result<Box<dyn std::io::Read + Send>, StageError> {
+        self.called("fetch_blob")
+    }
+}
+
 struct Factory;
 
 impl PluginFactory for Factory {
     fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<PluginStage, BuildError> {
         Ok(PluginStage::Guard(Box::new(Pass)))
+    }
+}
+
+struct SourceFactory;
+
+impl PluginFactory for SourceFactory {
+    fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<PluginStage, BuildError> {
+        Ok(PluginStage::Source(Box::new(Panicky)))
     }
 }
 
@@ -55,6 +93,16 @@ unsafe extern "C" fn register(registrar: *mut Registrar) {
         transport: None,
         factory: Box::new(Factory),
     });
+    if cfg!(feature = "panicking-source") {
+        registrar.register(StageDeclaration {
+            kind: StageKind::Source,
+            name: "panicky".into(),
+            description: "panics on every call (test plugin)".into(),
+            example_config: "{}\n".into(),
+            transport: None,
+            factory: Box::new(SourceFactory),
+        });
+    }
 }
 
 #[cfg(not(feature = "no-declaration"))]

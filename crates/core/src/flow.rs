@@ -1,0 +1,491 @@
+//! Per-registry flow control: every registry operation of a run passes its
+//! registry's gate.
+//!
+//! - A gate lets at most `limit` operations run at once. The limit adapts
+//!   (AIMD): it starts at the cap (`--jobs`), grows by about one per round of
+//!   good answers, and halves when the registry pushes back (429/503, or no
+//!   answer in time), never below 1.
+//! - A registry that answers "slow down" (429/503) pauses its gate: no
+//!   operation to it starts before its `Retry-After` has passed (or, without
+//!   one, a backoff that doubles with each such answer in a row). One answer
+//!   slows every task, not just the one that got it.
+//! - A registry that says how many requests it has left (Docker Hub's
+//!   `ratelimit-remaining`, passed in by the plugin that reads it) keeps the
+//!   limit at most that number, so a burst does not run into the wall.
+//!
+//! The gate also keeps each registry's figures for the report: operations
+//! sent, retries, pushbacks, seconds paused, the lowest limit reached.
+//!
+//! Plugins may call [`FlowControl::remaining`] (it only takes a `std` lock);
+//! everything that waits is the orchestrator's.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::stage::{ErrorKind, Pushback, StageError};
+
+/// What the report says about one registry.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct RegistryFigures {
+    /// Operations sent (a lookup, a manifest, a blob download, an upload
+    /// opened, an upload, a mount: each one request, except an upload sent
+    /// in chunks).
+    pub requests: u64,
+    /// Operations sent again after a transient failure.
+    pub retries: u64,
+    /// Answers that pushed back: 429/503, or no answer in time.
+    pub pushbacks: u64,
+    /// Seconds (wall clock) the registry was paused because it asked to be
+    /// left alone.
+    pub throttled_seconds: f64,
+    /// The lowest concurrency limit the registry was held to.
+    pub lowest_limit: usize,
+    /// The last `ratelimit-remaining` the registry reported, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratelimit_remaining: Option<u64>,
+}
+
+struct State {
+    /// The adaptive limit (fractional: additive increase of 1/limit).
+    limit: f64,
+    in_flight: usize,
+    paused_until: Option<Instant>,
+    /// 429/503 answers in a row, for the pause when no `Retry-After` came.
+    busy_in_row: u32,
+    /// The registry's own count of requests left, when it says.
+    remaining: Option<u64>,
+    figures: RegistryFigures,
+}
+
+impl State {
+    fn allowed(&self) -> usize {
+        let mut n = self.limit.floor().max(1.0) as usize;
+        if let Some(r) = self.remaining {
+            n = n.min((r as usize).max(1));
+        }
+        n
+    }
+}
+
+struct Gate {
+    state: Mutex<State>,
+    /// Woken when a slot frees up or a pause is set.
+    freed: Notify,
+}
+
+/// The gates of one run, one per registry (keyed as the orchestrator names
+/// them: the registry host of a reference, or `<transport>:`).
+///
+/// One lives in the [`crate::context::StageContext`], so that a plugin can
+/// pass on what a registry says of its limits; the orchestrator sets its cap
+/// when a run starts.
+pub struct FlowControl {
+    cap: AtomicUsize,
+    /// A `Retry-After` longer than this (the retry budget) pauses nothing:
+    /// the operation that got it fails at once, and the others find out for
+    /// themselves rather than wait past the budget.
+    longest_pause_ms: AtomicU64,
+    gates: Mutex<BTreeMap<String, Arc<Gate>>>,
+}
+
+impl Default for FlowControl {
+    fn default() -> Self {
+        FlowControl::new(crate::orchestrator::DEFAULT_JOBS)
+    }
+}
+
+impl std::fmt::Debug for FlowControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowControl")
+            .field("cap", &self.cap.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first pause after a 429/503 without `Retry-After`; doubled for each
+/// such answer in a row, up to [`MAX_PAUSE`].
+pub const BASE_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause a 429/503 without `Retry-After` causes.
+pub const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// A slot in a gate, held while one operation runs.
+pub struct Permit {
+    gate: Arc<Gate>,
+    key: String,
+    cap: usize,
+    longest_pause: Duration,
+    done: bool,
+}
+
+/// How often a wait at a gate looks at the halt flag.
+const HALT_CHECK: Duration = Duration::from_millis(100);
+
+impl FlowControl {
+    /// Gates of at most `cap` operations at once per registry.
+    pub fn new(cap: usize) -> FlowControl {
+        FlowControl {
+            cap: AtomicUsize::new(cap.max(1)),
+            longest_pause_ms: AtomicU64::new(
+                crate::retry::RetryPolicy::default().budget.as_millis() as u64,
+            ),
+            gates: Mutex::default(),
+        }
+    }
+
+    /// Sets the cap (`--jobs`) and the longest pause a registry's
+    /// `Retry-After` may cause (the retry budget) for the run about to
+    /// start; gates start over.
+    pub fn start(&self, cap: usize, longest_pause: Duration) {
+        self.cap.store(cap.max(1), Ordering::SeqCst);
+        self.longest_pause_ms
+            .store(longest_pause.as_millis() as u64, Ordering::SeqCst);
+        self.gates.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn cap(&self) -> usize {
+        self.cap.load(Ordering::SeqCst)
+    }
+
+    fn gate(&self, key: &str) -> Arc<Gate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .entry(key.to_string())
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    state: Mutex::new(State {
+                        limit: self.cap() as f64,
+                        in_flight: 0,
+                        paused_until: None,
+                        busy_in_row: 0,
+                        remaining: None,
+                        figures: RegistryFigures {
+                            lowest_limit: self.cap(),
+                            ..Default::default()
+                        },
+                    }),
+                    freed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Waits until `key`'s gate lets one more operation start: no pause in
+    /// force and fewer than its limit running. `retry` counts it as a retry.
+    /// A set `halt` ends the wait as [`ErrorKind::Cancelled`].
+    pub async fn acquire(
+        &self,
+        key: &str,
+        retry: bool,
+        halt: &AtomicBool,
+    ) -> Result<Permit, StageError> {
+        let gate = self.gate(key);
+        // Bounded: each turn either takes a slot, or waits for a slot or
+        // the end of a pause (at most HALT_CHECK) and looks at `halt`.
+        loop {
+            if halt.load(Ordering::SeqCst) {
+                return Err(StageError::new(
+                    ErrorKind::Cancelled,
+                    format!("not sent to {key}: the run was interrupted"),
+                ));
+            }
+            let freed = gate.freed.notified();
+            tokio::pin!(freed);
+            let wait = {
+                let mut st = gate.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                match st.paused_until {
+                    Some(until) if until > now => Some(until - now),
+                    _ => {
+                        if st.in_flight < st.allowed() {
+                            st.in_flight += 1;
+                            st.figures.requests += 1;
+                            if retry {
+                                st.figures.retries += 1;
+                            }
+                            break;
+                        }
+                        // Registered before the lock is released: a slot
+                        // freed from now on wakes this task.
+                        freed.as_mut().enable();
+                        None
+                    }
+                }
+            };
+            match wait {
+                Some(paused) => tokio::time::sleep(paused.min(HALT_CHECK)).await,
+                None => {
+                    let _ = tokio::time::timeout(HALT_CHECK, freed).await;
+                }
+            }
+        }
+        Ok(Permit {
+            gate,
+            key: key.to_string(),
+            cap: self.cap(),
+            longest_pause: Duration::from_millis(self.longest_pause_ms.load(Ordering::SeqCst)),
+            done: false,
+        })
+    }
+
+    /// A registry's own count of requests it will still take (Docker Hub's
+    /// `ratelimit-remaining`): the gate keeps its limit at most that.
+    pub fn remaining(&self, key: &str, remaining: u64) {
+        let gate = self.gate(key);
+        let mut st = gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.remaining != Some(remaining) && (remaining as usize) < self.cap() {
+            debug!(
+                registry = key,
+                remaining, "registry reports few requests left; fewer at once"
+            );
+        }
+        st.remaining = Some(remaining);
+        st.figures.ratelimit_remaining = Some(remaining);
+    }
+
+    /// Every registry's figures, by key.
+    pub fn figures(&self) -> BTreeMap<String, RegistryFigures> {
+        let gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates
+            .iter()
+            .map(|(k, g)| {
+                let st = g.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut f = st.figures.clone();
+                f.throttled_seconds = (f.throttled_seconds * 10.0).round() / 10.0;
+                (k.clone(), f)
+            })
+            .collect()
+    }
+}
+
+impl Permit {
+    /// Ends the operation with its outcome: good answers grow the limit,
+    /// pushback halves it (and a 429/503 pauses the registry).
+    pub fn finish(mut self, outcome: Result<(), &StageError>) {
+        self.done = true;
+        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.in_flight = st.in_flight.saturating_sub(1);
+        let before = st.allowed();
+        let pushback = match outcome {
+            Ok(()) => None,
+            Err(e) => e.pushback,
+        };
+        match pushback {
+            None => {
+                if outcome.is_ok() {
+                    st.busy_in_row = 0;
+                    st.limit = (st.limit + 1.0 / st.limit).min(self.cap as f64);
+                }
+            }
+            Some(p) => {
+                st.figures.pushbacks += 1;
+                st.limit = (st.limit / 2.0).max(1.0);
+                if p == Pushback::Busy {
+                    st.busy_in_row = st.busy_in_row.saturating_add(1);
+                    let backoff = BASE_PAUSE
+                        .saturating_mul(1u32 << (st.busy_in_row - 1).min(16))
+                        .min(MAX_PAUSE);
+                    let asked = outcome.err().and_then(|e| e.retry_after);
+                    let now = Instant::now();
+                    let pause = asked.unwrap_or(backoff);
+                    let until = now + pause.min(self.longest_pause);
+                    let from = st.paused_until.map_or(now, |u| u.max(now));
+                    if pause <= self.longest_pause && until > from {
+                        debug!(registry = %self.key, pause_ms = (until - now).as_millis() as u64, "registry asked to slow down: every request to it waits");
+                        st.figures.throttled_seconds += (until - from).as_secs_f64();
+                        st.paused_until = Some(until);
+                    }
+                }
+            }
+        }
+        let after = st.allowed();
+        st.figures.lowest_limit = st.figures.lowest_limit.min(after);
+        if after != before {
+            debug!(registry = %self.key, from = before, to = after, "concurrency limit changed");
+        }
+        drop(st);
+        self.gate.freed.notify_waiters();
+    }
+}
+
+impl Drop for Permit {
+    /// An operation dropped before it finished (cancelled) frees its slot.
+    fn drop(&mut self) {
+        if !self.done {
+            let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.in_flight = st.in_flight.saturating_sub(1);
+            drop(st);
+            self.gate.freed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(cap: usize) -> FlowControl {
+        FlowControl::new(cap)
+    }
+
+    fn busy(wait: Option<u64>) -> StageError {
+        let e = StageError::transient("429").with_pushback(Pushback::Busy);
+        match wait {
+            Some(s) => e.with_retry_after(Duration::from_secs(s)),
+            None => e,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limit_halves_on_pushback_and_grows_back_on_good_answers() {
+        let f = flow(8);
+        let halt = AtomicBool::new(false);
+        let silent = StageError::transient("timeout").with_pushback(Pushback::Silent);
+        for _ in 0..3 {
+            f.acquire("r", false, &halt)
+                .await
+                .unwrap()
+                .finish(Err(&silent));
+        }
+        assert_eq!(f.figures()["r"].lowest_limit, 1);
+        assert_eq!(f.figures()["r"].pushbacks, 3);
+        // 8 → 4 → 2 → 1; additive increase: back to 8 within a few dozen answers.
+        for _ in 0..40 {
+            f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+        }
+        let g = f.gate("r");
+        assert_eq!(g.state.lock().unwrap().allowed(), 8);
+        // A plain failure (no pushback) leaves the limit alone.
+        f.acquire("r", true, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&StageError::transient("500")));
+        assert_eq!(g.state.lock().unwrap().allowed(), 8);
+        assert_eq!(f.figures()["r"].retries, 1);
+        assert_eq!(f.figures()["r"].requests, 44);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_the_limit_run_at_once() {
+        let f = Arc::new(flow(2));
+        let halt = Arc::new(AtomicBool::new(false));
+        let a = f.acquire("r", false, &halt).await.unwrap();
+        let _b = f.acquire("r", false, &halt).await.unwrap();
+        let (f2, h2) = (f.clone(), halt.clone());
+        let third = tokio::spawn(async move {
+            let p = f2.acquire("r", false, &h2).await.unwrap();
+            p.finish(Ok(()));
+            Instant::now()
+        });
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!third.is_finished(), "a third operation ran beside two");
+        let freed_at = Instant::now();
+        a.finish(Ok(()));
+        assert!(third.await.unwrap() >= freed_at);
+        // Another registry has its own gate.
+        f.acquire("other", false, &halt)
+            .await
+            .unwrap()
+            .finish(Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_pauses_every_operation_to_that_registry() {
+        let f = flow(4);
+        let halt = AtomicBool::new(false);
+        let started = Instant::now();
+        f.acquire("r", false, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&busy(Some(3))));
+        // Another task's operation waits out the pause; another registry does not.
+        f.acquire("elsewhere", false, &halt)
+            .await
+            .unwrap()
+            .finish(Ok(()));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_millis(3200),
+            "{waited:?}"
+        );
+        let figures = f.figures();
+        assert_eq!(figures["r"].throttled_seconds, 3.0);
+        assert_eq!(figures["r"].lowest_limit, 2);
+        assert_eq!(figures["elsewhere"].throttled_seconds, 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_answers_without_retry_after_pause_with_a_growing_backoff() {
+        let f = flow(4);
+        let halt = AtomicBool::new(false);
+        let mut pauses = Vec::new();
+        for _ in 0..6 {
+            f.acquire("r", false, &halt)
+                .await
+                .unwrap()
+                .finish(Err(&busy(None)));
+            let t = Instant::now();
+            // A plain failure: the run of busy answers goes on.
+            f.acquire("r", false, &halt)
+                .await
+                .unwrap()
+                .finish(Err(&StageError::transient("500")));
+            pauses.push(t.elapsed().as_millis() as u64);
+        }
+        assert_eq!(pauses, vec![500, 1000, 2000, 4000, 8000, 10000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratelimit_remaining_caps_the_limit() {
+        let f = flow(4);
+        let halt = AtomicBool::new(false);
+        f.remaining("r", 1);
+        let _one = f.acquire("r", false, &halt).await.unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), f.acquire("r", false, &halt));
+        assert!(
+            second.await.is_err(),
+            "two ran at once with one request left"
+        );
+        f.remaining("r", 100);
+        assert_eq!(f.figures()["r"].ratelimit_remaining, Some(100));
+        f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_past_the_budget_pauses_nothing() {
+        let f = flow(4);
+        f.start(4, Duration::from_secs(120));
+        let halt = AtomicBool::new(false);
+        let started = Instant::now();
+        f.acquire("r", false, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&busy(Some(3600))));
+        f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(f.figures()["r"].throttled_seconds, 0.0);
+        assert_eq!(f.figures()["r"].pushbacks, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interruption_ends_a_wait_at_the_gate() {
+        let f = flow(1);
+        let halt = AtomicBool::new(false);
+        f.acquire("r", false, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&busy(Some(60))));
+        halt.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        let e = f.acquire("r", false, &halt).await.err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
