@@ -301,7 +301,7 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
         ..Default::default()
     };
     let b = behind(&images, Faults::default(), throttle, "");
-    let r = run(&["-i", &b.def, "--jobs", "4", "--output", "json"]);
+    let r = run(&["-i", &b.def, "--jobs", "4", "--output", "json", "--debug"]);
     assert_eq!(r.code, 0, "{}", r.all());
     b.assert_exact(&images);
     let seen = b.tp.injected.throttled();
@@ -339,6 +339,55 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
         report["registries"]["docker.io"]["pushbacks"].as_u64(),
         Some(0)
     );
+    // --debug shows the gate at work.
+    assert!(
+        r.stderr.contains("concurrency limit changed") && r.stderr.contains("from=4 to=2"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("registry asked to slow down: every request to it waits"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A source that says how many requests it has left (Docker Hub's
+/// `ratelimit-remaining`) is held to at most that many at once, and the
+/// report says what it said.
+#[test]
+fn ratelimit_remaining_from_a_registry_reaches_the_flow_control() {
+    let images: Vec<(String, fixtures::TestImage)> = (0..3)
+        .map(|i| {
+            (
+                format!("team/rl{i}:1"),
+                fixtures::image(&format!("ratelimit-{i}"), 1, 1000),
+            )
+        })
+        .collect();
+    let hub = Faults {
+        ratelimit_remaining: Some("1;w=21600".into()),
+        ..Default::default()
+    };
+    let b = behind(&images, hub, Faults::default(), "");
+    let r = run(&["-i", &b.def, "--output", "json", "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    b.assert_exact(&images);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let hub = &report["registries"]["docker.io"];
+    assert_eq!(hub["ratelimit_remaining"].as_u64(), Some(1), "{hub}");
+    assert_eq!(hub["lowest_limit"].as_u64(), Some(1), "{hub}");
+    assert!(
+        r.stderr
+            .contains("registry reports few requests left; fewer at once"),
+        "{}",
+        r.stderr
+    );
+    // The target said nothing of the kind.
+    assert!(report["registries"][b.tp.host()]
+        .get("ratelimit_remaining")
+        .is_none());
 }
 
 /// A registry refusing our manifest or blob put as inconsistent (as the

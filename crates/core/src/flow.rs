@@ -246,6 +246,7 @@ impl FlowControl {
         }
         st.remaining = Some(remaining);
         st.figures.ratelimit_remaining = Some(remaining);
+        st.figures.lowest_limit = st.figures.lowest_limit.min(st.allowed());
     }
 
     /// Every registry's figures, by key.
@@ -453,6 +454,7 @@ mod tests {
             second.await.is_err(),
             "two ran at once with one request left"
         );
+        assert_eq!(f.figures()["r"].lowest_limit, 1);
         f.remaining("r", 100);
         assert_eq!(f.figures()["r"].ratelimit_remaining, Some(100));
         f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));

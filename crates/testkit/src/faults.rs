@@ -55,6 +55,9 @@ pub struct Faults {
     pub throttle: Option<Throttle>,
     /// Answer the first requests of a path with a registry's refusal.
     pub refuse: Option<Refuse>,
+    /// Send this `ratelimit-remaining` header with every manifest answer,
+    /// as Docker Hub does (`76;w=21600`).
+    pub ratelimit_remaining: Option<String>,
 }
 
 /// Answers every request that comes within `ms` of the first one with 429
@@ -473,6 +476,11 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         };
         builder = builder.header(k.as_str(), value);
+    }
+    if let Some(left) = f.ratelimit_remaining.as_deref() {
+        if path.contains("/manifests/") {
+            builder = builder.header("ratelimit-remaining", left);
+        }
     }
     let length = resp.content_length().unwrap_or(0);
     let truncate = matches!(fault, Fault::Truncate) && length > 1;
