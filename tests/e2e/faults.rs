@@ -118,6 +118,21 @@ fn spawn_sync(def: &str) -> std::process::Child {
         .unwrap()
 }
 
+/// The lines of a child's output as they come (a thread reads them).
+fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Sends `signal` (`-INT`, `-TERM`, `-9`) to `child`.
 fn send(child: &std::process::Child, signal: &str) {
     let status = std::process::Command::new("kill")
@@ -235,10 +250,10 @@ fn stalled_answers_time_out_and_are_retried() {
 
 #[test]
 fn a_slow_upload_longer_than_the_idle_limit_is_not_cut() {
-    // One 6 MB layer, read by the target at 1.5 MB/s (about 4 s), with a
-    // 3 s limit on silence: the upload makes progress throughout and must
+    // One 9 MB layer, read by the target at 1.5 MB/s (about 6 s), with a
+    // 5 s limit on silence: the upload makes progress throughout and must
     // go through in one try.
-    let image = fixtures::image("slow-upload", 1, 6_000_000);
+    let image = fixtures::image("slow-upload", 1, 9_000_000);
     let p = proxied(
         &[("team/app:1", &image)],
         Faults::default(),
@@ -247,14 +262,23 @@ fn a_slow_upload_longer_than_the_idle_limit_is_not_cut() {
             ..Default::default()
         },
         "- source: team/app:1\n",
-        "pipeline:\n  sink: { plugin: oci, config: { readTimeoutSeconds: 3 } }\n",
+        "pipeline:\n  sink: { plugin: oci, config: { readTimeoutSeconds: 5 } }\n",
     );
     let started = std::time::Instant::now();
     let r = run(&["-i", &p.def, "--debug"]);
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(!r.stderr.contains("retrying"), "{}", r.stderr);
+    // One upload per blob (config, layer), none tried again (other requests
+    // may be, on a busy machine).
+    assert_eq!(uploads(&p), image.all_blobs().len(), "{}", r.stderr);
+    assert!(
+        !r.stderr
+            .lines()
+            .any(|l| l.contains("retrying") && l.contains("blob upload")),
+        "{}",
+        r.stderr
+    );
     // The throttle did hold the upload longer than the limit.
-    assert!(started.elapsed() > Duration::from_secs(3));
+    assert!(started.elapsed() > Duration::from_secs(5));
     assert_eq!(p.synced("team/app:1"), Some(image.digest.to_string()));
 }
 
@@ -270,6 +294,7 @@ fn an_upload_left_unanswered_times_out_and_is_retried() {
             hold: Some(Hold {
                 method: Some("PUT"),
                 path: "/blobs/uploads/".into(),
+                after: 0,
                 times: 1,
                 ms: 30_000,
             }),
@@ -460,15 +485,10 @@ fn sigint_during_a_retry_after_wait_ends_the_wait() {
         "",
     );
     let child = spawn_sync(&p.def);
-    // Until the 429 is answered (bounded: 30 s).
-    for _ in 0..600 {
-        if !p.sp.injected.rate_limited().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Once the 429 is answered, the run waits 60 s before it asks again;
+    // the signal (heard from the start of the run) ends that wait.
+    wait_until("the 429", || !p.sp.injected.rate_limited().is_empty());
     assert_eq!(p.sp.injected.rate_limited().len(), 1);
-    std::thread::sleep(Duration::from_millis(300));
     let signalled = std::time::Instant::now();
     send(&child, "-INT");
     let out = child.wait_with_output().unwrap();
@@ -507,9 +527,32 @@ fn slow() -> Slow {
     Slow { p, image }
 }
 
-fn interrupted(s: &Slow, signal: &str, after: std::time::Duration) -> std::process::Output {
+/// Waits (bounded: 60 s) until `ready` holds, polling every 20 ms.
+fn wait_until(what: &str, ready: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("gave up waiting (60 s) until {what}");
+}
+
+/// Blob uploads the target proxy has seen (their final PUT).
+fn uploads(p: &Proxied) -> usize {
+    p.tp.injected
+        .log()
+        .iter()
+        .filter(|(m, path)| m == "PUT" && path.contains("/blobs/uploads/"))
+        .count()
+}
+
+/// Runs the slow sync and sends `signal` once the first blob upload has
+/// reached the target: mid-copy, whatever the machine's load (nine more
+/// layers, each behind 150 ms of latency, are still to come).
+fn interrupted(s: &Slow, signal: &str) -> std::process::Output {
     let child = spawn_sync(&s.p.def);
-    std::thread::sleep(after);
+    wait_until("the first blob upload", || uploads(&s.p) >= 1);
     send(&child, signal);
     child.wait_with_output().unwrap()
 }
@@ -548,7 +591,7 @@ fn rerun_completes(s: &Slow) {
 /// written), and a re-run completes the image exactly.
 fn a_signal_mid_copy_stops_cleanly_and_a_rerun_completes(signal: &str) {
     let s = slow();
-    let out = interrupted(&s, signal, std::time::Duration::from_millis(1200));
+    let out = interrupted(&s, signal);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -591,15 +634,30 @@ fn a_second_signal_exits_at_once() {
         "- source: team/app:1\n",
         "",
     );
-    let child = spawn_sync(&p.def);
-    std::thread::sleep(Duration::from_millis(1000));
-    for signal in ["-INT", "-TERM"] {
-        send(&child, signal);
-        std::thread::sleep(Duration::from_millis(100));
+    let mut child = spawn_sync(&p.def);
+    // Signals are listened to before any registry is contacted: once the
+    // source has the first request, the first signal is heard; the second
+    // goes once the first is acknowledged.
+    wait_until("the first source request", || {
+        p.sp.injected
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    });
+    send(&child, "-INT");
+    let stderr_lines = lines_of(child.stderr.take().unwrap());
+    let mut stderr = String::new();
+    for line in stderr_lines.iter() {
+        stderr.push_str(&line);
+        stderr.push('\n');
+        if line.contains("interrupted: no new work starts") {
+            break;
+        }
     }
+    send(&child, "-TERM");
+    stderr.extend(stderr_lines.iter().map(|l| l + "\n"));
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(
         stderr.contains("error: interrupted twice; exiting at once"),
@@ -612,9 +670,60 @@ fn a_second_signal_exits_at_once() {
 
 #[test]
 fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
-    let s = slow();
-    let out = interrupted(&s, "-KILL", std::time::Duration::from_millis(1200));
+    // The target holds the third blob upload until the process is gone: the
+    // kill lands mid-copy, with two blobs in and the tag not yet written.
+    let image = fixtures::image("interrupt-9", 10, 100_000);
+    let p = proxied(
+        &[("library/busybox:1.36", &image)],
+        Faults::default(),
+        Faults {
+            hold: Some(Hold {
+                method: Some("PUT"),
+                path: "/blobs/uploads/".into(),
+                after: 2,
+                times: 1,
+                ms: 20_000,
+            }),
+            ..Default::default()
+        },
+        "- source: busybox:1.36\n",
+        "",
+    );
+    let s = Slow { p, image };
+    let child = spawn_sync(&s.p.def);
+    wait_until("the third upload is held", || {
+        s.p.tp
+            .injected
+            .held
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 3
+    });
+    // Partial content: some blobs are in, the tag is not.
+    let present = block_on(async {
+        let mut n = 0;
+        for b in s.image.all_blobs() {
+            if s.p
+                .target
+                .has_blob("mirror/library/busybox", &b.digest.to_string())
+                .await
+            {
+                n += 1;
+            }
+        }
+        n
+    });
+    assert!(
+        (2..s.image.all_blobs().len()).contains(&present),
+        "{present} blobs present when killed"
+    );
+    send(&child, "-KILL");
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), None, "killed by a signal");
+    assert_eq!(
+        block_on(s.p.target.digest("mirror/library/busybox:1.36")),
+        None,
+        "killed mid-copy, the tag must not be written"
+    );
     assert!(
         tag_is_sound(&s),
         "a tag points at missing or other content after kill -9"

@@ -113,21 +113,46 @@ pub fn render_stages(registry: &StageRegistry) -> String {
 /// SIGINT/SIGTERM: no new work starts, writes in flight finish, the report
 /// is printed, and the exit code is non-zero. A second signal exits at once
 /// (a tag is never written before its content, so that is safe too).
-async fn watch_signals(interrupt: Arc<AtomicBool>) {
-    async fn next_signal() {
+/// SIGINT and SIGTERM, listened to from the moment this is made (inside the
+/// runtime): a signal that comes before the run starts, or between the first
+/// and the second, is not lost.
+struct Signals {
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = tokio::signal::ctrl_c() => {}
-                        _ = term.recv() => {}
+            Signals {
+                int: signal(SignalKind::interrupt()).ok(),
+                term: signal(SignalKind::terminate()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
                     }
+                    None => std::future::pending().await,
                 }
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.int) => {}
+                _ = recv(&mut self.term) => {}
             }
         }
         #[cfg(not(unix))]
@@ -135,12 +160,15 @@ async fn watch_signals(interrupt: Arc<AtomicBool>) {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-    next_signal().await;
+}
+
+async fn watch_signals(mut signals: Signals, interrupt: Arc<AtomicBool>) {
+    signals.next().await;
     interrupt.store(true, Ordering::SeqCst);
     warn!(
         "interrupted: no new work starts; writes in flight finish (signal again to exit at once)"
     );
-    next_signal().await;
+    signals.next().await;
     eprintln!("error: interrupted twice; exiting at once");
     std::process::exit(Exit::SyncFailure as i32);
 }
@@ -287,7 +315,12 @@ pub fn run(args: Args) -> Exit {
     if let Some(d) = &display {
         prepared = prepared.with_progress(d.clone());
     }
-    runtime.spawn(watch_signals(interrupt));
+    // Listening starts here, before any registry is contacted.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::listen()
+    };
+    runtime.spawn(watch_signals(signals, interrupt));
     let report = runtime.block_on(prepared.run());
     if let Some(d) = &display {
         d.clear();

@@ -103,13 +103,15 @@ pub struct RateLimit {
     pub retry_after: String,
 }
 
-/// Holds the first `times` requests whose path contains `path` (and whose
-/// method is `method`) for `ms` before forwarding them: a registry that has
-/// the whole request and does not answer.
+/// Holds `times` requests whose path contains `path` (and whose method is
+/// `method`), after letting the first `after` of them through, for `ms`
+/// before forwarding them: a registry that has the whole request and does
+/// not answer.
 #[derive(Clone, Debug)]
 pub struct Hold {
     pub method: Option<&'static str>,
     pub path: String,
+    pub after: u32,
     pub times: u32,
     pub ms: u64,
 }
@@ -131,7 +133,7 @@ pub struct Injected {
     pub truncated: AtomicU64,
     pub stalled: AtomicU64,
     pub always_failed: AtomicU64,
-    /// Requests a [`Hold`] held.
+    /// Requests matching the [`Hold`] path, held or not.
     pub held: AtomicU64,
     /// Requests to the [`TokenServer`]'s realm, busy or not.
     pub token_requests: AtomicU64,
@@ -336,7 +338,8 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         .as_ref()
         .filter(|h| path.contains(&h.path) && h.method.is_none_or(|m| req.method().as_str() == m));
     if let Some(h) = hold {
-        if st.injected.held.fetch_add(1, Ordering::SeqCst) < h.times as u64 {
+        let n = st.injected.held.fetch_add(1, Ordering::SeqCst);
+        if n >= h.after as u64 && n < (h.after + h.times) as u64 {
             tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
         }
     }

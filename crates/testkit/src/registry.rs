@@ -320,26 +320,37 @@ impl Registry {
         self.pull_manifest(repo_and_tag).await.map(|(b, _)| b)
     }
 
+    /// The manifest at `repo_and_tag`: `None` only when the registry says it
+    /// is not there (404); any other failure fails the test, so that an
+    /// "absent" check cannot pass on a registry or auth error.
     async fn pull_manifest(&self, repo_and_tag: &str) -> Option<(bytes::Bytes, String)> {
         let (client, auth) = self.client();
-        client
+        match client
             .pull_manifest_raw(
                 &self.reference(repo_and_tag),
                 &auth,
                 image_syncer_core::manifest::ACCEPTED_MANIFEST_TYPES,
             )
             .await
-            .ok()
+        {
+            Ok(found) => Some(found),
+            Err(e) if absent(&e) => None,
+            Err(e) => panic!("reading manifest {repo_and_tag} from {}: {e}", self.host()),
+        }
     }
 
-    /// Whether the blob exists in `repo`.
+    /// Whether the blob exists in `repo` (a refused or failed check fails
+    /// the test).
     pub async fn has_blob(&self, repo: &str, digest: &str) -> bool {
         let (client, auth) = self.client();
         let r = self.reference(&format!("{repo}:x"));
         client
             .store_auth_if_needed(r.resolve_registry(), &auth)
             .await;
-        client.blob_exists(&r, digest).await.unwrap_or(false)
+        client
+            .blob_exists(&r, digest)
+            .await
+            .unwrap_or_else(|e| panic!("checking blob {digest} in {repo} at {}: {e}", self.host()))
     }
 
     /// A blob's bytes.
@@ -354,8 +365,11 @@ impl Registry {
             ..Default::default()
         };
         let mut out = Vec::new();
-        client.pull_blob(&r, &desc, &mut out).await.ok()?;
-        Some(out)
+        match client.pull_blob(&r, &desc, &mut out).await {
+            Ok(()) => Some(out),
+            Err(e) if absent(&e) => None,
+            Err(e) => panic!("reading blob {digest} of {repo} from {}: {e}", self.host()),
+        }
     }
 
     /// Pushes raw bytes as a blob of `repo`.
@@ -390,11 +404,12 @@ impl Registry {
     pub async fn tags(&self, repo: &str) -> Vec<String> {
         let (client, auth) = self.client();
         let r = self.reference(&format!("{repo}:x"));
-        let mut tags = client
-            .list_tags(&r, &auth, None, None)
-            .await
-            .map(|t| t.tags)
-            .unwrap_or_default();
+        let mut tags = match client.list_tags(&r, &auth, None, None).await {
+            Ok(t) => t.tags,
+            // A repository that does not exist has no tags.
+            Err(e) if absent(&e) => Vec::new(),
+            Err(e) => panic!("listing tags of {repo} at {}: {e}", self.host()),
+        };
         tags.sort();
         tags
     }
@@ -439,4 +454,22 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let line = std::str::from_utf8(&buf[..n]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether an oci-client error is the registry saying "not there" (404, or
+/// the distribution codes for an unknown manifest, blob or repository).
+fn absent(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::{OciDistributionError as E, OciErrorCode as C};
+    match e {
+        E::RetryAfter { .. } => false,
+        E::ImageManifestNotFoundError(_) => true,
+        E::ServerError { code: 404, .. } => true,
+        E::RegistryError { envelope, .. } => envelope.errors.iter().all(|x| {
+            matches!(
+                x.code,
+                C::ManifestUnknown | C::BlobUnknown | C::NameUnknown | C::NotFound
+            )
+        }),
+        _ => false,
+    }
 }
