@@ -67,7 +67,11 @@ struct Setup {
 
 fn setup() -> Setup {
     let source = Registry::start();
-    let target = Registry::start();
+    // The access log lets a test see how blobs were uploaded.
+    let target = Registry::start_with(RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    });
     let single = fixtures::image("signed", 2, 1000);
     let multi = fixtures::index("signed-multi", &["linux/amd64", "linux/arm64"]);
     let unsigned = fixtures::image("unsigned", 1, 100);
@@ -704,7 +708,7 @@ fn an_image_overrides_the_signer_and_sink_settings() {
         s.dir.path(),
         "images.yaml",
         &format!(
-            "{}sign: true\nimages:\n- source: busybox:1.36\n  pipeline:\n    sink: {{ plugin: oci, config: {{ monolithicPush: true }} }}\n- source: team/multi:1.0\n  pipeline:\n    signer: {{ plugin: cosign, config: {{ recursive: true }} }}\n",
+            "{}sign: true\nimages:\n- source: busybox:1.36\n  pipeline:\n    sink: {{ plugin: oci, config: {{ monolithicPush: false }} }}\n- source: team/multi:1.0\n  pipeline:\n    signer: {{ plugin: cosign, config: {{ recursive: true }} }}\n",
             header(&s.source, &s.target)
         ),
     );
@@ -718,6 +722,17 @@ fn an_image_overrides_the_signer_and_sink_settings() {
         k.key.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
+    // The sink override took: busybox's blobs went up in PATCH chunks, the
+    // other image's in single PUTs (the default).
+    let patches = |repo: &str| {
+        s.target
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with(&format!("PATCH /v2/mirror/{repo}/blobs/uploads/")))
+            .count()
+    };
+    assert!(patches("library/busybox") >= 3, "{:?}", s.target.requests());
+    assert_eq!(patches("team/multi"), 0, "{:?}", s.target.requests());
     assert_eq!(
         block_on(s.target.digest("mirror/library/busybox:1.36")),
         Some(s.single.digest.to_string())

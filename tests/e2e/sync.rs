@@ -346,7 +346,14 @@ fn authenticated_target_with_json_key_file() {
 
 #[test]
 fn shards_split_the_images_without_overlap_and_cover_them_all() {
-    let p = Pair::new();
+    let p = Pair {
+        source: Registry::start(),
+        target: Registry::start_with(RegistryOptions {
+            access_log: true,
+            ..Default::default()
+        }),
+        dir: tempfile::tempdir().unwrap(),
+    };
     let mut lines = String::new();
     let mut digests = Vec::new();
     block_on(async {
@@ -357,10 +364,12 @@ fn shards_split_the_images_without_overlap_and_cover_them_all() {
             digests.push(img.digest.to_string());
         }
     });
-    let mut copied_by_shard = Vec::new();
+    let all: std::collections::BTreeSet<String> = (0..12).map(|i| format!("team/app{i}")).collect();
+    let mut owned: Vec<std::collections::BTreeSet<String>> = Vec::new();
     for (i, how) in [(0, "flag"), (1, "flag"), (2, "job-index")].iter() {
         let def = p.definition(&lines);
         let host = p.target.host();
+        let seen_before = p.target.requests().len();
         let r = if *how == "flag" {
             run(&[
                 "-i",
@@ -369,6 +378,8 @@ fn shards_split_the_images_without_overlap_and_cover_them_all() {
                 &host,
                 "--shard",
                 &format!("{i}/3"),
+                "--output",
+                "json",
             ])
         } else {
             run_with(
@@ -379,19 +390,53 @@ fn shards_split_the_images_without_overlap_and_cover_them_all() {
                     &host,
                     "--shard-count",
                     "3",
+                    "--output",
+                    "json",
                 ],
                 &[("JOB_COMPLETION_INDEX", "2")],
             )
         };
         assert_eq!(r.code, 0, "{}", r.all());
-        copied_by_shard.push(r.stdout.matches("  copied  ").count());
+        // What the shard reports: its own images, each copied.
+        let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let mut mine = std::collections::BTreeSet::new();
+        for image in report["images"].as_array().unwrap() {
+            assert_eq!(image["action"], "copied", "shard {i}: {image}");
+            let target = image["target"].as_str().unwrap();
+            let repo = target
+                .split("/mirror/")
+                .nth(1)
+                .and_then(|t| t.strip_suffix(":1"))
+                .unwrap_or_else(|| panic!("shard {i}: unexpected target {target}"));
+            mine.insert(repo.to_string());
+        }
+        assert!(!mine.is_empty(), "shard {i} owns nothing of 12 images");
+        // What the shard touched in the target: its own repositories only.
+        for request in &p.target.requests()[seen_before..] {
+            let touched = all
+                .iter()
+                .find(|repo| request.contains(&format!("/mirror/{repo}/")));
+            if let Some(repo) = touched {
+                assert!(
+                    mine.contains(repo),
+                    "shard {i} touched {repo}, which it does not own: {request}"
+                );
+            }
+        }
+        owned.push(mine);
     }
-    // Disjoint and complete: 12 copies in all, each image present once.
-    assert_eq!(
-        copied_by_shard.iter().sum::<usize>(),
-        12,
-        "{copied_by_shard:?}"
-    );
+    // Disjoint and complete.
+    for (a, x) in owned.iter().enumerate() {
+        for (b, y) in owned.iter().enumerate().skip(a + 1) {
+            assert!(
+                x.is_disjoint(y),
+                "shards {a} and {b} share {:?}",
+                x.intersection(y)
+            );
+        }
+    }
+    let union: std::collections::BTreeSet<String> = owned.iter().flatten().cloned().collect();
+    assert_eq!(union, all);
     block_on(async {
         for (i, d) in digests.iter().enumerate() {
             assert_eq!(
@@ -588,11 +633,19 @@ fn a_key_file_readable_by_others_is_warned_about() {
         "{}",
         r.stderr
     );
+    // The warning names the file.
+    assert!(
+        r.stderr
+            .contains(&format!("file={}", key.to_str().unwrap())),
+        "{}",
+        r.stderr
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let r = p.sync(
         "- source: busybox:1.36\n",
         &["--dry-run", "-t", key.to_str().unwrap()],
     );
+    assert_eq!(r.code, 0, "{}", r.all());
     assert!(
         !r.stderr.contains("readable by group or others"),
         "{}",
@@ -654,6 +707,7 @@ fn platform_filters_and_kyma_amd64_only() {
     // The filtered results are deterministic: a second run is in sync and writes nothing.
     let before = p.target.storage_snapshot();
     let r = p.sync(images, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(
         r.stdout.matches("  already in sync  ").count(),
         3,
@@ -705,5 +759,7 @@ fn progress_shows_on_a_terminal_only() {
     assert!(tty.contains("MiB copied"), "{tty}");
     // Not a terminal: no progress line, only the summary.
     let r = p.sync(THREE, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("3 image(s)"), "{}", r.stdout);
     assert!(!r.all().contains("images]"), "{}", r.all());
 }

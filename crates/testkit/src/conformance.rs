@@ -82,6 +82,10 @@ fn registries_yaml(hosts: &[&Registry]) -> String {
 }
 
 fn assert_all(report: &Report, action: Action, what: &str) {
+    assert!(
+        !report.images.is_empty(),
+        "{what}: the run reported no image at all"
+    );
     for i in &report.images {
         assert_eq!(
             i.action,

@@ -463,7 +463,9 @@ async fn written_layout_is_valid() {
     let index = index_json(&dir);
     assert_eq!(index["schemaVersion"], 2);
     assert_eq!(index["mediaType"], OCI_INDEX);
-    for entry in index["manifests"].as_array().unwrap() {
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "one tagged image: {index}");
+    for entry in entries {
         let d: Digest = entry["digest"].as_str().unwrap().parse().unwrap();
         let blob = std::fs::read(dir.join("blobs/sha256").join(d.hex())).unwrap();
         assert_eq!(entry["size"].as_u64(), Some(blob.len() as u64));

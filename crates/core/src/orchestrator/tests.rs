@@ -147,9 +147,22 @@ struct RecordingSink {
     intruder: Mutex<Option<(ImageRef, RawManifest)>>,
     /// The next this many lookups and writes fail with a transient error.
     flaky: Mutex<u32>,
+    /// Operations (by method name) whose first call fails with a transient
+    /// error; every call is counted in `calls`.
+    fail_once: Mutex<std::collections::BTreeSet<&'static str>>,
+    calls: Mutex<std::collections::BTreeMap<&'static str, u32>>,
 }
 
 impl RecordingSink {
+    /// Counts a call of `op`; fails it if it is to fail once.
+    fn call(&self, op: &'static str) -> Result<(), StageError> {
+        *self.calls.lock().unwrap().entry(op).or_default() += 1;
+        if self.fail_once.lock().unwrap().remove(op) {
+            return Err(StageError::transient(format!("{op}: 503 (injected once)")));
+        }
+        Ok(())
+    }
+
     fn flake(&self) -> Result<(), StageError> {
         let mut n = self.flaky.lock().unwrap();
         if *n > 0 {
@@ -176,6 +189,7 @@ impl RecordingSink {
 #[async_trait]
 impl Sink for RecordingSink {
     async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.call("manifest_digest")?;
         self.flake()?;
         self.inner.manifest_digest(target).await
     }
@@ -197,6 +211,7 @@ impl Sink for RecordingSink {
         repository: &ImageRef,
         descriptor: &Descriptor,
     ) -> Result<bool, StageError> {
+        self.call("has_blob")?;
         self.inner.has_blob(repository, descriptor).await
     }
 
@@ -206,6 +221,7 @@ impl Sink for RecordingSink {
         descriptor: &Descriptor,
         content: ByteStream,
     ) -> Result<(), StageError> {
+        self.call("put_blob")?;
         self.flake()?;
         let intruder = self.intruder.lock().unwrap().take();
         if let Some((r, m)) = intruder {
@@ -225,6 +241,7 @@ impl Sink for RecordingSink {
         target: &ManifestTarget,
         manifest: &RawManifest,
     ) -> Result<(), StageError> {
+        self.call("put_manifest")?;
         self.flake()?;
         self.inner
             .put_manifest(repository, target, manifest)
@@ -287,6 +304,8 @@ impl Harness {
                 log: Mutex::new(Vec::new()),
                 intruder: Mutex::new(None),
                 flaky: Mutex::new(0),
+                fail_once: Mutex::default(),
+                calls: Mutex::default(),
             }),
             target,
             signer: Arc::new(RecordingSigner::default()),
@@ -1201,8 +1220,12 @@ fn quick_retries(retries: u32) -> crate::retry::RetryPolicy {
 async fn transient_failures_are_retried_and_the_copy_is_exact() {
     let h = Harness::new();
     let img = add_image(&h.source, "busybox:1.36", "flaky");
-    // Every second operation on the target fails once: lookups, blobs, manifests.
-    *h.sink.flaky.lock().unwrap() = 3;
+    // The first call of each kind of target operation fails once: the tag
+    // lookup, the blob check, the blob upload, the manifest put; then the
+    // next two operations fail whatever they are.
+    *h.sink.fail_once.lock().unwrap() =
+        ["manifest_digest", "has_blob", "put_blob", "put_manifest"].into();
+    *h.sink.flaky.lock().unwrap() = 2;
     let report = h
         .orchestrator(true, true)
         .prepare(&def(&yaml("- source: busybox:1.36\n")), false)
@@ -1220,6 +1243,14 @@ async fn transient_failures_are_retried_and_the_copy_is_exact() {
         0,
         "all injected failures were hit"
     );
+    assert!(h.sink.fail_once.lock().unwrap().is_empty());
+    // Each kind of operation was retried after its failure.
+    let calls = h.sink.calls.lock().unwrap().clone();
+    for op in ["manifest_digest", "has_blob", "put_blob", "put_manifest"] {
+        assert!(calls[op] >= 2, "{op} not retried: {calls:?}");
+    }
+    // The blobs and the tag went in once each, whatever failed on the way.
+    assert_eq!(h.sink.blob_puts().len(), 2, "config and layer, once each");
 }
 
 #[tokio::test]
