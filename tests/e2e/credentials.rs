@@ -14,6 +14,7 @@ struct Private {
 }
 
 fn private() -> Private {
+    never_shown("s3cr3t-pass");
     let source = Registry::start_with(RegistryOptions {
         htpasswd: Some(("puller".into(), "s3cr3t-pass".into())),
         ..Default::default()
@@ -205,6 +206,7 @@ fn definition_credentials_from_env_and_file() {
 
 #[test]
 fn access_token_is_sent_to_the_target_as_a_bearer() {
+    never_shown("tok-9f8e7d6c5b");
     use image_syncer_testkit::faults::{FaultProxy, Faults};
     let source = Registry::start();
     let target = Registry::start();
@@ -214,7 +216,7 @@ fn access_token_is_sent_to_the_target_as_a_bearer() {
     let proxy = FaultProxy::start(
         &target.host(),
         Faults {
-            require_bearer: Some("tok-123".into()),
+            require_bearer: Some("tok-9f8e7d6c5b".into()),
             ..Default::default()
         },
     );
@@ -231,18 +233,18 @@ fn access_token_is_sent_to_the_target_as_a_bearer() {
     let def = def.to_str().unwrap();
     let r = run(&["-i", def]);
     assert_eq!(r.code, 1, "{}", r.all());
-    let r = run(&["-i", def, "--access-token", "tok-123"]);
+    let r = run(&["-i", def, "--access-token", "tok-9f8e7d6c5b"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(
         block_on(target.digest("mirror/library/busybox:1.36")),
         Some(img.digest.to_string())
     );
-    assert!(!r.all().contains("tok-123"));
+    assert!(!r.all().contains("tok-9f8e7d6c5b"));
     // The environment variable works the same, and the token never shows in --help.
     let r = run_with(
         &["-i", def, "--debug"],
-        &[("SYNCER_ACCESS_TOKEN", "tok-123")],
+        &[("SYNCER_ACCESS_TOKEN", "tok-9f8e7d6c5b")],
     );
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(!r.all().contains("tok-123"));
+    assert!(!r.all().contains("tok-9f8e7d6c5b"));
 }

@@ -3,7 +3,7 @@
 //! registry that throttles everything for a while, a registry refusing our
 //! writes as inconsistent, and credentials of a mirror endpoint.
 
-use image_syncer_testkit::faults::{FaultProxy, Faults, Refuse, Throttle};
+use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, Refuse, Throttle};
 
 use crate::plugins::workspace;
 use crate::support::*;
@@ -486,6 +486,7 @@ fn a_persistent_refusal_of_our_write_fails_the_image_not_the_run() {
 #[test]
 fn credentials_of_a_mirror_endpoint_come_first() {
     use base64::Engine as _;
+    never_shown("mirr0r-pass");
     let source = Registry::start_with(RegistryOptions {
         htpasswd: Some(("puller".into(), "mirr0r-pass".into())),
         ..Default::default()
@@ -547,6 +548,134 @@ fn credentials_of_a_mirror_endpoint_come_first() {
         assert!(
             !r.all().contains("mirr0r-pass"),
             "{name}: a password reached the output"
+        );
+    }
+}
+
+/// A safety stop while several images are being written: the target tag of
+/// one is moved by someone else while another image's upload is in flight.
+/// The upload in flight completes; no write starts after the stop; images
+/// not yet started are `not run`.
+#[test]
+fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
+    let images: Vec<(String, fixtures::TestImage)> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| {
+            (
+                format!("team/{n}:1"),
+                fixtures::image(&format!("midwrite-{n}"), 3, 5_000),
+            )
+        })
+        .collect();
+    let holds = Faults {
+        holds: vec![
+            // A's first blob check, while the test moves A's tag.
+            Hold {
+                method: Some("HEAD"),
+                path: "/mirror/team/a/blobs/".into(),
+                after: 0,
+                times: 1,
+                ms: 1_500,
+            },
+            // B's first upload: still in flight when A stops the run.
+            Hold {
+                method: Some("PUT"),
+                path: "/mirror/team/b/blobs/uploads/".into(),
+                after: 0,
+                times: 1,
+                ms: 5_000,
+            },
+        ],
+        ..Default::default()
+    };
+    let b = behind(&images, Faults::default(), holds, "");
+    let squatter = fixtures::image("midwrite-squatter", 1, 100);
+    let mut child = command()
+        .args(["-i", &b.def, "--jobs", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded: 60 s.
+    let mut arrived = false;
+    for _ in 0..3000 {
+        if b.tp.injected.held_by(0) >= 1 {
+            arrived = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !arrived {
+        let _ = child.kill();
+        panic!("A's first blob check never reached the target");
+    }
+    // Someone else writes A's target tag, straight to the registry.
+    block_on(b.target.push("mirror/team/a:1", &squatter));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("STOPPED") && stdout.contains("changed during the run"),
+        "{stdout}"
+    );
+    // A's tag is the other writer's, not overwritten.
+    assert_eq!(
+        block_on(b.target.digest("mirror/team/a:1")),
+        Some(squatter.digest.to_string())
+    );
+    // The run stopped at A's last look at its tag (its second manifest HEAD):
+    // after it, no upload was opened and no manifest put, anywhere.
+    let log = b.tp.injected.log();
+    let stop = log
+        .iter()
+        .enumerate()
+        .filter(|(_, (m, p))| m == "HEAD" && p.ends_with("/mirror/team/a/manifests/1"))
+        .map(|(i, _)| i)
+        .nth(1)
+        .unwrap_or_else(|| panic!("A never looked at its tag again: {log:?}"));
+    for (m, p) in &log[stop + 1..] {
+        assert!(
+            !(m == "POST" && p.contains("/blobs/uploads/"))
+                && !(m == "PUT" && p.contains("/manifests/")),
+            "a write started after the stop: {m} {p}\n{log:?}"
+        );
+    }
+    // B's upload that was in flight at the stop completed: its blob is in.
+    let in_flight = log
+        .iter()
+        .position(|(m, p)| m == "PUT" && p.contains("/mirror/team/b/blobs/uploads/"))
+        .expect("B's held upload");
+    assert!(
+        in_flight < stop,
+        "B's upload was not in flight before the stop"
+    );
+    let present = block_on(async {
+        let mut n = 0;
+        for blob in images[1].1.all_blobs() {
+            if b.target
+                .has_blob("mirror/team/b", &blob.digest.to_string())
+                .await
+            {
+                n += 1;
+            }
+        }
+        n
+    });
+    assert!(present >= 1, "B's in-flight upload did not complete");
+    assert_eq!(block_on(b.target.digest("mirror/team/b:1")), None);
+    // C and D never started: not run, nothing of theirs in the target.
+    for n in ["c", "d"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("not run") && l.contains(&format!("team/{n}:1"))),
+            "{stdout}"
+        );
+        assert!(
+            !log.iter()
+                .any(|(_, p)| p.contains(&format!("/mirror/team/{n}/blobs/"))),
+            "{n} touched the target: {log:?}"
         );
     }
 }

@@ -42,6 +42,43 @@ pub fn command() -> Command {
     c
 }
 
+/// Secrets no run may show: every run of the binary in this test process,
+/// with or without `--debug`, is scanned for each (see [`never_shown`]).
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `secret` (a password, a token, key material) as never to appear in
+/// any output: every later run in this process fails if it does.
+pub fn never_shown(secret: &str) {
+    assert!(
+        secret.len() >= 8,
+        "too short to be told apart from other output: {secret:?}"
+    );
+    SECRETS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(secret.to_string());
+}
+
+/// The distinctive part of a PEM private key: base64 past the fixed
+/// algorithm header (the first 48 characters, 36 bytes, are the same for
+/// every P-256 PKCS#8 key), i.e. the private scalar.
+pub fn key_material(pem_file: &Path) -> String {
+    let pem = std::fs::read_to_string(pem_file).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    body[48..body.len().min(92)].to_string()
+}
+
+/// Checks a run's whole output against every secret marked so far.
+fn scan_for_secrets(args: &[&str], out: &str) {
+    for s in SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        assert!(
+            !out.contains(s.as_str()),
+            "a secret ({}…) reached the output of image-syncer {args:?}:\n{out}",
+            &s[..4]
+        );
+    }
+}
+
 pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut c = command();
     c.args(args);
@@ -49,11 +86,13 @@ pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
         c.env(k, v);
     }
     let out = c.output().expect("run image-syncer");
-    Run {
+    let run = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    scan_for_secrets(args, &run.all());
+    run
 }
 
 pub fn run(args: &[&str]) -> Run {
@@ -120,5 +159,6 @@ pub fn p256_keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
         "-out",
         public.to_str().unwrap(),
     ]);
+    never_shown(&key_material(&key));
     (key, public)
 }

@@ -298,6 +298,7 @@ fn authenticated_target_with_json_key_file() {
         ..Default::default()
     });
     let key_file = write(dir.path(), "key.json", key);
+    never_shown("syncer@p.iam.gserviceaccount.com");
     let img = fixtures::image("auth", 1, 300);
     block_on(source.push("library/busybox:1.36", &img));
     let def = write(

@@ -46,6 +46,8 @@ pub struct Faults {
     pub rate_limit: Option<RateLimit>,
     /// Hold the first requests of a path before forwarding them.
     pub hold: Option<Hold>,
+    /// More holds, each on its own path and count ([`Injected::held_each`]).
+    pub holds: Vec<Hold>,
     /// Read request bodies (uploads) at this many bytes per second, through
     /// a small receive buffer (0: as fast as they come).
     pub upload_bytes_per_sec: u64,
@@ -135,6 +137,8 @@ pub struct Injected {
     pub always_failed: AtomicU64,
     /// Requests matching the [`Hold`] path, held or not.
     pub held: AtomicU64,
+    /// Requests matching each of [`Faults::holds`], held or not.
+    pub held_each: std::sync::Mutex<Vec<u64>>,
     /// Requests to the [`TokenServer`]'s realm, busy or not.
     pub token_requests: AtomicU64,
     /// `CONNECT` tunnels opened (the proxy used as an HTTPS proxy).
@@ -156,6 +160,16 @@ impl Injected {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Requests seen so far matching hold `i` of [`Faults::holds`].
+    pub fn held_by(&self, i: usize) -> u64 {
+        self.held_each
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(i)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Every request so far: method and path.
@@ -339,6 +353,24 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         .filter(|h| path.contains(&h.path) && h.method.is_none_or(|m| req.method().as_str() == m));
     if let Some(h) = hold {
         let n = st.injected.held.fetch_add(1, Ordering::SeqCst);
+        if n >= h.after as u64 && n < (h.after + h.times) as u64 {
+            tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+        }
+    }
+    for (i, h) in f.holds.iter().enumerate() {
+        if !path.contains(&h.path) || h.method.is_some_and(|m| req.method().as_str() != m) {
+            continue;
+        }
+        let n = {
+            let mut seen = st
+                .injected
+                .held_each
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            seen.resize(f.holds.len(), 0);
+            seen[i] += 1;
+            seen[i] - 1
+        };
         if n >= h.after as u64 && n < (h.after + h.times) as u64 {
             tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
         }
