@@ -146,13 +146,7 @@ fn bad_inputs_exit_2_with_clear_messages() {
         assert_eq!(r.code, 2, "{name}: {}", r.all());
         assert!(r.stdout.is_empty(), "{name}: printed a plan: {}", r.stdout);
         // Log lines carry timestamps; the error message is what is pinned.
-        let msg: String = r
-            .stderr
-            .lines()
-            .filter(|l| !l.starts_with("20"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let msg = msg.replace(&d.display().to_string(), "[DIR]");
+        let msg = messages(&r.stderr).replace(&d.display().to_string(), "[DIR]");
         out.push_str(&format!("## {name}\n{msg}\n"));
     }
     insta::assert_snapshot!(out);

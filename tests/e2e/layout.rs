@@ -76,3 +76,53 @@ fn layout_to_registry_and_back() {
         Some(digest.as_str())
     );
 }
+
+#[test]
+fn a_dry_run_into_a_layout_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo_root();
+    let def = write(
+        dir.path(),
+        "dry.yaml",
+        &format!(
+            "targetRepoPrefix: \"oci:mirror/\"\nimages:\n- source: \"oci:{}/examples/quickstart/hello:1.0\"\n  tag: \"2.0\"\n",
+            root.display()
+        ),
+    );
+    let listing = || {
+        let mut names: Vec<String> = walk(dir.path());
+        names.sort();
+        names
+    };
+    let before = listing();
+    let r = run(&["-i", def.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("would copy"), "{}", r.stdout);
+    assert_eq!(
+        listing(),
+        before,
+        "a dry run wrote into the layout's folder"
+    );
+    assert!(!dir.path().join("mirror").exists());
+    // The same definition for real writes the layout (the check above can fail).
+    let r = run(&["-i", def.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(dir.path().join("mirror/hello/index.json").exists());
+}
+
+/// Every file and folder below `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    // Bounded by the tree: each folder is read once.
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
+}

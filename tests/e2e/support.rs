@@ -99,6 +99,28 @@ pub fn run(args: &[&str]) -> Run {
     run_with(args, &[])
 }
 
+/// Whether `line` is a log line: it starts with the RFC 3339 timestamp
+/// tracing writes (`2026-11-27T12:00:00.000000Z`).
+pub fn is_log_line(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 20
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[16] == b':'
+}
+
+/// `stderr` without its log lines: the error messages, for snapshots.
+pub fn messages(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter(|l| !is_log_line(l))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Writes a definition file into `dir`.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -88,3 +88,47 @@ fn an_https_registry_is_reached_through_https_proxy() {
     );
     assert!(block_on(target.digest("mirror/library/busybox:1.36")).is_some());
 }
+
+/// Plain HTTP is used only for registries named insecure: a plain-HTTP
+/// target that is not is spoken to in TLS, which fails (exit 1), and the
+/// registry never sees a plain request.
+#[test]
+fn plain_http_only_for_registries_named_insecure() {
+    let source = Registry::start();
+    let target = Registry::start_with(RegistryOptions {
+        access_log: true,
+        ..Default::default()
+    });
+    let img = fixtures::image("plain-http", 1, 100);
+    block_on(source.push("library/busybox:1.36", &img));
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\n",
+            header(&source, &target)
+        ),
+    );
+    let before = target.storage_snapshot();
+    // (The harness asked `/v2/` once, in plain HTTP, to see it started.)
+    let seen = target.requests().len();
+    let r = run(&["-i", def.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("https://{}/v2/", target.host())),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(target.requests().len(), seen, "{:?}", target.requests());
+    assert_eq!(target.storage_snapshot(), before);
+    // Named insecure, the same run goes through in plain HTTP.
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &target.host(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(target.requests().len() > seen);
+}

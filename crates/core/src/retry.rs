@@ -496,6 +496,59 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_starts_after_the_budget() {
+        // Each try takes 10 s; the budget is 25 s: tries start at 0, ~10 and
+        // ~20 s; at ~30 s the budget is spent and no fourth try starts.
+        let policy = RetryPolicy {
+            retries: 10,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            budget: Duration::from_secs(25),
+        };
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let e = policy
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Err::<(), _>(StageError::transient("timeout"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(e.message, "timeout (after 2 retries)");
+        assert!(started.elapsed() < Duration::from_secs(31));
+    }
+
+    #[test]
+    fn the_default_policy_is_six_retries_from_200_ms_to_10_s_within_120_s() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.retries, 6);
+        assert_eq!(p.budget, Duration::from_secs(120));
+        // Equal jitter: retry n waits within [half, full] of 200 ms · 2^(n-1).
+        for (n, full_ms) in [
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1600),
+            (5, 3200),
+            (6, 6400),
+        ] {
+            let d = p.delay(n);
+            assert!(
+                d >= Duration::from_millis(full_ms / 2) && d <= Duration::from_millis(full_ms),
+                "retry {n}: {d:?}"
+            );
+        }
+        // Capped at 10 s from the seventh on.
+        let d = p.delay(7);
+        assert!(
+            d >= Duration::from_secs(5) && d <= Duration::from_secs(10),
+            "{d:?}"
+        );
+    }
+
     #[test]
     fn delays_grow_are_capped_and_jittered() {
         let p = RetryPolicy {
