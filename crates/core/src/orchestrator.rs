@@ -1048,7 +1048,12 @@ impl ImageCopy<'_> {
                         self.run.check()
                     }
                 },
-                |()| self.item.sink.put_manifest(self.repo, target, manifest),
+                // Checked again right before the write: a stop that came
+                // while this waited at the registry's gate holds it back.
+                |()| async move {
+                    self.run.check()?;
+                    self.item.sink.put_manifest(self.repo, target, manifest).await
+                },
             )
             .await
     }
@@ -1174,6 +1179,7 @@ impl ImageCopy<'_> {
                     Ok((upload, stream))
                 },
                 |(upload, stream)| async move {
+                    self.run.check()?;
                     let verified =
                         VerifyingStream::new(stream, blob.digest.clone(), Some(blob.size));
                     item.sink
