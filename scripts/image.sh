@@ -8,7 +8,7 @@
 #
 #   --binary PATH  the binary to ship (default: ${CARGO_TARGET_DIR:-target}/release/image-syncer)
 #   --output DIR   the OCI image layout to write (default: ${CARGO_TARGET_DIR:-target}/oci/image-syncer);
-#                  replaced if it exists
+#                  replaced if it is an OCI layout already (any other existing path is refused)
 #   --tag TAG      the tag in the layout (default: the workspace version)
 #   --push REF     then push the layout to REF (registry/repository[:tag], tag default: --tag)
 #                  with image-syncer; flags after `--` go to that run
@@ -18,7 +18,7 @@
 # One layer: the binary at /usr/local/bin/image-syncer, the shared libraries
 # `ldd` reports and the dynamic loader, the system CA bundle, /etc/passwd with
 # the non-root user 65532, /tmp. The same binary gives the same digest: fixed
-# mtimes (SOURCE_DATE_EPOCH, default 0), sorted entries, root-owned entries,
+# mtimes (SOURCE_DATE_EPOCH, default 0), sorted entries, fixed owners,
 # gzip without name or time. Prints the layout, the tag and the manifest digest.
 set -euo pipefail
 
@@ -84,10 +84,14 @@ fi
 
 mkdir -p "$(dirname "$output")"
 output="$(cd "$(dirname "$output")" && pwd)/$(basename "$output")"
+# Only a previous layout is replaced, never a directory of something else.
+if [ -e "$output" ] && ! [ -f "$output/oci-layout" ]; then
+  die "$output exists and is not an OCI image layout; refusing to replace it (choose another --output)"
+fi
 
 # Prints "<tag> <manifest digest>".
 read -r tag digest < <(python3 - "$root/Cargo.toml" "$binary" "$output" "$tag" "$arch" "$ca_bundle" <<'PY'
-import gzip, hashlib, io, json, os, re, shutil, subprocess, sys, tarfile
+import datetime, gzip, hashlib, io, json, os, re, shutil, subprocess, sys, tarfile, tempfile
 
 cargo_toml, binary, output, tag, arch, ca_bundle = sys.argv[1:7]
 try:
@@ -177,7 +181,7 @@ def sha(data):
 def canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
-created = __import__("datetime").datetime.fromtimestamp(mtime, __import__("datetime").timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+created = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 labels = {
     "org.opencontainers.image.source": package["repository"],
     "org.opencontainers.image.version": version,
@@ -222,8 +226,8 @@ index = canonical({
 })
 
 # Written beside, then moved into place: a half-written layout is never left at `output`.
-tmp = output + ".tmp"
-shutil.rmtree(tmp, ignore_errors=True)
+tmp = tempfile.mkdtemp(prefix=".layout.", dir=os.path.dirname(output))
+os.chmod(tmp, 0o755)
 os.makedirs(os.path.join(tmp, "blobs", "sha256"))
 for blob in (layer, config, manifest):
     with open(os.path.join(tmp, "blobs", "sha256", sha(blob)[7:]), "wb") as f:

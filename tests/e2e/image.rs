@@ -438,4 +438,20 @@ fn script_names_what_is_missing() {
     ]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("not a digest"), "{}", r.stderr);
+    // An existing directory that is not a layout is never replaced.
+    let precious = dir.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    write(&precious, "keep.txt", "mine");
+    let r = image_sh(&["--binary", BIN, "--output", precious.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("is not an OCI image layout; refusing to replace it"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(precious.join("keep.txt")).unwrap(),
+        "mine"
+    );
 }
