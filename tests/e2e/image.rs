@@ -455,3 +455,28 @@ fn script_names_what_is_missing() {
         "mine"
     );
 }
+
+/// The Dockerfile cannot be built here (no daemon, no base images): its
+/// labels, user and entrypoint are checked against the workspace and the
+/// daemon-less image instead, so the two ways do not drift apart.
+#[test]
+fn dockerfile_matches_the_workspace_and_the_script() {
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    for wanted in [
+        format!("ARG VERSION={VERSION}\n"),
+        format!(
+            "org.opencontainers.image.source=\"{}\"",
+            workspace_repository()
+        ),
+        "org.opencontainers.image.version=\"${VERSION}\"".to_string(),
+        "org.opencontainers.image.licenses=\"Apache-2.0\"".to_string(),
+        "cargo build --release --locked -p image-syncer-cli".to_string(),
+        "USER 65532:65532\n".to_string(),
+        "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\n".to_string(),
+        "ENTRYPOINT [\"/usr/local/bin/image-syncer\"]\n".to_string(),
+    ] {
+        assert!(text.contains(&wanted), "Dockerfile lacks {wanted:?}");
+    }
+    let license = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    assert!(license.contains("license = \"Apache-2.0\"\n"));
+}
