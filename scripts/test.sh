@@ -24,6 +24,8 @@ have_registry || missing+=(docker-registry)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # skopeo: reads and writes the `dir:` format the example dir plugin is checked against.
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+# python3 (standard library only): scripts/image.sh assembles the container image with it.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   install_debs "${missing[@]}"
 fi

@@ -6,6 +6,7 @@ mod support;
 mod credentials;
 mod examples;
 mod faults;
+mod image;
 mod inputs;
 mod layout;
 mod plugins;

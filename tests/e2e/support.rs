@@ -20,6 +20,13 @@ impl Run {
 /// The binary with a clean environment (no SYNCER_* from the caller).
 pub fn command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_image-syncer"));
+    clean_env(&mut c);
+    c
+}
+
+/// Removes the caller's provider and registry configuration from `c`'s
+/// environment and sets `NO_COLOR=1`.
+pub fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         // Nothing of the caller's provider or registry configuration leaks in.
         if k.starts_with("SYNCER_")
@@ -39,7 +46,6 @@ pub fn command() -> Command {
         }
     }
     c.env("NO_COLOR", "1");
-    c
 }
 
 /// Secrets no run may show: every run of the binary in this test process,
