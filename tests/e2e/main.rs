@@ -6,6 +6,7 @@ mod support;
 mod credentials;
 mod examples;
 mod faults;
+mod hostile;
 mod image;
 mod inputs;
 mod layout;

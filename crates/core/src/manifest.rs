@@ -14,6 +14,35 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
+/// The largest manifest a source may serve, unless it says otherwise
+/// ([`crate::stage::Source::max_manifest_bytes`]): 4 MiB, what the
+/// distribution registry accepts on push. Real manifests are kilobytes.
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// How deep indexes may nest (an index whose child is an index, ...). Real
+/// images nest one level, sometimes two; the image spec sets no bound.
+pub const MAX_INDEX_DEPTH: usize = 8;
+
+/// `4 MiB`, `512 KiB`, `1000 bytes`: a size limit for people.
+pub fn size_for_people(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+/// The refusal of a manifest over `limit`: "manifest … is N bytes, over the
+/// 4 MiB limit". `what` names it (a reference, a digest).
+pub fn too_large(what: &str, size: u64, limit: usize) -> String {
+    format!(
+        "manifest {what} is {size} bytes, over the {} limit",
+        size_for_people(limit)
+    )
+}
+
 /// Media types of manifests a source is asked for, in preference order.
 pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
     OCI_INDEX,

@@ -25,7 +25,7 @@ use crate::context::StageContext;
 use crate::definition::{Definition, ImageSpec};
 use crate::digest::{Digest, VerifyingStream};
 use crate::flow::FlowControl;
-use crate::manifest::{Descriptor, Manifest, RawManifest};
+use crate::manifest::{Descriptor, Manifest, RawManifest, MAX_INDEX_DEPTH};
 use crate::reference::ImageRef;
 use crate::registry::{BuildError, StageRegistry};
 use crate::report::{Action, ImageReport, Report};
@@ -681,7 +681,11 @@ impl Prepared {
             Err(e) => return fail(report, e, "source"),
         };
         // The content must hash to the digest the decision was made on.
-        if let Err(e) = check_manifest(&manifest, Some(&source_digest)) {
+        if let Err(e) = check_manifest(
+            &manifest,
+            Some(&source_digest),
+            item.source.max_manifest_bytes(),
+        ) {
             return fail(report, e, "source");
         }
         Planned {
@@ -699,7 +703,11 @@ impl Prepared {
                 item.source.resolve(&item.spec.source)
             })
             .await?;
-        check_manifest(&source, item.spec.source.digest())?;
+        check_manifest(
+            &source,
+            item.spec.source.digest(),
+            item.source.max_manifest_bytes(),
+        )?;
         match crate::manifest::filter_platforms(&source, &item.spec.platforms)
             .map_err(|e| StageError::invalid(format!("{}: {e}", item.spec.source)))?
         {
@@ -712,7 +720,7 @@ impl Prepared {
                         item.source.fetch_manifest(&item.spec.source, &child)
                     })
                     .await?;
-                check_manifest(&m, Some(&child.digest))?;
+                check_manifest(&m, Some(&child.digest), item.source.max_manifest_bytes())?;
                 Ok(m)
             }
         }
@@ -745,7 +753,7 @@ impl Prepared {
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            check_manifest(&m, None)?;
+            check_manifest(&m, None, item.source.max_manifest_bytes())?;
             if suffix == ".sig" {
                 if let Ok(Manifest::Image { layers, .. }) = m.parse() {
                     upstream = layers;
@@ -775,8 +783,8 @@ impl Prepared {
                 bytes: &bytes,
                 progress: self.progress.as_ref(),
             };
-            copy.children(&m).await?;
-            copy.put_manifest(&ManifestTarget::Tag(tag.clone()), &m, "carried artifact")
+            copy.children(&m, 0).await?;
+            copy.put_manifest(&ManifestTarget::Tag(tag.clone()), &m, 0, "carried artifact")
                 .await?;
             carried.push(tag);
         }
@@ -806,7 +814,7 @@ impl Prepared {
             bytes: &bytes,
             progress: self.progress.as_ref(),
         };
-        copy.children(manifest).await?;
+        copy.children(manifest, 0).await?;
         // Last check before the tag moves: the target must still be absent or equal.
         let now = self
             .retry()
@@ -823,7 +831,7 @@ impl Prepared {
             }
         }
         // PUT is idempotent: a retry after a lost answer writes the same bytes.
-        copy.put_manifest(&ManifestTarget::Tag(tag), manifest, "tag manifest")
+        copy.put_manifest(&ManifestTarget::Tag(tag), manifest, 0, "tag manifest")
             .await?;
         Ok(bytes.load(Ordering::SeqCst))
     }
@@ -955,13 +963,20 @@ impl ImageCopy<'_> {
     }
 
     /// Copies everything `manifest` references (not the manifest itself).
-    fn children<'b>(&'b self, manifest: &'b RawManifest) -> BoxFuture<'b, Result<(), StageError>> {
+    /// `depth` is how many indexes enclose it (0 for the tagged manifest);
+    /// an index nested deeper than [`MAX_INDEX_DEPTH`] fails the image.
+    fn children<'b>(
+        &'b self,
+        manifest: &'b RawManifest,
+        depth: usize,
+    ) -> BoxFuture<'b, Result<(), StageError>> {
         async move {
             let parsed = manifest
                 .parse()
                 .map_err(|e| StageError::invalid(format!("{}: {e}", manifest.digest)))?;
             match parsed {
                 Manifest::Index { manifests } => {
+                    too_deep(manifest, depth)?;
                     for child in manifests {
                         // Pushed once per repository in the run; the others
                         // wait for the registry's confirmed answer.
@@ -969,7 +984,8 @@ impl ImageCopy<'_> {
                             self.run
                                 .ledger
                                 .manifest(&self.item.sink, self.repo, &child.digest);
-                        cell.get_or_try_init(|| self.child(&child)).await?;
+                        cell.get_or_try_init(|| self.child(&child, depth + 1))
+                            .await?;
                     }
                 }
                 Manifest::Image { config, layers } => {
@@ -990,7 +1006,7 @@ impl ImageCopy<'_> {
 
     /// One child manifest of an index, with what it references, unless the
     /// target has it.
-    async fn child(&self, child: &Descriptor) -> Result<(), StageError> {
+    async fn child(&self, child: &Descriptor, depth: usize) -> Result<(), StageError> {
         let child_ref = self.repo.with_digest(child.digest.clone());
         let present = self
             .retry
@@ -1003,8 +1019,8 @@ impl ImageCopy<'_> {
             return Ok(());
         }
         let m = self.fetch_child(child).await?;
-        self.children(&m).await?;
-        self.put_manifest(&ManifestTarget::Digest, &m, "child manifest")
+        self.children(&m, depth).await?;
+        self.put_manifest(&ManifestTarget::Digest, &m, depth, "child manifest")
             .await
     }
 
@@ -1018,7 +1034,11 @@ impl ImageCopy<'_> {
                     .fetch_manifest(&self.item.spec.source, child)
             })
             .await?;
-        check_manifest(&m, Some(&child.digest))?;
+        check_manifest(
+            &m,
+            Some(&child.digest),
+            self.item.source.max_manifest_bytes(),
+        )?;
         Ok(m)
     }
 
@@ -1031,6 +1051,7 @@ impl ImageCopy<'_> {
         &self,
         target: &ManifestTarget,
         manifest: &RawManifest,
+        depth: usize,
         what: &str,
     ) -> Result<(), StageError> {
         let registry = self.target_registry();
@@ -1043,7 +1064,7 @@ impl ImageCopy<'_> {
                     async move {
                         if recheck {
                             warn!(digest = %manifest.digest, target = %self.repo, "the registry refused a manifest as inconsistent; checking what it references");
-                            self.repair(manifest).await?;
+                            self.repair(manifest, depth).await?;
                         }
                         self.run.check()
                     }
@@ -1060,13 +1081,18 @@ impl ImageCopy<'_> {
 
     /// Checks everything `manifest` references in the target, past the
     /// ledger, and puts what is missing.
-    fn repair<'b>(&'b self, manifest: &'b RawManifest) -> BoxFuture<'b, Result<(), StageError>> {
+    fn repair<'b>(
+        &'b self,
+        manifest: &'b RawManifest,
+        depth: usize,
+    ) -> BoxFuture<'b, Result<(), StageError>> {
         async move {
             let parsed = manifest
                 .parse()
                 .map_err(|e| StageError::invalid(format!("{}: {e}", manifest.digest)))?;
             match parsed {
                 Manifest::Index { manifests } => {
+                    too_deep(manifest, depth)?;
                     for child in manifests {
                         let child_ref = self.repo.with_digest(child.digest.clone());
                         let present = self
@@ -1077,9 +1103,14 @@ impl ImageCopy<'_> {
                             .await?;
                         if present.is_none() {
                             let m = self.fetch_child(&child).await?;
-                            self.repair(&m).await?;
-                            self.put_manifest(&ManifestTarget::Digest, &m, "child manifest")
-                                .await?;
+                            self.repair(&m, depth + 1).await?;
+                            self.put_manifest(
+                                &ManifestTarget::Digest,
+                                &m,
+                                depth + 1,
+                                "child manifest",
+                            )
+                            .await?;
                         }
                     }
                 }
@@ -1195,8 +1226,34 @@ impl ImageCopy<'_> {
     }
 }
 
-/// Verifies a manifest's bytes against its digest (and the digest asked for).
-fn check_manifest(m: &RawManifest, expected: Option<&Digest>) -> Result<(), StageError> {
+/// Refuses an index enclosed by [`MAX_INDEX_DEPTH`] others or more: real
+/// images nest one level, sometimes two, and a registry serving thousands of
+/// levels would keep the run walking.
+fn too_deep(index: &RawManifest, depth: usize) -> Result<(), StageError> {
+    if depth >= MAX_INDEX_DEPTH {
+        return Err(StageError::invalid(format!(
+            "index {} is nested {} levels deep, past the limit of {MAX_INDEX_DEPTH}",
+            index.digest,
+            depth + 1
+        )));
+    }
+    Ok(())
+}
+
+/// Verifies a manifest's bytes against its digest (and the digest asked for),
+/// and that it is no larger than `limit` (the source's).
+fn check_manifest(
+    m: &RawManifest,
+    expected: Option<&Digest>,
+    limit: usize,
+) -> Result<(), StageError> {
+    if m.bytes.len() > limit {
+        return Err(StageError::invalid(crate::manifest::too_large(
+            &m.digest.to_string(),
+            m.bytes.len() as u64,
+            limit,
+        )));
+    }
     if let Err(actual) = m.digest.verify(&m.bytes) {
         return Err(StageError::integrity(format!(
             "manifest content does not match its digest: expected {}, got {actual}",

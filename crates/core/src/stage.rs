@@ -191,6 +191,13 @@ pub trait Source: Send + Sync {
         repository: &ImageRef,
         descriptor: &Descriptor,
     ) -> Result<ByteStream, StageError>;
+
+    /// The largest manifest this source serves. The orchestrator refuses a
+    /// larger one whatever the source does; a source should refuse it before
+    /// reading it whole (a registry can answer with gigabytes).
+    fn max_manifest_bytes(&self) -> usize {
+        crate::manifest::DEFAULT_MAX_MANIFEST_BYTES
+    }
 }
 
 /// Where a manifest is put.

@@ -9,6 +9,7 @@
 pub mod conformance;
 pub mod faults;
 pub mod fixtures;
+pub mod hostile;
 mod moto;
 mod registry;
 mod standin;

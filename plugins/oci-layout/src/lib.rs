@@ -49,8 +49,9 @@ pub const TRANSPORT: &str = "oci";
 
 const LAYOUT_FILE: &str = "oci-layout";
 const INDEX_FILE: &str = "index.json";
-/// Manifests are read into memory; anything larger is not a manifest.
-const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+/// Manifests are read into memory; a larger one is refused before it is read
+/// (the core's limit for every source).
+const MAX_MANIFEST_BYTES: usize = image_syncer_core::manifest::DEFAULT_MAX_MANIFEST_BYTES;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Serializes `index.json` read-modify-write cycles (and layout creation) in the process.
@@ -381,10 +382,14 @@ impl Layout {
                 ))));
             }
         }
-        if on_disk > MAX_MANIFEST_BYTES {
-            return Err(StageError::invalid(self.context(format!(
-                "blob {digest} is {on_disk} bytes, too large for a manifest"
-            ))));
+        if on_disk > MAX_MANIFEST_BYTES as u64 {
+            return Err(StageError::invalid(self.context(
+                image_syncer_core::manifest::too_large(
+                    &digest.to_string(),
+                    on_disk,
+                    MAX_MANIFEST_BYTES,
+                ),
+            )));
         }
         let bytes = tokio::fs::read(self.blob_path(digest))
             .await

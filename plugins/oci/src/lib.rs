@@ -56,6 +56,16 @@ pub struct OciConfig {
     /// and is retried. Long transfers that keep moving are never cut.
     #[serde(default = "read_timeout")]
     pub read_timeout_seconds: u64,
+    /// The largest manifest read from a registry, in bytes (default 4 MiB,
+    /// what the distribution registry accepts on push). A larger one is
+    /// refused before it is read whole; raise it for registries that need
+    /// more.
+    #[serde(default = "max_manifest_bytes")]
+    pub max_manifest_bytes: usize,
+}
+
+fn max_manifest_bytes() -> usize {
+    image_syncer_core::manifest::DEFAULT_MAX_MANIFEST_BYTES
 }
 
 fn yes() -> bool {
@@ -76,6 +86,7 @@ impl Default for OciConfig {
             monolithic_push: true,
             connect_timeout_seconds: connect_timeout(),
             read_timeout_seconds: read_timeout(),
+            max_manifest_bytes: max_manifest_bytes(),
         }
     }
 }
@@ -83,6 +94,8 @@ impl Default for OciConfig {
 /// A connection to registries: source and sink share this.
 pub struct OciRegistry {
     client: Client,
+    /// `maxManifestBytes`.
+    max_manifest: usize,
     /// How long a registry may stay silent (`readTimeoutSeconds`).
     idle: Duration,
     cx: StageContext,
@@ -124,8 +137,9 @@ impl OciRegistry {
             }
         };
         let key = format!(
-            "{insecure:?}|{}|{}|{}|{:?}|{credentials}|{:?}",
+            "{insecure:?}|{}|{}|{}|{}|{:?}|{credentials}|{:?}",
             config.monolithic_push,
+            config.max_manifest_bytes,
             config.connect_timeout_seconds,
             config.read_timeout_seconds,
             cx.target_registry,
@@ -139,6 +153,7 @@ impl OciRegistry {
         if let Some((_, client)) = clients.iter().find(|(k, _)| *k == key) {
             return Ok(OciRegistry {
                 client: client.clone(),
+                max_manifest: config.max_manifest_bytes,
                 idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
                 cx: cx.clone(),
                 configured: configured_credentials(cx)?,
@@ -169,16 +184,18 @@ impl OciRegistry {
         };
         // `Client::new` would fall back to a default client on a bad config:
         // refuse instead, so a CA that cannot be used is an input error.
-        let client = Client::try_from(client_config).map_err(|e| {
+        let mut client = Client::try_from(client_config).map_err(|e| {
             let files: Vec<&str> = cx.ca_certificates.iter().map(|(f, _)| f.as_str()).collect();
             format!(
                 "cannot set up the registry client (CA files: {}): {e}",
                 files.join(", ")
             )
         })?;
+        client.max_manifest_bytes = Some(config.max_manifest_bytes);
         clients.push((key, client.clone()));
         Ok(OciRegistry {
             client,
+            max_manifest: config.max_manifest_bytes,
             idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
             cx: cx.clone(),
             configured: configured_credentials(cx)?,
@@ -325,7 +342,12 @@ impl OciRegistry {
                     .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
                     .await;
                 self.pass_on_ratelimit(r, &reference);
-                pulled.map_err(|e| classify(&what(), e, r))
+                pulled.map_err(|e| match e {
+                    OciDistributionError::ManifestTooLarge { size, limit } => {
+                        StageError::invalid(too_large(r, size, limit))
+                    }
+                    e => classify(&what(), e, r),
+                })
             })
             .await?;
         RawManifest::new(media_type, bytes, expected.or(r.digest())).map_err(|e| {
@@ -343,7 +365,12 @@ impl OciRegistry {
             .answered(what, async {
                 let reference = self.prepare(r, RegistryOperation::Pull).await;
                 let auth = self.auth_for(r.registry());
-                let found = self.client.fetch_manifest_digest(&reference, &auth).await;
+                let found = match self.client.fetch_manifest_digest(&reference, &auth).await {
+                    Err(OciDistributionError::ManifestTooLarge { size, limit }) => {
+                        return Err(StageError::invalid(too_large(r, size, limit)))
+                    }
+                    found => found,
+                };
                 self.pass_on_ratelimit(r, &reference);
                 Ok(found)
             })
@@ -649,6 +676,20 @@ fn classify_write(context: &str, e: OciDistributionError, r: &ImageRef) -> Stage
     error
 }
 
+/// "manifest REF is N bytes, over the 4 MiB limit" (or "more than" when the
+/// registry declared no size and the body ran past the limit).
+fn too_large(r: &ImageRef, size: Option<u64>, limit: usize) -> String {
+    match size {
+        Some(n) => {
+            image_syncer_core::manifest::too_large(&r.to_string(), n, limit) + " (maxManifestBytes)"
+        }
+        None => format!(
+            "manifest {r} is larger than the {} limit (maxManifestBytes)",
+            image_syncer_core::manifest::size_for_people(limit)
+        ),
+    }
+}
+
 /// The count in a `ratelimit-remaining` value (`76;w=21600`, or `76`).
 fn parse_ratelimit_remaining(value: &str) -> Option<u64> {
     value.split(';').next()?.trim().parse().ok()
@@ -744,6 +785,10 @@ impl Source for OciRegistry {
         descriptor: &Descriptor,
     ) -> Result<ByteStream, StageError> {
         self.stream_blob(repository, descriptor).await
+    }
+
+    fn max_manifest_bytes(&self) -> usize {
+        self.max_manifest
     }
 }
 
@@ -978,7 +1023,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Source,
         name: "oci",
         description: "Pulls from OCI/Docker registries (anonymous, or the target credentials on the target registry)",
-        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\n",
+        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\nmaxManifestBytes: 4194304\n",
         transport: None,
         factory: &Factory(StageKind::Source),
     }
@@ -989,7 +1034,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Sink,
         name: "oci",
         description: "Pushes to an OCI/Docker registry with the target credentials: blobs first, manifests last",
-        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\n",
+        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\nmaxManifestBytes: 4194304\n",
         transport: None,
         factory: &Factory(StageKind::Sink),
     }

@@ -307,6 +307,9 @@ pub struct Client {
     /// registry sent with a manifest (Docker Hub's count of pulls left),
     /// by registry as connected to.
     pub ratelimit_remaining: Arc<std::sync::Mutex<HashMap<String, String>>>,
+    /// Patched (image-syncer): manifest answers larger than this are refused
+    /// before they are read whole (`Content-Length`, else counted as read).
+    pub max_manifest_bytes: Option<usize>,
 }
 
 impl Default for Client {
@@ -318,6 +321,7 @@ impl Default for Client {
             client: reqwest::Client::default(),
             push_chunk_size: PUSH_CHUNK_MAX_SIZE,
             ratelimit_remaining: Arc::default(),
+            max_manifest_bytes: None,
         }
     }
 }
@@ -808,6 +812,30 @@ impl Client {
             .await
     }
 
+    /// Patched (image-syncer): the body of a manifest answer, refused as
+    /// [`OciDistributionError::ManifestTooLarge`] past `max_manifest_bytes`
+    /// before it is read whole: at once when `Content-Length` says so, else
+    /// as soon as the bytes read pass the limit.
+    async fn manifest_body(&self, mut res: reqwest::Response) -> Result<bytes::Bytes> {
+        let Some(limit) = self.max_manifest_bytes.filter(|_| res.status().is_success()) else {
+            return Ok(res.bytes().await?);
+        };
+        if let Some(size) = res.content_length().filter(|n| *n > limit as u64) {
+            return Err(OciDistributionError::ManifestTooLarge {
+                size: Some(size),
+                limit,
+            });
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await? {
+            if body.len() + chunk.len() > limit {
+                return Err(OciDistributionError::ManifestTooLarge { size: None, limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    }
+
     /// Patched (image-syncer): keeps a manifest answer's
     /// `ratelimit-remaining` (see [`Client::ratelimit_remaining`]).
     fn note_ratelimit(&self, image: &Reference, headers: &HeaderMap) {
@@ -1077,7 +1105,7 @@ impl Client {
             let status = res.status();
             trace!(headers = ?res.headers(), "Got Headers");
             let headers = res.headers().clone();
-            let body = res.bytes().await?;
+            let body = self.manifest_body(res).await?;
             validate_registry_response(status, &body, &url)
                 .map_err(|e| e.with_retry_after(retry_after(status, &headers)))?;
 
@@ -1275,7 +1303,7 @@ impl Client {
         let status = res.status();
         let headers = res.headers().clone();
         self.note_ratelimit(image, &headers);
-        let body = res.bytes().await?;
+        let body = self.manifest_body(res).await?;
 
         validate_registry_response(status, &body, &url)
             .map_err(|e| e.with_retry_after(retry_after(status, &headers)))?;

@@ -113,6 +113,17 @@ pub enum OciDistributionError {
         /// The error of the answer itself
         source: Box<OciDistributionError>,
     },
+    /// Patched (image-syncer): a manifest answer larger than the client's
+    /// `max_manifest_bytes`, refused before it was read whole. `size` is
+    /// the declared `Content-Length`, or `None` when the body ran past the
+    /// limit without one.
+    #[error("manifest larger than the limit of {limit} bytes")]
+    ManifestTooLarge {
+        /// The size the registry declared, if it did
+        size: Option<u64>,
+        /// The limit
+        limit: usize,
+    },
 }
 
 impl OciDistributionError {

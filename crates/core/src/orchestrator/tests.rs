@@ -1293,3 +1293,97 @@ async fn failures_beyond_the_budget_fail_that_image_only() {
         Some(second.manifest.digest.clone())
     );
 }
+
+/// `levels` indexes nested in `repo`, each over the one below, the last over
+/// an image; tagged `level1` (innermost) to `level<levels>`.
+fn nested(reg: &MemoryRegistry, repo: &str, levels: usize) -> RawManifest {
+    let img = add_image(reg, &format!("{repo}:leaf"), repo);
+    let mut child = img.manifest;
+    for level in 1..=levels {
+        child = add_index(reg, &format!("{repo}:level{level}"), &[&child]);
+    }
+    child
+}
+
+#[tokio::test]
+async fn indexes_nest_at_most_eight_deep() {
+    let h = Harness::new();
+    // Eight levels of index copy; nine fail that image, past the limit.
+    let eight = nested(&h.source, "eight", 8);
+    nested(&h.source, "nine", 9);
+    let report = h
+        .orchestrator(true, true)
+        .prepare(
+            &def(&yaml(
+                "- source: eight:level8
+- source: nine:level9
+",
+            )),
+            false,
+        )
+        .unwrap()
+        .run()
+        .await;
+    let copied = image_of(&report, "eight:level8");
+    assert_eq!(copied.action, Action::Copied, "{}", report.render_text());
+    assert_eq!(
+        h.target_tag("dst.io/mirror/library/eight:level8").await,
+        Some(eight.digest)
+    );
+    let refused = image_of(&report, "nine:level9");
+    assert_eq!(refused.action, Action::Failed, "{}", report.render_text());
+    assert!(
+        refused
+            .message
+            .as_deref()
+            .unwrap()
+            .ends_with("is nested 9 levels deep, past the limit of 8"),
+        "{:?}",
+        refused.message
+    );
+    assert_eq!(
+        h.target_tag("dst.io/mirror/library/nine:level9").await,
+        None
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_over_the_sources_limit_fails_that_image() {
+    let h = Harness::new();
+    let small = add_image(&h.source, "busybox:1.36", "small");
+    // A valid index padded past 4 MiB.
+    let at = r("alpine:3");
+    let json = format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_INDEX}\",\"manifests\":[],\"annotations\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(crate::manifest::DEFAULT_MAX_MANIFEST_BYTES)
+    );
+    let big = RawManifest::new(None, Bytes::from(json), None).unwrap();
+    h.source.add_manifest(&at, &big, at.tag());
+    let report = h
+        .orchestrator(true, true)
+        .prepare(
+            &def(&yaml("- source: busybox:1.36\n- source: alpine:3\n")),
+            false,
+        )
+        .unwrap()
+        .run()
+        .await;
+    let failed = image_of(&report, "alpine:3");
+    assert_eq!(failed.action, Action::Failed, "{}", report.render_text());
+    assert_eq!(
+        failed.message.as_deref(),
+        Some(
+            format!(
+                "source: manifest {} is {} bytes, over the 4 MiB limit",
+                big.digest,
+                big.bytes.len()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(h.target_tag("dst.io/mirror/library/alpine:3").await, None);
+    assert_eq!(
+        h.target_tag("dst.io/mirror/library/busybox:1.36").await,
+        Some(small.manifest.digest)
+    );
+}
