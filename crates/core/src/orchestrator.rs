@@ -783,7 +783,7 @@ impl Prepared {
                 bytes: &bytes,
                 progress: self.progress.as_ref(),
             };
-            copy.children(&m, 0).await?;
+            copy.children(&m, 0, Walk::Ledger).await?;
             copy.put_manifest(&ManifestTarget::Tag(tag.clone()), &m, 0, "carried artifact")
                 .await?;
             carried.push(tag);
@@ -814,7 +814,7 @@ impl Prepared {
             bytes: &bytes,
             progress: self.progress.as_ref(),
         };
-        copy.children(manifest, 0).await?;
+        copy.children(manifest, 0, Walk::Ledger).await?;
         // Last check before the tag moves: the target must still be absent or equal.
         let now = self
             .retry()
@@ -928,6 +928,15 @@ impl Ledger {
     }
 }
 
+/// How a copy walks what a manifest references: through the run's ledger
+/// (the first walk), or past it, asking the target about everything (after
+/// the registry refused a manifest as inconsistent).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Ledger,
+    Recheck,
+}
+
 /// One image's copy.
 struct ImageCopy<'a> {
     item: &'a Item,
@@ -969,6 +978,7 @@ impl ImageCopy<'_> {
         &'b self,
         manifest: &'b RawManifest,
         depth: usize,
+        walk: Walk,
     ) -> BoxFuture<'b, Result<(), StageError>> {
         async move {
             let parsed = manifest
@@ -978,13 +988,17 @@ impl ImageCopy<'_> {
                 Manifest::Index { manifests } => {
                     too_deep(manifest, depth)?;
                     for child in manifests {
+                        if walk == Walk::Recheck {
+                            self.child(&child, depth + 1, walk).await?;
+                            continue;
+                        }
                         // Pushed once per repository in the run; the others
                         // wait for the registry's confirmed answer.
                         let cell =
                             self.run
                                 .ledger
                                 .manifest(&self.item.sink, self.repo, &child.digest);
-                        cell.get_or_try_init(|| self.child(&child, depth + 1))
+                        cell.get_or_try_init(|| self.child(&child, depth + 1, walk))
                             .await?;
                     }
                 }
@@ -992,7 +1006,12 @@ impl ImageCopy<'_> {
                     // Every blob is attempted; the first error is reported.
                     let results: Vec<Result<(), StageError>> =
                         stream::iter(Self::blobs(config, layers))
-                            .map(|b| async move { self.blob(&b).await })
+                            .map(|b| async move {
+                                match walk {
+                                    Walk::Ledger => self.blob(&b).await,
+                                    Walk::Recheck => self.transfer(&b).await,
+                                }
+                            })
                             .buffer_unordered(self.jobs)
                             .collect()
                             .await;
@@ -1006,7 +1025,7 @@ impl ImageCopy<'_> {
 
     /// One child manifest of an index, with what it references, unless the
     /// target has it.
-    async fn child(&self, child: &Descriptor, depth: usize) -> Result<(), StageError> {
+    async fn child(&self, child: &Descriptor, depth: usize, walk: Walk) -> Result<(), StageError> {
         let child_ref = self.repo.with_digest(child.digest.clone());
         let present = self
             .retry
@@ -1019,7 +1038,7 @@ impl ImageCopy<'_> {
             return Ok(());
         }
         let m = self.fetch_child(child).await?;
-        self.children(&m, depth).await?;
+        self.children(&m, depth, walk).await?;
         self.put_manifest(&ManifestTarget::Digest, &m, depth, "child manifest")
             .await
     }
@@ -1064,7 +1083,7 @@ impl ImageCopy<'_> {
                     async move {
                         if recheck {
                             warn!(digest = %manifest.digest, target = %self.repo, "the registry refused a manifest as inconsistent; checking what it references");
-                            self.repair(manifest, depth).await?;
+                            self.children(manifest, depth, Walk::Recheck).await?;
                         }
                         self.run.check()
                     }
@@ -1077,52 +1096,6 @@ impl ImageCopy<'_> {
                 },
             )
             .await
-    }
-
-    /// Checks everything `manifest` references in the target, past the
-    /// ledger, and puts what is missing.
-    fn repair<'b>(
-        &'b self,
-        manifest: &'b RawManifest,
-        depth: usize,
-    ) -> BoxFuture<'b, Result<(), StageError>> {
-        async move {
-            let parsed = manifest
-                .parse()
-                .map_err(|e| StageError::invalid(format!("{}: {e}", manifest.digest)))?;
-            match parsed {
-                Manifest::Index { manifests } => {
-                    too_deep(manifest, depth)?;
-                    for child in manifests {
-                        let child_ref = self.repo.with_digest(child.digest.clone());
-                        let present = self
-                            .retry
-                            .at(&self.target_registry(), "child digest", || {
-                                self.item.sink.manifest_digest(&child_ref)
-                            })
-                            .await?;
-                        if present.is_none() {
-                            let m = self.fetch_child(&child).await?;
-                            self.repair(&m, depth + 1).await?;
-                            self.put_manifest(
-                                &ManifestTarget::Digest,
-                                &m,
-                                depth + 1,
-                                "child manifest",
-                            )
-                            .await?;
-                        }
-                    }
-                }
-                Manifest::Image { config, layers } => {
-                    for b in Self::blobs(config, layers) {
-                        self.transfer(&b).await?;
-                    }
-                }
-            }
-            Ok(())
-        }
-        .boxed()
     }
 
     /// One blob: transferred by the first image of the run that needs it;
