@@ -238,6 +238,17 @@ impl Orchestrator {
                 source_ref: spec.source.to_string(),
                 message: "the pipeline has no transform to compute the target".into(),
             })?;
+            // Whatever transform computed it, the target must be a reference
+            // the sinks can write: checked here, before anything is touched.
+            if let Err(message) = valid_target(&target, &self.context.transports) {
+                return Err(PrepareError::Target {
+                    path: path.clone(),
+                    line: spec.line,
+                    index: spec.index,
+                    source_ref: spec.source.to_string(),
+                    message,
+                });
+            }
             let key = target.to_string();
             if let Some(&first) = seen.get(&key) {
                 let f = &def.images[first];
@@ -1196,6 +1207,26 @@ impl ImageCopy<'_> {
         self.progress
             .transferred(item.spec.index, &item.spec.source.to_string(), blob.size);
         Ok(())
+    }
+}
+
+/// Whether a transform's output is a target a sink can write: a reference
+/// that reads back as itself, with a tag and no digest.
+fn valid_target(target: &ImageRef, transports: &[String]) -> Result<(), String> {
+    let text = target.to_string();
+    let t: Vec<&str> = transports.iter().map(String::as_str).collect();
+    match ImageRef::parse_with_transports(&text, &t) {
+        Err(e) => Err(format!("the transforms made an invalid target: {e}")),
+        Ok(back) if !back.same_image(target) => Err(format!(
+            "the transforms made a target that does not read back as itself: `{text}`"
+        )),
+        Ok(_) if target.tag().is_none() => Err(format!(
+            "the transforms made the target `{text}` without a tag; targets are written by tag"
+        )),
+        Ok(_) if target.digest().is_some() => Err(format!(
+            "the transforms made the target `{text}` with a digest; targets are written by tag"
+        )),
+        Ok(_) => Ok(()),
     }
 }
 

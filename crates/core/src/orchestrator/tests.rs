@@ -1387,3 +1387,55 @@ async fn a_manifest_over_the_sources_limit_fails_that_image() {
         Some(small.manifest.digest)
     );
 }
+
+/// A transform that appends `suffix` to the tag it is given, as a plugin
+/// might, without checking the result.
+struct Suffix(&'static str);
+
+impl Transform for Suffix {
+    fn apply(&self, input: TransformInput<'_>) -> Result<ImageRef, StageError> {
+        let target = input.target.expect("after retag");
+        let tag = format!("{}{}", target.tag().unwrap_or_default(), self.0);
+        Ok(target.with_tag(&tag))
+    }
+}
+
+#[tokio::test]
+async fn a_transform_making_an_invalid_target_is_an_input_error() {
+    let h = Harness::new();
+    add_image(&h.source, "busybox:1.36", "t");
+    for (suffix, says) in [
+        (
+            " final!",
+            "t.yaml:3: images[0] (source `busybox:1.36`): the transforms made an invalid target: `dst.io/mirror/library/busybox:1.36 final!`: tag `1.36 final!` is invalid: a tag is 1 to 128 characters of [A-Za-z0-9_.-] and does not start with `.` or `-`",
+        ),
+        ("", "PASS"),
+    ] {
+        let mut registry = h.registry(true);
+        registry
+            .insert(registered(
+                StageKind::Transform,
+                "suffix",
+                Stage::Transform(Arc::new(Suffix(suffix))),
+            ))
+            .unwrap();
+        let orchestrator = Orchestrator::new(registry, StageContext::default());
+        let prepared = orchestrator.prepare(
+            &def(&yaml(
+                "- source: busybox:1.36\npipeline:\n  transforms: [ { plugin: retag }, { plugin: suffix } ]\n",
+            )),
+            false,
+        );
+        match prepared {
+            Err(e) => assert_eq!(e.to_string(), says, "{suffix:?}"),
+            Ok(p) => {
+                assert_eq!(says, "PASS", "{suffix:?} was accepted");
+                let report = p.run().await;
+                assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+            }
+        }
+    }
+    // The refused definition touched nothing; the accepted one wrote its
+    // blobs and its tag.
+    assert_eq!(h.sink.log().len(), 3, "{:?}", h.sink.log());
+}
