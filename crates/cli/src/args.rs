@@ -34,7 +34,7 @@ pub struct Args {
     )]
     pub images_file: Option<PathBuf>,
 
-    /// JSON key file for the target registry: logs in as `_json_key` with the file's content as password (GCR/Artifact Registry); absent = anonymous
+    /// JSON key file for the target registry: `username`/`password` fields log in with those; any other JSON logs in as `_json_key` with the file's content as password (GCR/Artifact Registry). Without it, the credentials found for the target registry are used, else none
     #[arg(
         short = 't',
         long,

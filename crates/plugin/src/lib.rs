@@ -15,8 +15,9 @@
 //!
 //! # The boundary
 //! - The declaration is a `#[repr(C)]` static holding an ABI version, the core
-//!   crate's version and the rustc version as C strings. The host reads and
-//!   compares them **before** calling anything; a mismatch is refused.
+//!   crate's version and the rustc version as C strings, and a fingerprint of
+//!   the layouts of the types that cross (`LAYOUT`). The host reads and
+//!   compares all four **before** calling anything; a mismatch is refused.
 //! - After the check, stages cross as Rust trait objects (same compiler, same
 //!   core version: same layouts).
 //! - Stage methods are blocking. The host calls them on tokio's blocking pool

@@ -1022,7 +1022,7 @@ image_syncer_core::inventory::submit! {
     StagePlugin {
         kind: StageKind::Source,
         name: "oci",
-        description: "Pulls from OCI/Docker registries (anonymous, or the target credentials on the target registry)",
+        description: "Pulls from OCI/Docker registries, with the credentials found for each (definition, Docker or containers config), else anonymously",
         example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\nmaxManifestBytes: 4194304\n",
         transport: None,
         factory: &Factory(StageKind::Source),
