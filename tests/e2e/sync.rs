@@ -313,7 +313,18 @@ fn authenticated_target_with_json_key_file() {
     // Without the key: the registry refuses, the error says what to pass.
     let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stdout.contains("--target-repo-auth-key"), "{}", r.stdout);
+    assert!(r.stdout.contains("refused access"), "{}", r.stdout);
+    // Which flag gives the credentials is the CLI's to say, once.
+    assert_eq!(
+        r.stderr
+            .matches(&format!(
+                "hint: the target registry {host} refused access: give its credentials with --target-repo-auth-key"
+            ))
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
     // With it: copied.
     let r = run(&[
         "-i",

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use image_syncer_core::context::{Credentials, Secret, StageContext};
 use image_syncer_core::definition;
-use image_syncer_core::orchestrator::Orchestrator;
+use image_syncer_core::orchestrator::{Orchestrator, PrepareError};
 use image_syncer_core::registry::StageRegistry;
 use image_syncer_core::report::Status;
+use image_syncer_core::stage::ErrorKind;
 use tracing::{info, warn};
 
 use crate::args::Args;
@@ -40,6 +41,31 @@ fn init_logging(debug: bool) {
         )
         .with_target(false)
         .try_init();
+}
+
+/// A preparation error in the CLI's words: a missing signing key names the
+/// flags that give one (the core says only what is missing).
+fn with_flags(e: PrepareError) -> String {
+    use image_syncer_core::registry::BuildError;
+    let needs_key = matches!(
+        &e,
+        PrepareError::SigningWithoutKey { .. }
+            | PrepareError::Build(BuildError::MissingKey { .. })
+            | PrepareError::Stage {
+                source: BuildError::MissingKey { .. },
+                ..
+            }
+    );
+    if needs_key {
+        let or_not = if matches!(e, PrepareError::SigningWithoutKey { .. }) {
+            ", or set `sign: false`"
+        } else {
+            ""
+        };
+        format!("{e}: set --kms-key (or --key-ref, SYNCER_KMS_KEY){or_not}")
+    } else {
+        e.to_string()
+    }
 }
 
 fn input_error(message: impl std::fmt::Display) -> Exit {
@@ -273,10 +299,12 @@ pub fn run(args: Args) -> Exit {
         }
         (None, None) => None,
     };
+    let target_registry = cx.target_registry.clone();
+    let target_credentials = cx.target_credentials.is_some();
     let orchestrator = Orchestrator::new(registry, cx);
     let prepared = match orchestrator.prepare_shard(&def, args.dry_run, shard) {
         Ok(p) => p,
-        Err(e) => return input_error(e),
+        Err(e) => return input_error(with_flags(e)),
     };
     let jobs = args
         .jobs
@@ -329,6 +357,18 @@ pub fn run(args: Args) -> Exit {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.render_text());
+    }
+    // The core says what was refused; which flag gives it is the CLI's to say.
+    if let Some(target) = target_registry.filter(|_| !target_credentials) {
+        let refused = report.images.iter().any(|i| {
+            i.error == Some(ErrorKind::Unauthorized)
+                && i.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(&format!("registry {target} refused access")))
+        });
+        if refused {
+            eprintln!("hint: the target registry {target} refused access: give its credentials with --target-repo-auth-key or --access-token (or in the definition's registries:, or Docker's config.json)");
+        }
     }
     match report.status() {
         Status::Ok => Exit::Ok,

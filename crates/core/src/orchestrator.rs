@@ -67,7 +67,7 @@ pub enum PrepareError {
         second_source: String,
         target: String,
     },
-    #[error("{path}: signing is enabled for {count} image(s) (first: images[{first}] `{first_source}`) but no signing key was given: set --kms-key (or --key-ref, SYNCER_KMS_KEY), or set `sign: false`")]
+    #[error("{path}: signing is enabled for {count} image(s) (first: images[{first}] `{first_source}`) but no signing key was given")]
     SigningWithoutKey {
         path: String,
         count: usize,
@@ -509,6 +509,7 @@ impl Prepared {
                     }
                     Err(e) => {
                         warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
+                        report.error = Some(e.kind);
                         report.action = run.failed(&e);
                         report.message = Some(e.message);
                     }
@@ -528,6 +529,7 @@ impl Prepared {
                     }
                     Err(e) => {
                         warn!(source = %item.spec.source, error = %e, "carrying signatures failed");
+                        report.error = Some(e.kind);
                         report.action = run.failed(&e);
                         report.message = Some(format!("carrying signatures along: {e}"));
                     }
@@ -556,6 +558,7 @@ impl Prepared {
                         Ok(outcome) => report.signature = Some(outcome),
                         Err(e) => {
                             warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
+                            report.error = Some(e.kind);
                             report.action = run.failed(&e);
                             report.message = Some(e.message);
                         }
@@ -591,9 +594,11 @@ impl Prepared {
             duration_ms: 0,
             carried: Vec::new(),
             message: None,
+            error: None,
         };
         let fail = |mut report: ImageReport, e: StageError, what: &str| {
             // Planning writes nothing; the stop is read off the report later.
+            report.error = Some(e.kind);
             report.action = match e.kind {
                 ErrorKind::Integrity => Action::Stopped,
                 ErrorKind::Cancelled => Action::NotRun,

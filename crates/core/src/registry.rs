@@ -37,7 +37,7 @@ pub enum BuildError {
     },
     /// The stage signs, and no signing key (`--kms-key`) was given. The
     /// orchestrator reports it naming the images that asked for signing.
-    #[error("{kind} plugin `{plugin}` needs a signing key: set --kms-key (or --key-ref, SYNCER_KMS_KEY)")]
+    #[error("{kind} plugin `{plugin}` needs a signing key, and none was given")]
     MissingKey { kind: StageKind, plugin: String },
     #[error("no {kind} plugin named `{name}` (known: {known})")]
     Unknown {

@@ -61,6 +61,10 @@ pub struct ImageReport {
     pub carried: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The kind of the error that ended this image, when one did: what the
+    /// CLI turns into a hint about its flags.
+    #[serde(skip)]
+    pub error: Option<crate::stage::ErrorKind>,
 }
 
 /// Live progress of a run, for a display. Called from the run's tasks; an

@@ -606,10 +606,7 @@ fn code_kind(code: &OciErrorCode) -> Option<ErrorKind> {
 fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError {
     let kind = kind_of(&e);
     let hint = if kind == ErrorKind::Unauthorized {
-        format!(
-            " (registry {} refused access; for the target pass --target-repo-auth-key)",
-            r.registry()
-        )
+        format!(" (registry {} refused access)", r.registry())
     } else {
         String::new()
     };
