@@ -42,17 +42,17 @@ fn definition(
 /// Source and target registries, each behind a fault proxy: the source holds
 /// `images`; `def` syncs `entries` (followed by `extra`, top-level YAML)
 /// through the proxies.
-struct Proxied {
+pub struct Proxied {
     /// Kept running for the proxy in front of it.
     _source: Registry,
-    target: Registry,
-    sp: FaultProxy,
-    tp: FaultProxy,
-    def: String,
+    pub target: Registry,
+    pub sp: FaultProxy,
+    pub tp: FaultProxy,
+    pub def: String,
     _dir: tempfile::TempDir,
 }
 
-fn proxied(
+pub fn proxied(
     images: &[(&str, &fixtures::TestImage)],
     source_faults: Faults,
     target_faults: Faults,

@@ -3,59 +3,31 @@
 //! registry that throttles everything for a while, a registry refusing our
 //! writes as inconsistent, and credentials of a mirror endpoint.
 
-use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, Refuse, Throttle};
+use image_syncer_testkit::faults::{Faults, Hold, Refuse, Throttle};
 
+use crate::faults::{proxied, Proxied};
 use crate::plugins::workspace;
 use crate::support::*;
 
 /// Source and target registries, each behind a fault proxy, the source
-/// holding `images`; `def` syncs each of them (as `source: <repo:tag>`).
-struct Behind {
-    _source: Registry,
-    target: Registry,
-    sp: FaultProxy,
-    tp: FaultProxy,
-    def: String,
-    _dir: tempfile::TempDir,
-}
-
-fn behind(images: &[(String, fixtures::TestImage)], sf: Faults, tf: Faults, extra: &str) -> Behind {
-    let source = Registry::start();
-    let target = Registry::start();
-    block_on(async {
-        for (r, img) in images {
-            source.push(r, img).await;
-        }
-    });
-    let sp = FaultProxy::start(&source.host(), sf);
-    let tp = FaultProxy::start(&target.host(), tf);
-    let dir = tempfile::tempdir().unwrap();
+/// holding `images`; the definition syncs each of them (`source: <repo:tag>`),
+/// followed by `extra` (top-level YAML).
+fn behind(
+    images: &[(String, fixtures::TestImage)],
+    sf: Faults,
+    tf: Faults,
+    extra: &str,
+) -> Proxied {
+    let pushed: Vec<(&str, &fixtures::TestImage)> =
+        images.iter().map(|(r, i)| (r.as_str(), i)).collect();
     let entries: String = images
         .iter()
         .map(|(r, _)| format!("- source: \"{r}\"\n"))
         .collect();
-    let def = write(
-        dir.path(),
-        "images.yaml",
-        &format!(
-            "targetRepoPrefix: \"{t}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  \"{t}\":\n    insecure: true\n{extra}images:\n{entries}",
-            s = sp.host(),
-            t = tp.host()
-        ),
-    )
-    .display()
-    .to_string();
-    Behind {
-        _source: source,
-        target,
-        sp,
-        tp,
-        def,
-        _dir: dir,
-    }
+    proxied(&pushed, sf, tf, &entries, extra)
 }
 
-impl Behind {
+impl Proxied {
     /// Every image is in the target exactly: tag → source digest, every
     /// child manifest and blob present.
     fn assert_exact(&self, images: &[(String, fixtures::TestImage)]) {
