@@ -53,8 +53,35 @@ fn targets(config: &str, yaml: &str) -> Vec<String> {
         .collect()
 }
 
+/// The example in docs/plugins.md: the transform called directly, with the
+/// target a transform before it returned.
 #[test]
-fn appends_the_suffix_to_the_target_tag() {
+fn appends_the_suffix_to_the_previous_target() {
+    let def = definition::parse(
+        "targetRepoPrefix: dst.io/mirror/\nimages:\n- source: busybox:1.36\n",
+        Path::new("t.yaml"),
+        &[], // transports the parser knows, such as "oci"
+    )
+    .unwrap();
+    let transform = TagSuffix {
+        suffix: "-mirror".into(),
+        only_for: vec![],
+    };
+    let previous = ImageRef::parse("dst.io/mirror/library/busybox:1.36").unwrap();
+    let target = transform
+        .apply(TransformInput {
+            spec: &def.images[0],
+            target: Some(previous),
+        })
+        .unwrap();
+    assert_eq!(
+        target.to_string(),
+        "dst.io/mirror/library/busybox:1.36-mirror"
+    );
+}
+
+#[test]
+fn appends_the_suffix_after_retag() {
     let yaml = "targetRepoPrefix: dst.io/mirror/\nimages:\n\
                 - source: busybox:1.36\n\
                 - source: quay.io/prometheus/node-exporter:v1.8.0\n\
