@@ -119,3 +119,49 @@ fn sign_with_exec_example() {
         again.stdout
     );
 }
+
+#[test]
+fn tag_suffix_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = build_plugin("image-syncer-example-tag-suffix", &[], "tag-suffix");
+    let def = write(
+        dir.path(),
+        "suffix.yaml",
+        &adapted("tag-suffix.yaml", dir.path()),
+    );
+    let args = [
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "-i",
+        def.to_str().unwrap(),
+    ];
+    let r = run(&args);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!(
+            "-> oci:{}/suffixed/hello:1.0-mirror (sha256:dd90cc3468cdb76b8da410c880fcf9f70bc6c8f8332b52cf00d86eeee96df9e5)",
+            dir.path().display()
+        )),
+        "{}",
+        r.stdout
+    );
+    // The layout holds the suffixed tag only.
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("suffixed/hello/index.json")).unwrap(),
+    )
+    .unwrap();
+    let tags: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert_eq!(tags, ["1.0-mirror"]);
+    let again = run(&args);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(
+        again.stdout.contains("1 already in sync"),
+        "{}",
+        again.stdout
+    );
+}

@@ -215,6 +215,79 @@ fn exec_signer_passes_the_conformance_harness() {
     conformance::check_signer(&registry, "exec", &config, None);
 }
 
+fn tag_suffix_plugin() -> PathBuf {
+    build_plugin("image-syncer-example-tag-suffix", &[], "tag-suffix")
+}
+
+#[test]
+fn tag_suffix_transform_appends_its_suffix_to_target_tags() {
+    let plugin = tag_suffix_plugin();
+    let (source, target) = (Registry::start(), Registry::start());
+    let busybox = fixtures::image("tag-suffix-busybox", 1, 1000);
+    let app = fixtures::image("tag-suffix-app", 1, 1000);
+    block_on(source.push("library/busybox:1.36", &busybox));
+    block_on(source.push("team/app:2", &app));
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}images:\n- source: busybox:1.36\n- source: team/app:2\npipeline:\n  transforms:\n  - plugin: retag\n  - plugin: tag-suffix\n    config:\n      suffix: \"-mirror\"\n      onlyFor: [\"docker.io/library/\"]\n",
+            header(&source, &target)
+        ),
+    );
+    let host = target.host();
+    let r = run(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--insecure-registry",
+        &host,
+        "--plugin",
+        plugin.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!(
+            "busybox:1.36 -> {host}/mirror/library/busybox:1.36-mirror ({})",
+            busybox.digest
+        )),
+        "{}",
+        r.stdout
+    );
+    // The suffixed tag holds the source's digest; the plain one was not written.
+    assert_eq!(
+        block_on(target.digest("mirror/library/busybox:1.36-mirror")),
+        Some(busybox.digest.to_string())
+    );
+    assert_eq!(block_on(target.digest("mirror/library/busybox:1.36")), None);
+    // `team/app` is `docker.io/team/app`, not under `docker.io/library/`: no suffix.
+    assert_eq!(
+        block_on(target.digest("mirror/team/app:2")),
+        Some(app.digest.to_string())
+    );
+    assert_eq!(block_on(target.digest("mirror/team/app:2-mirror")), None);
+
+    // An unknown key, from the definition's `plugins:`: an input error naming
+    // the file and the line of the stage, before anything is touched.
+    let before = target.storage_snapshot();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "{}plugins: [\"{}\"]\nimages:\n- source: team/app:3\npipeline:\n  transforms:\n  - plugin: retag\n  - plugin: tag-suffix\n    config:\n      suffix: \"-mirror\"\n      onlyfor: [\"docker.io/library/\"]\n",
+            header(&source, &target),
+            plugin.display()
+        ),
+    );
+    let r = run(&["-i", bad.to_str().unwrap(), "--insecure-registry", &host]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_eq!(
+        messages(&r.stderr).replace(&dir.path().display().to_string(), "[DIR]"),
+        "error: [DIR]/bad.yaml:12: pipeline.transforms[1]: transform plugin `tag-suffix`: invalid config: unknown field `onlyfor`, expected `suffix` or `onlyFor`\n"
+    );
+    assert_eq!(target.storage_snapshot(), before);
+}
+
 #[test]
 fn plugin_stages_are_listed_with_their_origin() {
     let plugin = dir_plugin();

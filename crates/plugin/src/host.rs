@@ -39,7 +39,7 @@ use crate::{
 pub enum LoadError {
     #[error("plugin {path}: cannot load the library: {message}")]
     Open { path: String, message: String },
-    #[error("plugin {path}: not an image-syncer plugin (no `{symbol}` symbol): {message}")]
+    #[error("plugin {path}: not an image-syncer plugin (no `{symbol}` symbol; a plugin exports it with `image_syncer_plugin::declare_plugin!`): {message}")]
     MissingSymbol {
         path: String,
         symbol: &'static str,
