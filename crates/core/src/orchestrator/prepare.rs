@@ -1,0 +1,292 @@
+//! Phase 1, prepare (no I/O): stages built, targets computed and checked.
+
+use super::*;
+
+/// What a built stage is kept under while preparing, so that images asking
+/// for the same stage share one: the stage entry (plugin and config, the
+/// config as its canonical JSON text), or the transport served.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Built {
+    Spec { plugin: String, config: String },
+    Transport(Option<String>),
+}
+
+impl Built {
+    fn spec(spec: &StageSpec) -> Built {
+        Built::Spec {
+            plugin: spec.plugin.clone(),
+            config: spec.config.to_string(),
+        }
+    }
+}
+
+impl Orchestrator {
+    pub fn new(registry: StageRegistry, context: StageContext) -> Orchestrator {
+        Orchestrator { registry, context }
+    }
+
+    fn build(&self, kind: StageKind, spec: &StageSpec) -> Result<Stage, BuildError> {
+        self.registry
+            .build(kind, &spec.plugin, &spec.config, &self.context)
+    }
+
+    /// Builds a stage, naming where the definition chose it on error.
+    fn build_at(
+        &self,
+        def: &Definition,
+        kind: StageKind,
+        spec: &StageSpec,
+    ) -> Result<Stage, PrepareError> {
+        self.build(kind, spec).map_err(|source| match &spec.at {
+            Some(at) => PrepareError::Stage {
+                path: def.path.display().to_string(),
+                line: spec.line,
+                at: at.clone(),
+                source,
+            },
+            None => PrepareError::Build(source),
+        })
+    }
+
+    fn build_by_transport(
+        &self,
+        def: &Definition,
+        kind: StageKind,
+        chosen: &Option<StageSpec>,
+        transport: Option<&str>,
+    ) -> Result<Stage, PrepareError> {
+        if let Some(spec) = chosen {
+            return self.build_at(def, kind, spec);
+        }
+        match self.registry.for_transport(kind, transport) {
+            Some(entry) => Ok(self.build(kind, &StageSpec::named(&entry.name))?),
+            None => Err(PrepareError::Build(BuildError::Unknown {
+                kind,
+                name: match transport {
+                    Some(t) => format!("<serving `{t}:` references>"),
+                    None => "<serving registry references>".into(),
+                },
+                known: self.registry.names(kind).join(", "),
+            })),
+        }
+    }
+
+    /// Computes targets and builds stages. Touches nothing.
+    pub fn prepare(&self, def: &Definition, dry_run: bool) -> Result<Prepared, PrepareError> {
+        self.prepare_shard(def, dry_run, None)
+    }
+
+    /// [`Orchestrator::prepare`] for one shard: only the images whose target
+    /// the shard owns are kept (targets and duplicates are still checked over
+    /// the whole definition, so every shard refuses the same bad input).
+    pub fn prepare_shard(
+        &self,
+        def: &Definition,
+        dry_run: bool,
+        shard: Option<crate::shard::Shard>,
+    ) -> Result<Prepared, PrepareError> {
+        let path = def.path.display().to_string();
+        let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
+        let pipeline = &def.pipeline;
+        for t in &pipeline.transforms {
+            match self.build_at(def, StageKind::Transform, t)? {
+                Stage::Transform(t) => transforms.push(t),
+                _ => unreachable!("registry checks the kind"),
+            }
+        }
+        let mut guards: Vec<Arc<dyn Guard>> = Vec::new();
+        for g in &pipeline.guards {
+            match self.build_at(def, StageKind::Guard, g)? {
+                Stage::Guard(g) => guards.push(g),
+                _ => unreachable!("registry checks the kind"),
+            }
+        }
+
+        // Targets and duplicates.
+        let mut targets: Vec<ImageRef> = Vec::with_capacity(def.images.len());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for spec in &def.images {
+            let mut target = None;
+            for t in &transforms {
+                let next = t
+                    .apply(TransformInput {
+                        spec,
+                        target: target.clone(),
+                    })
+                    .map_err(|e| PrepareError::Target {
+                        path: path.clone(),
+                        line: spec.line,
+                        index: spec.index,
+                        source_ref: spec.source.to_string(),
+                        message: e.message,
+                    })?;
+                target = Some(next);
+            }
+            let target = target.ok_or_else(|| PrepareError::Target {
+                path: path.clone(),
+                line: spec.line,
+                index: spec.index,
+                source_ref: spec.source.to_string(),
+                message: "the pipeline has no transform to compute the target".into(),
+            })?;
+            // Whatever transform computed it, the target must be a reference
+            // the sinks can write: checked here, before anything is touched.
+            if let Err(message) = valid_target(&target, &self.context.transports) {
+                return Err(PrepareError::Target {
+                    path: path.clone(),
+                    line: spec.line,
+                    index: spec.index,
+                    source_ref: spec.source.to_string(),
+                    message,
+                });
+            }
+            let key = target.to_string();
+            if let Some(&first) = seen.get(&key) {
+                let f = &def.images[first];
+                if !f.source.same_image(&spec.source) {
+                    return Err(PrepareError::DuplicateTarget {
+                        path: path.clone(),
+                        line: spec.line,
+                        first,
+                        first_source: f.source.to_string(),
+                        second: spec.index,
+                        second_source: spec.source.to_string(),
+                        target: key,
+                    });
+                }
+                warn!(image = spec.index, source = %spec.source, "image listed twice; it is synced once");
+            } else {
+                seen.insert(key, spec.index);
+            }
+            targets.push(target);
+        }
+
+        // Sources and sinks: one per transport, or per stage spec an image names.
+        let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
+        let mut sinks: HashMap<Built, Arc<dyn Sink>> = HashMap::new();
+        let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
+        let mut done: HashMap<String, usize> = HashMap::new();
+        for (spec, target) in def.images.iter().zip(targets) {
+            if shard.is_some_and(|s| !s.owns(&target)) {
+                continue;
+            }
+            if let Some(&kept) = done.get(&target.to_string()) {
+                // Listed twice: synced once, signed if any listing asks for it.
+                items[kept].spec.sign |= spec.sign;
+                continue;
+            }
+            let st = spec.source.transport().map(str::to_string);
+            if !sources.contains_key(&st) {
+                match self.build_by_transport(
+                    def,
+                    StageKind::Source,
+                    &pipeline.source,
+                    st.as_deref(),
+                )? {
+                    Stage::Source(s) => sources.insert(st.clone(), s),
+                    _ => unreachable!("registry checks the kind"),
+                };
+            }
+            let tt = target.transport().map(str::to_string);
+            let chosen = spec.sink.clone().or_else(|| pipeline.sink.clone());
+            let key = match &chosen {
+                Some(c) => Built::spec(c),
+                None => Built::Transport(tt.clone()),
+            };
+            if !sinks.contains_key(&key) {
+                match self.build_by_transport(def, StageKind::Sink, &chosen, tt.as_deref())? {
+                    Stage::Sink(s) => sinks.insert(key.clone(), s),
+                    _ => unreachable!("registry checks the kind"),
+                };
+            }
+            done.insert(target.to_string(), items.len());
+            items.push(Item {
+                spec: spec.clone(),
+                target,
+                source: sources[&st].clone(),
+                sink: sinks[&key].clone(),
+                signer: None,
+            });
+        }
+
+        // Signers, for the images that are signed: the image's own or the
+        // pipeline's. A signer that needs `--kms-key` says so when built
+        // (`BuildError::MissingKey`); others may carry their key in their config.
+        let signing: Vec<(String, usize, String)> = items
+            .iter()
+            .filter(|i| i.spec.sign)
+            .map(|i| {
+                let plugin = &i.spec.signer.as_ref().unwrap_or(&pipeline.signer).plugin;
+                (plugin.clone(), i.spec.index, i.spec.source.to_string())
+            })
+            .collect();
+        let count = signing.len();
+        let without_key = |plugin: &str| {
+            let asking: Vec<&(String, usize, String)> =
+                signing.iter().filter(|(p, ..)| p == plugin).collect();
+            PrepareError::SigningWithoutKey {
+                path: path.clone(),
+                count: asking.len(),
+                first: asking[0].1,
+                first_source: asking[0].2.clone(),
+            }
+        };
+        let mut signers: HashMap<Built, Arc<dyn Signer>> = HashMap::new();
+        for item in items.iter_mut().filter(|i| i.spec.sign) {
+            let chosen = item.spec.signer.as_ref().unwrap_or(&pipeline.signer);
+            let key = Built::spec(chosen);
+            if !signers.contains_key(&key) {
+                match self.build_at(def, StageKind::Signer, chosen) {
+                    Ok(Stage::Signer(s)) => signers.insert(key.clone(), s),
+                    Ok(_) => unreachable!("registry checks the kind"),
+                    Err(
+                        PrepareError::Build(BuildError::MissingKey { .. })
+                        | PrepareError::Stage {
+                            source: BuildError::MissingKey { .. },
+                            ..
+                        },
+                    ) => return Err(without_key(&chosen.plugin)),
+                    Err(e @ PrepareError::Stage { .. }) => return Err(e),
+                    Err(e) => {
+                        return Err(PrepareError::SignerUnavailable {
+                            path,
+                            count,
+                            message: e.to_string(),
+                        })
+                    }
+                };
+            }
+            item.signer = Some(signers[&key].clone());
+        }
+        Ok(Prepared {
+            items,
+            guards,
+            dry_run,
+            jobs: DEFAULT_JOBS,
+            retry: RetryPolicy::default(),
+            interrupt: Arc::default(),
+            progress: Arc::new(crate::report::NoProgress),
+            flow: self.context.flow.clone(),
+        })
+    }
+}
+
+/// Whether a transform's output is a target a sink can write: a reference
+/// that reads back as itself, with a tag and no digest.
+pub(super) fn valid_target(target: &ImageRef, transports: &[String]) -> Result<(), String> {
+    let text = target.to_string();
+    let t: Vec<&str> = transports.iter().map(String::as_str).collect();
+    match ImageRef::parse_with_transports(&text, &t) {
+        Err(e) => Err(format!("the transforms made an invalid target: {e}")),
+        Ok(back) if !back.same_image(target) => Err(format!(
+            "the transforms made a target that does not read back as itself: `{text}`"
+        )),
+        Ok(_) if target.tag().is_none() => Err(format!(
+            "the transforms made the target `{text}` without a tag; targets are written by tag"
+        )),
+        Ok(_) if target.digest().is_some() => Err(format!(
+            "the transforms made the target `{text}` with a digest; targets are written by tag"
+        )),
+        Ok(_) => Ok(()),
+    }
+}
