@@ -85,9 +85,8 @@ impl Orchestrator {
         dry_run: bool,
         shard: Option<crate::shard::Shard>,
     ) -> Result<Prepared, PrepareError> {
-        let path = def.path.display().to_string();
-        let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
         let pipeline = &def.pipeline;
+        let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
         for t in &pipeline.transforms {
             match self.build_at(def, StageKind::Transform, t)? {
                 Stage::Transform(t) => transforms.push(t),
@@ -101,45 +100,57 @@ impl Orchestrator {
                 _ => unreachable!("registry checks the kind"),
             }
         }
+        let targets = self.targets(def, &transforms)?;
+        let mut items = self.items(def, targets, shard)?;
+        self.signers(def, &mut items)?;
+        Ok(Prepared {
+            items,
+            guards,
+            dry_run,
+            jobs: DEFAULT_JOBS,
+            retry: RetryPolicy::default(),
+            interrupt: Arc::default(),
+            progress: Arc::new(crate::report::NoProgress),
+            flow: self.context.flow.clone(),
+        })
+    }
 
-        // Targets and duplicates.
+    /// Every image's target, by the transforms in turn, checked (a valid
+    /// reference with a tag), with duplicates refused: two different sources
+    /// for one target. Over the whole definition, whatever the shard.
+    fn targets(
+        &self,
+        def: &Definition,
+        transforms: &[Arc<dyn Transform>],
+    ) -> Result<Vec<ImageRef>, PrepareError> {
+        let path = def.path.display().to_string();
+        let refused = |spec: &ImageSpec, message: String| PrepareError::Target {
+            path: path.clone(),
+            line: spec.line,
+            index: spec.index,
+            source_ref: spec.source.to_string(),
+            message,
+        };
         let mut targets: Vec<ImageRef> = Vec::with_capacity(def.images.len());
         let mut seen: HashMap<String, usize> = HashMap::new();
         for spec in &def.images {
             let mut target = None;
-            for t in &transforms {
-                let next = t
-                    .apply(TransformInput {
-                        spec,
-                        target: target.clone(),
-                    })
-                    .map_err(|e| PrepareError::Target {
-                        path: path.clone(),
-                        line: spec.line,
-                        index: spec.index,
-                        source_ref: spec.source.to_string(),
-                        message: e.message,
-                    })?;
-                target = Some(next);
+            for t in transforms {
+                let input = TransformInput {
+                    spec,
+                    target: target.clone(),
+                };
+                target = Some(t.apply(input).map_err(|e| refused(spec, e.message))?);
             }
-            let target = target.ok_or_else(|| PrepareError::Target {
-                path: path.clone(),
-                line: spec.line,
-                index: spec.index,
-                source_ref: spec.source.to_string(),
-                message: "the pipeline has no transform to compute the target".into(),
+            let target = target.ok_or_else(|| {
+                refused(
+                    spec,
+                    "the pipeline has no transform to compute the target".into(),
+                )
             })?;
             // Whatever transform computed it, the target must be a reference
             // the sinks can write: checked here, before anything is touched.
-            if let Err(message) = valid_target(&target, &self.context.transports) {
-                return Err(PrepareError::Target {
-                    path: path.clone(),
-                    line: spec.line,
-                    index: spec.index,
-                    source_ref: spec.source.to_string(),
-                    message,
-                });
-            }
+            valid_target(&target, &self.context.transports).map_err(|m| refused(spec, m))?;
             let key = target.to_string();
             if let Some(&first) = seen.get(&key) {
                 let f = &def.images[first];
@@ -160,8 +171,18 @@ impl Orchestrator {
             }
             targets.push(target);
         }
+        Ok(targets)
+    }
 
-        // Sources and sinks: one per transport, or per stage spec an image names.
+    /// The images the shard owns, each listed once, with their source and
+    /// sink: one per transport, or per stage entry an image names.
+    fn items(
+        &self,
+        def: &Definition,
+        targets: Vec<ImageRef>,
+        shard: Option<crate::shard::Shard>,
+    ) -> Result<Vec<Item>, PrepareError> {
+        let pipeline = &def.pipeline;
         let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
         let mut sinks: HashMap<Built, Arc<dyn Sink>> = HashMap::new();
         let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
@@ -208,10 +229,16 @@ impl Orchestrator {
                 signer: None,
             });
         }
+        Ok(items)
+    }
 
-        // Signers, for the images that are signed: the image's own or the
-        // pipeline's. A signer that needs `--kms-key` says so when built
-        // (`BuildError::MissingKey`); others may carry their key in their config.
+    /// Signers, for the images that are signed: the image's own or the
+    /// pipeline's. A signer that needs a key given on the command line says
+    /// so when built (`BuildError::MissingKey`); others may carry their key
+    /// in their config.
+    fn signers(&self, def: &Definition, items: &mut [Item]) -> Result<(), PrepareError> {
+        let path = def.path.display().to_string();
+        let pipeline = &def.pipeline;
         let signing: Vec<(String, usize, String)> = items
             .iter()
             .filter(|i| i.spec.sign)
@@ -249,7 +276,7 @@ impl Orchestrator {
                     Err(e @ PrepareError::Stage { .. }) => return Err(e),
                     Err(e) => {
                         return Err(PrepareError::SignerUnavailable {
-                            path,
+                            path: path.clone(),
                             count,
                             message: e.to_string(),
                         })
@@ -258,16 +285,7 @@ impl Orchestrator {
             }
             item.signer = Some(signers[&key].clone());
         }
-        Ok(Prepared {
-            items,
-            guards,
-            dry_run,
-            jobs: DEFAULT_JOBS,
-            retry: RetryPolicy::default(),
-            interrupt: Arc::default(),
-            progress: Arc::new(crate::report::NoProgress),
-            flow: self.context.flow.clone(),
-        })
+        Ok(())
     }
 }
 
