@@ -15,91 +15,113 @@ impl Prepared {
 
     pub(super) async fn finish_inner(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
         let mut report = p.report;
-        if run.interrupted() && matches!(report.action, Action::Copied | Action::InSync) {
-            if report.action == Action::Copied {
-                report.action = Action::NotRun;
-                report.message = Some("not copied: the run was interrupted".into());
-            }
+        if halted(item, &mut report, run) {
             return report;
         }
-        if run.stopped() && matches!(report.action, Action::Copied | Action::InSync) {
-            if report.action == Action::Copied {
-                report.action = Action::NotRun;
-                report.message = Some("not copied: a safety stop halted all writing".into());
-            } else if item.signer.is_some() {
-                report.message = Some("not signed: a safety stop halted all writing".into());
-            }
-            return report;
+        self.copy_step(item, &p.decision, &mut report, run).await;
+        let upstream = self.carry_step(item, &mut report, run).await;
+        self.sign_step(item, &p.decision, upstream, &mut report, run)
+            .await;
+        report
+    }
+
+    /// Copies the image when planning decided so (in a dry run: says it would).
+    async fn copy_step(
+        &self,
+        item: &Item,
+        decision: &Decision,
+        report: &mut ImageReport,
+        run: &Run,
+    ) {
+        let Decision::Copy(manifest) = decision else {
+            return;
+        };
+        if self.dry_run {
+            report.action = Action::WouldCopy;
+            return;
         }
-        if let Decision::Copy(manifest) = &p.decision {
-            if self.dry_run {
-                report.action = Action::WouldCopy;
-            } else {
-                match self.execute(item, manifest, run).await {
-                    Ok(bytes) => {
-                        report.bytes = bytes;
-                        info!(source = %item.spec.source, target = %item.target, digest = %manifest.digest, bytes, "copied");
-                    }
-                    Err(e) => {
-                        warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
-                        report.error = Some(e.kind);
-                        report.action = run.failed(&e);
-                        report.message = Some(e.message);
-                    }
-                }
+        match self.execute(item, manifest, run).await {
+            Ok(bytes) => {
+                report.bytes = bytes;
+                info!(source = %item.spec.source, target = %item.target, digest = %manifest.digest, bytes, "copied");
+            }
+            Err(e) => {
+                warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
+                run.record(report, &e, e.message.clone());
             }
         }
-        let mut upstream = Vec::new();
-        if item.spec.carry_signatures
-            && matches!(report.action, Action::Copied | Action::InSync)
-            && !run.stopped()
+    }
+
+    /// Carries the source's signatures along (`carrySignatures`); returns the
+    /// layers of the source's `.sig` (upstream signatures) for the signer.
+    async fn carry_step(
+        &self,
+        item: &Item,
+        report: &mut ImageReport,
+        run: &Run,
+    ) -> Vec<Descriptor> {
+        if !item.spec.carry_signatures
+            || !matches!(report.action, Action::Copied | Action::InSync)
+            || run.stopped()
         {
-            if let Some(digest) = report.digest.clone() {
-                match self.carry(item, &digest, run).await {
-                    Ok((carried, layers)) => {
-                        report.carried = carried;
-                        upstream = layers;
-                    }
-                    Err(e) => {
-                        warn!(source = %item.spec.source, error = %e, "carrying signatures failed");
-                        report.error = Some(e.kind);
-                        report.action = run.failed(&e);
-                        report.message = Some(format!("carrying signatures along: {e}"));
-                    }
-                }
+            return Vec::new();
+        }
+        let Some(digest) = report.digest.clone() else {
+            return Vec::new();
+        };
+        match self.carry(item, &digest, run).await {
+            Ok((carried, layers)) => {
+                report.carried = carried;
+                layers
+            }
+            Err(e) => {
+                warn!(source = %item.spec.source, error = %e, "carrying signatures failed");
+                run.record(report, &e, format!("carrying signatures along: {e}"));
+                Vec::new()
             }
         }
-        if matches!(
+    }
+
+    /// Signs an image with `sign: true` that is copied or in sync (in a dry
+    /// run: says it would, or lets the signer verify).
+    async fn sign_step(
+        &self,
+        item: &Item,
+        decision: &Decision,
+        upstream: Vec<Descriptor>,
+        report: &mut ImageReport,
+        run: &Run,
+    ) {
+        let wanted = matches!(
             report.action,
             Action::Copied | Action::InSync | Action::WouldCopy
-        ) && item.spec.sign
-        {
-            if let (Some(signer), Some(manifest)) = (&item.signer, p.decision.manifest()) {
-                if report.action == Action::WouldCopy {
-                    report.signature = Some(crate::stage::SignOutcome::WouldSign);
-                } else if run.stopped() {
-                    report.message = Some("not signed: a safety stop halted all writing".into());
-                } else {
-                    let req = SignRequest {
-                        target: item.target.clone(),
-                        digest: manifest.digest.clone(),
-                        manifest: manifest.clone(),
-                        dry_run: self.dry_run,
-                        upstream,
-                    };
-                    match signer.sign(&req, &item.sink).await {
-                        Ok(outcome) => report.signature = Some(outcome),
-                        Err(e) => {
-                            warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
-                            report.error = Some(e.kind);
-                            report.action = run.failed(&e);
-                            report.message = Some(e.message);
-                        }
-                    }
-                }
+        ) && item.spec.sign;
+        let (Some(signer), Some(manifest), true) = (&item.signer, decision.manifest(), wanted)
+        else {
+            return;
+        };
+        if report.action == Action::WouldCopy {
+            report.signature = Some(crate::stage::SignOutcome::WouldSign);
+            return;
+        }
+        if run.stopped() {
+            report.message = Some("not signed: a safety stop halted all writing".into());
+            return;
+        }
+        let req = SignRequest {
+            target: item.target.clone(),
+            digest: manifest.digest.clone(),
+            manifest: manifest.clone(),
+            dry_run: self.dry_run,
+            upstream,
+        };
+        match signer.sign(&req, &item.sink).await {
+            Ok(outcome) => report.signature = Some(outcome),
+            Err(e) => {
+                warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
+                run.record(report, &e, e.message.clone());
             }
         }
-        report
     }
 
     /// Copies one image: blobs, child manifests, then the tag.
@@ -148,6 +170,31 @@ impl Prepared {
     }
 }
 
+/// Whether the run stopped or was interrupted before this planned image was
+/// executed: then it is reported as such and nothing more is done for it.
+fn halted(item: &Item, report: &mut ImageReport, run: &Run) -> bool {
+    if !matches!(report.action, Action::Copied | Action::InSync) {
+        return false;
+    }
+    if run.interrupted() {
+        if report.action == Action::Copied {
+            report.action = Action::NotRun;
+            report.message = Some("not copied: the run was interrupted".into());
+        }
+        return true;
+    }
+    if run.stopped() {
+        if report.action == Action::Copied {
+            report.action = Action::NotRun;
+            report.message = Some("not copied: a safety stop halted all writing".into());
+        } else if item.signer.is_some() {
+            report.message = Some("not signed: a safety stop halted all writing".into());
+        }
+        return true;
+    }
+    false
+}
+
 /// State shared by all images of one run.
 pub(super) struct Run {
     /// Set by the first safety stop: no write starts after it.
@@ -181,6 +228,14 @@ impl Run {
         } else {
             Ok(())
         }
+    }
+
+    /// Records a failure of the image in its report: its kind, the action
+    /// ([`Run::failed`]) and `message`.
+    pub(super) fn record(&self, report: &mut ImageReport, e: &StageError, message: String) {
+        report.error = Some(e.kind);
+        report.action = self.failed(e);
+        report.message = Some(message);
     }
 
     /// The action for a failed image: a content or signature problem is a
