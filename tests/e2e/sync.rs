@@ -422,7 +422,8 @@ fn shards_split_the_images_without_overlap_and_cover_them_all() {
                 .unwrap_or_else(|| panic!("shard {i}: unexpected target {target}"));
             mine.insert(repo.to_string());
         }
-        assert!(!mine.is_empty(), "shard {i} owns nothing of 12 images");
+        // (A shard may own none: the partition hashes targets, which carry
+        // the registry's random port.)
         // What the shard touched in the target: its own repositories only.
         for request in &p.target.requests()[seen_before..] {
             let touched = all

@@ -57,123 +57,124 @@ impl Prepared {
             message: None,
             error: None,
         };
-        let fail = |mut report: ImageReport, e: StageError, what: &str| {
-            // Planning writes nothing; the stop is read off the report later.
-            report.error = Some(e.kind);
-            report.action = match e.kind {
-                ErrorKind::Integrity => Action::Stopped,
-                ErrorKind::Cancelled => Action::NotRun,
-                _ => Action::Failed,
-            };
-            report.message = Some(format!("{what}: {e}"));
-            Planned {
-                report,
-                decision: Decision::Done,
-            }
-        };
-        // With a platform filter the target gets a manifest of our making: its
-        // digest (deterministic for a given source) is what the guard compares.
-        let mut filtered: Option<RawManifest> = None;
-        if !item.spec.platforms.is_empty() {
-            match self.filtered(item).await {
-                Ok(m) => filtered = Some(m),
-                Err(e) => return fail(report, e, "source"),
+        match self.decide(item, &mut report).await {
+            Ok(decision) => Planned { report, decision },
+            Err((e, what)) => {
+                // Planning writes nothing; the stop is read off the report later.
+                report.error = Some(e.kind);
+                report.action = match e.kind {
+                    ErrorKind::Integrity => Action::Stopped,
+                    ErrorKind::Cancelled => Action::NotRun,
+                    _ => Action::Failed,
+                };
+                report.message = Some(format!("{what}: {e}"));
+                Planned {
+                    report,
+                    decision: Decision::Done,
+                }
             }
         }
+    }
+
+    /// Reads what the decision needs and makes it, filling the report's
+    /// digests and action; a failure says where it happened.
+    async fn decide(
+        &self,
+        item: &Item,
+        report: &mut ImageReport,
+    ) -> Result<Decision, (StageError, &'static str)> {
+        let at = |what: &'static str| move |e: StageError| (e, what);
+        // With a platform filter the target gets a manifest of our making: its
+        // digest (deterministic for a given source) is what the guard compares.
+        let filtered = if item.spec.platforms.is_empty() {
+            None
+        } else {
+            Some(self.filtered(item).await.map_err(at("source"))?)
+        };
         // Warm path: the source digest (HEAD, or the pinned digest) and the
         // target's (HEAD) decide; the manifest is fetched only when needed.
         let source_digest = match (&filtered, item.spec.source.digest()) {
             (Some(m), _) => m.digest.clone(),
             (None, Some(d)) => d.clone(),
-            (None, None) => match self
+            (None, None) => self
                 .retry()
                 .at(&registry_of(&item.spec.source), "source digest", || {
                     item.source.digest(&item.spec.source)
                 })
                 .await
-            {
-                Ok(d) => d,
-                Err(e) => return fail(report, e, "source"),
-            },
+                .map_err(at("source"))?,
         };
         report.digest = Some(source_digest.clone());
-        let current = match self
+        let current = self
             .retry()
             .at(&registry_of(&item.target), "target digest", || {
                 item.sink.manifest_digest(&item.target)
             })
             .await
-        {
-            Ok(d) => d,
-            Err(e) => return fail(report, e, "target"),
-        };
+            .map_err(at("target"))?;
         debug!(source = %item.spec.source, digest = %source_digest, target = %item.target, current = ?current, "planned");
-        let mut verdict = Verdict::Copy;
-        for g in &self.guards {
-            let v = match g
-                .check(GuardInput {
-                    spec: &item.spec,
-                    source_digest: &source_digest,
-                    target: &item.target,
-                    target_digest: current.as_ref(),
-                })
-                .await
-            {
-                Ok(v) => v,
-                Err(e) => return fail(report, e, "guard"),
-            };
-            verdict = verdict.max(v);
-        }
-        match verdict {
+        match self
+            .verdict(item, &source_digest, current.as_ref())
+            .await
+            .map_err(at("guard"))?
+        {
             Verdict::Copy => report.action = Action::Copied,
             Verdict::Skip { .. } => report.action = Action::InSync,
             Verdict::Stop { reason } => {
                 report.action = Action::Stopped;
                 report.target_digest = current.clone();
                 report.message = Some(reason);
+                return Ok(Decision::Done);
             }
         }
-        // What the decision needs of the source manifest.
-        let decide = |report: ImageReport, manifest: RawManifest| {
-            let decision = if report.action == Action::Copied {
-                Decision::Copy(manifest)
-            } else {
-                Decision::InSync(Some(manifest))
-            };
-            Planned { report, decision }
+        let copy = report.action == Action::Copied;
+        if !copy && item.signer.is_none() {
+            // In sync, and nothing to sign: the manifest is not needed.
+            return Ok(Decision::InSync(None));
+        }
+        let manifest = match filtered {
+            Some(m) => m,
+            None => {
+                let m = self
+                    .retry()
+                    .at(&registry_of(&item.spec.source), "source manifest", || {
+                        item.source.resolve(&item.spec.source)
+                    })
+                    .await
+                    .map_err(at("source"))?;
+                // The content must hash to the digest the decision was made on.
+                check_manifest(&m, Some(&source_digest), item.source.max_manifest_bytes())
+                    .map_err(at("source"))?;
+                m
+            }
         };
-        let needed = report.action == Action::Copied
-            || (report.action == Action::InSync && item.signer.is_some());
-        if !needed {
-            let decision = if report.action == Action::InSync {
-                Decision::InSync(None)
-            } else {
-                Decision::Done
-            };
-            return Planned { report, decision };
+        Ok(if copy {
+            Decision::Copy(manifest)
+        } else {
+            Decision::InSync(Some(manifest))
+        })
+    }
+
+    /// What the guards say, the strictest verdict winning.
+    async fn verdict(
+        &self,
+        item: &Item,
+        source_digest: &Digest,
+        current: Option<&Digest>,
+    ) -> Result<Verdict, StageError> {
+        let mut verdict = Verdict::Copy;
+        for g in &self.guards {
+            let v = g
+                .check(GuardInput {
+                    spec: &item.spec,
+                    source_digest,
+                    target: &item.target,
+                    target_digest: current,
+                })
+                .await?;
+            verdict = verdict.max(v);
         }
-        if let Some(m) = filtered {
-            return decide(report, m);
-        }
-        let manifest = match self
-            .retry()
-            .at(&registry_of(&item.spec.source), "source manifest", || {
-                item.source.resolve(&item.spec.source)
-            })
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => return fail(report, e, "source"),
-        };
-        // The content must hash to the digest the decision was made on.
-        if let Err(e) = check_manifest(
-            &manifest,
-            Some(&source_digest),
-            item.source.max_manifest_bytes(),
-        ) {
-            return fail(report, e, "source");
-        }
-        decide(report, manifest)
+        Ok(verdict)
     }
 
     /// The manifest a platform filter makes of the source: the source's own
