@@ -547,7 +547,7 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
                 path: "/mirror/team/a/blobs/".into(),
                 after: 0,
                 times: 1,
-                ms: 1_500,
+                ms: 3_000,
             },
             // B's first upload: still in flight when A stops the run.
             Hold {
@@ -555,7 +555,7 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
                 path: "/mirror/team/b/blobs/uploads/".into(),
                 after: 0,
                 times: 1,
-                ms: 5_000,
+                ms: 8_000,
             },
         ],
         ..Default::default()
