@@ -651,3 +651,52 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
         );
     }
 }
+
+/// A token-protected source (as Docker Hub is) whose first `/v2/` probe
+/// fails with a 500: the failure says nothing about authentication, so the
+/// probe is asked again and the image is copied (it was taken for "no
+/// authentication needed", and every request then went without a token).
+#[test]
+fn a_failed_v2_probe_is_asked_again_not_taken_for_an_open_registry() {
+    let image = fixtures::image("probe-500", 1, 2_000);
+    let source_faults = Faults {
+        token_server: Some(image_syncer_testkit::faults::TokenServer {
+            token: "t0ken-for-anyone".into(),
+            busy_first: 0,
+        }),
+        refuse: Some(Refuse {
+            method: Some("GET"),
+            path: "/v2/".into(),
+            times: 1,
+            status: 500,
+            code: "UNKNOWN".into(),
+        }),
+        ..Default::default()
+    };
+    let p = proxied(
+        &[("team/app:1", &image)],
+        source_faults,
+        Faults::default(),
+        "- source: team/app:1\n",
+        "",
+    );
+    let r = run(&["-i", &p.def, "--debug"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let log = p.sp.injected.log();
+    assert_eq!(
+        log.first().map(|(m, p)| (m.as_str(), p.as_str())),
+        Some(("GET", "/v2/")),
+        "{log:?}"
+    );
+    assert!(
+        p.sp.injected
+            .token_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1,
+        "no token was asked for: {log:?}"
+    );
+    assert_eq!(
+        block_on(p.target.digest("mirror/team/app:1")),
+        Some(image.digest.to_string())
+    );
+}

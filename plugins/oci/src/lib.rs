@@ -257,16 +257,16 @@ impl OciRegistry {
         reference
     }
 
-    async fn prepare(&self, r: &ImageRef, op: RegistryOperation) -> Reference {
+    async fn prepare(&self, r: &ImageRef, op: RegistryOperation) -> Result<Reference, StageError> {
         let reference = self.reference(r);
         let auth = self.auth_for(r.registry());
         self.client
             .store_auth_if_needed(reference.resolve_registry(), &auth)
             .await;
         if matches!(auth, RegistryAuth::Anonymous) {
-            self.skip_probes_if_open(&reference, op).await;
+            self.skip_probes_if_open(r, &reference, op).await?;
         }
-        reference
+        Ok(reference)
     }
 
     /// oci-client asks `/v2/` for a challenge before every anonymous request
@@ -274,7 +274,12 @@ impl OciRegistry {
     /// challenge at all. For such an open registry (asked once) an empty
     /// Basic credential is cached for the repository and operation instead,
     /// which the registry ignores: one round trip per request, not two.
-    async fn skip_probes_if_open(&self, reference: &Reference, op: RegistryOperation) {
+    async fn skip_probes_if_open(
+        &self,
+        r: &ImageRef,
+        reference: &Reference,
+        op: RegistryOperation,
+    ) -> Result<(), StageError> {
         let host = reference.resolve_registry().to_string();
         let known = self
             .open
@@ -285,12 +290,19 @@ impl OciRegistry {
         let open = match known {
             Some(o) => o,
             None => {
-                let o = matches!(
-                    self.client
-                        .auth(reference, &RegistryAuth::Anonymous, op)
-                        .await,
-                    Ok(None)
-                );
+                // Only an answer decides: a probe that failed (a dropped
+                // connection, a 5xx or 429) is asked again next time rather
+                // than taken for "not open" for the rest of the run.
+                let o = match self
+                    .client
+                    .auth(reference, &RegistryAuth::Anonymous, op)
+                    .await
+                {
+                    Ok(token) => token.is_none(),
+                    // This request fails with it (and is retried); the next
+                    // one asks again.
+                    Err(e) => return Err(classify(&format!("{host}: probing /v2/"), e, r)),
+                };
                 self.open
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -308,6 +320,7 @@ impl OciRegistry {
                 )
                 .await;
         }
+        Ok(())
     }
 
     /// Passes the registry's count of requests left (Docker Hub's
@@ -335,7 +348,7 @@ impl OciRegistry {
         let what = || format!("{r}: fetching manifest");
         let (bytes, _digest) = self
             .answered(what, async {
-                let reference = self.prepare(r, RegistryOperation::Pull).await;
+                let reference = self.prepare(r, RegistryOperation::Pull).await?;
                 let auth = self.auth_for(r.registry());
                 let pulled = self
                     .client
@@ -363,7 +376,7 @@ impl OciRegistry {
         let what = || format!("{r}: looking up manifest");
         let found = self
             .answered(what, async {
-                let reference = self.prepare(r, RegistryOperation::Pull).await;
+                let reference = self.prepare(r, RegistryOperation::Pull).await?;
                 let auth = self.auth_for(r.registry());
                 let found = match self.client.fetch_manifest_digest(&reference, &auth).await {
                     Err(OciDistributionError::ManifestTooLarge { size, limit }) => {
@@ -412,7 +425,7 @@ impl OciRegistry {
         let what = format!("{r}: fetching blob {}", d.digest);
         let stream = self
             .answered(|| what.clone(), async {
-                let reference = self.prepare(r, RegistryOperation::Pull).await;
+                let reference = self.prepare(r, RegistryOperation::Pull).await?;
                 self.client
                     .pull_blob_stream(&reference, &oci_descriptor(d))
                     .await
@@ -818,7 +831,7 @@ impl Sink for OciRegistry {
     ) -> Result<bool, StageError> {
         let what = || format!("{repository}: checking blob {}", descriptor.digest);
         self.answered(what, async {
-            let reference = self.prepare(repository, RegistryOperation::Push).await;
+            let reference = self.prepare(repository, RegistryOperation::Push).await?;
             self.client
                 .blob_exists(&reference, &descriptor.digest.to_string())
                 .await
@@ -839,7 +852,7 @@ impl Sink for OciRegistry {
         let what = || format!("{to}: mounting blob {} from {from}", descriptor.digest);
         let mounted = self
             .answered(what, async {
-                let target = self.prepare(to, RegistryOperation::Push).await;
+                let target = self.prepare(to, RegistryOperation::Push).await?;
                 let source = self.reference(from);
                 Ok(self
                     .client
@@ -870,7 +883,7 @@ impl Sink for OciRegistry {
             )
         };
         self.answered(what, async {
-            let reference = self.prepare(repository, RegistryOperation::Push).await;
+            let reference = self.prepare(repository, RegistryOperation::Push).await?;
             self.client
                 .begin_push_session(&reference)
                 .await
@@ -900,7 +913,7 @@ impl Sink for OciRegistry {
         let context = format!("{repository}: blob {}", descriptor.digest);
         let reference = self
             .answered(|| format!("{context}: upload"), async {
-                Ok(self.prepare(repository, RegistryOperation::Push).await)
+                self.prepare(repository, RegistryOperation::Push).await
             })
             .await?;
         // Remember a content error of the stream: oci-client wraps it.
@@ -984,7 +997,7 @@ impl Sink for OciRegistry {
         })?;
         let what = || format!("{r}: pushing manifest {}", manifest.digest);
         self.answered(what, async {
-            let reference = self.prepare(&r, RegistryOperation::Push).await;
+            let reference = self.prepare(&r, RegistryOperation::Push).await?;
             self.client
                 .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
                 .await

@@ -959,6 +959,21 @@ impl Client {
         let res = self.client.get(&url).send().await?;
         let dist_hdr = match res.headers().get(reqwest::header::WWW_AUTHENTICATE) {
             Some(h) => h,
+            // Patched (image-syncer): a busy or failing registry (429, 5xx)
+            // says nothing about authentication; it fails the request (and is
+            // retried) instead of being taken for a registry without auth.
+            None if res.status().is_server_error()
+                || res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let status = res.status();
+                let wait = retry_after(status, res.headers());
+                return Err(OciDistributionError::ServerError {
+                    code: status.as_u16(),
+                    url,
+                    message: "the registry's /v2/ endpoint answered without a challenge".into(),
+                }
+                .with_retry_after(wait));
+            }
             None => return Ok(None),
         };
 
