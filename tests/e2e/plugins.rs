@@ -296,6 +296,46 @@ fn plugin_stages_are_listed_with_their_origin() {
     insta::assert_snapshot!(r.stdout.replace(&plugin.display().to_string(), "[PLUGIN]"));
 }
 
+/// `--print-schema` with a plugin that declares its config schema (the
+/// tag-suffix example) checks that plugin's `config:` too; a plugin without
+/// one (the dir transport) keeps the free-form branch.
+#[test]
+fn print_schema_includes_a_plugins_declared_config_schema() {
+    let tag_suffix = tag_suffix_plugin();
+    let dir = dir_plugin();
+    let r = run(&[
+        "--print-schema",
+        "--plugin",
+        tag_suffix.to_str().unwrap(),
+        "--plugin",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let schema: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let branches = schema["$defs"]["TransformStage"]["anyOf"]
+        .as_array()
+        .unwrap();
+    let tag = branches
+        .iter()
+        .find(|b| b["properties"]["plugin"]["const"] == "tag-suffix")
+        .expect("a tag-suffix branch");
+    let config = &tag["properties"]["config"]["anyOf"][0];
+    assert_eq!(config["required"], serde_json::json!(["suffix"]));
+    assert_eq!(config["additionalProperties"], false);
+    assert!(config["properties"]["onlyFor"].is_object(), "{config:#}");
+    let others = &branches.last().unwrap()["properties"]["plugin"]["not"]["enum"];
+    assert_eq!(others, &serde_json::json!(["retag", "tag-suffix"]));
+    // The dir transport declares no schema: not narrowed by name.
+    let sinks = schema["$defs"]["SinkStage"]["anyOf"].as_array().unwrap();
+    assert!(sinks
+        .iter()
+        .all(|b| b["properties"]["plugin"]["const"] != "dir"));
+    assert_eq!(
+        sinks.last().unwrap()["properties"]["plugin"]["not"]["enum"],
+        serde_json::json!(["oci", "oci-layout"])
+    );
+}
+
 #[test]
 fn refusals_exit_2_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,6 +354,7 @@ fn refusals_exit_2_with_clear_messages() {
         ("missing symbol", "no-declaration"),
         ("no stages", "no-stages"),
         ("duplicate stage name", "duplicate"),
+        ("config schema not JSON", "bad-schema"),
     ] {
         let lib = build_plugin("image-syncer-test-misdeclared", &[feature], feature);
         cases.push((

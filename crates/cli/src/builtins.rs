@@ -15,6 +15,60 @@ mod tests {
     use image_syncer_core::registry::StageRegistry;
 
     #[test]
+    fn the_shipped_schema_is_current() {
+        let shipped = include_str!("../../../docs/definition.schema.json");
+        let registry = StageRegistry::builtin().unwrap();
+        assert!(
+            shipped == image_syncer_core::definition::json_schema(&registry),
+            "docs/definition.schema.json is stale: run `image-syncer --print-schema > docs/definition.schema.json`"
+        );
+    }
+
+    /// The shipped schema narrows each stage entry to the built-in plugins of
+    /// its kind, each with its config schema, plus a branch for other names.
+    #[test]
+    fn the_schema_carries_every_builtin_config_schema() {
+        let registry = StageRegistry::builtin().unwrap();
+        let schema: serde_json::Value =
+            serde_json::from_str(&image_syncer_core::definition::json_schema(&registry)).unwrap();
+        let mut seen = 0;
+        for s in registry.iter() {
+            let def = format!("{}Stage", {
+                let k = s.kind.to_string();
+                k[..1].to_uppercase() + &k[1..]
+            });
+            let branches = schema["$defs"][&def]["anyOf"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{def} has no anyOf"));
+            let branch = branches
+                .iter()
+                .find(|b| b["properties"]["plugin"]["const"] == s.name.as_str())
+                .unwrap_or_else(|| panic!("{def} has no branch for {}", s.name));
+            let mut own = s.config_schema.clone().unwrap();
+            own.as_object_mut().unwrap().remove("$schema");
+            assert_eq!(
+                branch["properties"]["config"]["anyOf"][0], own,
+                "{def} {}",
+                s.name
+            );
+            let others = &branches.last().unwrap()["properties"]["plugin"]["not"]["enum"];
+            assert!(
+                others.as_array().unwrap().contains(&s.name.as_str().into()),
+                "{def}: the free-form branch does not exclude {}",
+                s.name
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 7);
+        let oci = &schema["$defs"]["SinkStage"]["anyOf"][0]["properties"]["config"]["anyOf"][0];
+        assert_eq!(oci["additionalProperties"], false);
+        assert!(oci["properties"]["readTimeoutSeconds"]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Seconds a registry may stay silent"));
+    }
+
+    #[test]
     fn stage_list_is_sorted_and_pinned() {
         let registry = StageRegistry::builtin().unwrap();
         insta::assert_snapshot!(crate::run::render_stages(&registry));
@@ -50,6 +104,17 @@ mod tests {
         for s in registry.iter() {
             let value = parse_config_yaml(&s.example_config)
                 .unwrap_or_else(|e| panic!("{} {}: example config: {e}", s.kind, s.name));
+            // The example is generated from the config type: every key it
+            // shows is a property of the config's schema.
+            let schema = s.config_schema.as_ref().expect("built-ins have a schema");
+            for key in value.as_object().expect("an example is a map").keys() {
+                assert!(
+                    schema["properties"].get(key).is_some(),
+                    "{} {}: example key {key} is not in the schema",
+                    s.kind,
+                    s.name
+                );
+            }
             let again = parse_config_yaml(&config_to_yaml(&value)).unwrap();
             assert_eq!(
                 value, again,

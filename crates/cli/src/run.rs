@@ -205,10 +205,6 @@ pub fn run(args: Args) -> Exit {
         let _ = std::io::stdout().write_all(&crate::args::completions(shell));
         return Exit::Ok;
     }
-    if args.print_schema {
-        print!("{}", definition::json_schema());
-        return Exit::Ok;
-    }
     if args.man {
         let _ = std::io::stdout().write_all(&crate::args::man_page());
         return Exit::Ok;
@@ -229,6 +225,10 @@ pub fn run(args: Args) -> Exit {
             Ok(n) => info!(plugin = %lib.display(), stages = n, "plugin loaded"),
             Err(e) => return input_error(e),
         }
+    }
+    if args.print_schema {
+        print!("{}", definition::json_schema(&registry));
+        return Exit::Ok;
     }
     if args.list_stages {
         print!("{}", render_stages(&registry));

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::reference::ImageRef;
+use crate::registry::StageRegistry;
+use crate::stage::StageKind;
 
 /// Per-registry settings, keyed by the registry host as written in references.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -146,18 +148,23 @@ pub fn plugin_list(path: &Path) -> Vec<PathBuf> {
 struct PipelineModel {
     /// Default: chosen per reference by transport.
     #[serde(default)]
+    #[schemars(with = "Option<SourceStage>")]
     source: Option<StageModel>,
     /// Default: `[retag]`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<TransformStage>>")]
     transforms: Option<Vec<StageModel>>,
     /// Default: `[immutable]`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<GuardStage>>")]
     guards: Option<Vec<StageModel>>,
     /// Default: chosen per target by transport.
     #[serde(default)]
+    #[schemars(with = "Option<SinkStage>")]
     sink: Option<StageModel>,
     /// Default: `cosign`.
     #[serde(default)]
+    #[schemars(with = "Option<SignerStage>")]
     signer: Option<StageModel>,
 }
 
@@ -173,6 +180,30 @@ struct StageModel {
     #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     config: serde_yaml::Value,
 }
+
+/// Schema-only stand-ins for a stage entry of one kind: each is a `$defs`
+/// entry of its own (`SourceStage`, …), which [`json_schema`] narrows to the
+/// registered plugins of that kind and their config schemas.
+macro_rules! stage_of_kind {
+    ($($name:ident),*) => {$(
+        struct $name;
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                <StageModel as schemars::JsonSchema>::json_schema(g)
+            }
+        }
+    )*};
+}
+stage_of_kind!(
+    SourceStage,
+    TransformStage,
+    GuardStage,
+    SinkStage,
+    SignerStage
+);
 
 /// A stage choice: plugin name, its config, and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,8 +283,10 @@ struct ImageModel {
 #[serde(deny_unknown_fields)]
 struct ImagePipelineModel {
     #[serde(default)]
+    #[schemars(with = "Option<SinkStage>")]
     sink: Option<StageModel>,
     #[serde(default)]
+    #[schemars(with = "Option<SignerStage>")]
     signer: Option<StageModel>,
 }
 
@@ -598,13 +631,93 @@ fn pipeline_spec(
     Ok(spec)
 }
 
-/// The JSON Schema of the definition file, generated from the types above
-/// (shipped as `docs/definition.schema.json`).
-pub fn json_schema() -> String {
+/// The JSON Schema of the definition file, generated from the types above and
+/// from the stage registry (shipped as `docs/definition.schema.json`, from the
+/// built-in plugins). A stage entry of each kind (`$defs/SignerStage`, …) is
+/// an `anyOf`: one branch per registered plugin of that kind with a config
+/// schema (`plugin` is its name, `config` follows its schema or is empty), and
+/// one for any other name with a free-form config, so that definitions using
+/// plugins loaded from libraries still validate.
+pub fn json_schema(registry: &StageRegistry) -> String {
     let schema = schemars::schema_for!(FileModel);
+    let mut schema = serde_json::to_value(&schema).expect("the schema serializes");
+    let defs = schema
+        .get_mut("$defs")
+        .and_then(|d| d.as_object_mut())
+        .expect("the definition schema has $defs");
+    for (kind, def) in [
+        (StageKind::Source, "SourceStage"),
+        (StageKind::Transform, "TransformStage"),
+        (StageKind::Guard, "GuardStage"),
+        (StageKind::Sink, "SinkStage"),
+        (StageKind::Signer, "SignerStage"),
+    ] {
+        let mut branches = Vec::new();
+        let mut typed = Vec::new();
+        for s in registry.iter().filter(|s| s.kind == kind) {
+            let Some(config) = s.config_schema.clone() else {
+                continue;
+            };
+            let Some(config) = embed_schema(config, defs) else {
+                continue;
+            };
+            typed.push(serde_json::Value::String(s.name.clone()));
+            branches.push(serde_json::json!({
+                "properties": {
+                    "plugin": { "const": s.name },
+                    "config": { "anyOf": [config, { "type": "null" }] }
+                }
+            }));
+        }
+        if typed.is_empty() {
+            continue;
+        }
+        branches.push(serde_json::json!({
+            "properties": { "plugin": { "not": { "enum": typed } } }
+        }));
+        let entry = defs
+            .get_mut(def)
+            .and_then(|d| d.as_object_mut())
+            .expect("each stage kind has its $defs entry");
+        entry.insert(
+            "description".into(),
+            format!(
+                "A {kind} stage: `{{ plugin: NAME, config: {{...}} }}`; the config of a \
+                 known plugin follows that plugin's schema (`image-syncer --list-stages`)."
+            )
+            .into(),
+        );
+        entry.insert("anyOf".into(), branches.into());
+    }
+    // Back to a `Schema`, which writes its keywords in their usual order.
+    let schema = schemars::Schema::try_from(schema).expect("still a schema");
     let mut text = serde_json::to_string_pretty(&schema).expect("the schema serializes");
     text.push('\n');
     text
+}
+
+/// A plugin's config schema made ready to nest in the definition's: its own
+/// `$defs` move to the definition's (`#/$defs/...` references stay right),
+/// `$schema` goes. `None` (the config stays free-form) when it is not a
+/// schema or one of its `$defs` names is taken by a different schema.
+fn embed_schema(
+    schema: serde_json::Value,
+    defs: &mut serde_json::Map<String, serde_json::Value>,
+) -> Option<serde_json::Value> {
+    let mut schema = match schema {
+        serde_json::Value::Object(m) => m,
+        b @ serde_json::Value::Bool(_) => return Some(b),
+        _ => return None,
+    };
+    schema.remove("$schema");
+    if let Some(own) = schema.remove("$defs") {
+        let own = own.as_object()?.clone();
+        if own.iter().any(|(k, v)| defs.get(k).is_some_and(|d| d != v)) {
+            return None;
+        }
+        defs.extend(own);
+    }
+    Some(serde_json::Value::Object(schema))
 }
 
 /// Parses a plugin's YAML config text (for example a plugin's example config).
@@ -615,8 +728,8 @@ pub fn parse_config_yaml(text: &str) -> Result<serde_json::Value, String> {
     serde_yaml::from_str(text).map_err(|e| e.to_string())
 }
 
-/// Renders a config value as YAML.
-pub fn config_to_yaml(value: &serde_json::Value) -> String {
+/// Renders a config (a value, or a plugin's typed config) as YAML.
+pub fn config_to_yaml<T: Serialize + ?Sized>(value: &T) -> String {
     serde_yaml::to_string(value).unwrap_or_else(|e| format!("# unrenderable: {e}\n"))
 }
 
@@ -665,12 +778,78 @@ mod tests {
             .to_string()
     }
 
+    // The shipped schema's staleness is checked in the CLI's tests
+    // (`builtins::tests::the_shipped_schema_is_current`), where the built-in
+    // plugins are linked.
+
+    /// A stage entry narrows to the registered plugins of its kind: their
+    /// config schemas (with their own `$defs` moved up), and a free-form
+    /// branch for other names; kinds with no typed plugin stay free-form.
     #[test]
-    fn the_shipped_schema_is_current() {
-        let shipped = include_str!("../../../docs/definition.schema.json");
-        assert!(
-            shipped == json_schema(),
-            "docs/definition.schema.json is stale: run `image-syncer --print-schema > docs/definition.schema.json`"
+    fn stage_entries_follow_the_registered_config_schemas() {
+        use crate::context::StageContext;
+        use crate::registry::{BuildError, ConfigValue, Origin, RegisteredStage, StageFactory};
+        use crate::stage::Stage;
+        struct Never;
+        impl StageFactory for Never {
+            fn build(&self, _: &ConfigValue, _: &StageContext) -> Result<Stage, BuildError> {
+                unreachable!("the schema builds no stage")
+            }
+        }
+        let mut registry = StageRegistry::default();
+        let stage = |kind, name: &str, schema: Option<serde_json::Value>| RegisteredStage {
+            kind,
+            name: name.into(),
+            description: String::new(),
+            example_config: String::new(),
+            config_schema: schema,
+            transport: None,
+            origin: Origin::Builtin,
+            factory: std::sync::Arc::new(Never),
+        };
+        let signer = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": { "key": { "$ref": "#/$defs/Key" } },
+            "additionalProperties": false,
+            "$defs": { "Key": { "type": "string" } }
+        });
+        registry
+            .insert(stage(StageKind::Signer, "sig", Some(signer)))
+            .unwrap();
+        registry
+            .insert(stage(StageKind::Guard, "free", None))
+            .unwrap();
+        let schema: serde_json::Value = serde_json::from_str(&json_schema(&registry)).unwrap();
+        let defs = &schema["$defs"];
+        assert_eq!(defs["Key"], serde_json::json!({ "type": "string" }));
+        let branches = defs["SignerStage"]["anyOf"].as_array().unwrap();
+        assert_eq!(branches.len(), 2, "{branches:#?}");
+        assert_eq!(branches[0]["properties"]["plugin"]["const"], "sig");
+        let config = &branches[0]["properties"]["config"]["anyOf"];
+        assert_eq!(config[0]["properties"]["key"]["$ref"], "#/$defs/Key");
+        assert!(config[0].get("$schema").is_none());
+        assert_eq!(config[1]["type"], "null");
+        assert_eq!(
+            branches[1]["properties"]["plugin"]["not"]["enum"],
+            serde_json::json!(["sig"])
+        );
+        assert!(defs["GuardStage"].get("anyOf").is_none());
+        assert_eq!(
+            defs["GuardStage"]["required"],
+            serde_json::json!(["plugin"])
+        );
+        assert_eq!(
+            schema["$defs"]["PipelineModel"]["properties"]["signer"]["anyOf"][0]["$ref"],
+            "#/$defs/SignerStage"
+        );
+        assert_eq!(
+            schema["$defs"]["ImagePipelineModel"]["properties"]["signer"]["anyOf"][0]["$ref"],
+            "#/$defs/SignerStage"
+        );
+        assert_eq!(
+            schema["$defs"]["PipelineModel"]["properties"]["guards"]["items"]["$ref"],
+            "#/$defs/GuardStage"
         );
     }
 

@@ -21,6 +21,8 @@ pub mod stage;
 
 pub use async_trait::async_trait;
 pub use inventory;
+/// For plugins deriving `JsonSchema` for their config through the kit.
+pub use schemars;
 
 /// The version of this crate, checked by dynamic plugin loading.
 pub const CORE_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::context::StageContext;
 use crate::stage::{Stage, StageKind};
@@ -68,8 +69,9 @@ pub struct StagePlugin {
     pub kind: StageKind,
     pub name: &'static str,
     pub description: &'static str,
-    /// An example config, in YAML, as it would appear under `config:`.
-    pub example_config: &'static str,
+    /// The config type's JSON Schema and example, from the type
+    /// ([`ConfigDoc::of`]).
+    pub config: ConfigDoc,
     /// For sources and sinks: the reference transport served (`oci` for
     /// `oci:PATH`), `None` for registry references.
     pub transport: Option<&'static str>,
@@ -77,6 +79,38 @@ pub struct StagePlugin {
 }
 
 inventory::collect!(StagePlugin);
+
+/// What `--list-stages` and `--print-schema` show of a plugin's config type:
+/// its JSON Schema and an example, both generated from the type.
+#[derive(Clone, Copy)]
+pub struct ConfigDoc {
+    /// The JSON Schema of the config (doc comments become descriptions).
+    pub schema: fn() -> ConfigValue,
+    /// An example config: the type's default, serialized as YAML (fields in
+    /// declaration order), as it would appear under `config:`.
+    pub example: fn() -> String,
+}
+
+impl ConfigDoc {
+    /// The schema and example of config type `C`: the schema derived with
+    /// `schemars::JsonSchema`, the example `C::default()` serialized.
+    pub const fn of<C: schemars::JsonSchema + Serialize + Default>() -> ConfigDoc {
+        ConfigDoc {
+            schema: config_schema::<C>,
+            example: config_example::<C>,
+        }
+    }
+}
+
+/// The JSON Schema of config type `C`, as a value.
+pub fn config_schema<C: schemars::JsonSchema>() -> ConfigValue {
+    serde_json::to_value(schemars::schema_for!(C)).expect("a JSON Schema serializes")
+}
+
+/// `C::default()` serialized as YAML: the example config of type `C`.
+pub fn config_example<C: Serialize + Default>() -> String {
+    crate::definition::config_to_yaml(&C::default())
+}
 
 /// Deserializes a plugin's typed config, naming kind and plugin on error.
 /// `null` (no config given) deserializes as an empty map.
@@ -120,7 +154,11 @@ pub struct RegisteredStage {
     pub kind: StageKind,
     pub name: String,
     pub description: String,
+    /// An example config, in YAML, as it would appear under `config:`.
     pub example_config: String,
+    /// The JSON Schema of the config, when the plugin gives one (every
+    /// built-in plugin does); `--print-schema` checks `config:` against it.
+    pub config_schema: Option<ConfigValue>,
     pub transport: Option<String>,
     pub origin: Origin,
     pub factory: Arc<dyn StageFactory>,
@@ -149,7 +187,8 @@ impl StageRegistry {
                 kind: p.kind,
                 name: p.name.to_string(),
                 description: p.description.to_string(),
-                example_config: p.example_config.to_string(),
+                example_config: (p.config.example)(),
+                config_schema: Some((p.config.schema)()),
                 transport: p.transport.map(str::to_string),
                 origin: Origin::Builtin,
                 factory: Arc::new(StaticFactory(p.factory)),

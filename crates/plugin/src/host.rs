@@ -72,6 +72,13 @@ pub enum LoadError {
     },
     #[error("plugin {path}: {message}")]
     Registration { path: String, message: String },
+    #[error("plugin {path}: {kind} `{name}`: the config schema is not JSON: {message}")]
+    Schema {
+        path: String,
+        kind: image_syncer_core::stage::StageKind,
+        name: String,
+        message: String,
+    },
     #[error("plugin {path}: declares no stages")]
     Empty { path: String },
     #[error("plugin {path}: {source}")]
@@ -213,22 +220,37 @@ pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
     if registrar.stages.is_empty() {
         return Err(LoadError::Empty { path: shown });
     }
-    Ok(registrar
+    registrar
         .stages
         .into_iter()
-        .map(|d| RegisteredStage {
-            kind: d.kind,
-            name: d.name,
-            description: d.description,
-            example_config: d.example_config,
-            transport: d.transport,
-            origin: Origin::Library(shown.clone()),
-            factory: Arc::new(LibraryFactory {
-                inner: d.factory,
-                _library: library.clone(),
-            }),
+        .map(|d| {
+            let config_schema = match d.config_schema.as_deref().map(serde_json::from_str) {
+                None => None,
+                Some(Ok(schema)) => Some(schema),
+                Some(Err(e)) => {
+                    return Err(LoadError::Schema {
+                        path: shown.clone(),
+                        kind: d.kind,
+                        name: d.name,
+                        message: e.to_string(),
+                    })
+                }
+            };
+            Ok(RegisteredStage {
+                kind: d.kind,
+                name: d.name,
+                description: d.description,
+                example_config: d.example_config,
+                config_schema,
+                transport: d.transport,
+                origin: Origin::Library(shown.clone()),
+                factory: Arc::new(LibraryFactory {
+                    inner: d.factory,
+                    _library: library.clone(),
+                }),
+            })
         })
-        .collect())
+        .collect()
 }
 
 struct LibraryFactory {

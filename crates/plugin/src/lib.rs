@@ -51,7 +51,7 @@ pub mod host;
 pub mod log;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// A fingerprint of the sizes and alignments of the types that cross the
 /// boundary, computed when this crate is compiled. Host and plugin must agree:
@@ -221,9 +221,21 @@ pub struct StageDeclaration {
     pub description: String,
     /// YAML, as it would appear under `config:`.
     pub example_config: String,
+    /// The JSON Schema of the config, as JSON text ([`config_schema`] makes
+    /// it from a config type deriving `JsonSchema`); `None`: free-form.
+    /// `--print-schema` checks `config:` against it; text that is not JSON
+    /// makes the host refuse the plugin.
+    pub config_schema: Option<String>,
     /// For sources and sinks: the reference transport served (`dir` for `dir:PATH`).
     pub transport: Option<String>,
     pub factory: Box<dyn PluginFactory>,
+}
+
+/// The JSON Schema of config type `C` as JSON text, for
+/// [`StageDeclaration::config_schema`]. `C` derives `JsonSchema` from the
+/// `schemars` crate (1.x; re-exported as `image_syncer_plugin::core::schemars`).
+pub fn config_schema<C: image_syncer_core::schemars::JsonSchema>() -> Option<String> {
+    Some(image_syncer_core::registry::config_schema::<C>().to_string())
 }
 
 /// Collects a plugin's stages during registration.

@@ -18,12 +18,12 @@ use image_syncer_core::context::StageContext;
 use image_syncer_core::cosign::{self, SignatureKey};
 use image_syncer_core::keyref::KeyRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{
     ErrorKind, SignOutcome, SignRequest, Signer, Sink, Stage, StageError, StageKind,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 use tokio::sync::OnceCell;
 
@@ -38,7 +38,7 @@ pub use image_syncer_core::cosign::{payload, sigmanifest};
 use keys::{KeyError, KeyErrorKind, KeyProvider, PublicKey};
 
 /// Settings of the `cosign` signer.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CosignConfig {
     /// Also sign each child manifest of a multi-arch index (`cosign sign --recursive`).
@@ -170,7 +170,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Signer,
         name: "cosign",
         description: "Verifies, then signs target images with cosign-compatible signatures (sha256-<hex>.sig) through a KMS or local key",
-        example_config: "recursive: false\n",
+        config: ConfigDoc::of::<CosignConfig>(),
         transport: None,
         factory: &Factory,
     }

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use image_syncer_core::async_trait;
 use image_syncer_core::context::StageContext;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{Guard, GuardInput, Stage, StageError, StageKind, Verdict};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// `immutable` has no settings; the struct keeps unknown keys an error.
-#[derive(Debug, Default, Deserialize)]
+/// `immutable` has no settings: `config:` is empty or absent (an unknown key is an error).
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImmutableConfig {}
 
@@ -54,7 +54,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Guard,
         name: "immutable",
         description: "Copies when the target tag is absent, skips when it holds the source digest, stops the run when it holds another digest",
-        example_config: "{}\n",
+        config: ConfigDoc::of::<ImmutableConfig>(),
         transport: None,
         factory: &Factory,
     }

@@ -33,7 +33,7 @@ use image_syncer_core::digest::{ByteStream, Digest, Verifier};
 use image_syncer_core::manifest::{Descriptor, ManifestError, RawManifest, OCI_INDEX};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{ManifestTarget, Sink, Source, Stage, StageError, StageKind};
 use serde::{Deserialize, Serialize};
@@ -57,8 +57,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Serializes `index.json` read-modify-write cycles (and layout creation) in the process.
 static INDEX_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `oci-layout` has no settings today; the struct keeps unknown keys an error.
-#[derive(Debug, Default, Deserialize)]
+/// `oci-layout` has no settings: `config:` is empty or absent (an unknown key is an error).
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OciLayoutConfig {}
 
@@ -771,7 +771,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Source,
         name: "oci-layout",
         description: "Reads images from an OCI image-layout directory: oci:PATH[:TAG] (PATH relative to the definition file)",
-        example_config: "{}\n",
+        config: ConfigDoc::of::<OciLayoutConfig>(),
         transport: Some(TRANSPORT),
         factory: &SourceFactory,
     }
@@ -782,7 +782,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Sink,
         name: "oci-layout",
         description: "Writes images to an OCI image-layout directory, created if needed: oci:PATH:TAG (PATH relative to the definition file)",
-        example_config: "{}\n",
+        config: ConfigDoc::of::<OciLayoutConfig>(),
         transport: Some(TRANSPORT),
         factory: &SinkFactory,
     }

@@ -427,6 +427,10 @@ fn plugins_are_registered() {
         let s = registry.for_transport(kind, Some("oci")).unwrap();
         assert_eq!(s.name, "oci-layout");
         assert_eq!(s.example_config, "{}\n");
+        assert_eq!(
+            s.config_schema.as_ref().unwrap()["additionalProperties"],
+            serde_json::json!(false)
+        );
         let err = registry
             .build(
                 kind,

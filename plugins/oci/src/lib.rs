@@ -23,7 +23,7 @@ use image_syncer_core::digest::{ByteStream, ContentMismatch, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest, ACCEPTED_MANIFEST_TYPES};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{
     error_chain, ErrorKind, ManifestTarget, Pushback, Sink, Source, Stage, StageError, StageKind,
@@ -35,11 +35,11 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::token_cache::RegistryTokenType;
 use oci_client::{Client, Reference, RegistryOperation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::debug;
 
 /// Settings of the `oci` source and sink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OciConfig {
     /// Upload each blob in one streamed PUT (the default, as docker and skopeo
@@ -1033,7 +1033,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Source,
         name: "oci",
         description: "Pulls from OCI/Docker registries, with the credentials found for each (definition, Docker or containers config), else anonymously",
-        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\nmaxManifestBytes: 4194304\n",
+        config: ConfigDoc::of::<OciConfig>(),
         transport: None,
         factory: &Factory(StageKind::Source),
     }
@@ -1044,7 +1044,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Sink,
         name: "oci",
         description: "Pushes to an OCI/Docker registry with the target credentials: blobs first, manifests last",
-        example_config: "monolithicPush: true\nconnectTimeoutSeconds: 30\nreadTimeoutSeconds: 60\nmaxManifestBytes: 4194304\n",
+        config: ConfigDoc::of::<OciConfig>(),
         transport: None,
         factory: &Factory(StageKind::Sink),
     }

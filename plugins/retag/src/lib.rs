@@ -15,13 +15,13 @@ use std::sync::Arc;
 use image_syncer_core::context::StageContext;
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{Stage, StageError, StageKind, Transform, TransformInput};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// `retag` has no settings today; the struct keeps unknown keys an error.
-#[derive(Debug, Default, Deserialize)]
+/// `retag` has no settings: `config:` is empty or absent (an unknown key is an error).
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetagConfig {}
 
@@ -91,7 +91,7 @@ image_syncer_core::inventory::submit! {
         kind: StageKind::Transform,
         name: "retag",
         description: "Computes the target: targetRepoPrefix + source path as written (library/ for single-segment Docker Hub names) + the entry's tag or the source tag",
-        example_config: "{}\n",
+        config: ConfigDoc::of::<RetagConfig>(),
         transport: None,
         factory: &Factory,
     }

@@ -277,6 +277,7 @@ fn registered(kind: StageKind, name: &str, stage: Stage) -> RegisteredStage {
         name: name.to_string(),
         description: String::new(),
         example_config: String::new(),
+        config_schema: None,
         transport: None,
         origin: Origin::Builtin,
         factory: Arc::new(Fixed(stage)),

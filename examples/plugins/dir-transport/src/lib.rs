@@ -289,6 +289,7 @@ fn register(r: &mut Registrar) {
             name: "dir".into(),
             description: format!("{what} images in skopeo's dir: format: dir:PATH, or dir:PATH:TAG for PATH/TAG (example plugin)"),
             example_config: "{}\n".into(),
+            config_schema: None,
             transport: Some("dir".into()),
             factory: Box::new(Factory(kind)),
         });

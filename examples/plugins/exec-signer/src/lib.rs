@@ -175,6 +175,7 @@ fn register(r: &mut Registrar) {
         name: "exec".into(),
         description: "cosign-compatible signatures made and checked by external commands (example plugin)".into(),
         example_config: "sign: [openssl, dgst, -sha256, -sign, key.pem]\nverify: [openssl, dgst, -sha256, -verify, pub.pem, -signature, \"{signature}\"]\nrecursive: false\n".into(),
+        config_schema: None,
         transport: None,
         factory: Box::new(Factory),
     });

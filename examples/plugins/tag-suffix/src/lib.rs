@@ -19,13 +19,16 @@
 use image_syncer_plugin::core::context::StageContext;
 use image_syncer_plugin::core::reference::ImageRef;
 use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
+use image_syncer_plugin::core::schemars::JsonSchema;
 use image_syncer_plugin::core::stage::{StageError, StageKind, TransformInput};
 use image_syncer_plugin::{PluginFactory, PluginStage, Registrar, StageDeclaration, Transform};
 use serde::Deserialize;
 
-/// The settings under `config:`. Unknown keys are errors.
-#[derive(Deserialize)]
+/// The settings under `config:`. Unknown keys are errors. `JsonSchema` (from
+/// the `schemars` the kit re-exports) gives `--print-schema` its schema.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(crate = "image_syncer_plugin::core::schemars")]
 struct TagSuffixConfig {
     /// Appended to every target tag: 1 or more of `[A-Za-z0-9_.-]`.
     suffix: String,
@@ -101,6 +104,7 @@ fn register(r: &mut Registrar) {
         name: "tag-suffix".into(),
         description: "Appends `suffix` to the target tag of every image, or of those whose source repository name starts with one of `onlyFor` (example plugin)".into(),
         example_config: "suffix: \"-mirror\"\nonlyFor: [\"docker.io/library/\"]\n".into(),
+        config_schema: image_syncer_plugin::config_schema::<TagSuffixConfig>(),
         transport: None,
         factory: Box::new(Factory),
     });

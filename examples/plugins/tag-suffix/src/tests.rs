@@ -167,6 +167,7 @@ fn stage(kind: StageKind, name: &str, factory: Arc<dyn StageFactory>) -> Registe
         name: name.into(),
         description: String::new(),
         example_config: String::new(),
+        config_schema: None,
         transport: None,
         origin: Origin::Builtin,
         factory,

@@ -90,6 +90,11 @@ unsafe extern "C" fn register(registrar: *mut Registrar) {
         .into(),
         description: "lets everything through (test plugin)".into(),
         example_config: "{}\n".into(),
+        config_schema: if cfg!(feature = "bad-schema") {
+            Some("{ not json".into())
+        } else {
+            None
+        },
         transport: None,
         factory: Box::new(Factory),
     });
@@ -99,6 +104,7 @@ unsafe extern "C" fn register(registrar: *mut Registrar) {
             name: "panicky".into(),
             description: "panics on every call (test plugin)".into(),
             example_config: "{}\n".into(),
+            config_schema: None,
             transport: None,
             factory: Box::new(SourceFactory),
         });
