@@ -63,15 +63,8 @@ fn composed_pipeline_example_signs_recursively() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("signature: signed"), "{}", r.stdout);
     // The index and both children carry a signature tag in the layout.
-    let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("composed/hello/index.json")).unwrap(),
-    )
-    .unwrap();
-    let tags: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+    let tags: Vec<String> = layout_tags(&dir.path().join("composed/hello"))
+        .into_iter()
         .filter(|t| t.ends_with(".sig"))
         .collect();
     assert_eq!(tags.len(), 3, "{tags:?}");
@@ -146,17 +139,10 @@ fn tag_suffix_example() {
         r.stdout
     );
     // The layout holds the suffixed tag only.
-    let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.path().join("suffixed/hello/index.json")).unwrap(),
-    )
-    .unwrap();
-    let tags: Vec<&str> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
-        .collect();
-    assert_eq!(tags, ["1.0-mirror"]);
+    assert_eq!(
+        layout_tags(&dir.path().join("suffixed/hello")),
+        ["1.0-mirror"]
+    );
     let again = run(&args);
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(
@@ -164,4 +150,17 @@ fn tag_suffix_example() {
         "{}",
         again.stdout
     );
+}
+
+/// The tags of an OCI layout: its `index.json` entries' ref names.
+fn layout_tags(layout: &std::path::Path) -> Vec<String> {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(str::to_string)
+        .collect()
 }

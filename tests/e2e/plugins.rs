@@ -433,34 +433,50 @@ fn refusals_exit_2_with_clear_messages() {
     insta::assert_snapshot!(out);
 }
 
-#[test]
-fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
-    let p = (Registry::start(), Registry::start());
-    let img = fixtures::image("panic", 1, 100);
-    block_on(p.0.push("library/busybox:1.36", &img));
-    let lib = build_plugin(
-        "image-syncer-test-misdeclared",
-        &["panicking-guard"],
-        "panicking-guard",
-    );
+/// A sync from a source registry holding busybox:1.36 into a fresh target,
+/// with the test plugin built with `feature` loaded and `body` (the images
+/// and pipeline, YAML) after the registries' header. Returns the target, its
+/// storage before the run, and the run.
+fn with_test_plugin(
+    feature: &str,
+    body: &str,
+    extra: &[&str],
+) -> (
+    Registry,
+    std::collections::BTreeMap<PathBuf, (u64, std::time::SystemTime)>,
+    Run,
+) {
+    let (source, target) = (Registry::start(), Registry::start());
+    block_on(source.push("library/busybox:1.36", &fixtures::image("panic", 1, 100)));
+    let lib = build_plugin("image-syncer-test-misdeclared", &[feature], feature);
     let dir = tempfile::tempdir().unwrap();
     let def = write(
         dir.path(),
         "images.yaml",
-        &format!(
-            "{}images:\n- source: busybox:1.36\npipeline:\n  guards: [ {{ plugin: immutable }}, {{ plugin: pass }} ]\n",
-            header(&p.0, &p.1)
-        ),
+        &format!("{}{body}", header(&source, &target)),
     );
-    let host = p.1.host();
-    let r = run(&[
+    let host = target.host();
+    let before = target.storage_snapshot();
+    let mut args = vec![
         "-i",
         def.to_str().unwrap(),
         "--insecure-registry",
         &host,
         "--plugin",
         lib.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let r = run(&args);
+    (target, before, r)
+}
+
+#[test]
+fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
+    let (target, _, r) = with_test_plugin(
+        "panicking-guard",
+        "images:\n- source: busybox:1.36\npipeline:\n  guards: [ { plugin: immutable }, { plugin: pass } ]\n",
+        &[],
+    );
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stdout
@@ -468,38 +484,16 @@ fn a_panicking_plugin_stage_fails_its_image_without_taking_the_process_down() {
         "{}",
         r.stdout
     );
-    assert_eq!(block_on(p.1.digest("mirror/library/busybox:1.36")), None);
+    assert_eq!(block_on(target.digest("mirror/library/busybox:1.36")), None);
 }
 
 #[test]
 fn a_panicking_plugin_source_is_an_internal_error_and_not_retried() {
-    let p = (Registry::start(), Registry::start());
-    let lib = build_plugin(
-        "image-syncer-test-misdeclared",
-        &["panicking-source"],
+    let (target, before, r) = with_test_plugin(
         "panicking-source",
+        "images:\n- source: busybox:1.36\n- source: team/app:2\npipeline:\n  source: { plugin: panicky }\n",
+        &["--retries", "5"],
     );
-    let dir = tempfile::tempdir().unwrap();
-    let def = write(
-        dir.path(),
-        "images.yaml",
-        &format!(
-            "{}images:\n- source: busybox:1.36\n- source: team/app:2\npipeline:\n  source: {{ plugin: panicky }}\n",
-            header(&p.0, &p.1)
-        ),
-    );
-    let host = p.1.host();
-    let before = p.1.storage_snapshot();
-    let r = run(&[
-        "-i",
-        def.to_str().unwrap(),
-        "--insecure-registry",
-        &host,
-        "--plugin",
-        lib.to_str().unwrap(),
-        "--retries",
-        "5",
-    ]);
     assert_eq!(r.code, 1, "{}", r.all());
     for image in ["busybox:1.36", "team/app:2"] {
         let line = r
@@ -522,7 +516,7 @@ fn a_panicking_plugin_source_is_an_internal_error_and_not_retried() {
         "{}",
         r.stderr
     );
-    assert_eq!(p.1.storage_snapshot(), before);
+    assert_eq!(target.storage_snapshot(), before);
 }
 
 /// The system loader's own words after `dlopen failed: <path>: ` (glibc's,
