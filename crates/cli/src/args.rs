@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use image_syncer_core::keyref::KeyRef;
+use image_syncer_cosign::KeyRef;
 
 const AFTER_HELP: &str = "\
 Boolean environment variables accept true/false/1/0.

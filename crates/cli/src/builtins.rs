@@ -96,7 +96,7 @@ mod tests {
         let cx = StageContext {
             base_dir: dir.path().to_path_buf(),
             transports: vec!["oci".into()],
-            key_ref: Some(key.display().to_string().parse().unwrap()),
+            signing_key: Some(key.display().to_string()),
             ..Default::default()
         };
         let registry = StageRegistry::builtin().unwrap();

@@ -278,7 +278,7 @@ pub fn run(args: Args) -> Exit {
         target_registry,
         base_dir: def.base_dir(),
         transports: transports.clone(),
-        key_ref: args.kms_key.clone(),
+        signing_key: args.kms_key.as_ref().map(|k| k.to_string()),
         ca_certificates,
         flow: Default::default(),
     };

@@ -58,8 +58,9 @@ pub struct StageContext {
     /// Extra trusted CA certificates (PEM), with the file each came from
     /// (`--ca-file`), on top of the system's roots and `SSL_CERT_FILE`.
     pub ca_certificates: Vec<(String, Vec<u8>)>,
-    /// The signing key reference (`--kms-key`), if any.
-    pub key_ref: Option<crate::keyref::KeyRef>,
+    /// The signing key reference given to the run, as written (what it
+    /// means is the signer's business), if any.
+    pub signing_key: Option<String>,
     /// The run's per-registry flow control: a plugin that reads what a
     /// registry says of its limits (`ratelimit-remaining`) passes it on here.
     pub flow: std::sync::Arc<crate::flow::FlowControl>,

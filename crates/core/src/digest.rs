@@ -86,6 +86,67 @@ impl Digest {
     }
 }
 
+/// The tags that attach artifacts to an image by its digest: cosign's
+/// `sha256-<hex>.sig`, `.att` and `.sbom`, and the OCI 1.1 referrers tag
+/// schema's `sha256-<hex>`. Written here once: carrying them, signing and
+/// keeping them apart from images all use this rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AttachedTag {
+    /// cosign signatures: `sha256-<hex>.sig`.
+    Signature,
+    /// cosign attestations: `sha256-<hex>.att`.
+    Attestation,
+    /// cosign SBOMs: `sha256-<hex>.sbom`.
+    Sbom,
+    /// The referrers tag schema's index: `sha256-<hex>`.
+    Referrers,
+}
+
+impl AttachedTag {
+    /// Every kind, in the order they are carried.
+    pub const ALL: [AttachedTag; 4] = [
+        AttachedTag::Signature,
+        AttachedTag::Attestation,
+        AttachedTag::Sbom,
+        AttachedTag::Referrers,
+    ];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            AttachedTag::Signature => ".sig",
+            AttachedTag::Attestation => ".att",
+            AttachedTag::Sbom => ".sbom",
+            AttachedTag::Referrers => "",
+        }
+    }
+
+    /// The tag of this kind for `digest`.
+    pub fn of(self, digest: &Digest) -> String {
+        format!(
+            "{}-{}{}",
+            digest.algorithm.as_str(),
+            digest.hex,
+            self.suffix()
+        )
+    }
+
+    /// What `tag` attaches, and to which digest, when it is such a tag.
+    pub fn parse(tag: &str) -> Option<(AttachedTag, Digest)> {
+        let (alg, rest) = tag.split_once('-')?;
+        let algorithm = match alg {
+            "sha256" => Algorithm::Sha256,
+            "sha512" => Algorithm::Sha512,
+            _ => return None,
+        };
+        let n = algorithm.hex_len();
+        let (hex, suffix) = (rest.get(..n)?, rest.get(n..)?);
+        let kind = Self::ALL.into_iter().find(|k| k.suffix() == suffix)?;
+        let digest: Digest = format!("{alg}:{hex}").parse().ok()?;
+        Some((kind, digest))
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestParseError;
 
@@ -437,5 +498,29 @@ mod tests {
             ContentMismatch::from_io(&err),
             Some(ContentMismatch::Size { .. })
         ));
+    }
+
+    #[test]
+    fn attached_tags_are_written_and_read_back() {
+        let d = Digest::sha256_of(b"image");
+        let hex = d.hex().to_string();
+        for kind in AttachedTag::ALL {
+            let tag = kind.of(&d);
+            assert!(tag.starts_with(&format!("sha256-{hex}")), "{tag}");
+            assert_eq!(AttachedTag::parse(&tag), Some((kind, d.clone())), "{tag}");
+        }
+        assert_eq!(AttachedTag::Signature.of(&d), format!("sha256-{hex}.sig"));
+        assert_eq!(AttachedTag::Referrers.of(&d), format!("sha256-{hex}"));
+        for not in [
+            "latest".to_string(),
+            format!("sha256-{hex}.sig2"),
+            format!("sha256-{}", &hex[..63]),
+            format!("sha256-{}.sig", hex.to_uppercase()),
+            format!("md5-{hex}"),
+            format!("sha256-{hex}-alpine"),
+            "sha256-".to_string(),
+        ] {
+            assert_eq!(AttachedTag::parse(&not), None, "{not}");
+        }
     }
 }

@@ -3,11 +3,9 @@
 //! and the orchestrator. It knows no HTTP and no registry protocol: plugins do.
 
 pub mod context;
-pub mod cosign;
 pub mod definition;
 pub mod digest;
 pub mod flow;
-pub mod keyref;
 pub mod manifest;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;

@@ -468,7 +468,7 @@ macro_rules! declare_plugin {
 
 /// Runs a future to completion on the current thread, without any runtime.
 /// Enough for futures that do no I/O of their own (for example the core's
-/// cosign flow over a [`SyncSink`]); for async I/O, use a runtime of your own.
+/// `image-syncer-cosign-format` flow over a [`SyncSink`]); for async I/O, use a runtime of your own.
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     use std::task::{Context, Poll, Wake, Waker};
     struct Thread(std::thread::Thread);
@@ -488,8 +488,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
-/// A [`BlockingSink`] seen as the core's async [`Sink`], so that the core's
-/// async flows (such as [`image_syncer_core::cosign::sign_request`]) run in a
+/// A [`BlockingSink`] seen as the core's async [`Sink`], so that async
+/// flows written against the core traits (such as `image_syncer_cosign_format::sign_request`) run in a
 /// plugin with [`block_on`]. Each call blocks the current thread.
 pub struct SyncSink<'a>(pub &'a dyn BlockingSink);
 

@@ -40,7 +40,7 @@ pub fn run(registry: &StageRegistry, dir: &Path, text: &str, key_ref: Option<&st
         registries: def.registries.clone(),
         base_dir: dir.to_path_buf(),
         transports: transports.clone(),
-        key_ref: key_ref.map(|k| k.parse().expect("key reference")),
+        signing_key: key_ref.map(str::to_string),
         ..Default::default()
     };
     let orchestrator = Orchestrator::new(registry.clone(), cx);

@@ -15,14 +15,13 @@ use std::sync::Arc;
 
 use image_syncer_core::async_trait;
 use image_syncer_core::context::StageContext;
-use image_syncer_core::cosign::{self, SignatureKey};
-use image_syncer_core::keyref::KeyRef;
 use image_syncer_core::registry::{
     typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
 };
 use image_syncer_core::stage::{
     ErrorKind, SignOutcome, SignRequest, Signer, Sink, Stage, StageError, StageKind,
 };
+use image_syncer_cosign_format::{self as cosign, SignatureKey};
 use serde::{Deserialize, Serialize};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 use tokio::sync::OnceCell;
@@ -33,7 +32,7 @@ pub mod keys;
 mod tests;
 
 /// The cosign format lives in the core, shared with other signer plugins.
-pub use image_syncer_core::cosign::{payload, sigmanifest};
+pub use image_syncer_cosign_format::{payload, sigmanifest, KeyRef};
 
 use keys::{KeyError, KeyErrorKind, KeyProvider, PublicKey};
 
@@ -150,10 +149,21 @@ struct Factory;
 impl StageFactory for Factory {
     fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
         let config: CosignConfig = typed_config(StageKind::Signer, "cosign", config)?;
-        let key_ref = cx.key_ref.clone().ok_or_else(|| BuildError::MissingKey {
-            kind: StageKind::Signer,
-            plugin: "cosign".into(),
-        })?;
+        let written = cx
+            .signing_key
+            .as_deref()
+            .ok_or_else(|| BuildError::MissingKey {
+                kind: StageKind::Signer,
+                plugin: "cosign".into(),
+            })?;
+        let key_ref: KeyRef =
+            written
+                .parse()
+                .map_err(|e: cosign::KeyRefError| BuildError::Setup {
+                    kind: StageKind::Signer,
+                    plugin: "cosign".into(),
+                    message: e.to_string(),
+                })?;
         let provider = keys::provider_for(&key_ref).map_err(|e: KeyError| BuildError::Setup {
             kind: StageKind::Signer,
             plugin: "cosign".into(),

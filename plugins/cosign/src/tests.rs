@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use image_syncer_core::digest::Digest;
-use image_syncer_core::keyref::KeyRef;
 use image_syncer_core::manifest::{RawManifest, OCI_INDEX};
 use image_syncer_core::memory::MemoryRegistry;
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{ErrorKind, ManifestTarget, SignOutcome, SignRequest, Signer, Sink};
+use image_syncer_cosign_format::KeyRef;
 use sigstore::crypto::signing_key::ecdsa::{ECDSAKeys, EllipticCurve};
 use sigstore::crypto::signing_key::SigStoreKeyPair;
 

@@ -1,6 +1,7 @@
 //! Carrying the source's signatures, attestations, SBOMs and referrers tag.
 
 use super::*;
+use crate::digest::AttachedTag;
 
 impl Prepared {
     /// Copies the source's cosign artifacts for `digest` (`.sig`, `.att`,
@@ -16,8 +17,8 @@ impl Prepared {
     ) -> Result<(Vec<String>, Vec<Descriptor>), StageError> {
         let mut carried = Vec::new();
         let mut upstream = Vec::new();
-        for suffix in [".sig", ".att", ".sbom", ""] {
-            let tag = format!("{}-{}{suffix}", digest.algorithm().as_str(), digest.hex());
+        for kind in AttachedTag::ALL {
+            let tag = kind.of(digest);
             let from = item.spec.source.with_tag(&tag);
             let m = match self
                 .retry()
@@ -31,7 +32,7 @@ impl Prepared {
                 Err(e) => return Err(e),
             };
             check_manifest(&m, None, item.source.max_manifest_bytes())?;
-            if suffix == ".sig" {
+            if kind == AttachedTag::Signature {
                 if let Ok(Manifest::Image { layers, .. }) = m.parse() {
                     upstream = layers;
                 }

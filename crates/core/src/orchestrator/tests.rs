@@ -14,7 +14,6 @@ use bytes::Bytes;
 use super::*;
 use crate::definition::{self, Definition};
 use crate::digest::ByteStream;
-use crate::keyref::KeyRef;
 use crate::manifest::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::memory::MemoryRegistry;
 use crate::registry::{Origin, RegisteredStage, StageFactory};
@@ -261,7 +260,7 @@ struct Fixed(Stage);
 impl StageFactory for Fixed {
     fn build(&self, _config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
         // Like the built-in cosign signer: a signer needs `--kms-key`.
-        if matches!(self.0, Stage::Signer(_)) && cx.key_ref.is_none() {
+        if matches!(self.0, Stage::Signer(_)) && cx.signing_key.is_none() {
             return Err(BuildError::MissingKey {
                 kind: StageKind::Signer,
                 plugin: "cosign".into(),
@@ -348,7 +347,7 @@ impl Harness {
 
     fn orchestrator(&self, key: bool, with_signer: bool) -> Orchestrator {
         let context = StageContext {
-            key_ref: key.then(|| "env://KEY".parse::<KeyRef>().unwrap()),
+            signing_key: key.then(|| "env://KEY".to_string()),
             ..StageContext::default()
         };
         Orchestrator::new(self.registry(with_signer), context)

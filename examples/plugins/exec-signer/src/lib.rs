@@ -2,8 +2,9 @@
 //! command, for keys that live behind a CLI (an HSM's tool, `pkcs11-tool`,
 //! `openssl` with an engine, a signing service's client).
 //!
-//! The signatures are cosign-compatible (the core's cosign format and
-//! verify-then-sign flow): an existing valid signature → nothing written;
+//! The signatures are cosign-compatible (the format and verify-then-sign
+//! flow of `image-syncer-cosign-format`, shared with the built-in `cosign`
+//! signer): an existing valid signature → nothing written;
 //! signatures none of which the `verify` command accepts → safety stop.
 //!
 //! ```yaml
@@ -21,9 +22,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use image_syncer_cosign_format::{sign_request, SignatureKey};
 use image_syncer_plugin::core::async_trait;
 use image_syncer_plugin::core::context::StageContext;
-use image_syncer_plugin::core::cosign::{sign_request, SignatureKey};
 use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{SignOutcome, SignRequest, StageError, StageKind};
 use image_syncer_plugin::{

@@ -2,7 +2,7 @@
 //! (password from `COSIGN_PASSWORD`), or `env://VAR` holding either.
 
 use image_syncer_core::async_trait;
-use image_syncer_core::keyref::KeyRef;
+use image_syncer_cosign_format::KeyRef;
 use sigstore::crypto::signing_key::SigStoreKeyPair;
 use sigstore::crypto::SigStoreSigner;
 

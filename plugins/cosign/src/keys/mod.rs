@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
-use image_syncer_core::keyref::KeyRef;
+use image_syncer_cosign_format::KeyRef;
 use sigstore::crypto::CosignVerificationKey;
 
 mod local;

@@ -1,5 +1,8 @@
-//! cosign's classic signature format and the verify-then-sign flow, shared by
-//! signer plugins. Keys are abstract ([`SignatureKey`]): where a signature
+//! cosign's classic signature format, the key references (`--kms-key`
+//! schemes, [`KeyRef`]) and the verify-then-sign flow: a library shared by
+//! the built-in `cosign` signer and the `exec` example signer (plugins never
+//! depend on plugins; both depend on this). The core knows "a signer" only.
+//! Keys are abstract ([`SignatureKey`]): where a signature
 //! comes from and how it is checked is the plugin's business; what is stored,
 //! where, and when a run must stop is decided here.
 //!
@@ -10,18 +13,21 @@
 //! - signature layers, none valid → safety stop (`ErrorKind::Integrity`);
 //! - none → sign, push payload, config and manifest (dry run: "would sign").
 
+pub mod keyref;
 pub mod payload;
 pub mod sigmanifest;
+
+pub use keyref::{KeyRef, KeyRefError};
 
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tracing::{debug, info};
 
-use crate::digest::{Digest, VerifyingStream};
-use crate::manifest::{Descriptor, Manifest};
-use crate::reference::ImageRef;
-use crate::stage::{ManifestTarget, SignOutcome, SignRequest, Sink, StageError};
+use image_syncer_core::digest::{Digest, VerifyingStream};
+use image_syncer_core::manifest::{Descriptor, Manifest};
+use image_syncer_core::reference::ImageRef;
+use image_syncer_core::stage::{ManifestTarget, SignOutcome, SignRequest, Sink, StageError};
 use sigmanifest::{SignatureLayer, SIMPLE_SIGNING};
 
 /// Payload blobs larger than this are not read when verifying (cosign's are ~200 bytes).

@@ -4,18 +4,19 @@
 
 use std::collections::BTreeMap;
 
-use crate::digest::Digest;
-use crate::manifest::{Descriptor, RawManifest, OCI_MANIFEST};
 use bytes::Bytes;
+use image_syncer_core::digest::{AttachedTag, Digest};
+use image_syncer_core::manifest::{Descriptor, RawManifest, OCI_MANIFEST};
 use serde::Serialize;
 
 pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 
-/// The tag holding the signatures of `digest`: `sha256-<hex>.sig`.
+/// The tag holding the signatures of `digest`: `sha256-<hex>.sig` (the
+/// rule is the core's [`AttachedTag`], shared with carrying).
 pub fn signature_tag(digest: &Digest) -> String {
-    format!("{}-{}.sig", digest.algorithm().as_str(), digest.hex())
+    AttachedTag::Signature.of(digest)
 }
 
 /// One signature layer.
@@ -29,7 +30,7 @@ pub struct SignatureLayer {
 /// The layers of a signature manifest (all layers, signatures or not).
 pub fn layers(manifest: &RawManifest) -> Result<Vec<SignatureLayer>, String> {
     match manifest.parse().map_err(|e| e.to_string())? {
-        crate::manifest::Manifest::Image { layers, .. } => Ok(layers
+        image_syncer_core::manifest::Manifest::Image { layers, .. } => Ok(layers
             .into_iter()
             .map(|d| SignatureLayer {
                 signature: d

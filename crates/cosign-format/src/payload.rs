@@ -1,7 +1,7 @@
 //! The simple-signing payload cosign signs, byte for byte as cosign writes it.
 
-use crate::digest::Digest;
-use crate::reference::{is_docker_hub, ImageRef};
+use image_syncer_core::digest::Digest;
+use image_syncer_core::reference::{is_docker_hub, ImageRef};
 use serde::Deserialize;
 
 /// `registry/repository` of the target as cosign names it (`index.docker.io`
