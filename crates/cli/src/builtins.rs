@@ -10,16 +10,36 @@ use image_syncer_retag as _;
 
 #[cfg(test)]
 mod tests {
-    use image_syncer_core::context::StageContext;
+    use image_syncer_core::context::RunContext;
     use image_syncer_core::definition::{config_to_yaml, parse_config_yaml};
-    use image_syncer_core::registry::StageRegistry;
+    use image_syncer_core::registry::{BuildError, ConfigValue, StageRegistry};
+    use image_syncer_core::stage::StageKind;
+
+    /// Builds the stage `name` of `kind` with its kind's part of `cx`.
+    fn build(
+        registry: &StageRegistry,
+        kind: StageKind,
+        name: &str,
+        config: &ConfigValue,
+        cx: &RunContext,
+    ) -> Result<(), BuildError> {
+        match kind {
+            StageKind::Source => registry.build_source(name, config, &cx.source()).map(drop),
+            StageKind::Sink => registry.build_sink(name, config, &cx.sink()).map(drop),
+            StageKind::Transform => registry
+                .build_transform(name, config, &cx.transform())
+                .map(drop),
+            StageKind::Guard => registry.build_guard(name, config, &cx.guard()).map(drop),
+            _ => registry.build_signer(name, config, &cx.signer()).map(drop),
+        }
+    }
 
     #[test]
     fn the_shipped_schema_is_current() {
         let shipped = include_str!("../../../docs/definition.schema.json");
         let registry = StageRegistry::builtin().unwrap();
         assert!(
-            shipped == image_syncer_core::definition::json_schema(&registry),
+            shipped == registry.definition_schema(),
             "docs/definition.schema.json is stale: run `image-syncer --print-schema > docs/definition.schema.json`"
         );
     }
@@ -30,11 +50,11 @@ mod tests {
     fn the_schema_carries_every_builtin_config_schema() {
         let registry = StageRegistry::builtin().unwrap();
         let schema: serde_json::Value =
-            serde_json::from_str(&image_syncer_core::definition::json_schema(&registry)).unwrap();
+            serde_json::from_str(&registry.definition_schema()).unwrap();
         let mut seen = 0;
         for s in registry.iter() {
             let def = format!("{}Stage", {
-                let k = s.kind.to_string();
+                let k = s.kind().to_string();
                 k[..1].to_uppercase() + &k[1..]
             });
             let branches = schema["$defs"][&def]["anyOf"]
@@ -93,17 +113,15 @@ mod tests {
             .status()
             .expect("openssl");
         assert!(status.success());
-        let cx = StageContext {
-            base_dir: dir.path().to_path_buf(),
-            transports: vec!["oci".into()],
-            signing_key: Some(key.display().to_string()),
-            ..Default::default()
-        };
+        let mut cx = RunContext::default();
+        cx.base_dir = dir.path().to_path_buf();
+        cx.transports = vec!["oci".into()];
+        cx.signing_key = Some(key.display().to_string());
         let registry = StageRegistry::builtin().unwrap();
         let mut built = 0;
         for s in registry.iter() {
             let value = parse_config_yaml(&s.example_config)
-                .unwrap_or_else(|e| panic!("{} {}: example config: {e}", s.kind, s.name));
+                .unwrap_or_else(|e| panic!("{} {}: example config: {e}", s.kind(), s.name));
             // The example is generated from the config type: every key it
             // shows is a property of the config's schema.
             let schema = s.config_schema.as_ref().expect("built-ins have a schema");
@@ -111,32 +129,40 @@ mod tests {
                 assert!(
                     schema["properties"].get(key).is_some(),
                     "{} {}: example key {key} is not in the schema",
-                    s.kind,
+                    s.kind(),
                     s.name
                 );
             }
             let again = parse_config_yaml(&config_to_yaml(&value)).unwrap();
             assert_eq!(
-                value, again,
+                value,
+                again,
                 "{} {}: YAML round trip changed the config",
-                s.kind, s.name
+                s.kind(),
+                s.name
             );
-            let stage = registry
-                .build(s.kind, &s.name, &value, &cx)
-                .unwrap_or_else(|e| {
-                    panic!("{} {}: example config does not build: {e}", s.kind, s.name)
-                });
-            assert_eq!(stage.kind(), s.kind);
+            build(&registry, s.kind(), &s.name, &value, &cx).unwrap_or_else(|e| {
+                panic!(
+                    "{} {}: example config does not build: {e}",
+                    s.kind(),
+                    s.name
+                )
+            });
             // An unknown key is refused by every plugin's typed config.
             let mut bad = match value {
                 serde_json::Value::Object(m) => m,
                 _ => Default::default(),
             };
             bad.insert("noSuchSetting".into(), serde_json::Value::Bool(true));
-            let err = registry
-                .build(s.kind, &s.name, &serde_json::Value::Object(bad), &cx)
-                .err()
-                .unwrap_or_else(|| panic!("{} {} accepted an unknown key", s.kind, s.name));
+            let err = build(
+                &registry,
+                s.kind(),
+                &s.name,
+                &serde_json::Value::Object(bad),
+                &cx,
+            )
+            .err()
+            .unwrap_or_else(|| panic!("{} {} accepted an unknown key", s.kind(), s.name));
             assert!(err.to_string().contains("noSuchSetting"), "{err}");
             built += 1;
         }

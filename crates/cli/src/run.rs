@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use image_syncer_core::context::{Credentials, Secret, StageContext};
+use image_syncer_core::context::{Credentials, RunContext, Secret};
 use image_syncer_core::definition;
 use image_syncer_core::orchestrator::{Orchestrator, PrepareError};
 use image_syncer_core::registry::StageRegistry;
@@ -46,13 +46,19 @@ fn init_logging(debug: bool) {
 /// A preparation error in the CLI's words: a missing signing key names the
 /// flags that give one (the core says only what is missing).
 fn with_flags(e: PrepareError) -> String {
-    use image_syncer_core::registry::BuildError;
+    use image_syncer_core::registry::{BuildError, ContextInput};
     let needs_key = matches!(
         &e,
         PrepareError::SigningWithoutKey { .. }
-            | PrepareError::Build(BuildError::MissingKey { .. })
+            | PrepareError::Build(BuildError::MissingInput {
+                input: ContextInput::SigningKey,
+                ..
+            })
             | PrepareError::Stage {
-                source: BuildError::MissingKey { .. },
+                source: BuildError::MissingInput {
+                    input: ContextInput::SigningKey,
+                    ..
+                },
                 ..
             }
     );
@@ -123,7 +129,7 @@ fn warn_if_readable_by_others(_path: &Path) {}
 pub fn render_stages(registry: &StageRegistry) -> String {
     let mut out = String::new();
     for s in registry.iter() {
-        out.push_str(&format!("{} {}\n", s.kind, s.name));
+        out.push_str(&format!("{} {}\n", s.kind(), s.name));
         out.push_str(&format!("  {}\n", s.description));
         if let Some(t) = &s.transport {
             out.push_str(&format!("  serves references written `{t}:...`\n"));
@@ -227,7 +233,7 @@ pub fn run(args: Args) -> Exit {
         }
     }
     if args.print_schema {
-        print!("{}", definition::json_schema(&registry));
+        print!("{}", registry.definition_schema());
         return Exit::Ok;
     }
     if args.list_stages {
@@ -271,17 +277,18 @@ pub fn run(args: Args) -> Exit {
             Err(e) => return input_error(format!("{shown}: cannot read the CA file: {e}")),
         }
     }
-    let cx = StageContext {
-        registries: def.registries.clone(),
-        insecure_registries: args.insecure_registries.clone(),
-        target_credentials: credentials,
-        target_registry,
-        base_dir: def.base_dir(),
-        transports: transports.clone(),
-        signing_key: args.kms_key.as_ref().map(|k| k.to_string()),
-        ca_certificates,
-        flow: Default::default(),
+    let mut cx = RunContext::default();
+    cx.registries.hosts = match def.registry_access() {
+        Ok(hosts) => hosts,
+        Err(e) => return input_error(e),
     };
+    cx.registries.insecure = args.insecure_registries.clone();
+    let target_credentials = credentials.is_some();
+    cx.registries.target = target_registry.clone().zip(credentials);
+    cx.registries.ca_certificates = ca_certificates;
+    cx.base_dir = def.base_dir();
+    cx.transports = transports.clone();
+    cx.signing_key = args.kms_key.as_ref().map(|k| k.to_string());
     let shard = match (args.shard, args.shard_count) {
         (Some(s), _) => Some(s),
         (None, Some(count)) => {
@@ -299,8 +306,6 @@ pub fn run(args: Args) -> Exit {
         }
         (None, None) => None,
     };
-    let target_registry = cx.target_registry.clone();
-    let target_credentials = cx.target_credentials.is_some();
     let orchestrator = Orchestrator::new(registry, cx);
     let prepared = match orchestrator.prepare_shard(&def, args.dry_run, shard) {
         Ok(p) => p,
@@ -312,7 +317,7 @@ pub fn run(args: Args) -> Exit {
         .or(def.jobs)
         .unwrap_or(image_syncer_core::orchestrator::DEFAULT_JOBS);
     let prepared = prepared.with_jobs(jobs).with_retry({
-        let mut policy = def.retry.policy();
+        let mut policy = image_syncer_core::retry::RetryPolicy::from_settings(&def.retry);
         if let Some(n) = args.retries {
             policy.retries = n;
         }

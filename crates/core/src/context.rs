@@ -1,10 +1,9 @@
-//! What a stage factory gets to build a stage from, besides its own config.
+//! What a stage factory gets to build a stage from, besides its own config:
+//! one context per kind, each a part of the run's [`RunContext`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-
-use crate::definition::RegistrySettings;
 
 /// A secret string. Its `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -39,69 +38,258 @@ pub enum Credentials {
     Bearer { token: Secret },
 }
 
-/// Everything outside its own config that a stage may need. New inputs are
-/// added here, not to the factory trait.
+/// How one registry is reached, from the definition's `registries:` entry
+/// (credentials already read from their environment variable or file).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistryAccess {
+    /// Connect to this `host[:port]` instead (a mirror); repository names are unchanged.
+    pub endpoint: Option<String>,
+    /// Reach it over plain HTTP.
+    pub insecure: bool,
+    /// Log in with these.
+    pub credentials: Option<Credentials>,
+}
+
+impl RegistryAccess {
+    /// Access through `endpoint`, over HTTPS, anonymous.
+    pub fn new() -> RegistryAccess {
+        RegistryAccess::default()
+    }
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> RegistryAccess {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+    pub fn with_insecure(mut self, insecure: bool) -> RegistryAccess {
+        self.insecure = insecure;
+        self
+    }
+    pub fn with_credentials(mut self, credentials: Credentials) -> RegistryAccess {
+        self.credentials = Some(credentials);
+        self
+    }
+}
+
+/// The registries of a run, as sources and sinks reach them.
 #[derive(Clone, Debug, Default)]
-pub struct StageContext {
-    /// Per-registry settings from the definition, keyed by host as written in references.
-    pub registries: BTreeMap<String, RegistrySettings>,
-    /// Registries (host[:port]) reached over plain HTTP, from flags and env.
-    pub insecure_registries: Vec<String>,
-    /// Credentials for the target registry (`--target-repo-auth-key`).
-    pub target_credentials: Option<Credentials>,
-    /// The target registry host those credentials are for.
-    pub target_registry: Option<String>,
-    /// Directory relative paths in the definition are resolved against.
-    pub base_dir: PathBuf,
-    /// Reference transports served by registered sources/sinks (`oci` for `oci:PATH`).
-    pub transports: Vec<String>,
-    /// Extra trusted CA certificates (PEM), with the file each came from
-    /// (`--ca-file`), on top of the system's roots and `SSL_CERT_FILE`.
+#[non_exhaustive]
+pub struct Registries {
+    /// Per registry, keyed by host as written in references.
+    pub hosts: BTreeMap<String, RegistryAccess>,
+    /// Registries (host[:port]) reached over plain HTTP, given outside the
+    /// definition (the command line, the environment).
+    pub insecure: Vec<String>,
+    /// The target registry and the credentials given for it outside the
+    /// definition (a key file, an access token); they come before any other.
+    pub target: Option<(String, Credentials)>,
+    /// Extra trusted CA certificates (PEM), with the file each came from, on
+    /// top of the system's roots and `SSL_CERT_FILE`.
     pub ca_certificates: Vec<(String, Vec<u8>)>,
-    /// The signing key reference given to the run, as written (what it
-    /// means is the signer's business), if any.
-    pub signing_key: Option<String>,
     /// The run's per-registry flow control: a plugin that reads what a
     /// registry says of its limits (`ratelimit-remaining`) passes it on here.
     pub flow: std::sync::Arc<crate::flow::FlowControl>,
 }
 
-impl StageContext {
+impl Registries {
     /// Where to connect for `registry`, and whether over plain HTTP.
     pub fn endpoint_for(&self, registry: &str) -> (String, bool) {
-        let settings = self.registries.get(registry);
-        let endpoint = settings
-            .and_then(|s| s.endpoint.clone())
+        let access = self.hosts.get(registry);
+        let endpoint = access
+            .and_then(|a| a.endpoint.clone())
             .unwrap_or_else(|| registry.to_string());
-        let insecure = settings.and_then(|s| s.insecure).unwrap_or(false)
+        let insecure = access.is_some_and(|a| a.insecure)
+            || self.hosts.get(&endpoint).is_some_and(|a| a.insecure)
             || self
-                .registries
-                .get(&endpoint)
-                .and_then(|s| s.insecure)
-                .unwrap_or(false)
-            || self
-                .insecure_registries
+                .insecure
                 .iter()
                 .any(|h| h == registry || *h == endpoint);
         (endpoint, insecure)
     }
 
-    /// Parses a reference, recognising the registered transports.
-    pub fn parse_ref(
-        &self,
-        s: &str,
-    ) -> Result<crate::reference::ImageRef, crate::reference::RefParseError> {
-        let t: Vec<&str> = self.transports.iter().map(String::as_str).collect();
-        crate::reference::ImageRef::parse_with_transports(s, &t)
+    /// The credentials the definition gives for `host`: its own entry's,
+    /// else those of the first entry (by name) reached through `host` as
+    /// its endpoint.
+    pub fn configured_credentials(&self, host: &str) -> Option<&Credentials> {
+        if let Some(c) = self.hosts.get(host).and_then(|a| a.credentials.as_ref()) {
+            return Some(c);
+        }
+        self.hosts
+            .iter()
+            .filter(|(h, a)| a.credentials.is_some() && self.endpoint_for(h).0 == host)
+            .find_map(|(_, a)| a.credentials.as_ref())
     }
 
-    /// Resolves a path from the definition.
-    pub fn resolve_path(&self, path: &str) -> PathBuf {
-        let p = PathBuf::from(path);
-        if p.is_absolute() {
-            p
-        } else {
-            self.base_dir.join(p)
+    /// Every registry host the run knows of, as written: the definition's,
+    /// the plain-HTTP ones and the target.
+    pub fn known_hosts(&self) -> impl Iterator<Item = &str> {
+        self.hosts
+            .keys()
+            .map(String::as_str)
+            .chain(self.insecure.iter().map(String::as_str))
+            .chain(self.target.iter().map(|(h, _)| h.as_str()))
+    }
+}
+
+/// What a source factory gets besides its config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SourceContext {
+    pub registries: Registries,
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+    /// Reference transports served by registered sources/sinks (`oci` for `oci:PATH`).
+    pub transports: Vec<String>,
+}
+
+/// What a sink factory gets besides its config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SinkContext {
+    pub registries: Registries,
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+    /// Reference transports served by registered sources/sinks.
+    pub transports: Vec<String>,
+}
+
+/// What a transform factory gets besides its config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct TransformContext {
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+    /// Reference transports served by registered sources/sinks, for parsing
+    /// the references a transform makes.
+    pub transports: Vec<String>,
+}
+
+/// What a guard factory gets besides its config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct GuardContext {
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+    /// Reference transports served by registered sources/sinks.
+    pub transports: Vec<String>,
+}
+
+/// What a signer factory gets besides its config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SignerContext {
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+    /// The signing key reference given to the run, as written (what it
+    /// means is the signer's business), if any. A signer that needs one and
+    /// finds none returns [`crate::registry::BuildError::MissingInput`].
+    pub signing_key: Option<String>,
+}
+
+/// Everything a run gives its stages besides their configs; each factory
+/// gets the part for its kind ([`RunContext::source`], ...). New inputs are
+/// added here and to the kinds that use them, not to the factory traits.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct RunContext {
+    pub registries: Registries,
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+    /// Reference transports served by registered sources/sinks (`oci` for `oci:PATH`).
+    pub transports: Vec<String>,
+    /// The signing key reference given to the run, as written, if any.
+    pub signing_key: Option<String>,
+}
+
+impl RunContext {
+    pub fn source(&self) -> SourceContext {
+        SourceContext {
+            registries: self.registries.clone(),
+            base_dir: self.base_dir.clone(),
+            transports: self.transports.clone(),
+        }
+    }
+    pub fn sink(&self) -> SinkContext {
+        SinkContext {
+            registries: self.registries.clone(),
+            base_dir: self.base_dir.clone(),
+            transports: self.transports.clone(),
+        }
+    }
+    pub fn transform(&self) -> TransformContext {
+        TransformContext {
+            base_dir: self.base_dir.clone(),
+            transports: self.transports.clone(),
+        }
+    }
+    pub fn guard(&self) -> GuardContext {
+        GuardContext {
+            base_dir: self.base_dir.clone(),
+            transports: self.transports.clone(),
+        }
+    }
+    pub fn signer(&self) -> SignerContext {
+        SignerContext {
+            base_dir: self.base_dir.clone(),
+            signing_key: self.signing_key.clone(),
         }
     }
 }
+
+/// Resolves `path` from the definition against `base_dir`.
+pub fn resolve_path(base_dir: &std::path::Path, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        p
+    } else {
+        base_dir.join(p)
+    }
+}
+
+/// Parses a reference, recognising `transports`.
+pub fn parse_ref(
+    transports: &[String],
+    s: &str,
+) -> Result<crate::reference::ImageRef, crate::reference::RefParseError> {
+    let t: Vec<&str> = transports.iter().map(String::as_str).collect();
+    crate::reference::ImageRef::parse_with_transports(s, &t)
+}
+
+macro_rules! paths {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Resolves a path from the definition against its directory.
+            pub fn resolve_path(&self, path: &str) -> PathBuf {
+                resolve_path(&self.base_dir, path)
+            }
+        }
+    )*};
+}
+paths!(
+    SourceContext,
+    SinkContext,
+    TransformContext,
+    GuardContext,
+    SignerContext,
+    RunContext
+);
+
+macro_rules! refs {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Parses a reference, recognising the registered transports.
+            pub fn parse_ref(
+                &self,
+                s: &str,
+            ) -> Result<crate::reference::ImageRef, crate::reference::RefParseError> {
+                parse_ref(&self.transports, s)
+            }
+        }
+    )*};
+}
+refs!(
+    SourceContext,
+    SinkContext,
+    TransformContext,
+    GuardContext,
+    RunContext
+);

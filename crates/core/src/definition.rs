@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::context::{Credentials, RegistryAccess, Secret};
 use crate::reference::ImageRef;
-use crate::registry::StageRegistry;
 use crate::stage::StageKind;
 
 /// Per-registry settings, keyed by the registry host as written in references.
@@ -94,28 +94,6 @@ pub struct RetrySettings {
     /// `Retry-After` reaching past it fails the operation at once.
     #[serde(default)]
     pub budget_seconds: Option<u64>,
-}
-
-impl RetrySettings {
-    /// The policy these settings describe, over the defaults.
-    pub fn policy(&self) -> crate::retry::RetryPolicy {
-        let d = crate::retry::RetryPolicy::default();
-        crate::retry::RetryPolicy {
-            retries: self.retries.unwrap_or(d.retries),
-            base_delay: self
-                .base_delay_ms
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(d.base_delay),
-            max_delay: self
-                .max_delay_ms
-                .map(std::time::Duration::from_millis)
-                .unwrap_or(d.max_delay),
-            budget: self
-                .budget_seconds
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(d.budget),
-        }
-    }
 }
 
 /// Only the `plugins:` list, read before the rest (plugins bring transports
@@ -314,6 +292,17 @@ pub struct ImageSpec {
     pub carry_signatures: bool,
 }
 
+impl ImageSpec {
+    /// What transforms and guards see of this image.
+    pub fn entry(&self) -> crate::stage::ImageEntry {
+        let entry = crate::stage::ImageEntry::new(self.source.clone(), self.target_prefix.clone());
+        match &self.tag {
+            Some(t) => entry.with_tag(t.clone()),
+            None => entry,
+        }
+    }
+}
+
 /// A parsed and validated definition.
 #[derive(Clone, Debug)]
 pub struct Definition {
@@ -338,6 +327,54 @@ impl Definition {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         }
+    }
+
+    /// How each registry of `registries:` is reached, credentials read from
+    /// their environment variable or file (relative to the definition). A
+    /// credential that cannot be read is an input error naming the registry.
+    pub fn registry_access(&self) -> Result<BTreeMap<String, RegistryAccess>, DefinitionError> {
+        let mut out = BTreeMap::new();
+        for (host, s) in &self.registries {
+            let invalid = |message: String| DefinitionError::Invalid {
+                path: self.path.display().to_string(),
+                line: None,
+                what: format!("registries.{host}"),
+                message,
+            };
+            let env = |var: &str| {
+                std::env::var(var)
+                    .map_err(|_| invalid(format!("the environment variable {var} is not set")))
+            };
+            let credentials = match (&s.username, &s.password_env, &s.password_file, &s.token_env) {
+                (None, None, None, None) => None,
+                (None, None, None, Some(var)) => Some(Credentials::Bearer {
+                    token: Secret::new(env(var)?),
+                }),
+                (Some(user), Some(var), None, None) => Some(Credentials::Basic {
+                    username: user.clone(),
+                    password: Secret::new(env(var)?),
+                }),
+                (Some(user), None, Some(file), None) => {
+                    let path = crate::context::resolve_path(&self.base_dir(), file);
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        invalid(format!("cannot read passwordFile {}: {e}", path.display()))
+                    })?;
+                    Some(Credentials::Basic {
+                        username: user.clone(),
+                        password: Secret::new(text.trim_end_matches(['\n', '\r'])),
+                    })
+                }
+                _ => return Err(invalid(
+                    "give `username` with one of `passwordEnv`/`passwordFile`, or `tokenEnv` alone"
+                        .into(),
+                )),
+            };
+            let mut access = RegistryAccess::new().with_insecure(s.insecure.unwrap_or(false));
+            access.endpoint = s.endpoint.clone();
+            access.credentials = credentials;
+            out.insert(host.clone(), access);
+        }
+        Ok(out)
     }
 }
 

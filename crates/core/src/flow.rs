@@ -79,10 +79,13 @@ struct Gate {
     freed: Notify,
 }
 
+/// Operations at once per registry unless a run says otherwise (`--jobs`).
+pub const DEFAULT_CAP: usize = 4;
+
 /// The gates of one run, one per registry (keyed as the orchestrator names
 /// them: the registry host of a reference, or `<transport>:`).
 ///
-/// One lives in the [`crate::context::StageContext`], so that a plugin can
+/// One lives in the [`crate::context::Registries`], so that a plugin can
 /// pass on what a registry says of its limits; the orchestrator sets its cap
 /// when a run starts.
 pub struct FlowControl {
@@ -96,7 +99,7 @@ pub struct FlowControl {
 
 impl Default for FlowControl {
     fn default() -> Self {
-        FlowControl::new(crate::orchestrator::DEFAULT_JOBS)
+        FlowControl::new(DEFAULT_CAP)
     }
 }
 
@@ -131,9 +134,9 @@ impl FlowControl {
     pub fn new(cap: usize) -> FlowControl {
         FlowControl {
             cap: AtomicUsize::new(cap.max(1)),
-            longest_pause_ms: AtomicU64::new(
-                crate::retry::RetryPolicy::default().budget.as_millis() as u64,
-            ),
+            // Until a run starts (and sets its retry budget), no pause is
+            // refused as too long.
+            longest_pause_ms: AtomicU64::new(u64::MAX),
             gates: Mutex::default(),
         }
     }

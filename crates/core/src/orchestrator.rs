@@ -21,7 +21,7 @@ use futures_util::{stream, FutureExt, StreamExt};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
-use crate::context::StageContext;
+use crate::context::RunContext;
 use crate::definition::{Definition, ImageSpec};
 use crate::digest::{Digest, VerifyingStream};
 use crate::flow::FlowControl;
@@ -31,7 +31,7 @@ use crate::registry::{BuildError, StageRegistry};
 use crate::report::{Action, ImageReport, Report};
 use crate::retry::{Retry, RetryPolicy};
 use crate::stage::{
-    ErrorKind, Guard, GuardInput, ManifestTarget, SignRequest, Signer, Sink, Source, Stage,
+    ErrorKind, Guard, GuardInput, ImageEntry, ManifestTarget, SignRequest, Signer, Sink, Source,
     StageError, StageKind, Transform, TransformInput, Verdict,
 };
 
@@ -92,11 +92,13 @@ fn line_prefix(path: &str, line: Option<usize>) -> String {
 /// Builds pipelines from the registry and runs definitions through them.
 pub struct Orchestrator {
     pub registry: StageRegistry,
-    pub context: StageContext,
+    pub context: RunContext,
 }
 
 struct Item {
     spec: ImageSpec,
+    /// What guards see of the image.
+    entry: ImageEntry,
     target: ImageRef,
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
@@ -127,7 +129,7 @@ fn registry_of(r: &ImageRef) -> String {
 }
 
 /// The default number of images (and of blobs per image) worked on at once.
-pub const DEFAULT_JOBS: usize = 4;
+pub const DEFAULT_JOBS: usize = crate::flow::DEFAULT_CAP;
 
 impl Prepared {
     /// The targets, in definition order.

@@ -10,15 +10,81 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::context::StageContext;
-use crate::stage::{Stage, StageKind};
+use crate::context::{GuardContext, SignerContext, SinkContext, SourceContext, TransformContext};
+use crate::stage::{Guard, Signer, Sink, Source, StageKind, Transform};
 
 /// A plugin config as found in the definition: a tree of plain values.
 pub type ConfigValue = serde_json::Value;
 
-/// Builds a running stage from its config and the context.
-pub trait StageFactory: Send + Sync {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError>;
+macro_rules! factories {
+    ($($(#[$doc:meta])* $factory:ident, $context:ty, $stage:ident, $variant:ident, $ctor:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub trait $factory: Send + Sync {
+                fn build(&self, config: &ConfigValue, cx: &$context)
+                    -> Result<Arc<dyn $stage>, BuildError>;
+            }
+
+            impl<F> $factory for F
+            where
+                F: Fn(&ConfigValue, &$context) -> Result<Arc<dyn $stage>, BuildError> + Send + Sync,
+            {
+                fn build(&self, config: &ConfigValue, cx: &$context)
+                    -> Result<Arc<dyn $stage>, BuildError> {
+                    self(config, cx)
+                }
+            }
+        )*
+
+        /// A plugin's factory: one kind, its own context, its own stage type.
+        #[derive(Clone)]
+        pub enum Factory {
+            $($variant(Arc<dyn $factory>),)*
+        }
+
+        impl Factory {
+            /// The kind of stage this factory builds.
+            pub fn kind(&self) -> StageKind {
+                match self {
+                    $(Factory::$variant(_) => StageKind::$variant,)*
+                }
+            }
+            $(
+                pub fn $ctor(factory: impl $factory + 'static) -> Factory {
+                    Factory::$variant(Arc::new(factory))
+                }
+            )*
+        }
+    };
+}
+
+factories! {
+    /// Builds a source from its config.
+    SourceFactory, SourceContext, Source, Source, source;
+    /// Builds a sink from its config.
+    SinkFactory, SinkContext, Sink, Sink, sink;
+    /// Builds a transform from its config.
+    TransformFactory, TransformContext, Transform, Transform, transform;
+    /// Builds a guard from its config.
+    GuardFactory, GuardContext, Guard, Guard, guard;
+    /// Builds a signer from its config.
+    SignerFactory, SignerContext, Signer, Signer, signer;
+}
+
+/// An input of a stage's context that the run was not given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContextInput {
+    /// [`SignerContext::signing_key`].
+    SigningKey,
+}
+
+impl std::fmt::Display for ContextInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContextInput::SigningKey => "a signing key",
+        })
+    }
 }
 
 /// A stage cannot be built.
@@ -36,10 +102,15 @@ pub enum BuildError {
         plugin: String,
         message: String,
     },
-    /// The stage signs, and no signing key (`--kms-key`) was given. The
-    /// orchestrator reports it naming the images that asked for signing.
-    #[error("{kind} plugin `{plugin}` needs a signing key, and none was given")]
-    MissingKey { kind: StageKind, plugin: String },
+    /// The stage needs an input of its context the run was not given (a
+    /// signer's key). The orchestrator reports it naming the images that
+    /// asked for the stage; the CLI names the flag that gives it.
+    #[error("{kind} plugin `{plugin}` needs {input}, and none was given")]
+    MissingInput {
+        kind: StageKind,
+        plugin: String,
+        input: ContextInput,
+    },
     #[error("no {kind} plugin named `{name}` (known: {known})")]
     Unknown {
         kind: StageKind,
@@ -66,7 +137,6 @@ pub enum BuildError {
 
 /// A built-in stage plugin's declaration, submitted with `inventory::submit!`.
 pub struct StagePlugin {
-    pub kind: StageKind,
     pub name: &'static str,
     pub description: &'static str,
     /// The config type's JSON Schema and example, from the type
@@ -75,7 +145,8 @@ pub struct StagePlugin {
     /// For sources and sinks: the reference transport served (`oci` for
     /// `oci:PATH`), `None` for registry references.
     pub transport: Option<&'static str>,
-    pub factory: &'static (dyn StageFactory + 'static),
+    /// Makes the factory (its kind is the plugin's kind).
+    pub factory: fn() -> Factory,
 }
 
 inventory::collect!(StagePlugin);
@@ -151,7 +222,6 @@ impl std::fmt::Display for Origin {
 /// One entry of the registry.
 #[derive(Clone)]
 pub struct RegisteredStage {
-    pub kind: StageKind,
     pub name: String,
     pub description: String,
     /// An example config, in YAML, as it would appear under `config:`.
@@ -161,14 +231,13 @@ pub struct RegisteredStage {
     pub config_schema: Option<ConfigValue>,
     pub transport: Option<String>,
     pub origin: Origin,
-    pub factory: Arc<dyn StageFactory>,
+    pub factory: Factory,
 }
 
-struct StaticFactory(&'static (dyn StageFactory + 'static));
-
-impl StageFactory for StaticFactory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        self.0.build(config, cx)
+impl RegisteredStage {
+    /// The kind of stage, from its factory.
+    pub fn kind(&self) -> StageKind {
+        self.factory.kind()
     }
 }
 
@@ -184,14 +253,13 @@ impl StageRegistry {
         let mut r = StageRegistry::default();
         for p in inventory::iter::<StagePlugin> {
             r.insert(RegisteredStage {
-                kind: p.kind,
                 name: p.name.to_string(),
                 description: p.description.to_string(),
                 example_config: (p.config.example)(),
                 config_schema: Some((p.config.schema)()),
                 transport: p.transport.map(str::to_string),
                 origin: Origin::Builtin,
-                factory: Arc::new(StaticFactory(p.factory)),
+                factory: (p.factory)(),
             })?;
         }
         Ok(r)
@@ -204,10 +272,10 @@ impl StageRegistry {
             if let Some(other) = self
                 .entries
                 .values()
-                .find(|s| s.kind == stage.kind && s.transport.as_ref() == Some(t))
+                .find(|s| s.kind() == stage.kind() && s.transport.as_ref() == Some(t))
             {
                 return Err(BuildError::TransportTaken {
-                    kind: stage.kind,
+                    kind: stage.kind(),
                     name: stage.name.clone(),
                     transport: t.clone(),
                     other: other.name.clone(),
@@ -216,10 +284,10 @@ impl StageRegistry {
                 });
             }
         }
-        let key = (stage.kind, stage.name.clone());
+        let key = (stage.kind(), stage.name.clone());
         if let Some(existing) = self.entries.get(&key) {
             return Err(BuildError::Duplicate {
-                kind: stage.kind,
+                kind: stage.kind(),
                 name: stage.name,
                 first: existing.origin.to_string(),
                 second: stage.origin.to_string(),
@@ -237,6 +305,15 @@ impl StageRegistry {
                 name: name.to_string(),
                 known: self.names(kind).join(", "),
             })
+    }
+
+    /// The JSON Schema of the definition file, each stage entry narrowed to
+    /// the plugins registered here ([`crate::definition::json_schema`]).
+    pub fn definition_schema(&self) -> String {
+        crate::definition::json_schema(
+            self.iter()
+                .map(|s| (s.kind(), s.name.as_str(), s.config_schema.as_ref())),
+        )
     }
 
     /// Names of the stages of one kind, sorted.
@@ -261,7 +338,7 @@ impl StageRegistry {
     ) -> Option<&RegisteredStage> {
         self.entries
             .values()
-            .find(|s| s.kind == kind && s.transport.as_deref() == transport)
+            .find(|s| s.kind() == kind && s.transport.as_deref() == transport)
     }
 
     /// Transports served by some source or sink, for reference parsing.
@@ -276,23 +353,78 @@ impl StageRegistry {
         t
     }
 
-    /// Builds one stage, checking it is of the kind asked for.
-    pub fn build(
+    /// Builds a source.
+    pub fn build_source(
         &self,
-        kind: StageKind,
         name: &str,
         config: &ConfigValue,
-        cx: &StageContext,
-    ) -> Result<Stage, BuildError> {
-        let entry = self.get(kind, name)?;
-        let stage = entry.factory.build(config, cx)?;
-        if stage.kind() != kind {
-            return Err(BuildError::Setup {
-                kind,
-                plugin: name.to_string(),
-                message: format!("factory built a {} stage", stage.kind()),
-            });
+        cx: &SourceContext,
+    ) -> Result<Arc<dyn Source>, BuildError> {
+        match &self.get(StageKind::Source, name)?.factory {
+            Factory::Source(f) => f.build(config, cx),
+            _ => Err(self.unknown(StageKind::Source, name)),
         }
-        Ok(stage)
+    }
+
+    /// Builds a sink.
+    pub fn build_sink(
+        &self,
+        name: &str,
+        config: &ConfigValue,
+        cx: &SinkContext,
+    ) -> Result<Arc<dyn Sink>, BuildError> {
+        match &self.get(StageKind::Sink, name)?.factory {
+            Factory::Sink(f) => f.build(config, cx),
+            _ => Err(self.unknown(StageKind::Sink, name)),
+        }
+    }
+
+    /// Builds a transform.
+    pub fn build_transform(
+        &self,
+        name: &str,
+        config: &ConfigValue,
+        cx: &TransformContext,
+    ) -> Result<Arc<dyn Transform>, BuildError> {
+        match &self.get(StageKind::Transform, name)?.factory {
+            Factory::Transform(f) => f.build(config, cx),
+            _ => Err(self.unknown(StageKind::Transform, name)),
+        }
+    }
+
+    /// Builds a guard.
+    pub fn build_guard(
+        &self,
+        name: &str,
+        config: &ConfigValue,
+        cx: &GuardContext,
+    ) -> Result<Arc<dyn Guard>, BuildError> {
+        match &self.get(StageKind::Guard, name)?.factory {
+            Factory::Guard(f) => f.build(config, cx),
+            _ => Err(self.unknown(StageKind::Guard, name)),
+        }
+    }
+
+    /// Builds a signer.
+    pub fn build_signer(
+        &self,
+        name: &str,
+        config: &ConfigValue,
+        cx: &SignerContext,
+    ) -> Result<Arc<dyn Signer>, BuildError> {
+        match &self.get(StageKind::Signer, name)?.factory {
+            Factory::Signer(f) => f.build(config, cx),
+            _ => Err(self.unknown(StageKind::Signer, name)),
+        }
+    }
+
+    // Entries are keyed by their factory's kind, so the other arms above
+    // cannot be taken; they answer as for an unknown name all the same.
+    fn unknown(&self, kind: StageKind, name: &str) -> BuildError {
+        BuildError::Unknown {
+            kind,
+            name: name.to_string(),
+            known: self.names(kind).join(", "),
+        }
     }
 }

@@ -49,6 +49,26 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy the definition's `retry:` settings describe, over the defaults.
+    pub fn from_settings(settings: &crate::definition::RetrySettings) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        RetryPolicy {
+            retries: settings.retries.unwrap_or(d.retries),
+            base_delay: settings
+                .base_delay_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.base_delay),
+            max_delay: settings
+                .max_delay_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.max_delay),
+            budget: settings
+                .budget_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(d.budget),
+        }
+    }
+
     /// No retries.
     pub fn none() -> RetryPolicy {
         RetryPolicy {

@@ -1,7 +1,8 @@
 //! The five stage traits the orchestrator drives, and the error every stage returns.
 //!
-//! Stages are built by [`crate::registry::StageFactory`]s from a typed config and a
-//! [`crate::context::StageContext`]; they never see the definition file itself.
+//! Stages are built by the factories of [`crate::registry`] from a typed
+//! config and their kind's context ([`crate::context`]); they never see the
+//! definition file itself: what they learn of an image is an [`ImageEntry`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,7 +10,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::definition::ImageSpec;
 use crate::digest::{ByteStream, Digest};
 use crate::manifest::{Descriptor, RawManifest};
 use crate::reference::ImageRef;
@@ -297,12 +297,49 @@ pub trait Sink: Send + Sync {
     ) -> Result<(), StageError>;
 }
 
-/// What the transform chain works on: one image of the definition.
+/// One image of the run as transforms and guards see it: what the definition
+/// says of the image itself, nothing of other stages' settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ImageEntry {
+    /// The source, as written (by tag or digest).
+    pub source: ImageRef,
+    /// The entry's `tag:`, a re-tag (required for digest sources).
+    pub tag: Option<String>,
+    /// The target prefix that applies to this image (`targetRepoPrefix`).
+    pub target_prefix: String,
+}
+
+impl ImageEntry {
+    /// An entry for `source`, under `target_prefix`, without a re-tag.
+    pub fn new(source: ImageRef, target_prefix: impl Into<String>) -> ImageEntry {
+        ImageEntry {
+            source,
+            tag: None,
+            target_prefix: target_prefix.into(),
+        }
+    }
+
+    /// This entry, re-tagged to `tag`.
+    pub fn with_tag(mut self, tag: impl Into<String>) -> ImageEntry {
+        self.tag = Some(tag.into());
+        self
+    }
+}
+
+/// What the transform chain works on: one image of the run.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct TransformInput<'a> {
-    pub spec: &'a ImageSpec,
+    pub image: &'a ImageEntry,
     /// The target computed by the previous transform, if any.
     pub target: Option<ImageRef>,
+}
+
+impl<'a> TransformInput<'a> {
+    pub fn new(image: &'a ImageEntry, target: Option<ImageRef>) -> TransformInput<'a> {
+        TransformInput { image, target }
+    }
 }
 
 /// Computes (or rewrites) the target reference of an image.
@@ -312,12 +349,29 @@ pub trait Transform: Send + Sync {
 
 /// What a guard decides from.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GuardInput<'a> {
-    pub spec: &'a ImageSpec,
+    pub image: &'a ImageEntry,
     pub source_digest: &'a Digest,
     pub target: &'a ImageRef,
     /// What the target tag holds now, `None` when absent.
     pub target_digest: Option<&'a Digest>,
+}
+
+impl<'a> GuardInput<'a> {
+    pub fn new(
+        image: &'a ImageEntry,
+        source_digest: &'a Digest,
+        target: &'a ImageRef,
+        target_digest: Option<&'a Digest>,
+    ) -> GuardInput<'a> {
+        GuardInput {
+            image,
+            source_digest,
+            target,
+            target_digest,
+        }
+    }
 }
 
 /// A guard's decision. When several guards run, the strictest wins
@@ -374,28 +428,6 @@ pub trait Signer: Send + Sync {
         request: &SignRequest,
         sink: &Arc<dyn Sink>,
     ) -> Result<SignOutcome, StageError>;
-}
-
-/// A built stage, as a factory returns it.
-#[derive(Clone)]
-pub enum Stage {
-    Source(Arc<dyn Source>),
-    Sink(Arc<dyn Sink>),
-    Transform(Arc<dyn Transform>),
-    Guard(Arc<dyn Guard>),
-    Signer(Arc<dyn Signer>),
-}
-
-impl Stage {
-    pub fn kind(&self) -> StageKind {
-        match self {
-            Stage::Source(_) => StageKind::Source,
-            Stage::Sink(_) => StageKind::Sink,
-            Stage::Transform(_) => StageKind::Transform,
-            Stage::Guard(_) => StageKind::Guard,
-            Stage::Signer(_) => StageKind::Signer,
-        }
-    }
 }
 
 /// The five kinds of stage, in pipeline order.

@@ -14,23 +14,25 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use image_syncer_core::async_trait;
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::{
+    GuardContext, SignerContext, SinkContext, SourceContext, TransformContext,
+};
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    BuildError, ConfigValue, Origin, RegisteredStage, StageFactory, StageRegistry,
+    BuildError, ConfigValue, Factory, Origin, RegisteredStage, StageRegistry,
 };
 use image_syncer_core::stage::{
     ErrorKind, Guard, GuardInput, ManifestTarget, SignOutcome, SignRequest, Signer, Sink, Source,
-    Stage, StageError, Transform, Verdict,
+    StageError, Transform, Verdict,
 };
 use libloading::Library;
 use tokio::runtime::Handle;
 
 use crate::{
     BlockingGuard, BlockingSigner, BlockingSink, BlockingSource, PluginDeclaration, PluginFactory,
-    PluginStage, Registrar, ABI_VERSION, DECLARATION_SYMBOL, LAYOUT, RUSTC_VERSION,
+    Registrar, ABI_VERSION, DECLARATION_SYMBOL, LAYOUT, RUSTC_VERSION,
 };
 
 /// A plugin library that cannot be used. Nothing of it was called when a
@@ -230,62 +232,86 @@ pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
                 Some(Err(e)) => {
                     return Err(LoadError::Schema {
                         path: shown.clone(),
-                        kind: d.kind,
+                        kind: d.kind(),
                         name: d.name,
                         message: e.to_string(),
                     })
                 }
             };
             Ok(RegisteredStage {
-                kind: d.kind,
                 name: d.name,
                 description: d.description,
                 example_config: d.example_config,
                 config_schema,
                 transport: d.transport,
                 origin: Origin::Library(shown.clone()),
-                factory: Arc::new(LibraryFactory {
-                    inner: d.factory,
-                    _library: library.clone(),
-                }),
+                factory: host_factory(d.factory, library.clone()),
             })
         })
         .collect()
 }
 
-struct LibraryFactory {
-    inner: Box<dyn PluginFactory>,
-    // After `inner`: dropped after it.
-    _library: Arc<Library>,
-}
-
-impl StageFactory for LibraryFactory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        let lib = self._library.clone();
-        Ok(match self.inner.build(config, cx)? {
-            PluginStage::Source(s) => Stage::Source(Arc::new(HostSource {
-                inner: Arc::from(s),
-                _library: lib,
-            })),
-            PluginStage::Sink(s) => Stage::Sink(Arc::new(HostSink {
-                inner: Arc::from(s),
-                _library: lib,
-            })),
-            PluginStage::Transform(t) => Stage::Transform(Arc::new(HostTransform {
-                inner: t,
-                _library: lib,
-            })),
-            PluginStage::Guard(g) => Stage::Guard(Arc::new(HostGuard {
-                inner: Arc::from(g),
-                _library: lib,
-            })),
-            PluginStage::Signer(s) => Stage::Signer(Arc::new(HostSigner {
-                inner: Arc::from(s),
-                _library: lib,
-            })),
-        })
+/// A plugin's factory as the core's: each stage it builds is adapted to the
+/// core's async traits and holds the library.
+fn host_factory(factory: PluginFactory, library: Arc<Library>) -> Factory {
+    // Each closure owns a `Lib`: the factory drops before the library.
+    match factory {
+        PluginFactory::Source(f) => {
+            let held = Lib(f, library);
+            Factory::source(move |c: &ConfigValue, cx: &SourceContext| {
+                let s = held.0.build(c, cx)?;
+                Ok(Arc::new(HostSource {
+                    inner: Arc::from(s),
+                    _library: held.1.clone(),
+                }) as Arc<dyn Source>)
+            })
+        }
+        PluginFactory::Sink(f) => {
+            let held = Lib(f, library);
+            Factory::sink(move |c: &ConfigValue, cx: &SinkContext| {
+                let s = held.0.build(c, cx)?;
+                Ok(Arc::new(HostSink {
+                    inner: Arc::from(s),
+                    _library: held.1.clone(),
+                }) as Arc<dyn Sink>)
+            })
+        }
+        PluginFactory::Transform(f) => {
+            let held = Lib(f, library);
+            Factory::transform(move |c: &ConfigValue, cx: &TransformContext| {
+                let t = held.0.build(c, cx)?;
+                Ok(Arc::new(HostTransform {
+                    inner: t,
+                    _library: held.1.clone(),
+                }) as Arc<dyn Transform>)
+            })
+        }
+        PluginFactory::Guard(f) => {
+            let held = Lib(f, library);
+            Factory::guard(move |c: &ConfigValue, cx: &GuardContext| {
+                let g = held.0.build(c, cx)?;
+                Ok(Arc::new(HostGuard {
+                    inner: Arc::from(g),
+                    _library: held.1.clone(),
+                }) as Arc<dyn Guard>)
+            })
+        }
+        PluginFactory::Signer(f) => {
+            let held = Lib(f, library);
+            Factory::signer(move |c: &ConfigValue, cx: &SignerContext| {
+                let s = held.0.build(c, cx)?;
+                Ok(Arc::new(HostSigner {
+                    inner: Arc::from(s),
+                    _library: held.1.clone(),
+                }) as Arc<dyn Signer>)
+            })
+        }
     }
 }
+
+/// Something from a library, and the library: a tuple struct's fields drop
+/// in order, so the library outlives what came from it.
+struct Lib<T>(T, Arc<Library>);
 
 /// Runs a plugin call on the blocking pool. Plugin panics are already turned
 /// into stage errors on the plugin's side (see `Registrar::register`); a join
@@ -516,17 +542,17 @@ struct HostGuard {
 impl Guard for HostGuard {
     async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
         let inner = self.inner.clone();
-        let spec = input.spec.clone();
+        let image = input.image.clone();
         let source_digest = input.source_digest.clone();
         let target = input.target.clone();
         let target_digest = input.target_digest.cloned();
         blocking("guard", move || {
-            inner.check(GuardInput {
-                spec: &spec,
-                source_digest: &source_digest,
-                target: &target,
-                target_digest: target_digest.as_ref(),
-            })
+            inner.check(GuardInput::new(
+                &image,
+                &source_digest,
+                &target,
+                target_digest.as_ref(),
+            ))
         })
         .await
     }

@@ -34,7 +34,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 pub use image_syncer_core as core;
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::{
+    GuardContext, SignerContext, SinkContext, SourceContext, TransformContext,
+};
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
@@ -71,10 +73,14 @@ pub const LAYOUT: u64 = {
         align_of::<StageError>(),
         size_of::<BuildError>(),
         align_of::<BuildError>(),
-        size_of::<StageContext>(),
-        align_of::<StageContext>(),
-        size_of::<image_syncer_core::definition::ImageSpec>(),
-        size_of::<image_syncer_core::definition::StageSpec>(),
+        size_of::<SourceContext>(),
+        align_of::<SourceContext>(),
+        size_of::<SinkContext>(),
+        size_of::<TransformContext>(),
+        size_of::<GuardContext>(),
+        size_of::<SignerContext>(),
+        size_of::<image_syncer_core::stage::ImageEntry>(),
+        align_of::<image_syncer_core::stage::ImageEntry>(),
         size_of::<GuardInput<'static>>(),
         size_of::<Verdict>(),
         size_of::<image_syncer_core::stage::TransformInput<'static>>(),
@@ -83,7 +89,7 @@ pub const LAYOUT: u64 = {
         size_of::<ManifestTarget>(),
         size_of::<ConfigValue>(),
         size_of::<bytes::Bytes>(),
-        size_of::<PluginStage>(),
+        size_of::<PluginFactory>(),
         size_of::<StageDeclaration>(),
         size_of::<Registrar>(),
         size_of::<log::HostLog>(),
@@ -187,36 +193,63 @@ pub trait BlockingSigner: Send + Sync {
     ) -> Result<SignOutcome, StageError>;
 }
 
-/// A stage built by a plugin factory.
-pub enum PluginStage {
-    Source(Box<dyn BlockingSource>),
-    Sink(Box<dyn BlockingSink>),
-    Transform(Box<dyn Transform>),
-    Guard(Box<dyn BlockingGuard>),
-    Signer(Box<dyn BlockingSigner>),
-}
+macro_rules! plugin_factories {
+    ($($(#[$doc:meta])* $factory:ident, $context:ty, $stage:ty, $variant:ident, $ctor:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub trait $factory: Send + Sync {
+                fn build(&self, config: &ConfigValue, cx: &$context)
+                    -> Result<Box<$stage>, BuildError>;
+            }
 
-impl PluginStage {
-    pub fn kind(&self) -> StageKind {
-        match self {
-            PluginStage::Source(_) => StageKind::Source,
-            PluginStage::Sink(_) => StageKind::Sink,
-            PluginStage::Transform(_) => StageKind::Transform,
-            PluginStage::Guard(_) => StageKind::Guard,
-            PluginStage::Signer(_) => StageKind::Signer,
+            impl<F> $factory for F
+            where
+                F: Fn(&ConfigValue, &$context) -> Result<Box<$stage>, BuildError> + Send + Sync,
+            {
+                fn build(&self, config: &ConfigValue, cx: &$context)
+                    -> Result<Box<$stage>, BuildError> {
+                    self(config, cx)
+                }
+            }
+        )*
+
+        /// A plugin stage's factory: one kind, that kind's context (typed
+        /// config with [`image_syncer_core::registry::typed_config`]).
+        pub enum PluginFactory {
+            $($variant(Box<dyn $factory>),)*
         }
-    }
+
+        impl PluginFactory {
+            /// The kind of stage this factory builds.
+            pub fn kind(&self) -> StageKind {
+                match self {
+                    $(PluginFactory::$variant(_) => StageKind::$variant,)*
+                }
+            }
+            $(
+                pub fn $ctor(factory: impl $factory + 'static) -> PluginFactory {
+                    PluginFactory::$variant(Box::new(factory))
+                }
+            )*
+        }
+    };
 }
 
-/// Builds a plugin stage from its config (typed with
-/// [`image_syncer_core::registry::typed_config`]) and the host's context.
-pub trait PluginFactory: Send + Sync {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<PluginStage, BuildError>;
+plugin_factories! {
+    /// Builds a blocking source.
+    SourceFactory, SourceContext, dyn BlockingSource, Source, source;
+    /// Builds a blocking sink.
+    SinkFactory, SinkContext, dyn BlockingSink, Sink, sink;
+    /// Builds a transform (the core's synchronous trait).
+    TransformFactory, TransformContext, dyn Transform, Transform, transform;
+    /// Builds a blocking guard.
+    GuardFactory, GuardContext, dyn BlockingGuard, Guard, guard;
+    /// Builds a blocking signer.
+    SignerFactory, SignerContext, dyn BlockingSigner, Signer, signer;
 }
 
-/// One stage a plugin offers.
+/// One stage a plugin offers; its kind is its factory's.
 pub struct StageDeclaration {
-    pub kind: StageKind,
     pub name: String,
     pub description: String,
     /// YAML, as it would appear under `config:`.
@@ -228,7 +261,14 @@ pub struct StageDeclaration {
     pub config_schema: Option<String>,
     /// For sources and sinks: the reference transport served (`dir` for `dir:PATH`).
     pub transport: Option<String>,
-    pub factory: Box<dyn PluginFactory>,
+    pub factory: PluginFactory,
+}
+
+impl StageDeclaration {
+    /// The kind of stage declared.
+    pub fn kind(&self) -> StageKind {
+        self.factory.kind()
+    }
 }
 
 /// The JSON Schema of config type `C` as JSON text, for
@@ -255,8 +295,7 @@ impl Registrar {
     /// into the host (each side has its own copy of the Rust runtime, and an
     /// unwind from the other copy is a foreign exception that aborts).
     pub fn register(&mut self, mut stage: StageDeclaration) {
-        let factory = std::mem::replace(&mut stage.factory, Box::new(guard::Unset));
-        stage.factory = Box::new(guard::Factory(stage.kind, stage.name.clone(), factory));
+        stage.factory = guard::fence(stage.name.clone(), stage.factory);
         self.stages.push(stage);
     }
 }
@@ -298,45 +337,61 @@ mod guard {
         }
     }
 
-    /// Placeholder while a factory is being wrapped; never built.
-    pub(super) struct Unset;
-
-    impl PluginFactory for Unset {
-        fn build(&self, _: &ConfigValue, _: &StageContext) -> Result<PluginStage, BuildError> {
-            unreachable!("replaced before registration ends")
+    /// Builds with `build`; a panic becomes a setup error naming the plugin.
+    fn built<T>(
+        kind: StageKind,
+        name: &str,
+        build: impl FnOnce() -> Result<T, BuildError>,
+    ) -> Result<(T, Named), BuildError> {
+        match catch_unwind(AssertUnwindSafe(build)) {
+            Ok(r) => Ok((
+                r?,
+                Named {
+                    kind,
+                    name: name.to_string(),
+                },
+            )),
+            Err(_) => Err(BuildError::Setup {
+                kind,
+                plugin: name.to_string(),
+                message: "the plugin's factory panicked".into(),
+            }),
         }
     }
 
-    pub(super) struct Factory(pub StageKind, pub String, pub Box<dyn PluginFactory>);
-
-    impl PluginFactory for Factory {
-        fn build(
-            &self,
-            config: &ConfigValue,
-            cx: &StageContext,
-        ) -> Result<PluginStage, BuildError> {
-            let built = catch_unwind(AssertUnwindSafe(|| self.2.build(config, cx)));
-            let stage = match built {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(BuildError::Setup {
-                        kind: self.0,
-                        plugin: self.1.clone(),
-                        message: "the plugin's factory panicked".into(),
-                    })
-                }
-            };
-            let named = Named {
-                kind: self.0,
-                name: self.1.clone(),
-            };
-            Ok(match stage {
-                PluginStage::Source(s) => PluginStage::Source(Box::new(Source(named, s))),
-                PluginStage::Sink(s) => PluginStage::Sink(Box::new(Sink(named, s))),
-                PluginStage::Transform(t) => PluginStage::Transform(Box::new(Transform(named, t))),
-                PluginStage::Guard(g) => PluginStage::Guard(Box::new(Guard(named, g))),
-                PluginStage::Signer(s) => PluginStage::Signer(Box::new(Signer(named, s))),
-            })
+    /// `factory`, and every stage it builds, behind panic fences.
+    pub(super) fn fence(name: String, factory: PluginFactory) -> PluginFactory {
+        match factory {
+            PluginFactory::Source(f) => {
+                PluginFactory::source(move |c: &ConfigValue, cx: &SourceContext| {
+                    let (s, named) = built(StageKind::Source, &name, || f.build(c, cx))?;
+                    Ok(Box::new(Source(named, s)) as Box<dyn BlockingSource>)
+                })
+            }
+            PluginFactory::Sink(f) => {
+                PluginFactory::sink(move |c: &ConfigValue, cx: &SinkContext| {
+                    let (s, named) = built(StageKind::Sink, &name, || f.build(c, cx))?;
+                    Ok(Box::new(Sink(named, s)) as Box<dyn BlockingSink>)
+                })
+            }
+            PluginFactory::Transform(f) => {
+                PluginFactory::transform(move |c: &ConfigValue, cx: &TransformContext| {
+                    let (t, named) = built(StageKind::Transform, &name, || f.build(c, cx))?;
+                    Ok(Box::new(Transform(named, t)) as Box<dyn super::Transform>)
+                })
+            }
+            PluginFactory::Guard(f) => {
+                PluginFactory::guard(move |c: &ConfigValue, cx: &GuardContext| {
+                    let (g, named) = built(StageKind::Guard, &name, || f.build(c, cx))?;
+                    Ok(Box::new(Guard(named, g)) as Box<dyn BlockingGuard>)
+                })
+            }
+            PluginFactory::Signer(f) => {
+                PluginFactory::signer(move |c: &ConfigValue, cx: &SignerContext| {
+                    let (s, named) = built(StageKind::Signer, &name, || f.build(c, cx))?;
+                    Ok(Box::new(Signer(named, s)) as Box<dyn BlockingSigner>)
+                })
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::RunContext;
 use image_syncer_core::definition;
 use image_syncer_core::orchestrator::Orchestrator;
 use image_syncer_core::registry::StageRegistry;
@@ -36,13 +36,13 @@ pub fn run(registry: &StageRegistry, dir: &Path, text: &str, key_ref: Option<&st
     let t: Vec<&str> = transports.iter().map(String::as_str).collect();
     let def = definition::parse(text, &dir.join("conformance.yaml"), &t)
         .unwrap_or_else(|e| panic!("conformance definition: {e}"));
-    let cx = StageContext {
-        registries: def.registries.clone(),
-        base_dir: dir.to_path_buf(),
-        transports: transports.clone(),
-        signing_key: key_ref.map(str::to_string),
-        ..Default::default()
-    };
+    let mut cx = RunContext::default();
+    cx.registries.hosts = def
+        .registry_access()
+        .unwrap_or_else(|e| panic!("conformance definition: {e}"));
+    cx.base_dir = dir.to_path_buf();
+    cx.transports = transports.clone();
+    cx.signing_key = key_ref.map(str::to_string);
     let orchestrator = Orchestrator::new(registry.clone(), cx);
     let prepared = orchestrator
         .prepare(&def, false)

@@ -14,12 +14,13 @@
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::SignerContext;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, ContextInput, Factory, SignerFactory,
+    StagePlugin,
 };
 use image_syncer_core::stage::{
-    ErrorKind, SignOutcome, SignRequest, Signer, Sink, Stage, StageError, StageKind,
+    ErrorKind, SignOutcome, SignRequest, Signer, Sink, StageError, StageKind,
 };
 use image_syncer_cosign_format::{self as cosign, SignatureKey};
 use serde::{Deserialize, Serialize};
@@ -144,17 +145,22 @@ impl Signer for CosignSigner {
     }
 }
 
-struct Factory;
+struct CosignFactory;
 
-impl StageFactory for Factory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
+impl SignerFactory for CosignFactory {
+    fn build(
+        &self,
+        config: &ConfigValue,
+        cx: &SignerContext,
+    ) -> Result<Arc<dyn Signer>, BuildError> {
         let config: CosignConfig = typed_config(StageKind::Signer, "cosign", config)?;
         let written = cx
             .signing_key
             .as_deref()
-            .ok_or_else(|| BuildError::MissingKey {
+            .ok_or_else(|| BuildError::MissingInput {
                 kind: StageKind::Signer,
                 plugin: "cosign".into(),
+                input: ContextInput::SigningKey,
             })?;
         let key_ref: KeyRef =
             written
@@ -169,19 +175,16 @@ impl StageFactory for Factory {
             plugin: "cosign".into(),
             message: e.message,
         })?;
-        Ok(Stage::Signer(Arc::new(CosignSigner::new(
-            config, key_ref, provider,
-        ))))
+        Ok(Arc::new(CosignSigner::new(config, key_ref, provider)))
     }
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Signer,
         name: "cosign",
         description: "Verifies, then signs target images with cosign-compatible signatures (sha256-<hex>.sig) through a KMS or local key",
         config: ConfigDoc::of::<CosignConfig>(),
         transport: None,
-        factory: &Factory,
+        factory: || Factory::signer(CosignFactory),
     }
 }

@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::GuardContext;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, GuardFactory, StagePlugin,
 };
-use image_syncer_core::stage::{Guard, GuardInput, Stage, StageError, StageKind, Verdict};
+use image_syncer_core::stage::{Guard, GuardInput, StageError, StageKind, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// `immutable` has no settings: `config:` is empty or absent (an unknown key is an error).
@@ -33,66 +33,53 @@ impl Guard for Immutable {
             Some(d) => Verdict::Stop {
                 reason: format!(
                     "safety stop: target {} holds {d} but source {} is {}; a synced tag never changes (the source changed since an earlier sync, or the target tag was moved). Nothing is written.",
-                    input.target, input.spec.source, input.source_digest
+                    input.target, input.image.source, input.source_digest
                 ),
             },
         })
     }
 }
 
-struct Factory;
+struct ImmutableFactory;
 
-impl StageFactory for Factory {
-    fn build(&self, config: &ConfigValue, _cx: &StageContext) -> Result<Stage, BuildError> {
+impl GuardFactory for ImmutableFactory {
+    fn build(
+        &self,
+        config: &ConfigValue,
+        _cx: &GuardContext,
+    ) -> Result<Arc<dyn Guard>, BuildError> {
         let _: ImmutableConfig = typed_config(StageKind::Guard, "immutable", config)?;
-        Ok(Stage::Guard(Arc::new(Immutable)))
+        Ok(Arc::new(Immutable))
     }
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Guard,
         name: "immutable",
         description: "Copies when the target tag is absent, skips when it holds the source digest, stops the run when it holds another digest",
         config: ConfigDoc::of::<ImmutableConfig>(),
         transport: None,
-        factory: &Factory,
+        factory: || Factory::guard(ImmutableFactory),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image_syncer_core::definition::ImageSpec;
     use image_syncer_core::digest::Digest;
     use image_syncer_core::reference::ImageRef;
+    use image_syncer_core::stage::ImageEntry;
 
     #[tokio::test]
     async fn decides() {
-        let spec = ImageSpec {
-            index: 0,
-            line: None,
-            source: ImageRef::parse("busybox:1.36").unwrap(),
-            tag: None,
-            sign: false,
-            target_prefix: "r.io/m/".into(),
-            sink: None,
-            signer: None,
-            platforms: vec![],
-            carry_signatures: false,
-        };
+        let spec = ImageEntry::new(ImageRef::parse("busybox:1.36").unwrap(), "r.io/m/");
         let target = ImageRef::parse("r.io/m/library/busybox:1.36").unwrap();
         let a = Digest::sha256_of(b"a");
         let b = Digest::sha256_of(b"b");
         let check = |t: Option<Digest>| {
             let (spec, target, a) = (spec.clone(), target.clone(), a.clone());
             async move {
-                let input = GuardInput {
-                    spec: &spec,
-                    source_digest: &a,
-                    target: &target,
-                    target_digest: t.as_ref(),
-                };
+                let input = GuardInput::new(&spec, &a, &target, t.as_ref());
                 Immutable.check(input).await.unwrap()
             }
         };

@@ -28,14 +28,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::{resolve_path, SinkContext, SourceContext};
 use image_syncer_core::digest::{ByteStream, Digest, Verifier};
 use image_syncer_core::manifest::{Descriptor, ManifestError, RawManifest, OCI_INDEX};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
 };
-use image_syncer_core::stage::{ManifestTarget, Sink, Source, Stage, StageError, StageKind};
+use image_syncer_core::stage::{ManifestTarget, Sink, Source, StageError, StageKind};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
@@ -92,18 +92,14 @@ impl OciLayoutSink {
 
 /// Turns references into layout directories.
 struct Paths {
-    /// Only `base_dir` is set: path resolution follows [`StageContext::resolve_path`].
-    cx: StageContext,
+    /// Relative layout paths are resolved against it
+    /// ([`image_syncer_core::context::resolve_path`]).
+    base_dir: PathBuf,
 }
 
 impl Paths {
     fn new(base_dir: PathBuf) -> Paths {
-        Paths {
-            cx: StageContext {
-                base_dir,
-                ..StageContext::default()
-            },
-        }
+        Paths { base_dir }
     }
 
     fn layout(&self, reference: &ImageRef) -> Result<Layout, StageError> {
@@ -113,7 +109,7 @@ impl Paths {
             )));
         }
         Ok(Layout {
-            root: self.cx.resolve_path(reference.repository_as_written()),
+            root: resolve_path(&self.base_dir, reference.repository_as_written()),
         })
     }
 }
@@ -745,46 +741,33 @@ impl Sink for OciLayoutSink {
 // ---------------------------------------------------------------------------
 // Registration
 
-struct SourceFactory;
-struct SinkFactory;
-
-impl StageFactory for SourceFactory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        let _: OciLayoutConfig = typed_config(StageKind::Source, "oci-layout", config)?;
-        Ok(Stage::Source(Arc::new(OciLayoutSource::new(
-            cx.base_dir.clone(),
-        ))))
-    }
+fn build_source(config: &ConfigValue, cx: &SourceContext) -> Result<Arc<dyn Source>, BuildError> {
+    let _: OciLayoutConfig = typed_config(StageKind::Source, "oci-layout", config)?;
+    Ok(Arc::new(OciLayoutSource::new(cx.base_dir.clone())))
 }
 
-impl StageFactory for SinkFactory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        let _: OciLayoutConfig = typed_config(StageKind::Sink, "oci-layout", config)?;
-        Ok(Stage::Sink(Arc::new(OciLayoutSink::new(
-            cx.base_dir.clone(),
-        ))))
-    }
+fn build_sink(config: &ConfigValue, cx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
+    let _: OciLayoutConfig = typed_config(StageKind::Sink, "oci-layout", config)?;
+    Ok(Arc::new(OciLayoutSink::new(cx.base_dir.clone())))
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Source,
         name: "oci-layout",
         description: "Reads images from an OCI image-layout directory: oci:PATH[:TAG] (PATH relative to the definition file)",
         config: ConfigDoc::of::<OciLayoutConfig>(),
         transport: Some(TRANSPORT),
-        factory: &SourceFactory,
+        factory: || Factory::source(build_source),
     }
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Sink,
         name: "oci-layout",
         description: "Writes images to an OCI image-layout directory, created if needed: oci:PATH:TAG (PATH relative to the definition file)",
         config: ConfigDoc::of::<OciLayoutConfig>(),
         transport: Some(TRANSPORT),
-        factory: &SinkFactory,
+        factory: || Factory::sink(build_sink),
     }
 }
 

@@ -1,5 +1,6 @@
 use std::path::Path;
 
+use image_syncer_core::context::RunContext;
 use image_syncer_core::digest::VerifyingStream;
 use image_syncer_core::manifest::{Manifest, OCI_MANIFEST};
 use image_syncer_core::registry::StageRegistry;
@@ -378,24 +379,16 @@ async fn corrupted_blobs_are_integrity_errors() {
 async fn relative_paths_use_the_context_base_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = StageRegistry::builtin().unwrap();
-    let cx = StageContext {
-        base_dir: tmp.path().to_path_buf(),
-        transports: registry.transports(),
-        ..StageContext::default()
-    };
+    let mut cx = RunContext::default();
+    cx.base_dir = tmp.path().to_path_buf();
+    cx.transports = registry.transports();
     assert_eq!(cx.transports, vec!["oci".to_string()]);
-    let Stage::Sink(sink) = registry
-        .build(StageKind::Sink, "oci-layout", &ConfigValue::Null, &cx)
-        .unwrap()
-    else {
-        panic!("not a sink");
-    };
-    let Stage::Source(source) = registry
-        .build(StageKind::Source, "oci-layout", &serde_json::json!({}), &cx)
-        .unwrap()
-    else {
-        panic!("not a source");
-    };
+    let sink = registry
+        .build_sink("oci-layout", &ConfigValue::Null, &cx.sink())
+        .unwrap();
+    let source = registry
+        .build_source("oci-layout", &serde_json::json!({}), &cx.source())
+        .unwrap();
 
     let repo = cx.parse_ref("oci:out/busybox:1.36").unwrap();
     let img = image("amd64");
@@ -431,15 +424,15 @@ fn plugins_are_registered() {
             s.config_schema.as_ref().unwrap()["additionalProperties"],
             serde_json::json!(false)
         );
-        let err = registry
-            .build(
-                kind,
-                "oci-layout",
-                &serde_json::json!({"compress": true}),
-                &StageContext::default(),
-            )
-            .err()
-            .unwrap();
+        let config = serde_json::json!({"compress": true});
+        let cx = RunContext::default();
+        let err = match kind {
+            StageKind::Source => registry
+                .build_source("oci-layout", &config, &cx.source())
+                .err(),
+            _ => registry.build_sink("oci-layout", &config, &cx.sink()).err(),
+        }
+        .unwrap();
         assert!(matches!(err, BuildError::Config { .. }), "{err}");
     }
 }

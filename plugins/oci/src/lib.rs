@@ -18,16 +18,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use image_syncer_core::async_trait;
-use image_syncer_core::context::{Credentials, Secret, StageContext};
+use image_syncer_core::context::{Credentials, Registries, SinkContext, SourceContext};
 use image_syncer_core::digest::{ByteStream, ContentMismatch, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest, ACCEPTED_MANIFEST_TYPES};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
 };
 use image_syncer_core::stage::{
-    error_chain, ErrorKind, ManifestTarget, Pushback, Sink, Source, Stage, StageError, StageKind,
-    Upload,
+    error_chain, ErrorKind, ManifestTarget, Pushback, Sink, Source, StageError, StageKind, Upload,
 };
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
@@ -98,9 +97,8 @@ pub struct OciRegistry {
     max_manifest: usize,
     /// How long a registry may stay silent (`readTimeoutSeconds`).
     idle: Duration,
-    cx: StageContext,
-    /// Credentials from the definition's `registries:` (read from env or file).
-    configured: std::collections::HashMap<String, Credentials>,
+    /// How each registry is reached (endpoints, plain HTTP, credentials).
+    registries: Registries,
     /// Credentials found in Docker's or containers' config, per registry.
     discovered: std::sync::Mutex<std::collections::HashMap<String, RegistryAuth>>,
     /// Registries (as connected to) that answered `/v2/` without a challenge.
@@ -108,17 +106,11 @@ pub struct OciRegistry {
 }
 
 impl OciRegistry {
-    pub fn new(config: &OciConfig, cx: &StageContext) -> Result<OciRegistry, String> {
+    pub fn new(config: &OciConfig, cx: &Registries) -> Result<OciRegistry, String> {
         // Every host reached over plain HTTP, as connected to (after endpoint mapping).
         let mut insecure = BTreeSet::new();
-        let hosts = cx
-            .registries
-            .keys()
-            .cloned()
-            .chain(cx.insecure_registries.iter().cloned())
-            .chain(cx.target_registry.iter().cloned());
-        for host in hosts {
-            let (endpoint, is_insecure) = cx.endpoint_for(&host);
+        for host in cx.known_hosts() {
+            let (endpoint, is_insecure) = cx.endpoint_for(host);
             if is_insecure {
                 insecure.insert(endpoint);
             }
@@ -126,7 +118,7 @@ impl OciRegistry {
         // One client per distinct setup in the process: the source and the
         // sink of a run share connections, tokens and the (costly) loading of
         // the system's root certificates.
-        let credentials = match &cx.target_credentials {
+        let credentials = match cx.target.as_ref().map(|(_, c)| c) {
             None => String::new(),
             Some(Credentials::Basic { username, password }) => {
                 Digest::sha256_of(format!("basic\0{username}\0{}", password.expose()).as_bytes())
@@ -142,7 +134,7 @@ impl OciRegistry {
             config.max_manifest_bytes,
             config.connect_timeout_seconds,
             config.read_timeout_seconds,
-            cx.target_registry,
+            cx.target.as_ref().map(|(host, _)| host),
             cx.ca_certificates
                 .iter()
                 .map(|(_, pem)| Digest::sha256_of(pem).to_string())
@@ -155,8 +147,7 @@ impl OciRegistry {
                 client: client.clone(),
                 max_manifest: config.max_manifest_bytes,
                 idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
-                cx: cx.clone(),
-                configured: configured_credentials(cx)?,
+                registries: cx.clone(),
                 discovered: Default::default(),
                 open: Default::default(),
             });
@@ -197,8 +188,7 @@ impl OciRegistry {
             client,
             max_manifest: config.max_manifest_bytes,
             idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
-            cx: cx.clone(),
-            configured: configured_credentials(cx)?,
+            registries: cx.clone(),
             discovered: Default::default(),
             open: Default::default(),
         })
@@ -213,18 +203,21 @@ impl OciRegistry {
     /// two places: a mirror is authenticated with its own credentials, as in
     /// containers-registries.conf.
     fn auth_for(&self, registry: &str) -> RegistryAuth {
-        if let (Some(t), Some(c)) = (&self.cx.target_registry, &self.cx.target_credentials) {
+        if let Some((t, c)) = &self.registries.target {
             if t == registry {
                 return to_auth(c);
             }
         }
-        let (endpoint, _) = self.cx.endpoint_for(registry);
+        let (endpoint, _) = self.registries.endpoint_for(registry);
         let hosts: Vec<&str> = if endpoint == registry {
             vec![registry]
         } else {
             vec![endpoint.as_str(), registry]
         };
-        if let Some(c) = hosts.iter().find_map(|h| self.configured.get(*h)) {
+        if let Some(c) = hosts
+            .iter()
+            .find_map(|h| self.registries.configured_credentials(h))
+        {
             return to_auth(c);
         }
         let mut found = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,7 +243,7 @@ impl OciRegistry {
             (None, Some(t)) => Reference::with_tag(registry.clone(), repository, t.to_string()),
             (None, None) => Reference::with_tag(registry.clone(), repository, "latest".into()),
         };
-        let (endpoint, _) = self.cx.endpoint_for(&registry);
+        let (endpoint, _) = self.registries.endpoint_for(&registry);
         if endpoint != registry {
             reference.set_mirror_registry(endpoint);
         }
@@ -335,7 +328,7 @@ impl OciRegistry {
             .get(reference.resolve_registry())
             .cloned();
         if let Some(n) = value.as_deref().and_then(parse_ratelimit_remaining) {
-            self.cx.flow.remaining(r.registry(), n);
+            self.registries.flow.remaining(r.registry(), n);
         }
     }
 
@@ -516,50 +509,6 @@ fn to_auth(c: &Credentials) -> RegistryAuth {
         }
         Credentials::Bearer { token } => RegistryAuth::Bearer(token.expose().to_string()),
     }
-}
-
-/// Reads the credentials the definition names (from env or files). A setting
-/// that cannot be read is an input error, naming the registry.
-fn configured_credentials(
-    cx: &StageContext,
-) -> Result<std::collections::HashMap<String, Credentials>, String> {
-    let mut out = std::collections::HashMap::new();
-    for (host, s) in &cx.registries {
-        let env = |var: &str| {
-            std::env::var(var).map_err(|_| {
-                format!("registries.{host}: the environment variable {var} is not set")
-            })
-        };
-        let credentials = match (&s.username, &s.password_env, &s.password_file, &s.token_env) {
-            (None, None, None, None) => continue,
-            (None, None, None, Some(var)) => Credentials::Bearer {
-                token: Secret::new(env(var)?),
-            },
-            (Some(user), Some(var), None, None) => Credentials::Basic {
-                username: user.clone(),
-                password: Secret::new(env(var)?),
-            },
-            (Some(user), None, Some(file), None) => {
-                let path = cx.resolve_path(file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    format!("registries.{host}: cannot read passwordFile {}: {e}", path.display())
-                })?;
-                Credentials::Basic {
-                    username: user.clone(),
-                    password: Secret::new(text.trim_end_matches(['\n', '\r'])),
-                }
-            }
-            _ => {
-                return Err(format!(
-                    "registries.{host}: give `username` with one of `passwordEnv`/`passwordFile`, or `tokenEnv` alone"
-                ))
-            }
-        };
-        let (endpoint, _) = cx.endpoint_for(host);
-        out.insert(host.clone(), credentials.clone());
-        out.entry(endpoint).or_insert(credentials);
-    }
-    Ok(out)
 }
 
 /// Docker's `config.json` (`DOCKER_CONFIG`, else `~/.docker`), then
@@ -1008,45 +957,46 @@ impl Sink for OciRegistry {
     }
 }
 
-struct Factory(StageKind);
-
-impl StageFactory for Factory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        let config: OciConfig = typed_config(self.0, "oci", config)?;
-        let registry =
-            Arc::new(
-                OciRegistry::new(&config, cx).map_err(|message| BuildError::Setup {
-                    kind: self.0,
-                    plugin: "oci".into(),
-                    message,
-                })?,
-            );
-        Ok(match self.0 {
-            StageKind::Source => Stage::Source(registry),
-            _ => Stage::Sink(registry),
+fn build(
+    kind: StageKind,
+    config: &ConfigValue,
+    registries: &Registries,
+) -> Result<Arc<OciRegistry>, BuildError> {
+    let config: OciConfig = typed_config(kind, "oci", config)?;
+    OciRegistry::new(&config, registries)
+        .map(Arc::new)
+        .map_err(|message| BuildError::Setup {
+            kind,
+            plugin: "oci".into(),
+            message,
         })
-    }
+}
+
+fn build_source(config: &ConfigValue, cx: &SourceContext) -> Result<Arc<dyn Source>, BuildError> {
+    Ok(build(StageKind::Source, config, &cx.registries)?)
+}
+
+fn build_sink(config: &ConfigValue, cx: &SinkContext) -> Result<Arc<dyn Sink>, BuildError> {
+    Ok(build(StageKind::Sink, config, &cx.registries)?)
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Source,
         name: "oci",
         description: "Pulls from OCI/Docker registries, with the credentials found for each (definition, Docker or containers config), else anonymously",
         config: ConfigDoc::of::<OciConfig>(),
         transport: None,
-        factory: &Factory(StageKind::Source),
+        factory: || Factory::source(build_source),
     }
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Sink,
         name: "oci",
         description: "Pushes to an OCI/Docker registry with the target credentials: blobs first, manifests last",
         config: ConfigDoc::of::<OciConfig>(),
         transport: None,
-        factory: &Factory(StageKind::Sink),
+        factory: || Factory::sink(build_sink),
     }
 }
 

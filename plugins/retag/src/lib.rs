@@ -12,12 +12,12 @@
 
 use std::sync::Arc;
 
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::TransformContext;
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, StageFactory, StagePlugin,
+    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin, TransformFactory,
 };
-use image_syncer_core::stage::{Stage, StageError, StageKind, Transform, TransformInput};
+use image_syncer_core::stage::{StageError, StageKind, Transform, TransformInput};
 use serde::{Deserialize, Serialize};
 
 /// `retag` has no settings: `config:` is empty or absent (an unknown key is an error).
@@ -55,7 +55,7 @@ impl Retag {
 
 impl Transform for Retag {
     fn apply(&self, input: TransformInput<'_>) -> Result<ImageRef, StageError> {
-        let spec = input.spec;
+        let spec = input.image;
         let tag =
             match (&spec.tag, spec.source.tag()) {
                 (Some(t), _) => t.clone(),
@@ -75,50 +75,41 @@ impl Transform for Retag {
     }
 }
 
-struct Factory;
+struct RetagFactory;
 
-impl StageFactory for Factory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
+impl TransformFactory for RetagFactory {
+    fn build(
+        &self,
+        config: &ConfigValue,
+        cx: &TransformContext,
+    ) -> Result<Arc<dyn Transform>, BuildError> {
         let _: RetagConfig = typed_config(StageKind::Transform, "retag", config)?;
-        Ok(Stage::Transform(Arc::new(Retag::new(
-            cx.transports.clone(),
-        ))))
+        Ok(Arc::new(Retag::new(cx.transports.clone())))
     }
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
-        kind: StageKind::Transform,
         name: "retag",
         description: "Computes the target: targetRepoPrefix + source path as written (library/ for single-segment Docker Hub names) + the entry's tag or the source tag",
         config: ConfigDoc::of::<RetagConfig>(),
         transport: None,
-        factory: &Factory,
+        factory: || Factory::transform(RetagFactory),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image_syncer_core::definition::ImageSpec;
+    use image_syncer_core::stage::ImageEntry;
 
     fn retag(prefix: &str, source: &str, tag: Option<&str>) -> String {
-        let spec = ImageSpec {
-            index: 0,
-            line: None,
-            source: ImageRef::parse_with_transports(source, &["oci"]).unwrap(),
-            tag: tag.map(str::to_string),
-            sign: false,
-            target_prefix: prefix.to_string(),
-            sink: None,
-            signer: None,
-            platforms: vec![],
-            carry_signatures: false,
+        let source = ImageRef::parse_with_transports(source, &["oci"]).unwrap();
+        let image = match tag {
+            Some(t) => ImageEntry::new(source, prefix).with_tag(t),
+            None => ImageEntry::new(source, prefix),
         };
-        match Retag::new(vec!["oci".into()]).apply(TransformInput {
-            spec: &spec,
-            target: None,
-        }) {
+        match Retag::new(vec!["oci".into()]).apply(TransformInput::new(&image, None)) {
             Ok(t) => t.to_string(),
             Err(e) => format!("error: {e}"),
         }

@@ -9,7 +9,10 @@ use super::*;
 /// schema (`plugin` is its name, `config` follows its schema or is empty), and
 /// one for any other name with a free-form config, so that definitions using
 /// plugins loaded from libraries still validate.
-pub fn json_schema(registry: &StageRegistry) -> String {
+pub fn json_schema<'a>(
+    stages: impl IntoIterator<Item = (StageKind, &'a str, Option<&'a serde_json::Value>)>,
+) -> String {
+    let stages: Vec<_> = stages.into_iter().collect();
     let schema = schemars::schema_for!(FileModel);
     let mut schema = serde_json::to_value(&schema).expect("the schema serializes");
     let defs = schema
@@ -25,17 +28,17 @@ pub fn json_schema(registry: &StageRegistry) -> String {
     ] {
         let mut branches = Vec::new();
         let mut typed = Vec::new();
-        for s in registry.iter().filter(|s| s.kind == kind) {
-            let Some(config) = s.config_schema.clone() else {
+        for (_, name, config) in stages.iter().filter(|(k, ..)| *k == kind) {
+            let Some(config) = config.cloned() else {
                 continue;
             };
             let Some(config) = embed_schema(config, defs) else {
                 continue;
             };
-            typed.push(serde_json::Value::String(s.name.clone()));
+            typed.push(serde_json::Value::String(name.to_string()));
             branches.push(serde_json::json!({
                 "properties": {
-                    "plugin": { "const": s.name },
+                    "plugin": { "const": name },
                     "config": { "anyOf": [config, { "type": "null" }] }
                 }
             }));

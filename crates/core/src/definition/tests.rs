@@ -15,25 +15,31 @@ fn err(text: &str) -> String {
 /// branch for other names; kinds with no typed plugin stay free-form.
 #[test]
 fn stage_entries_follow_the_registered_config_schemas() {
-    use crate::context::StageContext;
-    use crate::registry::{BuildError, ConfigValue, Origin, RegisteredStage, StageFactory};
-    use crate::stage::Stage;
-    struct Never;
-    impl StageFactory for Never {
-        fn build(&self, _: &ConfigValue, _: &StageContext) -> Result<Stage, BuildError> {
-            unreachable!("the schema builds no stage")
+    use crate::context::{GuardContext, SignerContext};
+    use crate::registry::{
+        BuildError, ConfigValue, Factory, Origin, RegisteredStage, StageRegistry,
+    };
+    // The schema builds no stage: these factories refuse.
+    let never = |kind| BuildError::Setup {
+        kind,
+        plugin: "never".into(),
+        message: "the schema builds no stage".into(),
+    };
+    let factory = |kind| match kind {
+        StageKind::Signer => {
+            Factory::signer(move |_: &ConfigValue, _: &SignerContext| Err(never(StageKind::Signer)))
         }
-    }
+        _ => Factory::guard(move |_: &ConfigValue, _: &GuardContext| Err(never(StageKind::Guard))),
+    };
     let mut registry = StageRegistry::default();
     let stage = |kind, name: &str, schema: Option<serde_json::Value>| RegisteredStage {
-        kind,
         name: name.into(),
         description: String::new(),
         example_config: String::new(),
         config_schema: schema,
         transport: None,
         origin: Origin::Builtin,
-        factory: std::sync::Arc::new(Never),
+        factory: factory(kind),
     };
     let signer = serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -48,7 +54,7 @@ fn stage_entries_follow_the_registered_config_schemas() {
     registry
         .insert(stage(StageKind::Guard, "free", None))
         .unwrap();
-    let schema: serde_json::Value = serde_json::from_str(&json_schema(&registry)).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&registry.definition_schema()).unwrap();
     let defs = &schema["$defs"];
     assert_eq!(defs["Key"], serde_json::json!({ "type": "string" }));
     let branches = defs["SignerStage"]["anyOf"].as_array().unwrap();

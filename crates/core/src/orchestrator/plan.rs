@@ -165,12 +165,12 @@ impl Prepared {
         let mut verdict = Verdict::Copy;
         for g in &self.guards {
             let v = g
-                .check(GuardInput {
-                    spec: &item.spec,
+                .check(GuardInput::new(
+                    &item.entry,
                     source_digest,
-                    target: &item.target,
-                    target_digest: current,
-                })
+                    &item.target,
+                    current,
+                ))
                 .await?;
             verdict = verdict.max(v);
         }

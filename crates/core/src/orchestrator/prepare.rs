@@ -1,6 +1,7 @@
 //! Phase 1, prepare (no I/O): stages built, targets computed and checked.
 
 use super::*;
+use crate::registry::{ConfigValue, ContextInput};
 
 /// What a built stage is kept under while preparing, so that images asking
 /// for the same stage share one: the stage entry (plugin and config, the
@@ -21,23 +22,18 @@ impl Built {
 }
 
 impl Orchestrator {
-    pub fn new(registry: StageRegistry, context: StageContext) -> Orchestrator {
+    pub fn new(registry: StageRegistry, context: RunContext) -> Orchestrator {
         Orchestrator { registry, context }
     }
 
-    fn build(&self, kind: StageKind, spec: &StageSpec) -> Result<Stage, BuildError> {
-        self.registry
-            .build(kind, &spec.plugin, &spec.config, &self.context)
-    }
-
-    /// Builds a stage, naming where the definition chose it on error.
-    fn build_at(
+    /// Builds a stage with `build`, naming where the definition chose it on error.
+    fn build_at<T>(
         &self,
         def: &Definition,
-        kind: StageKind,
         spec: &StageSpec,
-    ) -> Result<Stage, PrepareError> {
-        self.build(kind, spec).map_err(|source| match &spec.at {
+        build: impl FnOnce(&str, &ConfigValue) -> Result<T, BuildError>,
+    ) -> Result<T, PrepareError> {
+        build(&spec.plugin, &spec.config).map_err(|source| match &spec.at {
             Some(at) => PrepareError::Stage {
                 path: def.path.display().to_string(),
                 line: spec.line,
@@ -48,18 +44,20 @@ impl Orchestrator {
         })
     }
 
-    fn build_by_transport(
+    /// Builds the stage the definition chose, else the one serving `transport`.
+    fn build_by_transport<T>(
         &self,
         def: &Definition,
         kind: StageKind,
         chosen: &Option<StageSpec>,
         transport: Option<&str>,
-    ) -> Result<Stage, PrepareError> {
+        build: impl FnOnce(&str, &ConfigValue) -> Result<T, BuildError>,
+    ) -> Result<T, PrepareError> {
         if let Some(spec) = chosen {
-            return self.build_at(def, kind, spec);
+            return self.build_at(def, spec, build);
         }
         match self.registry.for_transport(kind, transport) {
-            Some(entry) => Ok(self.build(kind, &StageSpec::named(&entry.name))?),
+            Some(entry) => Ok(build(&entry.name, &ConfigValue::Null)?),
             None => Err(PrepareError::Build(BuildError::Unknown {
                 kind,
                 name: match transport {
@@ -86,19 +84,18 @@ impl Orchestrator {
         shard: Option<crate::shard::Shard>,
     ) -> Result<Prepared, PrepareError> {
         let pipeline = &def.pipeline;
+        let (r, transform_cx, guard_cx) = (
+            &self.registry,
+            self.context.transform(),
+            self.context.guard(),
+        );
         let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
         for t in &pipeline.transforms {
-            match self.build_at(def, StageKind::Transform, t)? {
-                Stage::Transform(t) => transforms.push(t),
-                _ => unreachable!("registry checks the kind"),
-            }
+            transforms.push(self.build_at(def, t, |n, c| r.build_transform(n, c, &transform_cx))?);
         }
         let mut guards: Vec<Arc<dyn Guard>> = Vec::new();
         for g in &pipeline.guards {
-            match self.build_at(def, StageKind::Guard, g)? {
-                Stage::Guard(g) => guards.push(g),
-                _ => unreachable!("registry checks the kind"),
-            }
+            guards.push(self.build_at(def, g, |n, c| r.build_guard(n, c, &guard_cx))?);
         }
         let targets = self.targets(def, &transforms)?;
         let mut items = self.items(def, targets, shard)?;
@@ -111,7 +108,7 @@ impl Orchestrator {
             retry: RetryPolicy::default(),
             interrupt: Arc::default(),
             progress: Arc::new(crate::report::NoProgress),
-            flow: self.context.flow.clone(),
+            flow: self.context.registries.flow.clone(),
         })
     }
 
@@ -135,11 +132,9 @@ impl Orchestrator {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for spec in &def.images {
             let mut target = None;
+            let entry = spec.entry();
             for t in transforms {
-                let input = TransformInput {
-                    spec,
-                    target: target.clone(),
-                };
+                let input = TransformInput::new(&entry, target.clone());
                 target = Some(t.apply(input).map_err(|e| refused(spec, e.message))?);
             }
             let target = target.ok_or_else(|| {
@@ -183,6 +178,7 @@ impl Orchestrator {
         shard: Option<crate::shard::Shard>,
     ) -> Result<Vec<Item>, PrepareError> {
         let pipeline = &def.pipeline;
+        let (r, source_cx, sink_cx) = (&self.registry, self.context.source(), self.context.sink());
         let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
         let mut sinks: HashMap<Built, Arc<dyn Sink>> = HashMap::new();
         let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
@@ -198,15 +194,14 @@ impl Orchestrator {
             }
             let st = spec.source.transport().map(str::to_string);
             if !sources.contains_key(&st) {
-                match self.build_by_transport(
+                let source = self.build_by_transport(
                     def,
                     StageKind::Source,
                     &pipeline.source,
                     st.as_deref(),
-                )? {
-                    Stage::Source(s) => sources.insert(st.clone(), s),
-                    _ => unreachable!("registry checks the kind"),
-                };
+                    |n, c| r.build_source(n, c, &source_cx),
+                )?;
+                sources.insert(st.clone(), source);
             }
             let tt = target.transport().map(str::to_string);
             let chosen = spec.sink.clone().or_else(|| pipeline.sink.clone());
@@ -215,14 +210,19 @@ impl Orchestrator {
                 None => Built::Transport(tt.clone()),
             };
             if !sinks.contains_key(&key) {
-                match self.build_by_transport(def, StageKind::Sink, &chosen, tt.as_deref())? {
-                    Stage::Sink(s) => sinks.insert(key.clone(), s),
-                    _ => unreachable!("registry checks the kind"),
-                };
+                let sink = self.build_by_transport(
+                    def,
+                    StageKind::Sink,
+                    &chosen,
+                    tt.as_deref(),
+                    |n, c| r.build_sink(n, c, &sink_cx),
+                )?;
+                sinks.insert(key.clone(), sink);
             }
             done.insert(target.to_string(), items.len());
             items.push(Item {
                 spec: spec.clone(),
+                entry: spec.entry(),
                 target,
                 source: sources[&st].clone(),
                 sink: sinks[&key].clone(),
@@ -234,7 +234,7 @@ impl Orchestrator {
 
     /// Signers, for the images that are signed: the image's own or the
     /// pipeline's. A signer that needs a key given on the command line says
-    /// so when built (`BuildError::MissingKey`); others may carry their key
+    /// so when built (`BuildError::MissingInput`); others may carry their key
     /// in their config.
     fn signers(&self, def: &Definition, items: &mut [Item]) -> Result<(), PrepareError> {
         let path = def.path.display().to_string();
@@ -258,18 +258,25 @@ impl Orchestrator {
                 first_source: asking[0].2.clone(),
             }
         };
+        let (r, signer_cx) = (&self.registry, self.context.signer());
         let mut signers: HashMap<Built, Arc<dyn Signer>> = HashMap::new();
         for item in items.iter_mut().filter(|i| i.spec.sign) {
             let chosen = item.spec.signer.as_ref().unwrap_or(&pipeline.signer);
             let key = Built::spec(chosen);
             if !signers.contains_key(&key) {
-                match self.build_at(def, StageKind::Signer, chosen) {
-                    Ok(Stage::Signer(s)) => signers.insert(key.clone(), s),
-                    Ok(_) => unreachable!("registry checks the kind"),
+                match self.build_at(def, chosen, |n, c| r.build_signer(n, c, &signer_cx)) {
+                    Ok(s) => signers.insert(key.clone(), s),
                     Err(
-                        PrepareError::Build(BuildError::MissingKey { .. })
+                        PrepareError::Build(BuildError::MissingInput {
+                            input: ContextInput::SigningKey,
+                            ..
+                        })
                         | PrepareError::Stage {
-                            source: BuildError::MissingKey { .. },
+                            source:
+                                BuildError::MissingInput {
+                                    input: ContextInput::SigningKey,
+                                    ..
+                                },
                             ..
                         },
                     ) => return Err(without_key(&chosen.plugin)),

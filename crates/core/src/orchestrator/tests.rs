@@ -12,11 +12,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::*;
+use crate::context::{GuardContext, SignerContext, SinkContext, SourceContext, TransformContext};
 use crate::definition::{self, Definition};
 use crate::digest::ByteStream;
 use crate::manifest::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::memory::MemoryRegistry;
-use crate::registry::{Origin, RegisteredStage, StageFactory};
+use crate::registry::{ContextInput, Factory, Origin, RegisteredStage};
 use crate::report::Status;
 use crate::stage::SignOutcome;
 
@@ -29,7 +30,7 @@ struct PrefixTransform;
 
 impl Transform for PrefixTransform {
     fn apply(&self, input: TransformInput<'_>) -> Result<ImageRef, StageError> {
-        let spec = input.spec;
+        let spec = input.image;
         let tag = match (&spec.tag, spec.source.tag()) {
             (Some(t), _) => t.clone(),
             (None, Some(t)) => t.to_string(),
@@ -254,32 +255,42 @@ impl Sink for RecordingSink {
     }
 }
 
-/// A factory handing out one prebuilt stage.
-struct Fixed(Stage);
-
-impl StageFactory for Fixed {
-    fn build(&self, _config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        // Like the built-in cosign signer: a signer needs `--kms-key`.
-        if matches!(self.0, Stage::Signer(_)) && cx.signing_key.is_none() {
-            return Err(BuildError::MissingKey {
+/// Factories handing out one prebuilt stage.
+fn fixed_source(s: Arc<dyn Source>) -> Factory {
+    Factory::source(move |_: &ConfigValue, _: &SourceContext| Ok(s.clone()))
+}
+fn fixed_sink(s: Arc<dyn Sink>) -> Factory {
+    Factory::sink(move |_: &ConfigValue, _: &SinkContext| Ok(s.clone()))
+}
+fn fixed_transform(t: Arc<dyn Transform>) -> Factory {
+    Factory::transform(move |_: &ConfigValue, _: &TransformContext| Ok(t.clone()))
+}
+fn fixed_guard(g: Arc<dyn Guard>) -> Factory {
+    Factory::guard(move |_: &ConfigValue, _: &GuardContext| Ok(g.clone()))
+}
+fn fixed_signer(s: Arc<dyn Signer>) -> Factory {
+    Factory::signer(move |_: &ConfigValue, cx: &SignerContext| {
+        // Like the built-in cosign signer: a signer needs a key.
+        match cx.signing_key {
+            None => Err(BuildError::MissingInput {
                 kind: StageKind::Signer,
                 plugin: "cosign".into(),
-            });
+                input: ContextInput::SigningKey,
+            }),
+            Some(_) => Ok(s.clone()),
         }
-        Ok(self.0.clone())
-    }
+    })
 }
 
-fn registered(kind: StageKind, name: &str, stage: Stage) -> RegisteredStage {
+fn registered(name: &str, factory: Factory) -> RegisteredStage {
     RegisteredStage {
-        kind,
         name: name.to_string(),
         description: String::new(),
         example_config: String::new(),
         config_schema: None,
         transport: None,
         origin: Origin::Builtin,
-        factory: Arc::new(Fixed(stage)),
+        factory,
     }
 }
 
@@ -315,40 +326,26 @@ impl Harness {
     fn registry(&self, with_signer: bool) -> StageRegistry {
         let mut r = StageRegistry::default();
         let mut add = |s| r.insert(s).unwrap();
+        add(registered("memory", fixed_source(self.source.clone())));
+        add(registered("memory", fixed_sink(self.sink.clone())));
         add(registered(
-            StageKind::Source,
-            "memory",
-            Stage::Source(self.source.clone()),
-        ));
-        add(registered(
-            StageKind::Sink,
-            "memory",
-            Stage::Sink(self.sink.clone()),
-        ));
-        add(registered(
-            StageKind::Transform,
             "retag",
-            Stage::Transform(Arc::new(PrefixTransform)),
+            fixed_transform(Arc::new(PrefixTransform)),
         ));
         add(registered(
-            StageKind::Guard,
             "immutable",
-            Stage::Guard(Arc::new(ImmutableGuard)),
+            fixed_guard(Arc::new(ImmutableGuard)),
         ));
         if with_signer {
-            add(registered(
-                StageKind::Signer,
-                "cosign",
-                Stage::Signer(self.signer.clone()),
-            ));
+            add(registered("cosign", fixed_signer(self.signer.clone())));
         }
         r
     }
 
     fn orchestrator(&self, key: bool, with_signer: bool) -> Orchestrator {
-        let context = StageContext {
+        let context = RunContext {
             signing_key: key.then(|| "env://KEY".to_string()),
-            ..StageContext::default()
+            ..RunContext::default()
         };
         Orchestrator::new(self.registry(with_signer), context)
     }
@@ -1413,13 +1410,9 @@ async fn a_transform_making_an_invalid_target_is_an_input_error() {
     ] {
         let mut registry = h.registry(true);
         registry
-            .insert(registered(
-                StageKind::Transform,
-                "suffix",
-                Stage::Transform(Arc::new(Suffix(suffix))),
-            ))
+            .insert(registered("suffix", fixed_transform(Arc::new(Suffix(suffix)))))
             .unwrap();
-        let orchestrator = Orchestrator::new(registry, StageContext::default());
+        let orchestrator = Orchestrator::new(registry, RunContext::default());
         let prepared = orchestrator.prepare(
             &def(&yaml(
                 "- source: busybox:1.36\npipeline:\n  transforms: [ { plugin: retag }, { plugin: suffix } ]\n",

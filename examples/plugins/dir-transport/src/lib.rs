@@ -18,14 +18,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::context::{SinkContext, SourceContext};
 use image_syncer_plugin::core::digest::{Digest, Verifier};
 use image_syncer_plugin::core::manifest::{Descriptor, RawManifest};
 use image_syncer_plugin::core::reference::ImageRef;
 use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{ErrorKind, ManifestTarget, StageError, StageKind};
 use image_syncer_plugin::{
-    BlockingSink, BlockingSource, PluginFactory, PluginStage, Registrar, StageDeclaration,
+    BlockingSink, BlockingSource, PluginFactory, Registrar, StageDeclaration,
 };
 use serde::Deserialize;
 
@@ -267,33 +267,37 @@ impl BlockingSink for Dir {
     }
 }
 
-struct Factory(StageKind);
-
-impl PluginFactory for Factory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<PluginStage, BuildError> {
-        let _: DirConfig = typed_config(self.0, "dir", config)?;
-        let dir = Dir {
-            base: cx.base_dir.clone(),
-        };
-        Ok(match self.0 {
-            StageKind::Source => PluginStage::Source(Box::new(dir)),
-            _ => PluginStage::Sink(Box::new(dir)),
-        })
-    }
+/// The layouts under `base_dir`, after checking the (empty) config.
+fn dir(kind: StageKind, config: &ConfigValue, base_dir: &Path) -> Result<Dir, BuildError> {
+    let _: DirConfig = typed_config(kind, "dir", config)?;
+    Ok(Dir {
+        base: base_dir.to_path_buf(),
+    })
 }
 
 fn register(r: &mut Registrar) {
-    for (kind, what) in [(StageKind::Source, "Reads"), (StageKind::Sink, "Writes")] {
-        r.register(StageDeclaration {
-            kind,
-            name: "dir".into(),
-            description: format!("{what} images in skopeo's dir: format: dir:PATH, or dir:PATH:TAG for PATH/TAG (example plugin)"),
-            example_config: "{}\n".into(),
-            config_schema: None,
-            transport: Some("dir".into()),
-            factory: Box::new(Factory(kind)),
-        });
+    let declare = |what: &str, factory: PluginFactory| {
+        StageDeclaration {
+        name: "dir".into(),
+        description: format!("{what} images in skopeo's dir: format: dir:PATH, or dir:PATH:TAG for PATH/TAG (example plugin)"),
+        example_config: "{}\n".into(),
+        config_schema: None,
+        transport: Some("dir".into()),
+        factory,
     }
+    };
+    r.register(declare(
+        "Reads",
+        PluginFactory::source(|config: &ConfigValue, cx: &SourceContext| {
+            Ok(Box::new(dir(StageKind::Source, config, &cx.base_dir)?) as Box<dyn BlockingSource>)
+        }),
+    ));
+    r.register(declare(
+        "Writes",
+        PluginFactory::sink(|config: &ConfigValue, cx: &SinkContext| {
+            Ok(Box::new(dir(StageKind::Sink, config, &cx.base_dir)?) as Box<dyn BlockingSink>)
+        }),
+    ));
 }
 
 image_syncer_plugin::declare_plugin!(register);

@@ -24,12 +24,11 @@ use std::process::{Command, Stdio};
 
 use image_syncer_cosign_format::{sign_request, SignatureKey};
 use image_syncer_plugin::core::async_trait;
-use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::context::SignerContext;
 use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{SignOutcome, SignRequest, StageError, StageKind};
 use image_syncer_plugin::{
-    block_on, BlockingSigner, BlockingSink, PluginFactory, PluginStage, Registrar,
-    StageDeclaration, SyncSink,
+    block_on, BlockingSigner, BlockingSink, PluginFactory, Registrar, StageDeclaration, SyncSink,
 };
 use serde::Deserialize;
 
@@ -138,8 +137,12 @@ impl BlockingSigner for ExecSigner {
 
 struct Factory;
 
-impl PluginFactory for Factory {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<PluginStage, BuildError> {
+impl image_syncer_plugin::SignerFactory for Factory {
+    fn build(
+        &self,
+        config: &ConfigValue,
+        cx: &SignerContext,
+    ) -> Result<Box<dyn BlockingSigner>, BuildError> {
         let c: ExecConfig = typed_config(StageKind::Signer, "exec", config)?;
         let invalid = |message: &str| BuildError::Config {
             kind: StageKind::Signer,
@@ -159,26 +162,25 @@ impl PluginFactory for Factory {
             .as_deref()
             .map(|d| cx.resolve_path(d))
             .unwrap_or_else(|| cx.base_dir.clone());
-        Ok(PluginStage::Signer(Box::new(ExecSigner {
+        Ok(Box::new(ExecSigner {
             key: ExecKey {
                 sign: c.sign,
                 verify: c.verify,
                 dir,
             },
             recursive: c.recursive,
-        })))
+        }))
     }
 }
 
 fn register(r: &mut Registrar) {
     r.register(StageDeclaration {
-        kind: StageKind::Signer,
         name: "exec".into(),
         description: "cosign-compatible signatures made and checked by external commands (example plugin)".into(),
         example_config: "sign: [openssl, dgst, -sha256, -sign, key.pem]\nverify: [openssl, dgst, -sha256, -verify, pub.pem, -signature, \"{signature}\"]\nrecursive: false\n".into(),
         config_schema: None,
         transport: None,
-        factory: Box::new(Factory),
+        factory: PluginFactory::signer(Factory),
     });
 }
 

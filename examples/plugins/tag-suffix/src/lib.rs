@@ -16,12 +16,12 @@
 //! final target after the last transform (a tag longer than 128 characters is
 //! an input error, exit 2), so this transform does not check the length itself.
 
-use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::context::TransformContext;
 use image_syncer_plugin::core::reference::ImageRef;
 use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::schemars::JsonSchema;
 use image_syncer_plugin::core::stage::{StageError, StageKind, TransformInput};
-use image_syncer_plugin::{PluginFactory, PluginStage, Registrar, StageDeclaration, Transform};
+use image_syncer_plugin::{PluginFactory, Registrar, StageDeclaration, Transform};
 use serde::Deserialize;
 
 /// The settings under `config:`. Unknown keys are errors. `JsonSchema` (from
@@ -59,7 +59,7 @@ impl Transform for TagSuffix {
                 "tag-suffix needs a transform before it that computes the target, such as `retag`",
             ));
         };
-        if !self.applies_to(&input.spec.source) {
+        if !self.applies_to(&input.image.source) {
             return Ok(target);
         }
         let Some(tag) = target.tag() else {
@@ -75,38 +75,34 @@ impl Transform for TagSuffix {
     }
 }
 
-struct Factory;
-
-impl PluginFactory for Factory {
-    fn build(&self, config: &ConfigValue, _cx: &StageContext) -> Result<PluginStage, BuildError> {
-        let c: TagSuffixConfig = typed_config(StageKind::Transform, "tag-suffix", config)?;
-        let valid = !c.suffix.is_empty()
-            && c.suffix
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
-        if !valid {
-            return Err(BuildError::Config {
-                kind: StageKind::Transform,
-                plugin: "tag-suffix".into(),
-                message: format!("`suffix` `{}` is not 1 or more of [A-Za-z0-9_.-]", c.suffix),
-            });
-        }
-        Ok(PluginStage::Transform(Box::new(TagSuffix {
-            suffix: c.suffix,
-            only_for: c.only_for,
-        })))
+/// The factory: the typed config checked, the transform built.
+fn build(config: &ConfigValue, _cx: &TransformContext) -> Result<Box<dyn Transform>, BuildError> {
+    let c: TagSuffixConfig = typed_config(StageKind::Transform, "tag-suffix", config)?;
+    let valid = !c.suffix.is_empty()
+        && c.suffix
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
+    if !valid {
+        return Err(BuildError::Config {
+            kind: StageKind::Transform,
+            plugin: "tag-suffix".into(),
+            message: format!("`suffix` `{}` is not 1 or more of [A-Za-z0-9_.-]", c.suffix),
+        });
     }
+    Ok(Box::new(TagSuffix {
+        suffix: c.suffix,
+        only_for: c.only_for,
+    }))
 }
 
 fn register(r: &mut Registrar) {
     r.register(StageDeclaration {
-        kind: StageKind::Transform,
         name: "tag-suffix".into(),
         description: "Appends `suffix` to the target tag of every image, or of those whose source repository name starts with one of `onlyFor` (example plugin)".into(),
         example_config: "suffix: \"-mirror\"\nonlyFor: [\"docker.io/library/\"]\n".into(),
         config_schema: image_syncer_plugin::config_schema::<TagSuffixConfig>(),
         transport: None,
-        factory: Box::new(Factory),
+        factory: PluginFactory::transform(build),
     });
 }
 

@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use image_syncer_core::context::{RunContext, SinkContext, SourceContext};
 use image_syncer_core::definition::{self, parse_config_yaml, Definition};
 use image_syncer_core::manifest::{RawManifest, OCI_MANIFEST};
 use image_syncer_core::memory::MemoryRegistry;
 use image_syncer_core::orchestrator::Orchestrator;
-use image_syncer_core::registry::{Origin, RegisteredStage, StageFactory, StageRegistry};
+use image_syncer_core::registry::{Factory, Origin, RegisteredStage, StageRegistry};
 use image_syncer_core::report::{Action, Status};
-use image_syncer_core::stage::{Sink, Stage};
+use image_syncer_core::stage::{Sink, Source};
 use image_syncer_retag::Retag;
 
 use super::*;
@@ -26,10 +27,7 @@ fn def(yaml: &str) -> Definition {
 /// The stage the factory builds from `config` (YAML), as the host would get it.
 fn build(config: &str) -> Result<Box<dyn Transform>, BuildError> {
     let config = parse_config_yaml(config).unwrap();
-    match Factory.build(&config, &StageContext::default())? {
-        PluginStage::Transform(t) => Ok(t),
-        _ => panic!("the factory built another kind of stage"),
-    }
+    super::build(&config, &TransformContext::default())
 }
 
 /// What `retag` and then the transform make of each image of `yaml`.
@@ -39,13 +37,12 @@ fn targets(config: &str, yaml: &str) -> Vec<String> {
         .images
         .iter()
         .map(|spec| {
+            // What a transform sees of an image of the definition.
+            let image = spec.entry();
             let retagged = Retag::new(vec![])
-                .apply(TransformInput { spec, target: None })
+                .apply(TransformInput::new(&image, None))
                 .unwrap();
-            match transform.apply(TransformInput {
-                spec,
-                target: Some(retagged),
-            }) {
+            match transform.apply(TransformInput::new(&image, Some(retagged))) {
                 Ok(t) => t.to_string(),
                 Err(e) => format!("error: {}", e.message),
             }
@@ -69,10 +66,7 @@ fn appends_the_suffix_to_the_previous_target() {
     };
     let previous = ImageRef::parse("dst.io/mirror/library/busybox:1.36").unwrap();
     let target = transform
-        .apply(TransformInput {
-            spec: &def.images[0],
-            target: Some(previous),
-        })
+        .apply(TransformInput::new(&def.images[0].entry(), Some(previous)))
         .unwrap();
     assert_eq!(
         target.to_string(),
@@ -117,10 +111,7 @@ fn without_a_transform_before_it_is_an_error() {
     let d = def("targetRepoPrefix: dst.io/mirror/\nimages:\n- source: busybox:1.36\n");
     let err = build("suffix: \"-mirror\"")
         .unwrap()
-        .apply(TransformInput {
-            spec: &d.images[0],
-            target: None,
-        })
+        .apply(TransformInput::new(&d.images[0].entry(), None))
         .unwrap_err();
     assert!(err.message.contains("such as `retag`"), "{}", err.message);
 }
@@ -140,30 +131,8 @@ fn bad_configs_are_refused() {
     assert!(message("suffix: \"\"").contains("is not 1 or more of [A-Za-z0-9_.-]"));
 }
 
-/// A factory handing out one prebuilt stage, to put stages into a registry.
-struct Fixed(Stage);
-
-impl StageFactory for Fixed {
-    fn build(&self, _: &ConfigValue, _: &StageContext) -> Result<Stage, BuildError> {
-        Ok(self.0.clone())
-    }
-}
-
-/// The plugin's factory seen as a built-in's: its config comes from the definition.
-struct Plugin;
-
-impl StageFactory for Plugin {
-    fn build(&self, config: &ConfigValue, cx: &StageContext) -> Result<Stage, BuildError> {
-        match Factory.build(config, cx)? {
-            PluginStage::Transform(t) => Ok(Stage::Transform(Arc::from(t))),
-            _ => unreachable!("tag-suffix is a transform"),
-        }
-    }
-}
-
-fn stage(kind: StageKind, name: &str, factory: Arc<dyn StageFactory>) -> RegisteredStage {
+fn stage(name: &str, factory: Factory) -> RegisteredStage {
     RegisteredStage {
-        kind,
         name: name.into(),
         description: String::new(),
         example_config: String::new(),
@@ -190,23 +159,32 @@ async fn a_whole_run_between_memory_registries_writes_the_suffixed_tag() {
     source.add_manifest(&at, &manifest, Some("1.0"));
 
     let mut registry = StageRegistry::default();
+    let (from, to) = (source.clone(), target.clone());
     for s in [
         stage(
-            StageKind::Source,
             "memory",
-            Arc::new(Fixed(Stage::Source(source.clone()))),
+            Factory::source(move |_: &ConfigValue, _: &SourceContext| {
+                Ok(from.clone() as Arc<dyn Source>)
+            }),
         ),
         stage(
-            StageKind::Sink,
             "memory",
-            Arc::new(Fixed(Stage::Sink(target.clone()))),
+            Factory::sink(move |_: &ConfigValue, _: &SinkContext| Ok(to.clone() as Arc<dyn Sink>)),
         ),
         stage(
-            StageKind::Transform,
             "retag",
-            Arc::new(Fixed(Stage::Transform(Arc::new(Retag::new(vec![]))))),
+            Factory::transform(|_: &ConfigValue, _: &TransformContext| {
+                Ok(Arc::new(Retag::new(vec![])) as Arc<dyn Transform>)
+            }),
         ),
-        stage(StageKind::Transform, "tag-suffix", Arc::new(Plugin)),
+        // The plugin's factory, seen as a built-in's: its config comes
+        // from the definition.
+        stage(
+            "tag-suffix",
+            Factory::transform(|config: &ConfigValue, cx: &TransformContext| {
+                Ok(Arc::from(super::build(config, cx)?))
+            }),
+        ),
     ] {
         registry.insert(s).unwrap();
     }
@@ -220,7 +198,7 @@ async fn a_whole_run_between_memory_registries_writes_the_suffixed_tag() {
         "  guards: []\n",
         "  transforms: [ { plugin: retag }, { plugin: tag-suffix, config: { suffix: \"-mirror\" } } ]\n",
     );
-    let report = Orchestrator::new(registry, StageContext::default())
+    let report = Orchestrator::new(registry, RunContext::default())
         .prepare(&def(yaml), false)
         .unwrap()
         .run()

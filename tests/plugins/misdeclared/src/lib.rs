@@ -2,13 +2,13 @@
 //! must refuse each before calling anything (the register function aborts the
 //! process if it is reached in a version-mismatch build).
 
-use image_syncer_plugin::core::context::StageContext;
+use image_syncer_plugin::core::context::{GuardContext, SourceContext};
 use image_syncer_plugin::core::manifest::{Descriptor, RawManifest};
 use image_syncer_plugin::core::reference::ImageRef;
 use image_syncer_plugin::core::registry::{BuildError, ConfigValue};
-use image_syncer_plugin::core::stage::{GuardInput, StageError, StageKind, Verdict};
+use image_syncer_plugin::core::stage::{GuardInput, StageError, Verdict};
 use image_syncer_plugin::{
-    BlockingGuard, BlockingSource, PluginFactory, PluginStage, Registrar, StageDeclaration,
+    BlockingGuard, BlockingSource, PluginFactory, Registrar, StageDeclaration,
 };
 #[cfg(not(feature = "no-declaration"))]
 use image_syncer_plugin::{PluginDeclaration, ABI_VERSION, CORE_VERSION_NUL, RUSTC_VERSION_NUL};
@@ -50,20 +50,12 @@ impl BlockingSource for Panicky {
     }
 }
 
-struct Factory;
-
-impl PluginFactory for Factory {
-    fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<PluginStage, BuildError> {
-        Ok(PluginStage::Guard(Box::new(Pass)))
-    }
+fn pass(_: &ConfigValue, _: &GuardContext) -> Result<Box<dyn BlockingGuard>, BuildError> {
+    Ok(Box::new(Pass))
 }
 
-struct SourceFactory;
-
-impl PluginFactory for SourceFactory {
-    fn build(&self, _config: &ConfigValue, _cx: &StageContext) -> Result<PluginStage, BuildError> {
-        Ok(PluginStage::Source(Box::new(Panicky)))
-    }
+fn panicky(_: &ConfigValue, _: &SourceContext) -> Result<Box<dyn BlockingSource>, BuildError> {
+    Ok(Box::new(Panicky))
 }
 
 unsafe extern "C" fn register(registrar: *mut Registrar) {
@@ -80,7 +72,6 @@ unsafe extern "C" fn register(registrar: *mut Registrar) {
         return;
     }
     registrar.register(StageDeclaration {
-        kind: StageKind::Guard,
         // `immutable` is a built-in guard: a duplicate.
         name: if cfg!(feature = "duplicate") {
             "immutable"
@@ -96,17 +87,16 @@ unsafe extern "C" fn register(registrar: *mut Registrar) {
             None
         },
         transport: None,
-        factory: Box::new(Factory),
+        factory: PluginFactory::guard(pass),
     });
     if cfg!(feature = "panicking-source") {
         registrar.register(StageDeclaration {
-            kind: StageKind::Source,
             name: "panicky".into(),
             description: "panics on every call (test plugin)".into(),
             example_config: "{}\n".into(),
             config_schema: None,
             transport: None,
-            factory: Box::new(SourceFactory),
+            factory: PluginFactory::source(panicky),
         });
     }
 }
