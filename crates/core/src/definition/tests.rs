@@ -151,3 +151,58 @@ fn error_messages() {
         .collect();
     insta::assert_snapshot!(rendered.join("\n"));
 }
+
+/// `registries:` resolved: credentials read from their file (relative to
+/// the definition), found under the host and under its endpoint; a variable
+/// that is not set and a half-given login are input errors naming the entry.
+#[test]
+fn registry_access_reads_credentials_and_names_the_entry_at_fault() {
+    use crate::context::{Credentials, Registries};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("pass.txt"), "s3cret\n").unwrap();
+    let def = |registries: &str| {
+        parse(
+            &format!("targetRepoPrefix: dst.io/m/\nregistries:\n{registries}images:\n- source: busybox:1.36\n"),
+            &dir.join("images.yaml"),
+            &[],
+        )
+        .unwrap()
+    };
+    let d = def("  docker.io:\n    endpoint: mirror.local:5000\n    insecure: true\n    username: bob\n    passwordFile: pass.txt\n");
+    let mut registries = Registries::default();
+    registries.hosts = d.registry_access().unwrap();
+    let bob = Credentials::Basic {
+        username: "bob".into(),
+        password: crate::context::Secret::new("s3cret"),
+    };
+    assert_eq!(registries.configured_credentials("docker.io"), Some(&bob));
+    // The mirror is reached with the credentials of the entry it serves.
+    assert_eq!(
+        registries.configured_credentials("mirror.local:5000"),
+        Some(&bob)
+    );
+    assert_eq!(registries.configured_credentials("quay.io"), None);
+    assert_eq!(
+        registries.endpoint_for("docker.io"),
+        ("mirror.local:5000".to_string(), true)
+    );
+    for (registries, says) in [
+        (
+            "  quay.io:\n    username: bob\n    passwordEnv: IMAGE_SYNCER_TEST_NEVER_SET\n",
+            "registries.quay.io: the environment variable IMAGE_SYNCER_TEST_NEVER_SET is not set",
+        ),
+        (
+            "  quay.io:\n    passwordFile: pass.txt\n",
+            "registries.quay.io: give `username` with one of `passwordEnv`/`passwordFile`, or `tokenEnv` alone",
+        ),
+        (
+            "  quay.io:\n    username: bob\n    passwordFile: missing.txt\n",
+            "registries.quay.io: cannot read passwordFile",
+        ),
+    ] {
+        let err = def(registries).registry_access().unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+        assert!(err.contains("images.yaml"), "{err}");
+    }
+}
