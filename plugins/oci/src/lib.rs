@@ -1330,4 +1330,50 @@ mod tests {
         let e = classify("x", e, &image());
         assert_eq!((e.kind, e.retry_after), (ErrorKind::Unauthorized, None));
     }
+
+    #[test]
+    fn next_link_finds_rel_next_among_links() {
+        let cases = [
+            r#"</v2/app/tags/list?last=t099&n=100>; rel="next""#,
+            r#"<http://r.example/v2/app/tags/list?n=2&last=b>; rel=next"#,
+            r#"</v2/a?x=1>; rel="prev", </v2/a?x=2>; rel="next""#,
+            r#"</v2/a?x=1>; rel="prev first", </v2/a?x=2>; title="x"; REL="Next Last""#,
+            r#"</v2/a?x=1>; rel="prev""#,
+            r#"</v2/a?x=1>"#,
+            r#"rel="next""#,
+            "",
+        ];
+        let found: Vec<String> = cases
+            .iter()
+            .map(|h| format!("{h} -> {:?}", next_link(h)))
+            .collect();
+        insta::assert_snapshot!(found.join("\n"), @r#"
+        </v2/app/tags/list?last=t099&n=100>; rel="next" -> Some("/v2/app/tags/list?last=t099&n=100")
+        <http://r.example/v2/app/tags/list?n=2&last=b>; rel=next -> Some("http://r.example/v2/app/tags/list?n=2&last=b")
+        </v2/a?x=1>; rel="prev", </v2/a?x=2>; rel="next" -> Some("/v2/a?x=2")
+        </v2/a?x=1>; rel="prev first", </v2/a?x=2>; title="x"; REL="Next Last" -> Some("/v2/a?x=2")
+        </v2/a?x=1>; rel="prev" -> None
+        </v2/a?x=1> -> None
+        rel="next" -> None
+         -> None
+        "#);
+    }
+
+    #[test]
+    fn a_link_resolves_against_the_page_and_stays_on_its_host() {
+        let page = "https://r.example:5000/v2/app/tags/list?n=100";
+        let resolved: Vec<String> = [
+            "/v2/app/tags/list?last=t1&n=100",
+            "list?last=t1",
+            "https://r.example:5000/v2/app/tags/list?last=t1",
+            "https://other.example:5000/v2/app/tags/list?last=t1",
+            "https://r.example/v2/app/tags/list?last=t1",
+            "http://r.example:5000/v2/app/tags/list?last=t1",
+            "//evil.example/v2/x",
+        ]
+        .iter()
+        .map(|l| format!("{l} -> {:?}", resolve_link(page, l)))
+        .collect();
+        insta::assert_snapshot!(resolved.join("\n"));
+    }
 }
