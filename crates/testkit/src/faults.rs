@@ -603,7 +603,12 @@ fn tunnel(req: Request<Incoming>, st: &State) -> Response<Body> {
 /// One page of the registry's tag list for [`Faults::tag_pages`]: the tags
 /// after `last` (sorted), at most `n`, and a `Link` to the next page when
 /// more remain.
-async fn tag_page(st: &State, req: &Request<Incoming>, path: &str, style: &TagPages) -> Response<Body> {
+async fn tag_page(
+    st: &State,
+    req: &Request<Incoming>,
+    path: &str,
+    style: &TagPages,
+) -> Response<Body> {
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
     let (mut n, mut last) = (None, None);
     for pair in query.split('&') {
@@ -630,7 +635,11 @@ async fn tag_page(st: &State, req: &Request<Incoming>, path: &str, style: &TagPa
     let listed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let mut tags: Vec<String> = listed["tags"]
         .as_array()
-        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     tags.sort();
     let start = last

@@ -631,13 +631,7 @@ async fn list_tags_reads_the_ref_names_of_index_json() {
     push(&sink, &oci(&dir, ":2.0"), &arm, tag("2.0")).await;
     push(&sink, &oci(&dir, ":latest"), &arm, tag("latest")).await;
     let child = image("s390x");
-    push(
-        &sink,
-        &oci(&dir, ""),
-        &child,
-        ManifestTarget::Digest,
-    )
-    .await;
+    push(&sink, &oci(&dir, ""), &child, ManifestTarget::Digest).await;
     let in_file: Vec<String> = index_json(&dir)["manifests"]
         .as_array()
         .unwrap()
@@ -653,7 +647,11 @@ async fn list_tags_reads_the_ref_names_of_index_json() {
     assert_eq!(sorted, ["1.0", "2.0", "latest"]);
 
     // A malformed index.json is invalid, and the message names the file.
-    std::fs::write(dir.join("index.json"), b"{\"schemaVersion\": 2, \"manifests\": 7}").unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        b"{\"schemaVersion\": 2, \"manifests\": 7}",
+    )
+    .unwrap();
     let err = source.list_tags(&oci(&dir, "")).await.unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
     insta::assert_snapshot!(

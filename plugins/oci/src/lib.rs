@@ -581,7 +581,8 @@ fn next_link(header: &str) -> Option<&str> {
 /// absolute URL on the same scheme, host and port as `page`; another is
 /// refused, not followed.
 fn resolve_link(page: &str, link: &str) -> Result<String, String> {
-    let base = url::Url::parse(page).map_err(|e| format!("cannot read the page URL `{page}`: {e}"))?;
+    let base =
+        url::Url::parse(page).map_err(|e| format!("cannot read the page URL `{page}`: {e}"))?;
     let url = base
         .join(link)
         .map_err(|e| format!("the registry's next-page link `{link}` is not a URL: {e}"))?;

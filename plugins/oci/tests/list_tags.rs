@@ -96,10 +96,7 @@ fn the_default_page_takes_a_thousand_tags() {
     let host = proxy.host();
     let listed = block_on(client_for(&host).list_tags(&repository(&host, "app"))).unwrap();
     assert_eq!(listed, tags);
-    assert_eq!(
-        tag_list_requests(&proxy),
-        ["GET /v2/app/tags/list?n=1000"]
-    );
+    assert_eq!(tag_list_requests(&proxy), ["GET /v2/app/tags/list?n=1000"]);
 }
 
 #[test]
