@@ -60,6 +60,25 @@ pub struct Faults {
     /// Send this `ratelimit-remaining` header with every manifest answer,
     /// as Docker Hub does (`76;w=21600`).
     pub ratelimit_remaining: Option<String>,
+    /// Serve tag lists in pages (the registry's own list, sorted), honouring
+    /// `n` and `last` and naming the next page in a `Link` header, as
+    /// registries that paginate do: Debian's distribution 2.8 ignores `n`
+    /// and `last` on `tags/list`.
+    pub tag_pages: Option<TagPages>,
+}
+
+/// How [`Faults::tag_pages`] writes the `Link` to the next page.
+#[derive(Clone, Debug, Default)]
+pub enum TagPages {
+    /// `</v2/NAME/tags/list?last=TAG&n=N>; rel="next"`, as distribution 3 does.
+    #[default]
+    Relative,
+    /// The same, absolute on the proxy: `<http://PROXY/v2/...>`.
+    Absolute,
+    /// The same, absolute on another host (`HOST:PORT`): a link not to follow.
+    OtherHost(String),
+    /// The page itself (a registry that would loop forever).
+    Loop,
 }
 
 /// Answers every request that comes within `ms` of the first one with 429
@@ -277,6 +296,11 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((req.method().to_string(), path.clone()));
+    if let Some(style) = &f.tag_pages {
+        if req.method() == hyper::Method::GET && path.contains("/tags/list") {
+            return Ok(tag_page(&st, &req, &path, style).await);
+        }
+    }
     if let Some(t) = &f.throttle {
         let mut seen = st
             .injected
@@ -574,6 +598,69 @@ fn tunnel(req: Request<Incoming>, st: &State) -> Response<Body> {
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     });
     full(200, "", &[])
+}
+
+/// One page of the registry's tag list for [`Faults::tag_pages`]: the tags
+/// after `last` (sorted), at most `n`, and a `Link` to the next page when
+/// more remain.
+async fn tag_page(
+    st: &State,
+    req: &Request<Incoming>,
+    path: &str,
+    style: &TagPages,
+) -> Response<Body> {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let (mut n, mut last) = (None, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("n", v)) => n = v.parse::<usize>().ok(),
+            Some(("last", v)) => last = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    let mut out = st.client.get(format!("http://{}{base}", st.upstream));
+    if let Some(a) = req.headers().get("authorization") {
+        out = out.header("authorization", a.as_bytes());
+    }
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(e) => return full(502, e.to_string(), &[]),
+    };
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    let json = [("content-type", "application/json")];
+    if status != 200 {
+        return full(status, body, &json);
+    }
+    let listed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut tags: Vec<String> = listed["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    let start = last
+        .as_deref()
+        .map_or(0, |l| tags.partition_point(|t| t.as_str() <= l));
+    let n = n.unwrap_or(tags.len());
+    let end = (start + n).min(tags.len());
+    let page = &tags[start..end];
+    let answer = serde_json::json!({ "name": listed["name"], "tags": page }).to_string();
+    if end == tags.len() {
+        return full(200, answer, &json);
+    }
+    let after = page.last().cloned().or(last).unwrap_or_default();
+    let target = format!("{base}?last={after}&n={n}");
+    let link = match style {
+        TagPages::Relative => format!("<{target}>; rel=\"next\""),
+        TagPages::Absolute => format!("<http://{}{target}>; rel=\"next\"", st.proxy),
+        TagPages::OtherHost(host) => format!("<http://{host}{target}>; rel=\"next\""),
+        TagPages::Loop => format!("<{path}>; rel=\"next\""),
+    };
+    full(200, answer, &[json[0], ("link", &link)])
 }
 
 impl FaultProxy {

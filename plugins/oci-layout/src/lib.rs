@@ -79,6 +79,29 @@ impl OciLayoutSource {
             paths: Paths::new(base_dir.into()),
         }
     }
+
+    /// The tags of the layout `reference` names (its tag or digest, if any,
+    /// is ignored): the `org.opencontainers.image.ref.name` annotations of
+    /// the manifests in its `index.json`, in the file's order (a name given
+    /// twice comes twice; entries without one are skipped). A missing layout
+    /// directory or `index.json` is `NotFound`; an `index.json` that is not
+    /// an image index is `Invalid`, naming the file.
+    pub async fn list_tags(&self, reference: &ImageRef) -> Result<Vec<String>, StageError> {
+        let layout = self.paths.layout(reference)?;
+        match layout.read_index().await? {
+            IndexState::NoDir => Err(StageError::not_found(
+                layout.context("the layout directory does not exist"),
+            )),
+            IndexState::NoIndex => Err(StageError::not_found(
+                layout.context(format!("has no {INDEX_FILE}")),
+            )),
+            IndexState::Index(index) => Ok(index
+                .manifests
+                .iter()
+                .filter_map(|e| e.ref_name().map(str::to_string))
+                .collect()),
+        }
+    }
 }
 
 impl OciLayoutSink {

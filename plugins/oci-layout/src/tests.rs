@@ -600,3 +600,62 @@ async fn concurrent_tags_are_all_kept() {
     assert_eq!(names, expected);
     assert!(temp_files(&dir).is_empty());
 }
+
+#[tokio::test]
+async fn list_tags_reads_the_ref_names_of_index_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("layout");
+    let sink = OciLayoutSink::new(tmp.path());
+    let source = OciLayoutSource::new(tmp.path());
+
+    // No directory, then a directory without index.json: not found.
+    let err = source.list_tags(&oci(&dir, "")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.message.contains("does not exist"), "{err}");
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = source.list_tags(&oci(&dir, "")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotFound, "{err}");
+    assert!(err.message.contains("index.json"), "{err}");
+
+    // Written by the sink: one tag per entry, in index.json's order; an
+    // entry pushed by digest has no name and is not a tag.
+    let (amd, arm) = (image("amd64"), image("arm64"));
+    push(&sink, &oci(&dir, ":1.0"), &amd, tag("1.0")).await;
+    push(&sink, &oci(&dir, ":2.0"), &arm, tag("2.0")).await;
+    push(&sink, &oci(&dir, ":latest"), &arm, tag("latest")).await;
+    let child = image("s390x");
+    push(&sink, &oci(&dir, ""), &child, ManifestTarget::Digest).await;
+    let in_file: Vec<String> = index_json(&dir)["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"][REF_NAME_ANNOTATION].as_str())
+        .map(str::to_string)
+        .collect();
+    // The reference's own tag does not narrow the list.
+    let listed = source.list_tags(&oci(&dir, ":1.0")).await.unwrap();
+    assert_eq!(listed, in_file);
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["1.0", "2.0", "latest"]);
+
+    // A malformed index.json is invalid, and the message names the file.
+    std::fs::write(
+        dir.join("index.json"),
+        b"{\"schemaVersion\": 2, \"manifests\": 7}",
+    )
+    .unwrap();
+    let err = source.list_tags(&oci(&dir, "")).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+    insta::assert_snapshot!(
+        err.to_string().replace(&dir.display().to_string(), "DIR"),
+        @"OCI layout DIR: index.json is not a valid image index: invalid type: integer `7`, expected a sequence at line 1 column 35"
+    );
+
+    // A registry reference is not this plugin's.
+    let err = source
+        .list_tags(&ImageRef::parse("example.com/app").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Config, "{err}");
+}

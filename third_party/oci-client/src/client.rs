@@ -524,6 +524,78 @@ impl Client {
         Ok(serde_json::from_str(std::str::from_utf8(&body)?)?)
     }
 
+    /// Patched (image-syncer): one page of the tag list, with what
+    /// [`Client::list_tags`] drops: the URL asked and the answer's `Link`
+    /// header(s), joined with `, ` (pagination, distribution spec
+    /// `end-8b`). `next` is a URL to GET as is (a `Link` target the caller
+    /// resolved and checked); without it the first page is asked, with `n`.
+    /// A body larger than `max_bytes` is refused before it is read whole.
+    pub async fn list_tags_page(
+        &self,
+        image: &Reference,
+        auth: &RegistryAuth,
+        n: Option<usize>,
+        next: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(TagResponse, String, Option<String>)> {
+        let op = RegistryOperation::Pull;
+        let url = match next {
+            Some(next) => next.to_string(),
+            None => self.to_list_tags_url(image),
+        };
+
+        self.store_auth_if_needed(image.resolve_registry(), auth)
+            .await;
+
+        let request = self.client.get(&url);
+        let request = match (n, next) {
+            (Some(num), None) => request.query(&[("n", num)]),
+            _ => request,
+        };
+        let request = RequestBuilderWrapper {
+            client: self,
+            request_builder: request,
+        };
+        let request = request.apply_auth(image, op).await?.into_request_builder();
+        let asked = request
+            .try_clone()
+            .and_then(|r| r.build().ok())
+            .map(|r| r.url().to_string())
+            .unwrap_or_else(|| url.clone());
+        let mut res = request.send().await?;
+        let status = res.status();
+        let wait = retry_after(status, res.headers());
+        let links: Vec<&str> = res
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let link = (!links.is_empty()).then(|| links.join(", "));
+        let too_large = || OciDistributionError::TagListTooLarge { limit: max_bytes };
+        if status.is_success() && res.content_length().is_some_and(|l| l > max_bytes as u64) {
+            return Err(too_large());
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await? {
+            if body.len() + chunk.len() > max_bytes {
+                if status.is_success() {
+                    return Err(too_large());
+                }
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+
+        validate_registry_response(status, &body, &url).map_err(|e| e.with_retry_after(wait))?;
+
+        Ok((
+            serde_json::from_str(std::str::from_utf8(&body)?)?,
+            asked,
+            link,
+        ))
+    }
+
     /// Pull an image and return the bytes
     ///
     /// The client will check if it's already been authenticated and if

@@ -124,6 +124,14 @@ pub enum OciDistributionError {
         /// The limit
         limit: usize,
     },
+    /// Patched (image-syncer): a page of the tag list larger than the limit
+    /// the caller gave (`Client::list_tags_page`), refused before it is read
+    /// whole.
+    #[error("tag list page larger than the limit of {limit} bytes")]
+    TagListTooLarge {
+        /// The limit
+        limit: usize,
+    },
 }
 
 impl OciDistributionError {
