@@ -4,7 +4,7 @@
 //! (`Faults::tag_pages`), which pages the registry's own list as
 //! distribution 3 does and logs every request.
 
-use image_syncer_core::context::StageContext;
+use image_syncer_core::context::Registries;
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{ErrorKind, StageError};
 use image_syncer_oci::{OciConfig, OciRegistry};
@@ -12,10 +12,8 @@ use image_syncer_testkit::faults::{FaultProxy, Faults, TagPages};
 use image_syncer_testkit::{block_on, fixtures, Registry};
 
 fn client_for(host: &str) -> OciRegistry {
-    let cx = StageContext {
-        insecure_registries: vec![host.to_string()],
-        ..Default::default()
-    };
+    let mut cx = Registries::default();
+    cx.insecure = vec![host.to_string()];
     OciRegistry::new(&OciConfig::default(), &cx).expect("registry client")
 }
 
