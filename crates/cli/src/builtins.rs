@@ -7,6 +7,7 @@ use image_syncer_immutable as _;
 use image_syncer_oci as _;
 use image_syncer_oci_layout as _;
 use image_syncer_retag as _;
+use image_syncer_tags as _;
 
 #[cfg(test)]
 mod tests {
@@ -25,6 +26,9 @@ mod tests {
     ) -> Result<(), BuildError> {
         match kind {
             StageKind::Source => registry.build_source(name, config, &cx.source()).map(drop),
+            StageKind::Selector => registry
+                .build_selector(name, config, &cx.selector())
+                .map(drop),
             StageKind::Sink => registry.build_sink(name, config, &cx.sink()).map(drop),
             StageKind::Transform => registry
                 .build_transform(name, config, &cx.transform())
@@ -79,7 +83,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 7);
+        assert_eq!(seen, 8);
         let oci = &schema["$defs"]["SinkStage"]["anyOf"][0]["properties"]["config"]["anyOf"][0];
         assert_eq!(oci["additionalProperties"], false);
         assert!(oci["properties"]["readTimeoutSeconds"]["description"]
@@ -168,8 +172,8 @@ mod tests {
         }
         assert_eq!(built, registry.iter().count());
         assert_eq!(
-            built, 7,
-            "oci, oci-layout (source and sink), retag, immutable, cosign"
+            built, 8,
+            "oci, oci-layout (source and sink), tags, retag, immutable, cosign"
         );
     }
 }

@@ -307,6 +307,12 @@ pub fn run(args: Args) -> Exit {
         (None, None) => None,
     };
     let orchestrator = Orchestrator::new(registry, cx);
+    // Entries selecting tags by a rule: their rules are checked here, before
+    // anything is read; the other images are checked by preparing.
+    let expansion = match orchestrator.expansion(&def) {
+        Ok(e) => e,
+        Err(e) => return input_error(with_flags(e)),
+    };
     let prepared = match orchestrator.prepare_shard(&def, args.dry_run, shard) {
         Ok(p) => p,
         Err(e) => return input_error(with_flags(e)),
@@ -316,13 +322,13 @@ pub fn run(args: Args) -> Exit {
         .map(|j| j as usize)
         .or(def.jobs)
         .unwrap_or(image_syncer_core::orchestrator::DEFAULT_JOBS);
-    let prepared = prepared.with_jobs(jobs).with_retry({
+    let policy = {
         let mut policy = image_syncer_core::retry::RetryPolicy::from_settings(&def.retry);
         if let Some(n) = args.retries {
             policy.retries = n;
         }
         policy
-    });
+    };
     info!(
         images = def.images.len(),
         dry_run = args.dry_run,
@@ -341,19 +347,35 @@ pub fn run(args: Args) -> Exit {
         }
     };
     let interrupt = Arc::new(AtomicBool::new(false));
-    let mut prepared = prepared.with_interrupt(interrupt.clone());
+    // Listening starts here, before any registry is contacted.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::listen()
+    };
+    runtime.spawn(watch_signals(signals, interrupt.clone()));
+    // Expanding reads each repository's tags; then the whole run is
+    // prepared again, with one image per selected tag.
+    let prepared = if expansion.is_empty() {
+        prepared
+    } else {
+        let flow = prepared.flow().clone();
+        let expanded =
+            runtime.block_on(expansion.expand(&def, &policy, jobs, &interrupt, &flow, shard));
+        match orchestrator.prepare_shard(&expanded.definition, args.dry_run, shard) {
+            Ok(p) => p.with_failed(expanded.failed),
+            Err(e) => return input_error(with_flags(e)),
+        }
+    };
+    let mut prepared = prepared
+        .with_jobs(jobs)
+        .with_retry(policy)
+        .with_interrupt(interrupt);
     // A live line on a terminal; nothing extra when stderr is a file or pipe.
     let display = (std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.debug)
         .then(|| Arc::new(crate::progress::TtyProgress::new()));
     if let Some(d) = &display {
         prepared = prepared.with_progress(d.clone());
     }
-    // Listening starts here, before any registry is contacted.
-    let signals = {
-        let _in_runtime = runtime.enter();
-        Signals::listen()
-    };
-    runtime.spawn(watch_signals(signals, interrupt));
     let report = runtime.block_on(prepared.run());
     if let Some(d) = &display {
         d.clear();

@@ -141,6 +141,14 @@ pub struct SourceContext {
     pub transports: Vec<String>,
 }
 
+/// What a selector factory gets besides its config.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct SelectorContext {
+    /// Directory relative paths in the definition are resolved against.
+    pub base_dir: PathBuf,
+}
+
 /// What a sink factory gets besides its config.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -206,6 +214,11 @@ impl RunContext {
             registries: self.registries.clone(),
             base_dir: self.base_dir.clone(),
             transports: self.transports.clone(),
+        }
+    }
+    pub fn selector(&self) -> SelectorContext {
+        SelectorContext {
+            base_dir: self.base_dir.clone(),
         }
     }
     pub fn sink(&self) -> SinkContext {

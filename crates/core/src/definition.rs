@@ -176,11 +176,30 @@ macro_rules! stage_of_kind {
 }
 stage_of_kind!(
     SourceStage,
+    SelectorStage,
     TransformStage,
     GuardStage,
     SinkStage,
     SignerStage
 );
+
+/// Schema-only stand-in for an entry's `tags:` rule: a `$defs` entry that
+/// [`json_schema`] replaces with the `tags` selector's config schema.
+struct TagsRule;
+impl schemars::JsonSchema for TagsRule {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TagsRule".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A rule selecting tags (the `tags` selector's config).",
+            "type": "object"
+        })
+    }
+}
+
+/// The plugin reading an entry's `tags:`.
+pub const TAGS_SELECTOR: &str = "tags";
 
 /// A stage choice: plugin name, its config, and where it was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -229,15 +248,21 @@ impl Default for PipelineSpec {
     }
 }
 
-/// One image to sync.
+/// One image to sync, or a repository whose tags a rule selects (`tags:`).
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ImageModel {
-    /// The source reference (`busybox:1.36`, `gcr.io/x/y@sha256:…`, `oci:DIR[:TAG]`).
+    /// The source reference (`busybox:1.36`, `gcr.io/x/y@sha256:…`, `oci:DIR[:TAG]`);
+    /// with `tags:`, a repository (no tag, no digest).
     source: String,
     /// The target tag; required when the source is pinned by digest.
     #[serde(default)]
     tag: Option<String>,
+    /// Mirror the source repository's tags that this rule selects (the
+    /// built-in `tags` selector): `semver`, `regex`, `exclude`, `newest`.
+    #[serde(default)]
+    #[schemars(with = "Option<TagsRule>")]
+    tags: Option<serde_yaml::Value>,
     /// Sign this image (wins over the global `sign`).
     #[serde(default)]
     sign: Option<bool>,
@@ -259,6 +284,11 @@ struct ImageModel {
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ImagePipelineModel {
+    /// Select the source repository's tags with this selector plugin
+    /// (instead of `tags:`, which uses the built-in `tags` selector).
+    #[serde(default)]
+    #[schemars(with = "Option<SelectorStage>")]
+    selector: Option<StageModel>,
     #[serde(default)]
     #[schemars(with = "Option<SinkStage>")]
     sink: Option<StageModel>,
@@ -285,6 +315,11 @@ pub struct ImageSpec {
     pub sink: Option<StageSpec>,
     /// This image's own signer (`images[].pipeline.signer`), over the pipeline's.
     pub signer: Option<StageSpec>,
+    /// Set for an entry naming a repository whose tags a rule selects
+    /// (`tags:`, or `images[].pipeline.selector`): the selector; `source`
+    /// then has no tag. The orchestrator expands such an entry into one
+    /// image per selected tag ([`ImageSpec::with_selected_tag`]).
+    pub selector: Option<StageSpec>,
     /// Platforms to keep of a multi-platform image (`os/arch[/variant]`); empty = all.
     pub platforms: Vec<String>,
     /// Copy the source's cosign artifacts and referrers tag for the synced digest.
@@ -292,6 +327,16 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
+    /// The image of this repository entry for one selected tag: the same
+    /// settings, the source tagged, no selector.
+    pub fn with_selected_tag(&self, tag: &str) -> ImageSpec {
+        ImageSpec {
+            source: self.source.with_tag(tag),
+            selector: None,
+            ..self.clone()
+        }
+    }
+
     /// What transforms and guards see of this image.
     pub fn entry(&self) -> crate::stage::ImageEntry {
         let entry = crate::stage::ImageEntry::new(self.source.clone(), self.target_prefix.clone());
@@ -468,15 +513,32 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             ImageRef::parse(&format!("x:{tag}"))
                 .map_err(|_| invalid(format!("tag `{tag}` is invalid: a tag is 1 to 128 characters of [A-Za-z0-9_.-] and does not start with `.` or `-`")))?;
         }
-        if source.digest().is_some() && source.tag().is_none() && m.tag.is_none() {
+        let selects = m.tags.is_some() || m.pipeline.as_ref().is_some_and(|p| p.selector.is_some());
+        if selects {
+            if m.tags.is_some() && m.pipeline.as_ref().is_some_and(|p| p.selector.is_some()) {
+                return Err(invalid(
+                    "`tags:` and `pipeline.selector` cannot both be given; `tags:` is the `tags` selector's config".into(),
+                ));
+            }
+            if m.tag.is_some() {
+                return Err(invalid(
+                    "`tag:` and `tags:` cannot both be given: each selected tag is mirrored under its own name".into(),
+                ));
+            }
+            if source.tag().is_some() || source.digest().is_some() {
+                return Err(invalid(
+                    "with `tags:` the source names a repository: remove its tag or digest".into(),
+                ));
+            }
+        } else if source.digest().is_some() && source.tag().is_none() && m.tag.is_none() {
             return Err(invalid(
                 "the source is pinned by digest, so the entry needs a `tag:` for the target".into(),
             ));
         }
-        if source.digest().is_none() && source.tag().is_none() {
+        if !selects && source.digest().is_none() && source.tag().is_none() {
             if source.transport().is_none() {
                 return Err(invalid(
-                    "the source has neither tag nor digest; write the tag explicitly (for example `:latest`)".into(),
+                    "the source has neither tag nor digest; write the tag explicitly (for example `:latest`), or select tags with `tags:`".into(),
                 ));
             }
             if m.tag.is_none() {
@@ -485,8 +547,27 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
                 ));
             }
         }
-        let (sink, signer) = match m.pipeline {
-            None => (None, None),
+        let tags_rule = match m.tags {
+            None => None,
+            Some(rule) => {
+                let mut from = line.unwrap_or(0);
+                let model = StageModel {
+                    plugin: TAGS_SELECTOR.into(),
+                    config: rule,
+                };
+                let mut spec = stage_spec(
+                    model,
+                    text,
+                    &shown,
+                    format!("images[{index}].tags"),
+                    &mut from,
+                )?;
+                spec.line = find_line(text, "tags:", line.unwrap_or(0)).or(line);
+                Some(spec)
+            }
+        };
+        let (sink, signer, selector) = match m.pipeline {
+            None => (None, None, tags_rule),
             Some(p) => {
                 let mut from = line.unwrap_or(0);
                 let mut one = |model: Option<StageModel>, at: &str| {
@@ -497,7 +578,8 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
                         })
                         .transpose()
                 };
-                (one(p.sink, "sink")?, one(p.signer, "signer")?)
+                let selector = one(p.selector, "selector")?.or(tags_rule);
+                (one(p.sink, "sink")?, one(p.signer, "signer")?, selector)
             }
         };
         let platforms = match (m.amd64_only, &m.platforms) {
@@ -526,6 +608,7 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             target_prefix: model.target_repo_prefix.clone(),
             sink,
             signer,
+            selector,
             platforms,
             carry_signatures: m
                 .carry_signatures

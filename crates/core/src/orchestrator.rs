@@ -117,6 +117,8 @@ pub struct Prepared {
     progress: Arc<dyn crate::report::Progress>,
     /// Per-registry gates (the context's, shared with the plugins).
     flow: Arc<FlowControl>,
+    /// Entries that failed before planning (a tag rule's expansion).
+    failed: Vec<ImageReport>,
 }
 
 /// The name a registry's gate and figures go by: the registry host of a
@@ -155,6 +157,18 @@ impl Prepared {
     pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Prepared {
         self.interrupt = flag;
         self
+    }
+
+    /// Adds the reports of entries that failed before planning (see
+    /// [`Expanded::failed`]); the run's report lists them in definition order.
+    pub fn with_failed(mut self, failed: Vec<ImageReport>) -> Prepared {
+        self.failed = failed;
+        self
+    }
+
+    /// The per-registry flow control the run goes through (the context's).
+    pub fn flow(&self) -> &Arc<FlowControl> {
+        &self.flow
     }
 
     /// Retries transient failures of registry operations with `policy`.
@@ -198,11 +212,16 @@ impl Prepared {
             interrupt: self.interrupt.clone(),
             ledger: Ledger::default(),
         };
-        let images: Vec<ImageReport> = stream::iter(self.items.iter().zip(planned))
+        let mut images: Vec<ImageReport> = stream::iter(self.items.iter().zip(planned))
             .map(|(item, p)| self.finish(item, p, &run))
             .buffered(jobs)
             .collect()
             .await;
+        if !self.failed.is_empty() {
+            images.extend(self.failed.iter().cloned());
+            // Stable: expanded images keep their selection order.
+            images.sort_by_key(|i| i.index);
+        }
         let registries = self.flow.figures();
         for (registry, f) in &registries {
             debug!(%registry, requests = f.requests, retries = f.retries, pushbacks = f.pushbacks, throttled_seconds = f.throttled_seconds, lowest_limit = f.lowest_limit, "registry figures");
@@ -219,12 +238,15 @@ impl Prepared {
 mod carry;
 mod copy;
 mod execute;
+mod expand;
 mod plan;
 mod prepare;
 
 use copy::{check_manifest, ImageCopy, Walk};
 use execute::{Ledger, Run};
 use plan::{Decision, Planned};
+
+pub use expand::{Expanded, Expansion};
 
 #[cfg(test)]
 mod tests;

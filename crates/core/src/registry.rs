@@ -10,8 +10,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::context::{GuardContext, SignerContext, SinkContext, SourceContext, TransformContext};
-use crate::stage::{Guard, Signer, Sink, Source, StageKind, Transform};
+use crate::context::{
+    GuardContext, SelectorContext, SignerContext, SinkContext, SourceContext, TransformContext,
+};
+use crate::stage::{Guard, Selector, Signer, Sink, Source, StageKind, Transform};
 
 /// A plugin config as found in the definition: a tree of plain values.
 pub type ConfigValue = serde_json::Value;
@@ -61,6 +63,8 @@ macro_rules! factories {
 factories! {
     /// Builds a source from its config.
     SourceFactory, SourceContext, Source, Source, source;
+    /// Builds a selector from its config (an entry's `tags:`).
+    SelectorFactory, SelectorContext, Selector, Selector, selector;
     /// Builds a sink from its config.
     SinkFactory, SinkContext, Sink, Sink, sink;
     /// Builds a transform from its config.
@@ -363,6 +367,19 @@ impl StageRegistry {
         match &self.get(StageKind::Source, name)?.factory {
             Factory::Source(f) => f.build(config, cx),
             _ => Err(self.unknown(StageKind::Source, name)),
+        }
+    }
+
+    /// Builds a selector.
+    pub fn build_selector(
+        &self,
+        name: &str,
+        config: &ConfigValue,
+        cx: &SelectorContext,
+    ) -> Result<Arc<dyn Selector>, BuildError> {
+        match &self.get(StageKind::Selector, name)?.factory {
+            Factory::Selector(f) => f.build(config, cx),
+            _ => Err(self.unknown(StageKind::Selector, name)),
         }
     }
 

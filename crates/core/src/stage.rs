@@ -192,6 +192,15 @@ pub trait Source: Send + Sync {
         descriptor: &Descriptor,
     ) -> Result<ByteStream, StageError>;
 
+    /// The tags of `repository` (its tag or digest, if any, is ignored), in
+    /// the source's order, for entries that select tags by a rule. A source
+    /// that cannot list returns a [`ErrorKind::Config`] error (the default).
+    async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        Err(StageError::config(format!(
+            "{repository}: this source cannot list tags, so its entries cannot select tags by a rule"
+        )))
+    }
+
     /// The largest manifest this source serves. The orchestrator refuses a
     /// larger one whatever the source does; a source should refuse it before
     /// reading it whole (a registry can answer with gigabytes).
@@ -430,11 +439,23 @@ pub trait Signer: Send + Sync {
     ) -> Result<SignOutcome, StageError>;
 }
 
-/// The five kinds of stage, in pipeline order.
+/// Chooses which tags of a repository to mirror, for an entry naming a
+/// repository instead of an image (`tags:`). It sees every tag the source
+/// listed except those attaching artifacts to a digest
+/// ([`crate::digest::AttachedTag`]), and returns those to mirror in the
+/// order they are to be worked on. Reads nothing itself.
+pub trait Selector: Send + Sync {
+    fn select(&self, tags: &[String]) -> Result<Vec<String>, StageError>;
+    /// The rule in one line, for messages ("selected no tag of 37 with …").
+    fn describe(&self) -> String;
+}
+
+/// The six kinds of stage, in pipeline order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StageKind {
     Source,
+    Selector,
     Transform,
     Guard,
     Sink,
@@ -445,6 +466,7 @@ impl fmt::Display for StageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StageKind::Source => "source",
+            StageKind::Selector => "selector",
             StageKind::Transform => "transform",
             StageKind::Guard => "guard",
             StageKind::Sink => "sink",

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use image_syncer_core::async_trait;
 use image_syncer_core::context::{
-    GuardContext, SignerContext, SinkContext, SourceContext, TransformContext,
+    GuardContext, SelectorContext, SignerContext, SinkContext, SourceContext, TransformContext,
 };
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
@@ -24,8 +24,8 @@ use image_syncer_core::registry::{
     BuildError, ConfigValue, Factory, Origin, RegisteredStage, StageRegistry,
 };
 use image_syncer_core::stage::{
-    ErrorKind, Guard, GuardInput, ManifestTarget, SignOutcome, SignRequest, Signer, Sink, Source,
-    StageError, Transform, Verdict,
+    ErrorKind, Guard, GuardInput, ManifestTarget, Selector, SignOutcome, SignRequest, Signer, Sink,
+    Source, StageError, Transform, Verdict,
 };
 use libloading::Library;
 use tokio::runtime::Handle;
@@ -266,6 +266,16 @@ fn host_factory(factory: PluginFactory, library: Arc<Library>) -> Factory {
                 }) as Arc<dyn Source>)
             })
         }
+        PluginFactory::Selector(f) => {
+            let held = Lib(f, library);
+            Factory::selector(move |c: &ConfigValue, cx: &SelectorContext| {
+                let s = held.0.build(c, cx)?;
+                Ok(Arc::new(HostSelector {
+                    inner: s,
+                    _library: held.1.clone(),
+                }) as Arc<dyn Selector>)
+            })
+        }
         PluginFactory::Sink(f) => {
             let held = Lib(f, library);
             Factory::sink(move |c: &ConfigValue, cx: &SinkContext| {
@@ -411,6 +421,17 @@ impl Source for HostSource {
         blocking("source", move || inner.resolve(&r).map(own)).await
     }
 
+    async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        let (inner, r) = (self.inner.clone(), repository.clone());
+        // Strings copied into host-owned memory.
+        blocking("source", move || {
+            inner
+                .list_tags(&r)
+                .map(|tags| tags.iter().map(|t| t.as_str().to_owned()).collect())
+        })
+        .await
+    }
+
     async fn fetch_manifest(
         &self,
         repository: &ImageRef,
@@ -530,6 +551,20 @@ impl Transform for HostTransform {
         input: image_syncer_core::stage::TransformInput<'_>,
     ) -> Result<ImageRef, StageError> {
         self.inner.apply(input)
+    }
+}
+
+struct HostSelector {
+    inner: Box<dyn Selector>,
+    _library: Arc<Library>,
+}
+
+impl Selector for HostSelector {
+    fn select(&self, tags: &[String]) -> Result<Vec<String>, StageError> {
+        self.inner.select(tags)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
     }
 }
 

@@ -35,16 +35,16 @@ use std::sync::Arc;
 
 pub use image_syncer_core as core;
 use image_syncer_core::context::{
-    GuardContext, SignerContext, SinkContext, SourceContext, TransformContext,
+    GuardContext, SelectorContext, SignerContext, SinkContext, SourceContext, TransformContext,
 };
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{BuildError, ConfigValue};
-pub use image_syncer_core::stage::Transform;
 use image_syncer_core::stage::{
     GuardInput, ManifestTarget, SignOutcome, SignRequest, Sink, StageError, StageKind, Verdict,
 };
+pub use image_syncer_core::stage::{Selector, Transform};
 /// The `tracing` a plugin logs with: its events reach the host (see [`log`]).
 pub use tracing;
 
@@ -53,7 +53,7 @@ pub mod host;
 pub mod log;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// A fingerprint of the sizes and alignments of the types that cross the
 /// boundary, computed when this crate is compiled. Host and plugin must agree:
@@ -75,6 +75,7 @@ pub const LAYOUT: u64 = {
         align_of::<BuildError>(),
         size_of::<SourceContext>(),
         align_of::<SourceContext>(),
+        size_of::<SelectorContext>(),
         size_of::<SinkContext>(),
         size_of::<TransformContext>(),
         size_of::<GuardContext>(),
@@ -140,6 +141,13 @@ unsafe impl Sync for PluginDeclaration {}
 /// host verifies digests of everything.
 pub trait BlockingSource: Send + Sync {
     fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError>;
+    /// The tags of `repository`, for entries selecting tags by a rule. The
+    /// default: this source cannot list tags (a `Config` error).
+    fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        Err(StageError::config(format!(
+            "{repository}: this source cannot list tags, so its entries cannot select tags by a rule"
+        )))
+    }
     fn fetch_manifest(
         &self,
         repository: &ImageRef,
@@ -238,6 +246,8 @@ macro_rules! plugin_factories {
 plugin_factories! {
     /// Builds a blocking source.
     SourceFactory, SourceContext, dyn BlockingSource, Source, source;
+    /// Builds a selector (the core's synchronous trait).
+    SelectorFactory, SelectorContext, dyn Selector, Selector, selector;
     /// Builds a blocking sink.
     SinkFactory, SinkContext, dyn BlockingSink, Sink, sink;
     /// Builds a transform (the core's synchronous trait).
@@ -368,6 +378,12 @@ mod guard {
                     Ok(Box::new(Source(named, s)) as Box<dyn BlockingSource>)
                 })
             }
+            PluginFactory::Selector(f) => {
+                PluginFactory::selector(move |c: &ConfigValue, cx: &SelectorContext| {
+                    let (s, named) = built(StageKind::Selector, &name, || f.build(c, cx))?;
+                    Ok(Box::new(Selector(named, s)) as Box<dyn super::Selector>)
+                })
+            }
             PluginFactory::Sink(f) => {
                 PluginFactory::sink(move |c: &ConfigValue, cx: &SinkContext| {
                     let (s, named) = built(StageKind::Sink, &name, || f.build(c, cx))?;
@@ -399,6 +415,9 @@ mod guard {
     impl BlockingSource for Source {
         fn resolve(&self, r: &ImageRef) -> Result<RawManifest, StageError> {
             self.0.fence("resolve", || self.1.resolve(r))
+        }
+        fn list_tags(&self, r: &ImageRef) -> Result<Vec<String>, StageError> {
+            self.0.fence("list_tags", || self.1.list_tags(r))
         }
         fn fetch_manifest(&self, r: &ImageRef, d: &Descriptor) -> Result<RawManifest, StageError> {
             self.0
@@ -460,6 +479,18 @@ mod guard {
             input: image_syncer_core::stage::TransformInput<'_>,
         ) -> Result<ImageRef, StageError> {
             self.0.fence("apply", || self.1.apply(input))
+        }
+    }
+
+    struct Selector(Named, Box<dyn super::Selector>);
+    impl super::Selector for Selector {
+        fn select(&self, tags: &[String]) -> Result<Vec<String>, StageError> {
+            self.0.fence("select", || self.1.select(tags))
+        }
+        fn describe(&self) -> String {
+            self.0
+                .fence("describe", || Ok(self.1.describe()))
+                .unwrap_or_else(|e| e.message)
         }
     }
 

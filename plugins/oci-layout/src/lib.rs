@@ -652,6 +652,10 @@ impl Layout {
 
 #[async_trait]
 impl Source for OciLayoutSource {
+    async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        OciLayoutSource::list_tags(self, repository).await
+    }
+
     async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
         let layout = self.paths.layout(reference)?;
         match layout.lookup(reference, true).await? {

@@ -862,6 +862,10 @@ fn kind_of(e: &OciDistributionError) -> ErrorKind {
 
 #[async_trait]
 impl Source for OciRegistry {
+    async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        OciRegistry::list_tags(self, repository).await
+    }
+
     async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
         self.pull_manifest(reference, None, None).await
     }

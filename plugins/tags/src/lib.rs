@@ -62,6 +62,15 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use std::sync::Arc;
+
+use image_syncer_core::context::SelectorContext;
+use image_syncer_core::definition::config_to_yaml;
+use image_syncer_core::digest::AttachedTag;
+use image_syncer_core::registry::{
+    config_schema, typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
+};
+use image_syncer_core::stage::{Selector, StageError, StageKind};
 use regex::Regex;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
@@ -258,16 +267,9 @@ pub fn tag_version(tag: &str) -> Option<Version> {
 /// Whether `tag` names an artifact attached to an image rather than an image: a cosign
 /// signature, attestation or SBOM (`sha256-<64 hex>.sig`, `.att`, `.sbom`) or a
 /// referrers-tag-schema index (`sha256-<64 hex>`).
-// core will own this rule (AttachedTag::parse); swap when it lands
+// The rule is the core's, the one carrying and signing use.
 fn is_attached_tag(tag: &str) -> bool {
-    let Some(rest) = tag.strip_prefix("sha256-") else {
-        return false;
-    };
-    let (Some(hex), Some(suffix)) = (rest.get(..64), rest.get(64..)) else {
-        return false;
-    };
-    hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && matches!(suffix, "" | ".sig" | ".att" | ".sbom")
+    AttachedTag::parse(tag).is_some()
 }
 
 /// One line: `semver ">=2.50, <3", regex ["v2\\.5\\d\\..*"], exclude [".*-rc.*"], newest 3`
@@ -289,6 +291,54 @@ impl fmt::Display for TagRule {
             parts.push(format!("newest {n}"));
         }
         f.write_str(&parts.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The `tags` selector
+
+/// The built-in selector: an entry's `tags:` rule.
+struct TagsSelector(TagRule);
+
+impl Selector for TagsSelector {
+    fn select(&self, tags: &[String]) -> Result<Vec<String>, StageError> {
+        Ok(self.0.select(tags))
+    }
+    fn describe(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+fn build(config: &ConfigValue, _cx: &SelectorContext) -> Result<Arc<dyn Selector>, BuildError> {
+    let config: TagsConfig = typed_config(StageKind::Selector, "tags", config)?;
+    let rule = TagRule::new(&config).map_err(|e| BuildError::Config {
+        kind: StageKind::Selector,
+        plugin: "tags".into(),
+        message: e.to_string(),
+    })?;
+    Ok(Arc::new(TagsSelector(rule)))
+}
+
+/// `--list-stages`' example: a rule that builds (the empty default would not).
+fn example() -> String {
+    config_to_yaml(&TagsConfig {
+        semver: Some(">=1.2, <2".into()),
+        regex: Vec::new(),
+        exclude: vec![".*-rc.*".into()],
+        newest: Some(3),
+    })
+}
+
+image_syncer_core::inventory::submit! {
+    StagePlugin {
+        name: "tags",
+        description: "Selects the tags of a repository entry by its `tags:` rule: semver requirement, full-match regex and exclude patterns, then the newest N",
+        config: ConfigDoc {
+            schema: config_schema::<TagsConfig>,
+            example,
+        },
+        transport: None,
+        factory: || Factory::selector(build),
     }
 }
 

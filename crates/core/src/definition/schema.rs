@@ -21,6 +21,7 @@ pub fn json_schema<'a>(
         .expect("the definition schema has $defs");
     for (kind, def) in [
         (StageKind::Source, "SourceStage"),
+        (StageKind::Selector, "SelectorStage"),
         (StageKind::Transform, "TransformStage"),
         (StageKind::Guard, "GuardStage"),
         (StageKind::Sink, "SinkStage"),
@@ -62,6 +63,23 @@ pub fn json_schema<'a>(
             .into(),
         );
         entry.insert("anyOf".into(), branches.into());
+    }
+    // An entry's `tags:` is the `tags` selector's config.
+    let tags = stages
+        .iter()
+        .find(|(k, name, _)| *k == StageKind::Selector && *name == TAGS_SELECTOR)
+        .and_then(|(_, _, config)| config.cloned());
+    if let Some(rule) = tags.and_then(|c| embed_schema(c, defs)) {
+        let mut rule = rule;
+        if let Some(m) = rule.as_object_mut() {
+            m.insert(
+                "description".into(),
+                "A rule selecting the repository's tags (the built-in `tags` selector's config; \
+                 `image-syncer --list-stages`)."
+                    .into(),
+            );
+        }
+        defs.insert("TagsRule".into(), rule);
     }
     // Back to a `Schema`, which writes its keywords in their usual order.
     let schema = schemars::Schema::try_from(schema).expect("still a schema");

@@ -27,7 +27,7 @@ impl Orchestrator {
     }
 
     /// Builds a stage with `build`, naming where the definition chose it on error.
-    fn build_at<T>(
+    pub(super) fn build_at<T>(
         &self,
         def: &Definition,
         spec: &StageSpec,
@@ -45,7 +45,7 @@ impl Orchestrator {
     }
 
     /// Builds the stage the definition chose, else the one serving `transport`.
-    fn build_by_transport<T>(
+    pub(super) fn build_by_transport<T>(
         &self,
         def: &Definition,
         kind: StageKind,
@@ -109,6 +109,7 @@ impl Orchestrator {
             interrupt: Arc::default(),
             progress: Arc::new(crate::report::NoProgress),
             flow: self.context.registries.flow.clone(),
+            failed: Vec::new(),
         })
     }
 
@@ -129,8 +130,9 @@ impl Orchestrator {
             message,
         };
         let mut targets: Vec<ImageRef> = Vec::with_capacity(def.images.len());
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for spec in &def.images {
+        // Target → the first image with it.
+        let mut seen: HashMap<String, &ImageSpec> = HashMap::new();
+        for spec in images(def) {
             let mut target = None;
             let entry = spec.entry();
             for t in transforms {
@@ -147,13 +149,12 @@ impl Orchestrator {
             // the sinks can write: checked here, before anything is touched.
             valid_target(&target, &self.context.transports).map_err(|m| refused(spec, m))?;
             let key = target.to_string();
-            if let Some(&first) = seen.get(&key) {
-                let f = &def.images[first];
+            if let Some(&f) = seen.get(&key) {
                 if !f.source.same_image(&spec.source) {
                     return Err(PrepareError::DuplicateTarget {
                         path: path.clone(),
                         line: spec.line,
-                        first,
+                        first: f.index,
                         first_source: f.source.to_string(),
                         second: spec.index,
                         second_source: spec.source.to_string(),
@@ -162,7 +163,7 @@ impl Orchestrator {
                 }
                 warn!(image = spec.index, source = %spec.source, "image listed twice; it is synced once");
             } else {
-                seen.insert(key, spec.index);
+                seen.insert(key, spec);
             }
             targets.push(target);
         }
@@ -183,7 +184,7 @@ impl Orchestrator {
         let mut sinks: HashMap<Built, Arc<dyn Sink>> = HashMap::new();
         let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
         let mut done: HashMap<String, usize> = HashMap::new();
-        for (spec, target) in def.images.iter().zip(targets) {
+        for (spec, target) in images(def).zip(targets) {
             if shard.is_some_and(|s| !s.owns(&target)) {
                 continue;
             }
@@ -294,6 +295,12 @@ impl Orchestrator {
         }
         Ok(())
     }
+}
+
+/// The images of `def` that name one image: entries naming a repository
+/// with a tag rule are expanded first ([`Orchestrator::expansion`]).
+fn images(def: &Definition) -> impl Iterator<Item = &ImageSpec> {
+    def.images.iter().filter(|i| i.selector.is_none())
 }
 
 /// Whether a transform's output is a target a sink can write: a reference
