@@ -3,12 +3,13 @@
 //! A dynamic plugin is a `cdylib` that depends on this crate (and on
 //! `image-syncer-core` through it), implements one or more **blocking** stage
 //! traits ([`BlockingSource`], [`BlockingSink`], [`BlockingGuard`],
-//! [`BlockingSigner`], or the core's synchronous [`Transform`]), and declares
+//! [`BlockingSigner`], or the core's synchronous [`Transform`] and
+//! [`Selector`]), and declares
 //! itself with [`declare_plugin!`]:
 //!
 //! ```text
 //! fn register(r: &mut image_syncer_plugin::Registrar) {
-//!     r.register(image_syncer_plugin::StageDeclaration { /* kind, name, factory, ... */ });
+//!     r.register(image_syncer_plugin::StageDeclaration { /* name, description, factory: PluginFactory::guard(build), ... */ });
 //! }
 //! image_syncer_plugin::declare_plugin!(register);
 //! ```

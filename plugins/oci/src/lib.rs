@@ -4,9 +4,13 @@
 //! - Connections follow the definition's `registries:` settings: `endpoint`
 //!   replaces the host connected to (names are unchanged), `insecure` and
 //!   `--insecure-registry` select plain HTTP. Everything else is HTTPS.
-//! - Sources are read anonymously; the target registry (and a source on the
-//!   same registry) use the target credentials. Bearer-token and basic flows
-//!   are negotiated from the registry's challenge.
+//! - Each registry is read and written with the credentials found for it:
+//!   the target credentials given to the run (for the target registry, and a
+//!   source on it), the definition's `registries:` entry, Docker's or
+//!   containers' config; else anonymously. Bearer-token and basic flows are
+//!   negotiated from the registry's challenge.
+//! - Tags are listed (`tags/list`) following the registry's `Link` pages,
+//!   for entries that select tags by a rule.
 //! - Manifests are verified against their digest on pull (here and again by
 //!   the orchestrator); blobs stream both ways and are verified on the fly.
 
