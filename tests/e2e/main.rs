@@ -14,4 +14,5 @@ mod plugins;
 mod signing;
 mod stress;
 mod sync;
+mod tags;
 mod tls;

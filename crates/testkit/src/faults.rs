@@ -65,6 +65,9 @@ pub struct Faults {
     /// registries that paginate do: Debian's distribution 2.8 ignores `n`
     /// and `last` on `tags/list`.
     pub tag_pages: Option<TagPages>,
+    /// With `tag_pages`: at most this many tags per page whatever `n` asks,
+    /// as registries that cap the page size do (Harbor, GHCR: 100).
+    pub tag_page_max: Option<usize>,
 }
 
 /// How [`Faults::tag_pages`] writes the `Link` to the next page.
@@ -298,7 +301,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         .push((req.method().to_string(), path.clone()));
     if let Some(style) = &f.tag_pages {
         if req.method() == hyper::Method::GET && path.contains("/tags/list") {
-            return Ok(tag_page(&st, &req, &path, style).await);
+            return Ok(tag_page(&st, &req, &path, style, f.tag_page_max).await);
         }
     }
     if let Some(t) = &f.throttle {
@@ -608,6 +611,7 @@ async fn tag_page(
     req: &Request<Incoming>,
     path: &str,
     style: &TagPages,
+    max: Option<usize>,
 ) -> Response<Body> {
     let (base, query) = path.split_once('?').unwrap_or((path, ""));
     let (mut n, mut last) = (None, None);
@@ -645,7 +649,7 @@ async fn tag_page(
     let start = last
         .as_deref()
         .map_or(0, |l| tags.partition_point(|t| t.as_str() <= l));
-    let n = n.unwrap_or(tags.len());
+    let n = n.unwrap_or(tags.len()).min(max.unwrap_or(usize::MAX));
     let end = (start + n).min(tags.len());
     let page = &tags[start..end];
     let answer = serde_json::json!({ "name": listed["name"], "tags": page }).to_string();
