@@ -156,13 +156,11 @@ impl Report {
             out.push_str("Summary:\n");
         }
         for i in &self.images {
-            let _ = write!(
-                out,
-                "  {:width$}  {} -> {}",
-                i.action.label(),
-                i.source,
-                i.target
-            );
+            let _ = write!(out, "  {:width$}  {}", i.action.label(), i.source);
+            // An entry that failed before it had a target (a tag rule's).
+            if !i.target.is_empty() {
+                let _ = write!(out, " -> {}", i.target);
+            }
             if let Some(d) = &i.digest {
                 let _ = write!(out, " ({d})");
             }
