@@ -536,3 +536,110 @@ fn redact_loader_reason(text: &str) -> String {
         })
         .collect()
 }
+
+fn tag_prefix_plugin() -> PathBuf {
+    build_plugin("image-syncer-example-tag-prefix", &[], "tag-prefix")
+}
+
+/// A selector from a library chooses the tags of a repository entry
+/// (`images[].pipeline.selector`); the core never hands it a signature tag.
+#[test]
+fn a_plugin_selector_chooses_the_tags_of_a_repository_entry() {
+    let plugin = tag_prefix_plugin();
+    let (source, target) = (Registry::start(), Registry::start());
+    let mut digests = Vec::new();
+    for tag in ["v1.9", "v2.0", "v2.1", "beta"] {
+        let img = fixtures::image(&format!("tag-prefix-{tag}"), 1, 200);
+        block_on(source.push(&format!("team/app:{tag}"), &img));
+        digests.push((tag, img.digest.to_string()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "{}plugins: [\"{}\"]\nimages:\n- source: team/app\n  pipeline:\n    selector: {{ plugin: tag-prefix, config: {{ prefixes: [\"v2.\"], max: 1 }} }}\n",
+            header(&source, &target),
+            plugin.display()
+        ),
+    );
+    let host = target.host();
+    let r = run(&["-i", def.to_str().unwrap(), "--insecure-registry", &host]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let mut mirrored = block_on(target.tags("mirror/team/app"));
+    mirrored.sort();
+    assert_eq!(mirrored, ["v2.1"], "{}", r.stdout);
+    assert_eq!(
+        block_on(target.digest("mirror/team/app:v2.1")),
+        Some(digests[2].1.clone())
+    );
+    // Listed with its kind and origin.
+    let r = run(&["--list-stages", "--plugin", plugin.to_str().unwrap()]);
+    assert!(r.stdout.contains("selector tag-prefix"), "{}", r.stdout);
+    // A bad config is an input error before the source is asked.
+    let asked = source.requests().len();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "{}plugins: [\"{}\"]\nimages:\n- source: team/app\n  pipeline:\n    selector: {{ plugin: tag-prefix, config: {{ prefixes: [] }} }}\n",
+            header(&source, &target),
+            plugin.display()
+        ),
+    );
+    let r = run(&["-i", bad.to_str().unwrap(), "--insecure-registry", &host]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("at least one prefix"), "{}", r.stderr);
+    assert_eq!(source.requests().len(), asked, "the source was asked");
+}
+
+/// A source from a library lists tags too: the `dir:` example's tags are the
+/// image directories under its path, selected with the built-in `tags` rule.
+#[test]
+fn a_plugin_source_lists_the_tags_of_a_repository_entry() {
+    let plugin = dir_plugin();
+    let (source, target) = (Registry::start(), Registry::start());
+    let dir = tempfile::tempdir().unwrap();
+    let h = source.host();
+    let mut digests = Vec::new();
+    for tag in ["1.36", "1.37"] {
+        let img = fixtures::image(&format!("dir-tags-{tag}"), 1, 300);
+        block_on(source.push(&format!("library/busybox:{tag}"), &img));
+        digests.push(img.digest.to_string());
+    }
+    // Registry → dir:out/library/busybox/{1.36,1.37}.
+    let to_dir = write(
+        dir.path(),
+        "to-dir.yaml",
+        &format!(
+            "targetRepoPrefix: \"dir:out/\"\nplugins: [\"{p}\"]\nregistries:\n  \"{h}\":\n    insecure: true\nimages:\n- source: \"{h}/library/busybox:1.36\"\n- source: \"{h}/library/busybox:1.37\"\n",
+            p = plugin.display()
+        ),
+    );
+    let r = run(&["-i", to_dir.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // dir:out/<host>/library/busybox → the registry, every tag the rule selects.
+    let path = format!("out/{}/library/busybox", h.replace(':', "_"));
+    assert!(dir.path().join(&path).join("1.37/manifest.json").is_file());
+    let t = target.host();
+    let back = write(
+        dir.path(),
+        "back.yaml",
+        &format!(
+            "targetRepoPrefix: \"{t}/back/\"\nplugins: [\"{p}\"]\nregistries:\n  \"{t}\":\n    insecure: true\nimages:\n- source: \"dir:{path}\"\n  tags: {{ semver: \">=1.37\" }}\n",
+            p = plugin.display()
+        ),
+    );
+    let r = run(&["-i", back.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(target.tags("back/busybox")),
+        ["1.37"],
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        block_on(target.digest("back/busybox:1.37")),
+        Some(digests[1].clone())
+    );
+}

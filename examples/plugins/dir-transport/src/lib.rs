@@ -8,7 +8,9 @@
 //!
 //! References: `dir:PATH` is the image in PATH (what `skopeo copy … dir:PATH`
 //! writes); `dir:PATH:TAG` is the image in PATH/TAG, so a target prefix
-//! `dir:out/` stores `busybox:1.36` in `out/library/busybox/1.36/`.
+//! `dir:out/` stores `busybox:1.36` in `out/library/busybox/1.36/`. The tags
+//! of `dir:PATH` (for an entry selecting tags, `tags:`) are the
+//! subdirectories of PATH holding an image.
 //!
 //! Everything here is plain blocking `std::fs`: the plugin boundary is
 //! blocking, and the host runs these calls on its blocking pool.
@@ -174,6 +176,27 @@ impl Dir {
 }
 
 impl BlockingSource for Dir {
+    /// The tags of `dir:PATH`: the subdirectories of PATH holding an image
+    /// (`PATH/TAG/manifest.json`, what `dir:PATH:TAG` names), sorted.
+    fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        let root = self.path(&repository.with_tag("x"))?;
+        let root = root.parent().unwrap_or(&root).to_path_buf();
+        let entries = std::fs::read_dir(&root)
+            .map_err(|e| StageError::from_io(&format!("{repository}: {}", root.display()), &e))?;
+        let mut tags = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                StageError::from_io(&format!("{repository}: {}", root.display()), &e)
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.path().join("manifest.json").is_file() {
+                tags.push(name);
+            }
+        }
+        tags.sort();
+        Ok(tags)
+    }
+
     fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
         self.lookup(reference, None)?.ok_or_else(|| {
             StageError::not_found(format!(
