@@ -1,0 +1,108 @@
+//! The core's module graph, checked from its sources (docs/ARCHITECTURE.md,
+//! "Invariants"): no cycle between top-level modules, the stage API below
+//! the definition and the engine, and no HTTP or registry protocol.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Top-level module → the top-level modules its non-test code names as
+/// `crate::<module>` (doc comments and `#[cfg(test)]` tails left out).
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![src.clone()];
+    // Bounded: the source tree is small.
+    for _ in 0..10_000 {
+        let Some(dir) = stack.pop() else { break };
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            if !rel.ends_with(".rs") || rel == "lib.rs" || rel.ends_with("tests.rs") {
+                continue;
+            }
+            let module = rel
+                .trim_end_matches(".rs")
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap();
+            let deps = graph.entry(module.clone()).or_default();
+            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                for (i, _) in line.match_indices("crate::") {
+                    let name: String = line[i + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if !name.is_empty() && name != module {
+                        deps.insert(name);
+                    }
+                }
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn top_level_modules_form_no_cycle() {
+    let graph = graph();
+    assert!(graph.len() >= 10, "found {graph:?}");
+    // Depth-first, each path bounded by the number of modules.
+    fn visit(
+        m: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) {
+        if done.contains(m) {
+            return;
+        }
+        if let Some(at) = path.iter().position(|p| p == m) {
+            panic!("module cycle: {} -> {m}", path[at..].join(" -> "));
+        }
+        path.push(m.to_string());
+        for d in graph.get(m).into_iter().flatten() {
+            visit(d, graph, path, done);
+        }
+        path.pop();
+        done.insert(m.to_string());
+    }
+    let mut done = BTreeSet::new();
+    for m in graph.keys() {
+        visit(m, &graph, &mut Vec::new(), &mut done);
+    }
+}
+
+#[test]
+fn the_stage_api_does_not_see_the_definition_or_the_engine() {
+    let graph = graph();
+    for module in ["stage", "context", "digest", "reference", "manifest", "flow"] {
+        let deps = &graph[module];
+        for above in ["definition", "orchestrator", "retry", "registry", "report"] {
+            assert!(
+                !deps.contains(above),
+                "`{module}` uses `{above}`: the stage API must not depend on it ({deps:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn core_speaks_no_http() {
+    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .unwrap();
+    let deps = manifest.split("[dependencies]").nth(1).unwrap();
+    let deps = deps.split("\n[").next().unwrap();
+    for http in ["reqwest", "hyper", "oci-client", "http ", "ureq"] {
+        assert!(
+            !deps.contains(http),
+            "core depends on {http}: HTTP belongs in plugins"
+        );
+    }
+}
