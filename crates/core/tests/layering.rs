@@ -20,7 +20,11 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 stack.push(path);
                 continue;
             }
-            let rel = path.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if !rel.ends_with(".rs") || rel == "lib.rs" || rel.ends_with("tests.rs") {
                 continue;
             }
@@ -82,7 +86,14 @@ fn top_level_modules_form_no_cycle() {
 #[test]
 fn the_stage_api_does_not_see_the_definition_or_the_engine() {
     let graph = graph();
-    for module in ["stage", "context", "digest", "reference", "manifest", "flow"] {
+    for module in [
+        "stage",
+        "context",
+        "digest",
+        "reference",
+        "manifest",
+        "flow",
+    ] {
         let deps = &graph[module];
         for above in ["definition", "orchestrator", "retry", "registry", "report"] {
             assert!(
@@ -95,8 +106,8 @@ fn the_stage_api_does_not_see_the_definition_or_the_engine() {
 
 #[test]
 fn core_speaks_no_http() {
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .unwrap();
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
     let deps = manifest.split("[dependencies]").nth(1).unwrap();
     let deps = deps.split("\n[").next().unwrap();
     for http in ["reqwest", "hyper", "oci-client", "http ", "ureq"] {
