@@ -190,3 +190,46 @@ pub fn p256_keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     never_shown(&key_material(&key));
     (key, public)
 }
+
+/// Two real registries (source reached as `docker.io`, see [`header`]) and
+/// a directory for definitions.
+pub struct Pair {
+    pub source: Registry,
+    pub target: Registry,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pair {
+    pub fn new() -> Pair {
+        Pair {
+            source: Registry::start(),
+            target: Registry::start(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn definition(&self, images: &str) -> String {
+        let text = format!("{}images:\n{images}", header(&self.source, &self.target));
+        write(self.dir.path(), "images.yaml", &text)
+            .display()
+            .to_string()
+    }
+
+    /// Runs the definition with `images:` against the pair, and `extra` flags.
+    pub fn sync(&self, images: &str, extra: &[&str]) -> Run {
+        let def = self.definition(images);
+        let host = self.target.host();
+        let mut args = vec![
+            "--images-file",
+            def.as_str(),
+            "--insecure-registry",
+            host.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    }
+
+    pub fn redact(&self, s: &str) -> String {
+        redact(s, &[(&self.source, "[SOURCE]"), (&self.target, "[TARGET]")])
+    }
+}

@@ -2,46 +2,6 @@
 
 use crate::support::*;
 
-struct Pair {
-    source: Registry,
-    target: Registry,
-    dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn new() -> Pair {
-        Pair {
-            source: Registry::start(),
-            target: Registry::start(),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn definition(&self, images: &str) -> String {
-        let text = format!("{}images:\n{images}", header(&self.source, &self.target));
-        write(self.dir.path(), "images.yaml", &text)
-            .display()
-            .to_string()
-    }
-
-    fn sync(&self, images: &str, extra: &[&str]) -> Run {
-        let def = self.definition(images);
-        let host = self.target.host();
-        let mut args = vec![
-            "--images-file",
-            def.as_str(),
-            "--insecure-registry",
-            host.as_str(),
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    }
-
-    fn redact(&self, s: &str) -> String {
-        redact(s, &[(&self.source, "[SOURCE]"), (&self.target, "[TARGET]")])
-    }
-}
-
 const THREE: &str = "- source: \"busybox:1.36\"\n- source: \"bitnami/multi:1.0\"\n- source: \"docker.io/team/app:2\"\n";
 
 fn populate(

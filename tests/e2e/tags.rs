@@ -4,12 +4,15 @@
 use crate::support::*;
 use image_syncer_testkit::faults::{FaultProxy, Faults, TagPages};
 
-/// A source repository `prom/prometheus` with tags covering the rules, each
-/// tag a different image, and an empty target.
-struct Repo {
-    source: Registry,
-    target: Registry,
-    dir: tempfile::TempDir,
+/// A pair of registries whose source holds `prom/prometheus` with tags
+/// covering the rules, each tag a different image.
+struct Repo(Pair);
+
+impl std::ops::Deref for Repo {
+    type Target = Pair;
+    fn deref(&self) -> &Pair {
+        &self.0
+    }
 }
 
 /// The upstream tags: releases (with and without `v`), release candidates,
@@ -30,11 +33,7 @@ const TAGS: &[&str] = &[
 
 impl Repo {
     fn new() -> Repo {
-        let repo = Repo {
-            source: Registry::start(),
-            target: Registry::start(),
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let repo = Repo(Pair::new());
         for tag in TAGS {
             repo.push(tag, tag);
         }
@@ -46,21 +45,6 @@ impl Repo {
         let img = fixtures::image(&format!("prom-{seed}"), 1, 64);
         block_on(self.source.push(&format!("prom/prometheus:{tag}"), &img));
         img.digest.to_string()
-    }
-
-    fn definition(&self, images: &str) -> String {
-        let text = format!("{}images:\n{images}", header(&self.source, &self.target));
-        write(self.dir.path(), "images.yaml", &text)
-            .display()
-            .to_string()
-    }
-
-    fn sync(&self, images: &str, extra: &[&str]) -> Run {
-        let def = self.definition(images);
-        let host = self.target.host();
-        let mut args = vec!["-i", def.as_str(), "--insecure-registry", host.as_str()];
-        args.extend_from_slice(extra);
-        run(&args)
     }
 
     /// The tags the target holds of the mirrored repository, sorted.

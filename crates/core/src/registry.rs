@@ -239,6 +239,20 @@ pub struct RegisteredStage {
 }
 
 impl RegisteredStage {
+    /// A built-in stage named `name`, with no description, example, schema
+    /// or transport: for tests that put prebuilt stages into a registry.
+    pub fn new(name: impl Into<String>, factory: Factory) -> RegisteredStage {
+        RegisteredStage {
+            name: name.into(),
+            description: String::new(),
+            example_config: String::new(),
+            config_schema: None,
+            transport: None,
+            origin: Origin::Builtin,
+            factory,
+        }
+    }
+
     /// The kind of stage, from its factory.
     pub fn kind(&self) -> StageKind {
         self.factory.kind()

@@ -67,6 +67,27 @@ pub struct ImageReport {
     pub error: Option<crate::stage::ErrorKind>,
 }
 
+impl ImageReport {
+    /// The report of image `index`, from `source` to `target`, before
+    /// anything is known: failed until planning says otherwise.
+    pub fn new(index: usize, source: String, target: String) -> ImageReport {
+        ImageReport {
+            index,
+            source,
+            target,
+            digest: None,
+            target_digest: None,
+            action: Action::Failed,
+            signature: None,
+            bytes: 0,
+            duration_ms: 0,
+            carried: Vec::new(),
+            message: None,
+            error: None,
+        }
+    }
+}
+
 /// Live progress of a run, for a display. Called from the run's tasks; an
 /// implementation must be cheap and must not block.
 pub trait Progress: Send + Sync {

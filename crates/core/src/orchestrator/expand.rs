@@ -122,20 +122,11 @@ impl Expansion {
                         continue;
                     }
                     warn!(image = spec.index, source = %spec.source, %message, "entry not expanded");
-                    failed.push(ImageReport {
-                        index: spec.index,
-                        source: spec.source.to_string(),
-                        target: String::new(),
-                        digest: None,
-                        target_digest: None,
-                        action: Action::Failed,
-                        signature: None,
-                        bytes: 0,
-                        duration_ms: 0,
-                        carried: Vec::new(),
-                        message: Some(message),
-                        error: None,
-                    });
+                    // No target: the entry never had one.
+                    let mut report =
+                        ImageReport::new(spec.index, spec.source.to_string(), String::new());
+                    report.message = Some(message);
+                    failed.push(report);
                 }
             }
         }

@@ -43,20 +43,11 @@ impl Prepared {
     }
 
     pub(super) async fn plan_inner(&self, item: &Item) -> Planned {
-        let mut report = ImageReport {
-            index: item.spec.index,
-            source: item.spec.source.to_string(),
-            target: item.target.to_string(),
-            digest: None,
-            target_digest: None,
-            action: Action::Failed,
-            signature: None,
-            bytes: 0,
-            duration_ms: 0,
-            carried: Vec::new(),
-            message: None,
-            error: None,
-        };
+        let mut report = ImageReport::new(
+            item.spec.index,
+            item.spec.source.to_string(),
+            item.target.to_string(),
+        );
         match self.decide(item, &mut report).await {
             Ok(decision) => Planned { report, decision },
             Err((e, what)) => {

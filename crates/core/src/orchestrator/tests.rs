@@ -17,7 +17,7 @@ use crate::definition::{self, Definition};
 use crate::digest::ByteStream;
 use crate::manifest::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::memory::MemoryRegistry;
-use crate::registry::{ContextInput, Factory, Origin, RegisteredStage};
+use crate::registry::{ContextInput, Factory, RegisteredStage};
 use crate::report::Status;
 use crate::stage::SignOutcome;
 
@@ -282,18 +282,6 @@ fn fixed_signer(s: Arc<dyn Signer>) -> Factory {
     })
 }
 
-fn registered(name: &str, factory: Factory) -> RegisteredStage {
-    RegisteredStage {
-        name: name.to_string(),
-        description: String::new(),
-        example_config: String::new(),
-        config_schema: None,
-        transport: None,
-        origin: Origin::Builtin,
-        factory,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Harness and fixtures
 // ---------------------------------------------------------------------------
@@ -326,18 +314,27 @@ impl Harness {
     fn registry(&self, with_signer: bool) -> StageRegistry {
         let mut r = StageRegistry::default();
         let mut add = |s| r.insert(s).unwrap();
-        add(registered("memory", fixed_source(self.source.clone())));
-        add(registered("memory", fixed_sink(self.sink.clone())));
-        add(registered(
+        add(RegisteredStage::new(
+            "memory",
+            fixed_source(self.source.clone()),
+        ));
+        add(RegisteredStage::new(
+            "memory",
+            fixed_sink(self.sink.clone()),
+        ));
+        add(RegisteredStage::new(
             "retag",
             fixed_transform(Arc::new(PrefixTransform)),
         ));
-        add(registered(
+        add(RegisteredStage::new(
             "immutable",
             fixed_guard(Arc::new(ImmutableGuard)),
         ));
         if with_signer {
-            add(registered("cosign", fixed_signer(self.signer.clone())));
+            add(RegisteredStage::new(
+                "cosign",
+                fixed_signer(self.signer.clone()),
+            ));
         }
         r
     }
@@ -1410,7 +1407,7 @@ async fn a_transform_making_an_invalid_target_is_an_input_error() {
     ] {
         let mut registry = h.registry(true);
         registry
-            .insert(registered("suffix", fixed_transform(Arc::new(Suffix(suffix)))))
+            .insert(RegisteredStage::new("suffix", fixed_transform(Arc::new(Suffix(suffix)))))
             .unwrap();
         let orchestrator = Orchestrator::new(registry, RunContext::default());
         let prepared = orchestrator.prepare(

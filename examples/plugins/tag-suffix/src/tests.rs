@@ -13,7 +13,7 @@ use image_syncer_core::definition::{self, parse_config_yaml, Definition};
 use image_syncer_core::manifest::{RawManifest, OCI_MANIFEST};
 use image_syncer_core::memory::MemoryRegistry;
 use image_syncer_core::orchestrator::Orchestrator;
-use image_syncer_core::registry::{Factory, Origin, RegisteredStage, StageRegistry};
+use image_syncer_core::registry::{Factory, RegisteredStage, StageRegistry};
 use image_syncer_core::report::{Action, Status};
 use image_syncer_core::stage::{Sink, Source};
 use image_syncer_retag::Retag;
@@ -131,18 +131,6 @@ fn bad_configs_are_refused() {
     assert!(message("suffix: \"\"").contains("is not 1 or more of [A-Za-z0-9_.-]"));
 }
 
-fn stage(name: &str, factory: Factory) -> RegisteredStage {
-    RegisteredStage {
-        name: name.into(),
-        description: String::new(),
-        example_config: String::new(),
-        config_schema: None,
-        transport: None,
-        origin: Origin::Builtin,
-        factory,
-    }
-}
-
 #[tokio::test]
 async fn a_whole_run_between_memory_registries_writes_the_suffixed_tag() {
     let source = Arc::new(MemoryRegistry::new());
@@ -161,17 +149,17 @@ async fn a_whole_run_between_memory_registries_writes_the_suffixed_tag() {
     let mut registry = StageRegistry::default();
     let (from, to) = (source.clone(), target.clone());
     for s in [
-        stage(
+        RegisteredStage::new(
             "memory",
             Factory::source(move |_: &ConfigValue, _: &SourceContext| {
                 Ok(from.clone() as Arc<dyn Source>)
             }),
         ),
-        stage(
+        RegisteredStage::new(
             "memory",
             Factory::sink(move |_: &ConfigValue, _: &SinkContext| Ok(to.clone() as Arc<dyn Sink>)),
         ),
-        stage(
+        RegisteredStage::new(
             "retag",
             Factory::transform(|_: &ConfigValue, _: &TransformContext| {
                 Ok(Arc::new(Retag::new(vec![])) as Arc<dyn Transform>)
@@ -179,7 +167,7 @@ async fn a_whole_run_between_memory_registries_writes_the_suffixed_tag() {
         ),
         // The plugin's factory, seen as a built-in's: its config comes
         // from the definition.
-        stage(
+        RegisteredStage::new(
             "tag-suffix",
             Factory::transform(|config: &ConfigValue, cx: &TransformContext| {
                 Ok(Arc::from(super::build(config, cx)?))
