@@ -19,7 +19,7 @@ use crate::stage::{Guard, Selector, Signer, Sink, Source, StageKind, Transform};
 pub type ConfigValue = serde_json::Value;
 
 macro_rules! factories {
-    ($($(#[$doc:meta])* $factory:ident, $context:ty, $stage:ident, $variant:ident, $ctor:ident;)*) => {
+    ($($(#[$doc:meta])* $factory:ident, $context:ty, $stage:ident, $variant:ident, $ctor:ident, $build:ident;)*) => {
         $(
             $(#[$doc])*
             pub trait $factory: Send + Sync {
@@ -57,22 +57,41 @@ macro_rules! factories {
                 }
             )*
         }
+
+        impl StageRegistry {
+            $(
+                #[doc = concat!("Builds the ", stringify!($ctor), " plugin `name`.")]
+                pub fn $build(
+                    &self,
+                    name: &str,
+                    config: &ConfigValue,
+                    cx: &$context,
+                ) -> Result<Arc<dyn $stage>, BuildError> {
+                    match &self.get(StageKind::$variant, name)?.factory {
+                        Factory::$variant(f) => f.build(config, cx),
+                        // Entries are keyed by their factory's kind, so this
+                        // is not taken; it answers as for an unknown name.
+                        _ => Err(self.unknown(StageKind::$variant, name)),
+                    }
+                }
+            )*
+        }
     };
 }
 
 factories! {
     /// Builds a source from its config.
-    SourceFactory, SourceContext, Source, Source, source;
+    SourceFactory, SourceContext, Source, Source, source, build_source;
     /// Builds a selector from its config (an entry's `tags:`).
-    SelectorFactory, SelectorContext, Selector, Selector, selector;
+    SelectorFactory, SelectorContext, Selector, Selector, selector, build_selector;
     /// Builds a sink from its config.
-    SinkFactory, SinkContext, Sink, Sink, sink;
+    SinkFactory, SinkContext, Sink, Sink, sink, build_sink;
     /// Builds a transform from its config.
-    TransformFactory, TransformContext, Transform, Transform, transform;
+    TransformFactory, TransformContext, Transform, Transform, transform, build_transform;
     /// Builds a guard from its config.
-    GuardFactory, GuardContext, Guard, Guard, guard;
+    GuardFactory, GuardContext, Guard, Guard, guard, build_guard;
     /// Builds a signer from its config.
-    SignerFactory, SignerContext, Signer, Signer, signer;
+    SignerFactory, SignerContext, Signer, Signer, signer, build_signer;
 }
 
 /// An input of a stage's context that the run was not given.
@@ -371,86 +390,7 @@ impl StageRegistry {
         t
     }
 
-    /// Builds a source.
-    pub fn build_source(
-        &self,
-        name: &str,
-        config: &ConfigValue,
-        cx: &SourceContext,
-    ) -> Result<Arc<dyn Source>, BuildError> {
-        match &self.get(StageKind::Source, name)?.factory {
-            Factory::Source(f) => f.build(config, cx),
-            _ => Err(self.unknown(StageKind::Source, name)),
-        }
-    }
-
-    /// Builds a selector.
-    pub fn build_selector(
-        &self,
-        name: &str,
-        config: &ConfigValue,
-        cx: &SelectorContext,
-    ) -> Result<Arc<dyn Selector>, BuildError> {
-        match &self.get(StageKind::Selector, name)?.factory {
-            Factory::Selector(f) => f.build(config, cx),
-            _ => Err(self.unknown(StageKind::Selector, name)),
-        }
-    }
-
-    /// Builds a sink.
-    pub fn build_sink(
-        &self,
-        name: &str,
-        config: &ConfigValue,
-        cx: &SinkContext,
-    ) -> Result<Arc<dyn Sink>, BuildError> {
-        match &self.get(StageKind::Sink, name)?.factory {
-            Factory::Sink(f) => f.build(config, cx),
-            _ => Err(self.unknown(StageKind::Sink, name)),
-        }
-    }
-
-    /// Builds a transform.
-    pub fn build_transform(
-        &self,
-        name: &str,
-        config: &ConfigValue,
-        cx: &TransformContext,
-    ) -> Result<Arc<dyn Transform>, BuildError> {
-        match &self.get(StageKind::Transform, name)?.factory {
-            Factory::Transform(f) => f.build(config, cx),
-            _ => Err(self.unknown(StageKind::Transform, name)),
-        }
-    }
-
-    /// Builds a guard.
-    pub fn build_guard(
-        &self,
-        name: &str,
-        config: &ConfigValue,
-        cx: &GuardContext,
-    ) -> Result<Arc<dyn Guard>, BuildError> {
-        match &self.get(StageKind::Guard, name)?.factory {
-            Factory::Guard(f) => f.build(config, cx),
-            _ => Err(self.unknown(StageKind::Guard, name)),
-        }
-    }
-
-    /// Builds a signer.
-    pub fn build_signer(
-        &self,
-        name: &str,
-        config: &ConfigValue,
-        cx: &SignerContext,
-    ) -> Result<Arc<dyn Signer>, BuildError> {
-        match &self.get(StageKind::Signer, name)?.factory {
-            Factory::Signer(f) => f.build(config, cx),
-            _ => Err(self.unknown(StageKind::Signer, name)),
-        }
-    }
-
-    // Entries are keyed by their factory's kind, so the other arms above
-    // cannot be taken; they answer as for an unknown name all the same.
+    /// The error for a stage of `kind` named `name` that is not registered.
     fn unknown(&self, kind: StageKind, name: &str) -> BuildError {
         BuildError::Unknown {
             kind,
