@@ -72,9 +72,29 @@ pub struct Descriptor {
     pub urls: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// The artifact type of the manifest described (in a referrers index).
+    #[serde(
+        default,
+        rename = "artifactType",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
 }
 
 impl Descriptor {
+    /// A descriptor of `size` bytes of `media_type` at `digest`, nothing else.
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size,
+            platform: None,
+            urls: Vec::new(),
+            annotations: None,
+            artifact_type: None,
+        }
+    }
+
     /// Whether the blob is hosted elsewhere by design (foreign/non-distributable layers).
     pub fn is_non_distributable(&self) -> bool {
         NON_DISTRIBUTABLE.contains(&self.media_type.as_str())
@@ -209,14 +229,11 @@ impl RawManifest {
 
     /// The descriptor pointing at this manifest.
     pub fn descriptor(&self) -> Descriptor {
-        Descriptor {
-            media_type: self.media_type.clone(),
-            digest: self.digest.clone(),
-            size: self.bytes.len() as u64,
-            platform: None,
-            urls: Vec::new(),
-            annotations: None,
-        }
+        Descriptor::new(
+            self.media_type.clone(),
+            self.digest.clone(),
+            self.bytes.len() as u64,
+        )
     }
 }
 

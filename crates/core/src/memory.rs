@@ -49,14 +49,7 @@ impl MemoryRegistry {
             .or_default()
             .blobs
             .insert(digest.clone(), Bytes::copy_from_slice(data));
-        Descriptor {
-            media_type: media_type.to_string(),
-            digest,
-            size: data.len() as u64,
-            platform: None,
-            urls: vec![],
-            annotations: None,
-        }
+        Descriptor::new(media_type, digest, data.len() as u64)
     }
 
     /// Replaces a stored blob's bytes without changing its digest (tampering).

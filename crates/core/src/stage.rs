@@ -201,6 +201,19 @@ pub trait Source: Send + Sync {
         )))
     }
 
+    /// The referrers of `digest` in `repository` through the OCI 1.1
+    /// referrers API (`GET /v2/<name>/referrers/<digest>`): the descriptors
+    /// of the index it answers, or `None` when the source has no such API
+    /// (then the referrers tag schema, `sha256-<hex>`, is read instead).
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        let _ = (repository, digest);
+        Ok(None)
+    }
+
     /// The largest manifest this source serves. The orchestrator refuses a
     /// larger one whatever the source does; a source should refuse it before
     /// reading it whole (a registry can answer with gigabytes).
@@ -295,6 +308,18 @@ pub trait Sink: Send + Sync {
     ) -> Result<bool, StageError> {
         let _ = (from, to, descriptor);
         Ok(false)
+    }
+
+    /// The referrers of `digest` in the target `repository` through the OCI
+    /// 1.1 referrers API, or `None` when the target has no such API (then
+    /// referrers are written to the referrers tag schema's index).
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        let _ = (repository, digest);
+        Ok(None)
     }
 
     /// Stores a manifest whose blobs (or children) are all present.

@@ -84,12 +84,12 @@ pub fn signature_layer(payload: &[u8], signature_b64: &str) -> Descriptor {
     let mut annotations = BTreeMap::new();
     annotations.insert(SIGNATURE_ANNOTATION.to_string(), signature_b64.to_string());
     Descriptor {
-        media_type: SIMPLE_SIGNING.to_string(),
-        digest: Digest::sha256_of(payload),
-        size: payload.len() as u64,
-        platform: None,
-        urls: vec![],
         annotations: Some(annotations),
+        ..Descriptor::new(
+            SIMPLE_SIGNING,
+            Digest::sha256_of(payload),
+            payload.len() as u64,
+        )
     }
 }
 
@@ -129,14 +129,11 @@ pub fn build(existing: &[Descriptor], new: &Descriptor) -> (RawManifest, Bytes) 
 
 /// The config descriptor of a signature manifest built by [`build`].
 pub fn config_descriptor(config: &Bytes) -> Descriptor {
-    Descriptor {
-        media_type: CONFIG_MEDIA_TYPE.to_string(),
-        digest: Digest::sha256_of(config),
-        size: config.len() as u64,
-        platform: None,
-        urls: vec![],
-        annotations: None,
-    }
+    Descriptor::new(
+        CONFIG_MEDIA_TYPE,
+        Digest::sha256_of(config),
+        config.len() as u64,
+    )
 }
 
 #[cfg(test)]

@@ -18,14 +18,7 @@ struct TestImage {
 }
 
 fn descriptor(media_type: &str, data: &[u8]) -> Descriptor {
-    Descriptor {
-        media_type: media_type.to_string(),
-        digest: Digest::sha256_of(data),
-        size: data.len() as u64,
-        platform: None,
-        urls: vec![],
-        annotations: None,
-    }
+    Descriptor::new(media_type, Digest::sha256_of(data), data.len() as u64)
 }
 
 fn image(arch: &str) -> TestImage {
