@@ -83,7 +83,7 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 8);
+        assert_eq!(seen, 9);
         let oci = &schema["$defs"]["SinkStage"]["anyOf"][0]["properties"]["config"]["anyOf"][0];
         assert_eq!(oci["additionalProperties"], false);
         assert!(oci["properties"]["readTimeoutSeconds"]["description"]
@@ -114,6 +114,16 @@ mod tests {
                 "-out",
             ])
             .arg(&key)
+            .status()
+            .expect("openssl");
+        assert!(status.success());
+        // The cosign-verify example names `keys/vendor.pub`.
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        let status = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(dir.path().join("keys/vendor.pub"))
             .status()
             .expect("openssl");
         assert!(status.success());
@@ -172,8 +182,8 @@ mod tests {
         }
         assert_eq!(built, registry.iter().count());
         assert_eq!(
-            built, 8,
-            "oci, oci-layout (source and sink), tags, retag, immutable, cosign"
+            built, 9,
+            "oci, oci-layout (source and sink), tags, retag, immutable, cosign-verify, cosign"
         );
     }
 }

@@ -284,6 +284,11 @@ struct ImageModel {
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ImagePipelineModel {
+    /// Guards for this image, after the pipeline's (`pipeline.guards` still
+    /// apply); the strictest verdict wins.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<GuardStage>>")]
+    guards: Option<Vec<StageModel>>,
     /// Select the source repository's tags with this selector plugin
     /// (instead of `tags:`, which uses the built-in `tags` selector).
     #[serde(default)]
@@ -315,6 +320,9 @@ pub struct ImageSpec {
     pub sink: Option<StageSpec>,
     /// This image's own signer (`images[].pipeline.signer`), over the pipeline's.
     pub signer: Option<StageSpec>,
+    /// This image's own guards (`images[].pipeline.guards`), run after the
+    /// pipeline's.
+    pub guards: Vec<StageSpec>,
     /// Set for an entry naming a repository whose tags a rule selects
     /// (`tags:`, or `images[].pipeline.selector`): the selector; `source`
     /// then has no tag. The orchestrator expands such an entry into one
@@ -566,8 +574,8 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
                 Some(spec)
             }
         };
-        let (sink, signer, selector) = match m.pipeline {
-            None => (None, None, tags_rule),
+        let (sink, signer, selector, guards) = match m.pipeline {
+            None => (None, None, tags_rule, Vec::new()),
             Some(p) => {
                 let mut from = line.unwrap_or(0);
                 let mut one = |model: Option<StageModel>, at: &str| {
@@ -579,7 +587,13 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
                         .transpose()
                 };
                 let selector = one(p.selector, "selector")?.or(tags_rule);
-                (one(p.sink, "sink")?, one(p.signer, "signer")?, selector)
+                let (sink, signer) = (one(p.sink, "sink")?, one(p.signer, "signer")?);
+                let mut guards = Vec::new();
+                for (i, g) in p.guards.into_iter().flatten().enumerate() {
+                    let at = format!("images[{index}].pipeline.guards[{i}]");
+                    guards.push(stage_spec(g, text, &shown, at, &mut from)?);
+                }
+                (sink, signer, selector, guards)
             }
         };
         let platforms = match (m.amd64_only, &m.platforms) {
@@ -608,6 +622,7 @@ pub fn parse(text: &str, path: &Path, transports: &[&str]) -> Result<Definition,
             target_prefix: model.target_repo_prefix.clone(),
             sink,
             signer,
+            guards,
             selector,
             platforms,
             carry_signatures: m

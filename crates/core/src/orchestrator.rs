@@ -99,6 +99,8 @@ struct Item {
     spec: ImageSpec,
     /// What guards see of the image.
     entry: ImageEntry,
+    /// The pipeline's guards, then the image's own (`images[].pipeline.guards`).
+    guards: Vec<Arc<dyn Guard>>,
     target: ImageRef,
     source: Arc<dyn Source>,
     sink: Arc<dyn Sink>,
@@ -109,7 +111,6 @@ struct Item {
 /// A definition ready to run: targets computed, stages built.
 pub struct Prepared {
     items: Vec<Item>,
-    guards: Vec<Arc<dyn Guard>>,
     dry_run: bool,
     jobs: usize,
     retry: RetryPolicy,

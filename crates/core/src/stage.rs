@@ -390,6 +390,20 @@ pub struct GuardInput<'a> {
     pub target: &'a ImageRef,
     /// What the target tag holds now, `None` when absent.
     pub target_digest: Option<&'a Digest>,
+    /// What the source reference itself resolves to, when a platform filter
+    /// made `source_digest` the digest of a manifest of our making (what
+    /// upstream signatures sign); `None` when they are the same.
+    pub upstream_digest: Option<&'a Digest>,
+    /// The image's source, for guards that read more of it than its digest
+    /// (signatures, referrers). Reads only. `None` for guards from plugin
+    /// libraries (the blocking boundary does not carry it).
+    pub source: Option<&'a dyn Source>,
+}
+
+impl std::fmt::Debug for dyn Source + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Source")
+    }
 }
 
 impl<'a> GuardInput<'a> {
@@ -404,7 +418,28 @@ impl<'a> GuardInput<'a> {
             source_digest,
             target,
             target_digest,
+            upstream_digest: None,
+            source: None,
         }
+    }
+
+    /// The digest the source itself resolves to: `upstream_digest` when a
+    /// platform filter is at work, else `source_digest`.
+    pub fn upstream(&self) -> &'a Digest {
+        self.upstream_digest.unwrap_or(self.source_digest)
+    }
+
+    /// This input, saying what the source itself resolves to (see
+    /// [`GuardInput::upstream_digest`]).
+    pub fn with_upstream_digest(mut self, digest: &'a Digest) -> GuardInput<'a> {
+        self.upstream_digest = Some(digest);
+        self
+    }
+
+    /// This input, with the image's source to read from.
+    pub fn with_source(mut self, source: &'a dyn Source) -> GuardInput<'a> {
+        self.source = Some(source);
+        self
     }
 }
 

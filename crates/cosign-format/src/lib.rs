@@ -24,10 +24,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tracing::{debug, info};
 
-use image_syncer_core::digest::{Digest, VerifyingStream};
-use image_syncer_core::manifest::{Descriptor, Manifest};
+use image_syncer_core::digest::{ByteStream, Digest, VerifyingStream};
+use image_syncer_core::manifest::{Descriptor, Manifest, RawManifest};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::stage::{ManifestTarget, SignOutcome, SignRequest, Sink, StageError};
+use image_syncer_core::stage::{
+    ErrorKind, ManifestTarget, SignOutcome, SignRequest, Sink, Source, StageError,
+};
 use sigmanifest::{SignatureLayer, SIMPLE_SIGNING};
 
 /// Payload blobs larger than this are not read when verifying (cosign's are ~200 bytes).
@@ -44,6 +46,50 @@ pub trait SignatureKey: Send + Sync {
     async fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, StageError>;
 }
 
+/// Where signatures are read from: the target's sink (signing) or an
+/// image's source (verifying upstream signatures).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// The manifest `reference` (a tag) points at, `None` when absent.
+    async fn manifest(&self, reference: &ImageRef) -> Result<Option<RawManifest>, StageError>;
+    /// A blob of `repository`, streamed (verified by the reader).
+    async fn blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError>;
+}
+
+/// The target's sink as a [`Store`].
+pub struct SinkStore<'a>(pub &'a dyn Sink);
+
+#[async_trait::async_trait]
+impl Store for SinkStore<'_> {
+    async fn manifest(&self, reference: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        self.0.fetch_manifest(reference).await
+    }
+    async fn blob(&self, repository: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
+        self.0.fetch_blob(repository, d).await
+    }
+}
+
+/// An image's source as a [`Store`].
+pub struct SourceStore<'a>(pub &'a dyn Source);
+
+#[async_trait::async_trait]
+impl Store for SourceStore<'_> {
+    async fn manifest(&self, reference: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        match self.0.resolve(reference).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    async fn blob(&self, repository: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
+        self.0.fetch_blob(repository, d).await
+    }
+}
+
 /// What was found for one digest.
 #[derive(Debug, PartialEq, Eq)]
 enum Found {
@@ -52,7 +98,7 @@ enum Found {
 }
 
 async fn read_payload(
-    sink: &dyn Sink,
+    store: &dyn Store,
     repo: &ImageRef,
     d: &Descriptor,
 ) -> Result<Vec<u8>, StageError> {
@@ -62,7 +108,7 @@ async fn read_payload(
             d.digest, d.size
         )));
     }
-    let stream = sink.fetch_blob(repo, d).await?;
+    let stream = store.blob(repo, d).await?;
     let mut verified = VerifyingStream::new(stream, d.digest.clone(), Some(d.size));
     let mut out = Vec::with_capacity(d.size as usize);
     while let Some(chunk) = verified.next().await {
@@ -83,7 +129,7 @@ async fn find(
     upstream: &[Descriptor],
 ) -> Result<Found, StageError> {
     let sig_ref = target.with_tag(&sigmanifest::signature_tag(digest));
-    let Some(manifest) = sink.fetch_manifest(&sig_ref).await? else {
+    let Some(manifest) = SinkStore(sink).manifest(&sig_ref).await? else {
         return Ok(Found::None { existing: vec![] });
     };
     let layers: Vec<SignatureLayer> = sigmanifest::layers(&manifest)
@@ -96,7 +142,7 @@ async fn find(
         ) else {
             continue;
         };
-        let payload = read_payload(sink, target, &layer.descriptor).await?;
+        let payload = read_payload(&SinkStore(sink), target, &layer.descriptor).await?;
         let carried = upstream.contains(&layer.descriptor);
         let raw = match base64::engine::general_purpose::STANDARD.decode(sig.trim()) {
             Ok(raw) => raw,
@@ -190,4 +236,82 @@ pub async fn sign_request(
         sign_one(key, sink, &request.target, d, existing).await?;
     }
     Ok(SignOutcome::Signed)
+}
+
+/// What the signatures stored for a digest say of it, for one key
+/// ([`verify`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// A signature valid for the key, over a payload naming this digest and
+    /// carrying every required annotation.
+    Valid,
+    /// No signature is stored for the digest.
+    Missing,
+    /// Signatures are stored, none valid for the key.
+    NoneValid { signatures: usize },
+    /// A signature valid for the key is stored under this digest's tag, but
+    /// its payload names another digest.
+    OtherDigest { signed: String },
+    /// A signature valid for the key names this digest, but its payload
+    /// lacks a required annotation.
+    Unannotated { missing: Vec<String> },
+}
+
+/// Checks the cosign signatures of `digest` stored in `repository` of
+/// `store` (the tag `sha256-<hex>.sig`) against `key`: [`Verified::Valid`]
+/// when one is valid for the key, names `digest` and carries every
+/// `annotations` entry in its payload's `optional` map. Payloads are read
+/// bounded and checked against their digests.
+pub async fn verify(
+    key: &dyn SignatureKey,
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Verified, StageError> {
+    let sig_ref = repository.with_tag(&sigmanifest::signature_tag(digest));
+    let Some(manifest) = store.manifest(&sig_ref).await? else {
+        return Ok(Verified::Missing);
+    };
+    let layers = sigmanifest::layers(&manifest)
+        .map_err(|e| StageError::invalid(format!("{sig_ref}: {e}")))?;
+    let (mut signatures, mut other, mut unannotated) = (0, None, None);
+    for layer in &layers {
+        let (Some(sig), true) = (
+            &layer.signature,
+            layer.descriptor.media_type == SIMPLE_SIGNING,
+        ) else {
+            continue;
+        };
+        signatures += 1;
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
+            continue;
+        };
+        let payload = read_payload(store, repository, &layer.descriptor).await?;
+        if !key.verify(&payload, &raw).await? {
+            continue;
+        }
+        let signed = payload::signed_digest(&payload).unwrap_or_default();
+        if signed != digest.to_string() {
+            other = Some(signed);
+            continue;
+        }
+        let found = payload::optional(&payload);
+        let missing: Vec<String> = annotations
+            .iter()
+            .filter(|(k, v)| found.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if missing.is_empty() {
+            debug!(tag = %sig_ref, layer = %layer.descriptor.digest, "signature valid");
+            return Ok(Verified::Valid);
+        }
+        unannotated = Some(missing);
+    }
+    Ok(match (other, unannotated) {
+        (_, Some(missing)) => Verified::Unannotated { missing },
+        (Some(signed), None) => Verified::OtherDigest { signed },
+        (None, None) if signatures == 0 => Verified::Missing,
+        (None, None) => Verified::NoneValid { signatures },
+    })
 }

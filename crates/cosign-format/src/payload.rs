@@ -44,6 +44,23 @@ struct Image {
     digest: String,
 }
 
+/// The `optional` map of a payload (annotations given at signing time, as
+/// `cosign sign -a k=v` writes them); string values only, empty when absent.
+pub fn optional(payload: &[u8]) -> std::collections::BTreeMap<String, String> {
+    #[derive(Deserialize)]
+    struct Optional {
+        #[serde(default)]
+        optional: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    }
+    serde_json::from_slice::<Optional>(payload)
+        .ok()
+        .and_then(|o| o.optional)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+        .collect()
+}
+
 /// The image digest a payload claims, if it is a cosign simple-signing payload.
 pub fn signed_digest(payload: &[u8]) -> Option<String> {
     let s: Simple = serde_json::from_slice(payload).ok()?;

@@ -581,13 +581,15 @@ impl Guard for HostGuard {
         let source_digest = input.source_digest.clone();
         let target = input.target.clone();
         let target_digest = input.target_digest.cloned();
+        let upstream = input.upstream_digest.cloned();
+        // The source does not cross: a plugin guard decides from the data.
         blocking("guard", move || {
-            inner.check(GuardInput::new(
-                &image,
-                &source_digest,
-                &target,
-                target_digest.as_ref(),
-            ))
+            let mut input =
+                GuardInput::new(&image, &source_digest, &target, target_digest.as_ref());
+            if let Some(u) = &upstream {
+                input = input.with_upstream_digest(u);
+            }
+            inner.check(input)
         })
         .await
     }

@@ -28,6 +28,7 @@ use sigstore::crypto::{CosignVerificationKey, Signature};
 use tokio::sync::OnceCell;
 
 pub mod keys;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;

@@ -85,7 +85,7 @@ impl Prepared {
         // Warm path: the source digest (HEAD, or the pinned digest) and the
         // target's (HEAD) decide; the manifest is fetched only when needed.
         let source_digest = match (&filtered, item.spec.source.digest()) {
-            (Some(m), _) => m.digest.clone(),
+            (Some((m, _)), _) => m.digest.clone(),
             (None, Some(d)) => d.clone(),
             (None, None) => self
                 .retry()
@@ -104,8 +104,9 @@ impl Prepared {
             .await
             .map_err(at("target"))?;
         debug!(source = %item.spec.source, digest = %source_digest, target = %item.target, current = ?current, "planned");
+        let upstream = filtered.as_ref().map(|(_, u)| u.clone());
         match self
-            .verdict(item, &source_digest, current.as_ref())
+            .verdict(item, &source_digest, upstream.as_ref(), current.as_ref())
             .await
             .map_err(at("guard"))?
         {
@@ -124,7 +125,7 @@ impl Prepared {
             return Ok(Decision::InSync(None));
         }
         let manifest = match filtered {
-            Some(m) => m,
+            Some((m, _)) => m,
             None => {
                 let m = self
                     .retry()
@@ -151,18 +152,17 @@ impl Prepared {
         &self,
         item: &Item,
         source_digest: &Digest,
+        upstream: Option<&Digest>,
         current: Option<&Digest>,
     ) -> Result<Verdict, StageError> {
         let mut verdict = Verdict::Copy;
-        for g in &self.guards {
-            let v = g
-                .check(GuardInput::new(
-                    &item.entry,
-                    source_digest,
-                    &item.target,
-                    current,
-                ))
-                .await?;
+        for g in &item.guards {
+            let mut input = GuardInput::new(&item.entry, source_digest, &item.target, current)
+                .with_source(item.source.as_ref());
+            if let Some(u) = upstream {
+                input = input.with_upstream_digest(u);
+            }
+            let v = g.check(input).await?;
             verdict = verdict.max(v);
         }
         Ok(verdict)
@@ -170,7 +170,8 @@ impl Prepared {
 
     /// The manifest a platform filter makes of the source: the source's own
     /// when there is nothing to filter, the one child asked for, or a new index.
-    pub(super) async fn filtered(&self, item: &Item) -> Result<RawManifest, StageError> {
+    /// With it, the digest the source itself resolved to.
+    pub(super) async fn filtered(&self, item: &Item) -> Result<(RawManifest, Digest), StageError> {
         let source = self
             .retry()
             .at(&registry_of(&item.spec.source), "source manifest", || {
@@ -182,11 +183,12 @@ impl Prepared {
             item.spec.source.digest(),
             item.source.max_manifest_bytes(),
         )?;
+        let upstream = source.digest.clone();
         match crate::manifest::filter_platforms(&source, &item.spec.platforms)
             .map_err(|e| StageError::invalid(format!("{}: {e}", item.spec.source)))?
         {
-            crate::manifest::Filtered::Unchanged => Ok(source),
-            crate::manifest::Filtered::Index(m) => Ok(m),
+            crate::manifest::Filtered::Unchanged => Ok((source, upstream)),
+            crate::manifest::Filtered::Index(m) => Ok((m, upstream)),
             crate::manifest::Filtered::Single(child) => {
                 let m = self
                     .retry()
@@ -195,7 +197,7 @@ impl Prepared {
                     })
                     .await?;
                 check_manifest(&m, Some(&child.digest), item.source.max_manifest_bytes())?;
-                Ok(m)
+                Ok((m, upstream))
             }
         }
     }

@@ -93,16 +93,38 @@ impl Orchestrator {
         for t in &pipeline.transforms {
             transforms.push(self.build_at(def, t, |n, c| r.build_transform(n, c, &transform_cx))?);
         }
-        let mut guards: Vec<Arc<dyn Guard>> = Vec::new();
-        for g in &pipeline.guards {
-            guards.push(self.build_at(def, g, |n, c| r.build_guard(n, c, &guard_cx))?);
+        // The pipeline's guards, then each image's own, built once per
+        // stage entry: over the whole definition, whatever the shard.
+        let mut built: HashMap<Built, Arc<dyn Guard>> = HashMap::new();
+        let mut guard = |g: &StageSpec| -> Result<Arc<dyn Guard>, PrepareError> {
+            let key = Built::spec(g);
+            if let Some(built) = built.get(&key) {
+                return Ok(built.clone());
+            }
+            let guard = self.build_at(def, g, |n, c| r.build_guard(n, c, &guard_cx))?;
+            built.insert(key, guard.clone());
+            Ok(guard)
+        };
+        let global = pipeline
+            .guards
+            .iter()
+            .map(&mut guard)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut guards: HashMap<usize, Vec<Arc<dyn Guard>>> = HashMap::new();
+        for spec in images(def) {
+            if !guards.contains_key(&spec.index) {
+                let mut all = global.clone();
+                for g in &spec.guards {
+                    all.push(guard(g)?);
+                }
+                guards.insert(spec.index, all);
+            }
         }
         let targets = self.targets(def, &transforms)?;
-        let mut items = self.items(def, targets, shard)?;
+        let mut items = self.items(def, targets, shard, &guards)?;
         self.signers(def, &mut items)?;
         Ok(Prepared {
             items,
-            guards,
             dry_run,
             jobs: DEFAULT_JOBS,
             retry: RetryPolicy::default(),
@@ -177,6 +199,7 @@ impl Orchestrator {
         def: &Definition,
         targets: Vec<ImageRef>,
         shard: Option<crate::shard::Shard>,
+        guards: &HashMap<usize, Vec<Arc<dyn Guard>>>,
     ) -> Result<Vec<Item>, PrepareError> {
         let pipeline = &def.pipeline;
         let (r, source_cx, sink_cx) = (&self.registry, self.context.source(), self.context.sink());
@@ -224,6 +247,7 @@ impl Orchestrator {
             items.push(Item {
                 spec: spec.clone(),
                 entry: spec.entry(),
+                guards: guards[&spec.index].clone(),
                 target,
                 source: sources[&st].clone(),
                 sink: sinks[&key].clone(),
