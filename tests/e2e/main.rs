@@ -16,3 +16,4 @@ mod stress;
 mod sync;
 mod tags;
 mod tls;
+mod upstream;

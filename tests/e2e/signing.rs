@@ -19,10 +19,31 @@ fn keypair(dir: &Path, name: &str) -> Keys {
 /// Signs `digest` by hand — payload written here, signature by `openssl
 /// dgst -sign` — and pushes a cosign signature manifest for it under
 /// `repo:sha256-<hex>.sig` with oci-client: nothing of image-syncer involved.
-fn push_openssl_signature(registry: &Registry, repo: &str, digest: &str, key: &Path, dir: &Path) {
+pub fn push_openssl_signature(
+    registry: &Registry,
+    repo: &str,
+    digest: &str,
+    key: &Path,
+    dir: &Path,
+) {
+    push_openssl_signature_under(registry, repo, digest, digest, key, dir, "null");
+}
+
+/// [`push_openssl_signature`] of a payload naming `signed` with `optional`
+/// (JSON: `null` or a map of annotations), stored under `under`'s tag.
+pub fn push_openssl_signature_under(
+    registry: &Registry,
+    repo: &str,
+    under: &str,
+    signed: &str,
+    key: &Path,
+    dir: &Path,
+    optional: &str,
+) {
     let host = registry.host();
+    let digest = signed;
     let payload = format!(
-        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":null}}"
+        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":{optional}}}"
     );
     let payload_file = dir.join(format!("payload-{}.json", &digest[7..19]));
     let sig_file = dir.join(format!("sig-{}.der", &digest[7..19]));
@@ -49,7 +70,7 @@ fn push_openssl_signature(registry: &Registry, repo: &str, digest: &str, key: &P
         config.len(),
         payload.len()
     );
-    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let tag = format!("{}.sig", under.replace(':', "-"));
     block_on(registry.push_manifest(
         &format!("{repo}:{tag}"),
         "application/vnd.oci.image.manifest.v1+json",
