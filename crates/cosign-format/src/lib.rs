@@ -58,6 +58,18 @@ pub trait Store: Send + Sync {
         repository: &ImageRef,
         descriptor: &Descriptor,
     ) -> Result<ByteStream, StageError>;
+    /// The manifest `descriptor` names in `repository` (a referrer).
+    async fn manifest_at(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<RawManifest, StageError>;
+    /// The referrers of `digest` through the OCI 1.1 API, `None` without it.
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError>;
 }
 
 /// The target's sink as a [`Store`].
@@ -70,6 +82,24 @@ impl Store for SinkStore<'_> {
     }
     async fn blob(&self, repository: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
         self.0.fetch_blob(repository, d).await
+    }
+    async fn manifest_at(
+        &self,
+        repository: &ImageRef,
+        d: &Descriptor,
+    ) -> Result<RawManifest, StageError> {
+        let pinned = repository.with_digest(d.digest.clone());
+        self.0
+            .fetch_manifest(&pinned)
+            .await?
+            .ok_or_else(|| StageError::not_found(format!("{pinned}: no such manifest")))
+    }
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        self.0.referrers(repository, digest).await
     }
 }
 
@@ -87,6 +117,20 @@ impl Store for SourceStore<'_> {
     }
     async fn blob(&self, repository: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
         self.0.fetch_blob(repository, d).await
+    }
+    async fn manifest_at(
+        &self,
+        repository: &ImageRef,
+        d: &Descriptor,
+    ) -> Result<RawManifest, StageError> {
+        self.0.fetch_manifest(repository, d).await
+    }
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        self.0.referrers(repository, digest).await
     }
 }
 
@@ -270,11 +314,14 @@ pub async fn verify(
     annotations: &std::collections::BTreeMap<String, String>,
 ) -> Result<Verified, StageError> {
     let sig_ref = repository.with_tag(&sigmanifest::signature_tag(digest));
-    let Some(manifest) = store.manifest(&sig_ref).await? else {
-        return Ok(Verified::Missing);
+    // The classic `.sig` tag's layers, then those of signature manifests
+    // attached as referrers (the OCI 1.1 API, else the referrers tag).
+    let mut layers = match store.manifest(&sig_ref).await? {
+        Some(manifest) => sigmanifest::layers(&manifest)
+            .map_err(|e| StageError::invalid(format!("{sig_ref}: {e}")))?,
+        None => Vec::new(),
     };
-    let layers = sigmanifest::layers(&manifest)
-        .map_err(|e| StageError::invalid(format!("{sig_ref}: {e}")))?;
+    layers.extend(referrer_signatures(store, repository, digest).await?);
     let (mut signatures, mut other, mut unannotated) = (0, None, None);
     for layer in &layers {
         let (Some(sig), true) = (
@@ -314,4 +361,69 @@ pub async fn verify(
         (None, None) if signatures == 0 => Verified::Missing,
         (None, None) => Verified::NoneValid { signatures },
     })
+}
+
+/// The artifact type cosign gives a signature attached as a referrer.
+pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+/// At most this many referrers of one digest are read (a registry can list
+/// thousands; signatures are a handful).
+const MAX_REFERRERS: usize = 64;
+
+/// The referrers of `digest`: through the OCI 1.1 API when the store has
+/// it, else the referrers tag schema's index (`sha256-<hex>`), else none.
+pub async fn referrers(
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+) -> Result<Vec<Descriptor>, StageError> {
+    if let Some(list) = store.referrers(repository, digest).await? {
+        return Ok(list);
+    }
+    let tag = repository.with_tag(&image_syncer_core::digest::AttachedTag::Referrers.of(digest));
+    Ok(match store.manifest(&tag).await? {
+        Some(index) => match index.parse() {
+            Ok(Manifest::Index { manifests }) => manifests,
+            _ => Vec::new(),
+        },
+        None => Vec::new(),
+    })
+}
+
+/// The signature layers of the cosign signature manifests attached to
+/// `digest` as referrers. A referrer is recognised by its layer media type
+/// (some registries list referrers without `artifactType`); one whose
+/// `artifactType` says it is something else is not read.
+async fn referrer_signatures(
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+) -> Result<Vec<sigmanifest::SignatureLayer>, StageError> {
+    let mut out = Vec::new();
+    for d in referrers(store, repository, digest)
+        .await?
+        .iter()
+        .filter(|d| {
+            d.artifact_type
+                .as_deref()
+                .is_none_or(|t| t.is_empty() || t == SIGNATURE_ARTIFACT_TYPE)
+        })
+        .take(MAX_REFERRERS)
+    {
+        let manifest = store.manifest_at(repository, d).await?;
+        if manifest.digest != d.digest {
+            return Err(StageError::integrity(format!(
+                "{repository}: referrer {} has content of digest {}",
+                d.digest, manifest.digest
+            )));
+        }
+        if let Ok(layers) = sigmanifest::layers(&manifest) {
+            out.extend(
+                layers
+                    .into_iter()
+                    .filter(|l| l.descriptor.media_type == SIMPLE_SIGNING),
+            );
+        }
+    }
+    Ok(out)
 }
