@@ -876,7 +876,7 @@ fn parse_referrers(body: &[u8], content_type: Option<&str>) -> Result<Vec<Descri
     struct Index {
         schema_version: u32,
         media_type: Option<String>,
-        manifests: Vec<Descriptor>,
+        manifests: Option<Vec<Descriptor>>,
     }
     let index: Index = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     if index.schema_version != 2 {
@@ -892,7 +892,9 @@ fn parse_referrers(body: &[u8], content_type: Option<&str>) -> Result<Vec<Descri
             image_syncer_core::manifest::OCI_INDEX
         ));
     }
-    Ok(index.manifests)
+    index
+        .manifests
+        .ok_or_else(|| "no `manifests` list".to_string())
 }
 
 /// The count in a `ratelimit-remaining` value (`76;w=21600`, or `76`).
@@ -1394,7 +1396,7 @@ mod tests {
         media type `application/json`, not `application/vnd.oci.image.index.v1+json`
         media type `application/vnd.oci.image.manifest.v1+json`, not `application/vnd.oci.image.index.v1+json`
         schemaVersion 1, not 2
-        missing field `manifests` at line 1 column 19
+        no `manifests` list
         invalid type: integer `404`, expected struct Index at line 1 column 3
         ");
     }
