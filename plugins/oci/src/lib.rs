@@ -11,6 +11,9 @@
 //!   negotiated from the registry's challenge.
 //! - Tags are listed (`tags/list`) following the registry's `Link` pages,
 //!   for entries that select tags by a rule.
+//! - Referrers are read through the OCI 1.1 referrers API
+//!   (`GET /v2/<name>/referrers/<digest>`); a registry answering 404 has no
+//!   such API (`None`: the engine reads the referrers tag schema instead).
 //! - Manifests are verified against their digest on pull (here and again by
 //!   the orchestrator); blobs stream both ways and are verified on the fly.
 
@@ -853,15 +856,15 @@ fn too_large(r: &ImageRef, size: Option<u64>, limit: usize) -> String {
     }
 }
 
-/// "the referrers index of REGISTRY is N bytes, over the 4 MiB limit".
+/// "registry R answered a referrers index of N bytes, over the 4 MiB limit".
 fn referrers_too_large(registry: &str, size: Option<u64>, limit: usize) -> String {
     let limit_text = image_syncer_core::manifest::size_for_people(limit);
     match size {
         Some(n) => format!(
-            "the referrers index registry {registry} answered is {n} bytes, over the {limit_text} limit (maxManifestBytes)"
+            "registry {registry} answered a referrers index of {n} bytes, over the {limit_text} limit (maxManifestBytes)"
         ),
         None => format!(
-            "the referrers index registry {registry} answered is larger than the {limit_text} limit (maxManifestBytes)"
+            "registry {registry} answered a referrers index larger than the {limit_text} limit (maxManifestBytes)"
         ),
     }
 }

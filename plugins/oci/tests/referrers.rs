@@ -336,6 +336,37 @@ fn a_referrers_answer_that_is_not_an_index_is_invalid() {
 }
 
 #[test]
+fn a_referrers_answer_over_max_manifest_bytes_is_refused() {
+    let registry = Registry::start();
+    let image = subject(&registry, "app", "subject");
+    let proxy = stand_in(&registry, ReferrersApi::default());
+    for r in two_referrers(&image) {
+        push_through(&registry, &proxy, "app", &r);
+    }
+    let host = proxy.host();
+    let mut cx = Registries::default();
+    cx.insecure = vec![host.clone()];
+    let config = OciConfig {
+        max_manifest_bytes: 300,
+        ..Default::default()
+    };
+    let client = OciRegistry::new(&config, &cx).expect("registry client");
+    let e = block_on(client.referrers(&repository(&host, "app"), &image.digest))
+        .expect_err("too large");
+    assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    let text = message(&e, &proxy).replace(&image.digest.to_string(), "DIGEST");
+    insta::assert_snapshot!(text, @"PROXY/app@DIGEST: listing referrers: registry PROXY answered a referrers index of 636 bytes, over the 300 bytes limit (maxManifestBytes)");
+    // Within the default limit, it is read.
+    assert_eq!(
+        referrers(&host, "app", &image.digest)
+            .unwrap()
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn a_busy_referrers_api_is_retried_after_the_wait_it_asks() {
     let registry = Registry::start();
     let image = subject(&registry, "app", "subject");
