@@ -4,6 +4,10 @@
 //! a response body short. Requests whose path contains `always_fail` always
 //! get a 503; a [`RateLimit`] answers the first requests of a path with a
 //! 429 (or 503) and a `Retry-After`, and records when each such request came.
+//!
+//! With [`Faults::referrers_api`] it is also a stand-in for a registry with
+//! the OCI 1.1 referrers API, which Debian's distribution 2.8 lacks: see
+//! [`ReferrersApi`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -68,6 +72,41 @@ pub struct Faults {
     /// With `tag_pages`: at most this many tags per page whatever `n` asks,
     /// as registries that cap the page size do (Harbor, GHCR: 100).
     pub tag_page_max: Option<usize>,
+    /// Be a stand-in for an OCI 1.1 registry with the referrers API in front
+    /// of the real one (see [`ReferrersApi`]).
+    pub referrers_api: Option<ReferrersApi>,
+}
+
+/// A stand-in for the OCI 1.1 referrers API, served by the proxy in front
+/// of a registry that lacks it (Debian's distribution 2.8 answers 404 to
+/// `/v2/<name>/referrers/<digest>`, as to any route it does not know).
+///
+/// - A manifest PUT forwarded through the proxy and accepted by the
+///   registry, whose JSON body has a `subject` descriptor, is recorded as a
+///   referrer of the subject's digest in that repository: `mediaType` (the
+///   body's, else the request's `Content-Type`), `digest` (sha256 of the
+///   body), `size`, `artifactType` (the body's, else its `config.mediaType`)
+///   and `annotations` (the body's). Its answer carries
+///   `OCI-Subject: <subject digest>`, as OCI 1.1 registries send. The same
+///   manifest pushed again is listed once.
+/// - `GET /v2/<name>/referrers/<digest>` answers 200 with an OCI image index
+///   (`schemaVersion` 2, `mediaType` and `Content-Type`
+///   `application/vnd.oci.image.index.v1+json`) listing the referrers
+///   recorded for it in push order, or none. Any `artifactType` filter is
+///   ignored (no `OCI-Filters-Applied`). The request's credentials are
+///   checked with the registry first (`GET /v2/`): a refusal is passed on.
+/// - Everything else is forwarded as without it. Only what went through
+///   the proxy is known: referrers pushed to the registry directly are not
+///   listed.
+#[derive(Clone, Debug, Default)]
+pub struct ReferrersApi {
+    /// List referrers without `artifactType`, as some registries do: callers
+    /// must recognise artifacts by their layer media type.
+    pub empty_artifact_type: bool,
+    /// Answer the referrers API with a JSON document that is not an image
+    /// index (the referrer list as an image manifest's `layers`, with the
+    /// image manifest media type): a registry not to be trusted.
+    pub not_an_index: bool,
 }
 
 /// How [`Faults::tag_pages`] writes the `Link` to the next page.
@@ -233,6 +272,10 @@ struct State {
     faults: Faults,
     injected: Arc<Injected>,
     client: reqwest::Client,
+    /// [`ReferrersApi`]: per repository and subject digest, the referrers'
+    /// descriptors in push order.
+    referrers:
+        std::sync::Mutex<std::collections::BTreeMap<(String, String), Vec<serde_json::Value>>>,
 }
 
 enum Fault {
@@ -489,6 +532,13 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         }
         _ => {}
     }
+    if let Some(api) = &f.referrers_api {
+        if req.method() == hyper::Method::GET {
+            if let Some((name, digest)) = referrers_route(&path) {
+                return Ok(referrers_answer(&st, &req, api, &name, &digest).await);
+            }
+        }
+    }
     if f.redirect_blobs && req.method() == hyper::Method::GET && path.contains("/blobs/sha256:") {
         let location = format!("http://{}{path}", st.upstream);
         let mut r = full(307, "", &[]);
@@ -507,21 +557,46 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             out = out.header(k.as_str(), v.as_bytes());
         }
     }
-    let rate = f.upload_bytes_per_sec;
-    let body = BodyStream::new(req.into_body()).filter_map(move |frame| async move {
-        match frame {
-            Ok(f) => {
-                let data = f.into_data().ok()?;
-                if rate > 0 {
-                    let micros = data.len() as u64 * 1_000_000 / rate;
-                    tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
-                }
-                Some(Ok::<Bytes, std::io::Error>(data))
-            }
-            Err(e) => Some(Err(std::io::Error::other(e))),
-        }
+    // A manifest PUT is read whole first when the referrers stand-in may
+    // have to record it.
+    let manifest_put = (f.referrers_api.is_some()
+        && req.method() == hyper::Method::PUT
+        && path.contains("/manifests/"))
+    .then(|| {
+        req.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
     });
-    let resp = match out.body(reqwest::Body::wrap_stream(body)).send().await {
+    let rate = f.upload_bytes_per_sec;
+    let mut put_body: Option<Bytes> = None;
+    if manifest_put.is_some() {
+        let whole = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        put_body = Some(whole.clone());
+        out = out.body(whole);
+    } else {
+        let body = BodyStream::new(req.into_body()).filter_map(move |frame| async move {
+            match frame {
+                Ok(f) => {
+                    let data = f.into_data().ok()?;
+                    if rate > 0 {
+                        let micros = data.len() as u64 * 1_000_000 / rate;
+                        tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+                    }
+                    Some(Ok::<Bytes, std::io::Error>(data))
+                }
+                Err(e) => Some(Err(std::io::Error::other(e))),
+            }
+        });
+        out = out.body(reqwest::Body::wrap_stream(body));
+    }
+    let resp = match out.send().await {
         Ok(r) => r,
         Err(e) => return Err(std::io::Error::other(e)),
     };
@@ -538,6 +613,13 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         };
         builder = builder.header(k.as_str(), value);
+    }
+    if let (Some(content_type), Some(body)) = (&manifest_put, &put_body) {
+        if resp.status().is_success() {
+            if let Some(subject) = record_referrer(&st, &path, content_type, body) {
+                builder = builder.header("oci-subject", subject);
+            }
+        }
     }
     if let Some(left) = f.ratelimit_remaining.as_deref() {
         if path.contains("/manifests/") {
@@ -667,6 +749,126 @@ async fn tag_page(
     full(200, answer, &[json[0], ("link", &link)])
 }
 
+/// `(name, digest)` of a `/v2/<name>/referrers/<digest>` path (query aside).
+fn referrers_route(path: &str) -> Option<(String, String)> {
+    let path = path.split('?').next()?;
+    let rest = path.strip_prefix("/v2/")?;
+    let (name, digest) = rest.rsplit_once("/referrers/")?;
+    (!name.is_empty() && digest.contains(':') && !digest.contains('/'))
+        .then(|| (name.to_string(), digest.to_string()))
+}
+
+/// For [`ReferrersApi`]: records the manifest PUT to `path` (already
+/// accepted by the registry) as a referrer when its body has a `subject`;
+/// the subject's digest, for the `OCI-Subject` header.
+fn record_referrer(st: &State, path: &str, content_type: &str, body: &[u8]) -> Option<String> {
+    let path = path.split('?').next()?;
+    let (name, _) = path.strip_prefix("/v2/")?.rsplit_once("/manifests/")?;
+    let manifest: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let subject = manifest["subject"]["digest"].as_str()?.to_string();
+    let media_type = manifest["mediaType"]
+        .as_str()
+        .unwrap_or(content_type)
+        .to_string();
+    let digest = image_syncer_core::digest::Digest::sha256_of(body).to_string();
+    let mut descriptor = serde_json::json!({
+        "mediaType": media_type,
+        "digest": digest,
+        "size": body.len(),
+    });
+    let artifact_type = manifest["artifactType"]
+        .as_str()
+        .or(manifest["config"]["mediaType"].as_str());
+    if let Some(t) = artifact_type {
+        descriptor["artifactType"] = t.into();
+    }
+    if let Some(a) = manifest.get("annotations").filter(|a| a.is_object()) {
+        descriptor["annotations"] = a.clone();
+    }
+    let mut recorded = st.referrers.lock().unwrap_or_else(|e| e.into_inner());
+    let listed = recorded
+        .entry((name.to_string(), subject.clone()))
+        .or_default();
+    if !listed.iter().any(|d| d["digest"] == descriptor["digest"]) {
+        listed.push(descriptor);
+    }
+    Some(subject)
+}
+
+/// For [`ReferrersApi`]: the answer to `GET /v2/<name>/referrers/<digest>`,
+/// once the registry has accepted the request's credentials.
+async fn referrers_answer(
+    st: &State,
+    req: &Request<Incoming>,
+    api: &ReferrersApi,
+    name: &str,
+    digest: &str,
+) -> Response<Body> {
+    let mut probe = st.client.get(format!("http://{}/v2/", st.upstream));
+    if let Some(a) = req.headers().get("authorization") {
+        probe = probe.header("authorization", a.as_bytes());
+    }
+    match probe.send().await {
+        Ok(r) if r.status().as_u16() == 200 => {}
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let challenge = r
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = r.bytes().await.unwrap_or_default();
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(c) = challenge.as_deref() {
+                headers.push(("www-authenticate", c));
+            }
+            return full(status, body, &headers);
+        }
+        Err(e) => return full(502, e.to_string(), &[]),
+    }
+    let mut manifests = st
+        .referrers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(name.to_string(), digest.to_string()))
+        .cloned()
+        .unwrap_or_default();
+    if api.empty_artifact_type {
+        for d in &mut manifests {
+            if let Some(d) = d.as_object_mut() {
+                d.remove("artifactType");
+            }
+        }
+    }
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let (media_type, answer) = if api.not_an_index {
+        const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+        (
+            MANIFEST,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.empty.v1+json",
+                    "digest": image_syncer_core::digest::Digest::sha256_of(b"{}").to_string(),
+                    "size": 2,
+                },
+                "layers": manifests,
+            }),
+        )
+    } else {
+        (
+            INDEX,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": INDEX,
+                "manifests": manifests,
+            }),
+        )
+    };
+    full(200, answer.to_string(), &[("content-type", media_type)])
+}
+
 impl FaultProxy {
     /// Proxies to `upstream` (`127.0.0.1:PORT`, plain HTTP) with `faults`.
     pub fn start(upstream: &str, faults: Faults) -> FaultProxy {
@@ -690,6 +892,7 @@ impl FaultProxy {
             faults,
             injected: injected.clone(),
             client: reqwest::Client::new(),
+            referrers: Default::default(),
         });
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::spawn(move || {
@@ -729,6 +932,55 @@ impl FaultProxy {
     /// `127.0.0.1:PORT`
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// PUTs manifest bytes of `media_type` to `repo:tag` (or `repo@digest`)
+    /// through the proxy, anonymously over plain HTTP, and returns the answer
+    /// as sent (status, headers, body): to check what the registry, or the
+    /// [`ReferrersApi`] stand-in, answers a push.
+    pub async fn put_manifest(
+        &self,
+        repo_and_ref: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> ProxyAnswer {
+        let (repo, reference) = repo_and_ref
+            .rsplit_once('@')
+            .or_else(|| repo_and_ref.rsplit_once(':'))
+            .expect("repo:tag or repo@digest");
+        let resp = reqwest::Client::new()
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.host()
+            ))
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .expect("PUT through the fault proxy");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        ProxyAnswer {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// An answer of the proxy, as sent ([`FaultProxy::put_manifest`]).
+#[derive(Debug)]
+pub struct ProxyAnswer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl ProxyAnswer {
+    /// The value of header `name`, if sent (and text).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 

@@ -167,6 +167,58 @@ pub fn images_sharing_a_layer(seeds: &[&str], layer_size: usize) -> Vec<TestImag
         .collect()
 }
 
+/// The media type of the empty config of artifacts: the 2-byte `{}`.
+pub const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+
+/// An OCI 1.1 artifact referring to `subject`: an image manifest with
+/// `artifactType` (when given), the empty config ([`EMPTY_CONFIG`], `{}`),
+/// one small layer of `layer_media_type` (bytes from `seed`), `annotations`
+/// (when any) and `subject` (the descriptor of `subject`). Its blobs are the
+/// config and the layer; push them first, then the manifest (through
+/// [`crate::faults::ReferrersApi`] to have it listed as a referrer).
+pub fn referrer(
+    seed: &str,
+    subject: &TestImage,
+    artifact_type: Option<&str>,
+    layer_media_type: &str,
+    annotations: &[(&str, &str)],
+) -> TestImage {
+    let config = blob(EMPTY_CONFIG, b"{}".to_vec());
+    let layer = blob(
+        layer_media_type,
+        random_bytes(&format!("{seed}/referrer"), 64),
+    );
+    let mut manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc(&config),
+        "layers": [desc(&layer)],
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": subject.digest.to_string(),
+            "size": subject.manifest.len(),
+        },
+    });
+    if let Some(t) = artifact_type {
+        manifest["artifactType"] = t.into();
+    }
+    if !annotations.is_empty() {
+        let map: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        manifest["annotations"] = map.into();
+    }
+    let manifest = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap());
+    TestImage {
+        media_type: OCI_MANIFEST.to_string(),
+        digest: Digest::sha256_of(&manifest),
+        manifest,
+        blobs: vec![config, layer],
+        children: vec![],
+    }
+}
+
 /// A multi-platform OCI index over one image per platform (`os/arch`). Child
 /// images share their first layer (a common base).
 pub fn index(seed: &str, platforms: &[&str]) -> TestImage {
@@ -203,6 +255,13 @@ pub fn index(seed: &str, platforms: &[&str]) -> TestImage {
 }
 
 impl Registry {
+    /// Pushes the blobs of `image` (not its children's) to `repo`.
+    pub async fn push_blobs(&self, repo: &str, image: &TestImage) {
+        for b in &image.blobs {
+            self.push_blob(repo, &b.data).await;
+        }
+    }
+
     /// Pushes `image` (children first) to `repo:tag` with oci-client.
     pub async fn push(&self, repo_and_tag: &str, image: &TestImage) {
         let (client, auth) = self.client();

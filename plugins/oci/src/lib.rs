@@ -11,6 +11,9 @@
 //!   negotiated from the registry's challenge.
 //! - Tags are listed (`tags/list`) following the registry's `Link` pages,
 //!   for entries that select tags by a rule.
+//! - Referrers are read through the OCI 1.1 referrers API
+//!   (`GET /v2/<name>/referrers/<digest>`); a registry answering 404 has no
+//!   such API (`None`: the engine reads the referrers tag schema instead).
 //! - Manifests are verified against their digest on pull (here and again by
 //!   the orchestrator); blobs stream both ways and are verified on the fly.
 
@@ -490,6 +493,62 @@ impl OciRegistry {
         )))
     }
 
+    /// The referrers of `digest` in `repository` (its tag or digest, if any,
+    /// is ignored) through the OCI 1.1 referrers API,
+    /// `GET /v2/<name>/referrers/<digest>`: the `manifests` of the image
+    /// index it answers, as served (`artifactType`, `annotations`), in its
+    /// order. `None` when the registry answered 404: it has no referrers API
+    /// (one that has it answers an empty index for a digest without
+    /// referrers); the referrers tag schema then applies. Never falls back
+    /// by itself.
+    ///
+    /// Bounded like manifests: an answer over `maxManifestBytes` is refused
+    /// before it is read whole, and it must come in full within
+    /// `readTimeoutSeconds`. An answer that is not an OCI image index is
+    /// `Invalid`; refusals and failures are classified as for manifests
+    /// (401/403 `Unauthorized`, 429/5xx transient with pushback and
+    /// `Retry-After`).
+    pub async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        let r = repository.with_digest(digest.clone());
+        let what = || format!("{r}: listing referrers");
+        let answer = self
+            .answered(what, async {
+                let reference = self.prepare(&r, RegistryOperation::Pull).await?;
+                let auth = self.auth_for(r.registry());
+                self.client
+                    .pull_referrers_raw(&reference, &auth, self.max_manifest)
+                    .await
+                    .map_err(|e| match e {
+                        OciDistributionError::ManifestTooLarge { size, limit } => {
+                            StageError::invalid(format!(
+                                "{}: {}",
+                                what(),
+                                referrers_too_large(r.registry(), size, limit)
+                            ))
+                        }
+                        e => classify(&what(), e, &r),
+                    })
+            })
+            .await?;
+        let Some((body, content_type)) = answer else {
+            debug!(%r, "no referrers API (404)");
+            return Ok(None);
+        };
+        parse_referrers(&body, content_type.as_deref())
+            .map(Some)
+            .map_err(|why| {
+                StageError::invalid(format!(
+                    "{}: registry {} answered something other than an OCI image index: {why}",
+                    what(),
+                    r.registry()
+                ))
+            })
+    }
+
     /// `op`, a request with a short answer, failed as transient when the
     /// registry has not answered it in full within the idle limit.
     async fn answered<T>(
@@ -797,6 +856,50 @@ fn too_large(r: &ImageRef, size: Option<u64>, limit: usize) -> String {
     }
 }
 
+/// "registry R answered a referrers index of N bytes, over the 4 MiB limit".
+fn referrers_too_large(registry: &str, size: Option<u64>, limit: usize) -> String {
+    let limit_text = image_syncer_core::manifest::size_for_people(limit);
+    match size {
+        Some(n) => format!(
+            "registry {registry} answered a referrers index of {n} bytes, over the {limit_text} limit (maxManifestBytes)"
+        ),
+        None => format!(
+            "registry {registry} answered a referrers index larger than the {limit_text} limit (maxManifestBytes)"
+        ),
+    }
+}
+
+/// The descriptors of a referrers API answer: an OCI image index
+/// (`schemaVersion` 2, media type `application/vnd.oci.image.index.v1+json`
+/// in the body or, when the body names none, in `Content-Type`), its
+/// `manifests` as served. Why not, otherwise.
+fn parse_referrers(body: &[u8], content_type: Option<&str>) -> Result<Vec<Descriptor>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Index {
+        schema_version: u32,
+        media_type: Option<String>,
+        manifests: Option<Vec<Descriptor>>,
+    }
+    let index: Index = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if index.schema_version != 2 {
+        return Err(format!("schemaVersion {}, not 2", index.schema_version));
+    }
+    let header = content_type.map(|c| c.split(';').next().unwrap_or_default().trim());
+    let Some(media_type) = index.media_type.as_deref().or(header) else {
+        return Err("no media type, in the body or in `Content-Type`".into());
+    };
+    if media_type != image_syncer_core::manifest::OCI_INDEX {
+        return Err(format!(
+            "media type `{media_type}`, not `{}`",
+            image_syncer_core::manifest::OCI_INDEX
+        ));
+    }
+    index
+        .manifests
+        .ok_or_else(|| "no `manifests` list".to_string())
+}
+
 /// The count in a `ratelimit-remaining` value (`76;w=21600`, or `76`).
 fn parse_ratelimit_remaining(value: &str) -> Option<u64> {
     value.split(';').next()?.trim().parse().ok()
@@ -901,10 +1004,26 @@ impl Source for OciRegistry {
     fn max_manifest_bytes(&self) -> usize {
         self.max_manifest
     }
+
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        OciRegistry::referrers(self, repository, digest).await
+    }
 }
 
 #[async_trait]
 impl Sink for OciRegistry {
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        OciRegistry::referrers(self, repository, digest).await
+    }
+
     async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
         self.head_manifest(target).await
     }
@@ -1245,6 +1364,44 @@ mod tests {
 
     fn image() -> ImageRef {
         ImageRef::parse("registry.example/team/app:1").unwrap()
+    }
+
+    #[test]
+    fn a_referrers_answer_must_be_an_oci_index() {
+        let d = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+        let listed = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":7,"artifactType":"application/example","annotations":{{"a":"b"}}}}]}}"#
+        );
+        let found = parse_referrers(listed.as_bytes(), None).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            found[0].artifact_type.as_deref(),
+            Some("application/example")
+        );
+        assert_eq!(found[0].annotations.as_ref().unwrap()["a"], "b");
+        // No media type in the body: the header's, parameters aside.
+        let bare = r#"{"schemaVersion":2,"manifests":[]}"#;
+        let index = "application/vnd.oci.image.index.v1+json; charset=utf-8";
+        assert_eq!(parse_referrers(bare.as_bytes(), Some(index)), Ok(vec![]));
+        let refused: Vec<String> = [
+            (bare, None),
+            (bare, Some("application/json")),
+            (r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","manifests":[]}"#, Some(index)),
+            (r#"{"schemaVersion":1,"manifests":[]}"#, Some(index)),
+            (r#"{"schemaVersion":2}"#, Some(index)),
+            ("404 page not found", Some(index)),
+        ]
+        .iter()
+        .map(|(body, ct)| parse_referrers(body.as_bytes(), *ct).unwrap_err())
+        .collect();
+        insta::assert_snapshot!(refused.join("\n"), @r"
+        no media type, in the body or in `Content-Type`
+        media type `application/json`, not `application/vnd.oci.image.index.v1+json`
+        media type `application/vnd.oci.image.manifest.v1+json`, not `application/vnd.oci.image.index.v1+json`
+        schemaVersion 1, not 2
+        no `manifests` list
+        invalid type: integer `404`, expected struct Index at line 1 column 3
+        ");
     }
 
     fn too_many(retry_after: &str) -> OciDistributionError {

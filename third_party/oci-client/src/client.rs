@@ -2158,6 +2158,63 @@ impl Client {
         Ok(manifest)
     }
 
+    /// Patched (image-syncer): the answer of the referrers API
+    /// (`GET /v2/<name>/referrers/<digest>`, no `artifactType` filter) as
+    /// sent, without [`Client::pull_referrers`]'s fallback to the tag schema:
+    /// `None` when the registry answered 404 (it has no referrers API), else
+    /// the body and its `Content-Type`, unparsed. A body larger than
+    /// `max_bytes` is refused as [`OciDistributionError::ManifestTooLarge`]
+    /// before it is read whole; any other answer is an error as for
+    /// manifests, keeping `Retry-After`.
+    pub async fn pull_referrers_raw(
+        &self,
+        image: &Reference,
+        auth: &RegistryAuth,
+        max_bytes: usize,
+    ) -> Result<Option<(bytes::Bytes, Option<String>)>> {
+        let url = self.to_v2_referrers_url(image, None)?;
+        self.store_auth_if_needed(image.resolve_registry(), auth)
+            .await;
+        let mut res = RequestBuilderWrapper::from_client(self, |client| client.get(&url))
+            .apply_accept(&[crate::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE])?
+            .apply_auth(image, RegistryOperation::Pull)
+            .await?
+            .into_request_builder()
+            .send()
+            .await?;
+        let status = res.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let wait = retry_after(status, res.headers());
+        let content_type = res
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let too_large = |size| OciDistributionError::ManifestTooLarge {
+            size,
+            limit: max_bytes,
+        };
+        if status.is_success() {
+            if let Some(size) = res.content_length().filter(|n| *n > max_bytes as u64) {
+                return Err(too_large(Some(size)));
+            }
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await? {
+            if body.len() + chunk.len() > max_bytes {
+                if status.is_success() {
+                    return Err(too_large(None));
+                }
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        validate_registry_response(status, &body, &url).map_err(|e| e.with_retry_after(wait))?;
+        Ok(Some((body.freeze(), content_type)))
+    }
+
     /// Pulls the referrers index using the OCI referrers tag schema fallback.
     ///
     /// The tag is the subject digest with `:` replaced by `-`
