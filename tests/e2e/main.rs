@@ -11,6 +11,7 @@ mod image;
 mod inputs;
 mod layout;
 mod plugins;
+mod referrers;
 mod signing;
 mod stress;
 mod sync;

@@ -1,14 +1,18 @@
-//! Carrying the source's signatures, attestations, SBOMs and referrers tag.
+//! Carrying the source's signatures, attestations, SBOMs and referrers.
 
 use super::*;
 use crate::digest::AttachedTag;
+use crate::manifest::OCI_INDEX;
+
+/// At most this many referrers of one digest are carried.
+const MAX_REFERRERS: usize = 256;
 
 impl Prepared {
     /// Copies the source's cosign artifacts for `digest` (`.sig`, `.att`,
-    /// `.sbom`) and its referrers tag (`sha256-<hex>`, OCI 1.1's tag schema)
-    /// that the target lacks, verbatim, before any signature of ours is added.
-    /// A tag the target has is never overwritten. Returns the tags carried and
-    /// the layers of the source's `.sig` (upstream signatures).
+    /// `.sbom` tags) that the target lacks, verbatim, and its referrers,
+    /// before any signature of ours is added. A cosign tag the target has is
+    /// never overwritten. Returns what was carried and the layers of the
+    /// source's `.sig` (upstream signatures).
     pub(super) async fn carry(
         &self,
         item: &Item,
@@ -17,21 +21,15 @@ impl Prepared {
     ) -> Result<(Vec<String>, Vec<Descriptor>), StageError> {
         let mut carried = Vec::new();
         let mut upstream = Vec::new();
-        for kind in AttachedTag::ALL {
+        for kind in [
+            AttachedTag::Signature,
+            AttachedTag::Attestation,
+            AttachedTag::Sbom,
+        ] {
             let tag = kind.of(digest);
-            let from = item.spec.source.with_tag(&tag);
-            let m = match self
-                .retry()
-                .at(&registry_of(&from), "carried artifact", || {
-                    item.source.resolve(&from)
-                })
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            let Some(m) = self.source_tag(item, &tag).await? else {
+                continue;
             };
-            check_manifest(&m, None, item.source.max_manifest_bytes())?;
             if kind == AttachedTag::Signature {
                 if let Ok(Manifest::Image { layers, .. }) = m.parse() {
                     upstream = layers;
@@ -52,20 +50,201 @@ impl Prepared {
                 continue;
             }
             let bytes = AtomicU64::new(0);
-            let copy = ImageCopy {
-                item,
-                repo: &item.target,
-                run,
-                jobs: self.jobs,
-                retry: self.retry(),
-                bytes: &bytes,
-                progress: self.progress.as_ref(),
-            };
+            let copy = self.copier(item, run, &bytes);
             copy.children(&m, 0, Walk::Ledger).await?;
             copy.put_manifest(&ManifestTarget::Tag(tag.clone()), &m, 0, "carried artifact")
                 .await?;
             carried.push(tag);
         }
+        carried.extend(self.carry_referrers(item, digest, run).await?);
         Ok((carried, upstream))
+    }
+
+    /// The manifest under `tag` in the source, `None` when absent.
+    async fn source_tag(&self, item: &Item, tag: &str) -> Result<Option<RawManifest>, StageError> {
+        let from = item.spec.source.with_tag(tag);
+        match self
+            .retry()
+            .at(&registry_of(&from), "carried artifact", || {
+                item.source.resolve(&from)
+            })
+            .await
+        {
+            Ok(m) => {
+                check_manifest(&m, None, item.source.max_manifest_bytes())?;
+                Ok(Some(m))
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn copier<'a>(&'a self, item: &'a Item, run: &'a Run, bytes: &'a AtomicU64) -> ImageCopy<'a> {
+        ImageCopy {
+            item,
+            repo: &item.target,
+            run,
+            jobs: self.jobs,
+            retry: self.retry(),
+            bytes,
+            progress: self.progress.as_ref(),
+        }
+    }
+
+    /// Carries the referrers of `digest`: read through the source's OCI 1.1
+    /// referrers API when it has one, else from its referrers tag
+    /// (`sha256-<hex>`). Each referrer manifest (with its blobs) is put by
+    /// digest; a target with the API indexes them by their `subject`, one
+    /// without gets them merged into its referrers tag's index: what is
+    /// there is kept, what is missing added, nothing listed twice (a re-run
+    /// adds nothing). Returns what was carried.
+    async fn carry_referrers(
+        &self,
+        item: &Item,
+        digest: &Digest,
+        run: &Run,
+    ) -> Result<Vec<String>, StageError> {
+        let tag = AttachedTag::Referrers.of(digest);
+        let source_ref = &item.spec.source;
+        let api = self
+            .retry()
+            .at(&registry_of(source_ref), "referrers", || {
+                item.source.referrers(source_ref, digest)
+            })
+            .await?;
+        let (listed, source_index) = match api {
+            Some(list) => (list, None),
+            None => match self.source_tag(item, &tag).await? {
+                Some(index) => match index.parse() {
+                    Ok(Manifest::Index { manifests }) => (manifests, Some(index)),
+                    // Not an index: carried as the tag it is (as before).
+                    _ => (Vec::new(), Some(index)),
+                },
+                None => return Ok(Vec::new()),
+            },
+        };
+        let listed: Vec<Descriptor> = listed.into_iter().take(MAX_REFERRERS).collect();
+        let target_ref = &item.target;
+        let target_api = self
+            .retry()
+            .at(&registry_of(target_ref), "referrers", || {
+                item.sink.referrers(target_ref, digest)
+            })
+            .await?;
+        let to = target_ref.with_tag(&tag);
+        let existing = match &target_api {
+            Some(list) => list.clone(),
+            None => match self
+                .retry()
+                .at(&registry_of(&to), "referrers tag", || {
+                    item.sink.fetch_manifest(&to)
+                })
+                .await?
+            {
+                Some(index) => match index.parse() {
+                    Ok(Manifest::Index { manifests }) => manifests,
+                    _ => Vec::new(),
+                },
+                None => Vec::new(),
+            },
+        };
+        let tag_present = target_api.is_none() && !existing.is_empty();
+        let missing: Vec<&Descriptor> = listed
+            .iter()
+            .filter(|d| !existing.iter().any(|e| e.digest == d.digest))
+            .collect();
+        // A source index that is not a list of referrers (or lists none):
+        // carried verbatim when the target lacks the tag, as any tag.
+        if missing.is_empty() {
+            if let (Some(index), None, false) = (&source_index, &target_api, tag_present) {
+                if listed.is_empty() && !self.target_has(item, &to).await? {
+                    return self.put_index(item, run, &tag, index).await;
+                }
+            }
+            return Ok(Vec::new());
+        }
+        if self.dry_run {
+            return Ok(missing
+                .iter()
+                .map(|d| format!("referrer {} (would carry)", d.digest))
+                .collect());
+        }
+        let bytes = AtomicU64::new(0);
+        let copy = self.copier(item, run, &bytes);
+        let mut carried = Vec::new();
+        for d in &missing {
+            let m = self
+                .retry()
+                .at(&registry_of(source_ref), "referrer", || {
+                    item.source.fetch_manifest(source_ref, d)
+                })
+                .await?;
+            check_manifest(&m, Some(&d.digest), item.source.max_manifest_bytes())?;
+            copy.children(&m, 0, Walk::Ledger).await?;
+            copy.put_manifest(&ManifestTarget::Digest, &m, 0, "referrer")
+                .await?;
+            carried.push(format!("referrer {}", d.digest));
+        }
+        if target_api.is_some() {
+            return Ok(carried);
+        }
+        // The target has no referrers API: its referrers tag lists them.
+        // The source's own index, verbatim, when the target has none and
+        // it lists exactly these; else the target's, with the missing added.
+        let index = match (&source_index, tag_present) {
+            (Some(index), false) if missing.len() == listed.len() => index.clone(),
+            _ => {
+                let mut all = existing.clone();
+                all.extend(missing.iter().map(|d| (*d).clone()));
+                let json = serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": OCI_INDEX,
+                    "manifests": all,
+                });
+                RawManifest::new(
+                    Some(OCI_INDEX),
+                    bytes::Bytes::from(serde_json::to_vec(&json).expect("an index serializes")),
+                    None,
+                )
+                .map_err(|e| StageError::invalid(format!("{to}: {e}")))?
+            }
+        };
+        let mut tagged = self.put_index(item, run, &tag, &index).await?;
+        carried.append(&mut tagged);
+        Ok(carried)
+    }
+
+    async fn target_has(&self, item: &Item, to: &ImageRef) -> Result<bool, StageError> {
+        Ok(self
+            .retry()
+            .at(&registry_of(to), "referrers tag", || {
+                item.sink.manifest_digest(to)
+            })
+            .await?
+            .is_some())
+    }
+
+    /// Puts `index` under `tag` in the target (its children are present).
+    async fn put_index(
+        &self,
+        item: &Item,
+        run: &Run,
+        tag: &str,
+        index: &RawManifest,
+    ) -> Result<Vec<String>, StageError> {
+        if self.dry_run {
+            return Ok(vec![format!("{tag} (would carry)")]);
+        }
+        let bytes = AtomicU64::new(0);
+        let copy = self.copier(item, run, &bytes);
+        copy.children(index, 0, Walk::Ledger).await?;
+        copy.put_manifest(
+            &ManifestTarget::Tag(tag.to_string()),
+            index,
+            0,
+            "referrers tag",
+        )
+        .await?;
+        Ok(vec![tag.to_string()])
     }
 }
