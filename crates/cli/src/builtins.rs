@@ -70,6 +70,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("{def} has no branch for {}", s.name));
             let mut own = s.config_schema.clone().unwrap();
             own.as_object_mut().unwrap().remove("$schema");
+            // The config's own `$defs` move up to the definition's.
+            if let Some(serde_json::Value::Object(defs)) =
+                own.as_object_mut().unwrap().remove("$defs")
+            {
+                for (name, d) in defs {
+                    assert_eq!(schema["$defs"][&name], d, "{def} {}: $defs/{name}", s.name);
+                }
+            }
             assert_eq!(
                 branch["properties"]["config"]["anyOf"][0], own,
                 "{def} {}",

@@ -237,6 +237,35 @@ impl RawManifest {
     }
 }
 
+/// The referrers tag schema's index (`sha256-<hex>`) for a registry without
+/// the referrers API: the descriptors `existing` lists, and those of `added`
+/// it does not list yet, sorted by digest (as go-containerregistry writes
+/// it). `None` when nothing is added: what is there is kept, nothing is
+/// listed twice.
+pub fn merged_referrers_index(
+    existing: &[Descriptor],
+    added: &[Descriptor],
+) -> Option<RawManifest> {
+    let mut all: Vec<Descriptor> = existing.to_vec();
+    let before = all.len();
+    for d in added {
+        if !all.iter().any(|e| e.digest == d.digest) {
+            all.push(d.clone());
+        }
+    }
+    if all.len() == before {
+        return None;
+    }
+    all.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let json = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": all,
+    });
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&json).expect("an index serializes"));
+    Some(RawManifest::new(Some(OCI_INDEX), bytes, None).expect("an index we wrote parses"))
+}
+
 /// What a platform filter makes of a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Filtered {

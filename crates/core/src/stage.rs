@@ -469,8 +469,9 @@ pub struct SignRequest {
     pub manifest: RawManifest,
     /// Report what would happen, write nothing.
     pub dry_run: bool,
-    /// Signature layers carried verbatim from the source's `.sig` (upstream
-    /// provenance): not a conflict when they do not verify with our key.
+    /// Signature layers carried verbatim from the source's `.sig`, and the
+    /// referrer manifests carried from the source (upstream provenance): not
+    /// a conflict when they do not verify with our key.
     pub upstream: Vec<Descriptor>,
 }
 

@@ -6,13 +6,17 @@
 //! comes from and how it is checked is the plugin's business; what is stored,
 //! where, and when a run must stop is decided here.
 //!
-//! For each digest to sign, the tag `sha256-<hex>.sig` of the target repository
-//! is read:
-//! - a signature valid for the key over a payload naming this digest → already
-//!   signed, nothing written;
-//! - signature layers, none valid → safety stop (`ErrorKind::Integrity`);
-//! - none → sign, push payload, config and manifest (dry run: "would sign").
+//! Two formats are read and written: cosign's classic `sha256-<hex>.sig` tag
+//! ([`sigmanifest`], [`payload`]) and cosign v3's Sigstore bundle attached as
+//! an OCI 1.1 referrer ([`bundle`]). For each digest to sign, both are read
+//! ([`inspect`]):
+//! - a signature valid for the key over this digest, in either format →
+//!   already signed, nothing written;
+//! - signatures in either format, none valid → safety stop
+//!   (`ErrorKind::Integrity`);
+//! - none → sign in the configured [`Format`] (dry run: "would sign").
 
+pub mod bundle;
 pub mod keyref;
 pub mod payload;
 pub mod sigmanifest;
@@ -44,6 +48,11 @@ pub trait SignatureKey: Send + Sync {
     async fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<bool, StageError>;
     /// Signs `payload`; the flow verifies the result with [`SignatureKey::verify`].
     async fn sign(&self, payload: &[u8]) -> Result<Vec<u8>, StageError>;
+    /// The public key as DER (SubjectPublicKeyInfo), when the key knows it:
+    /// a bundle names it by its hash (`verificationMaterial.publicKey.hint`).
+    async fn public_key_der(&self) -> Result<Option<Vec<u8>>, StageError> {
+        Ok(None)
+    }
 }
 
 /// Where signatures are read from: the target's sink (signing) or an
@@ -134,21 +143,92 @@ impl Store for SourceStore<'_> {
     }
 }
 
-/// What was found for one digest.
-#[derive(Debug, PartialEq, Eq)]
-enum Found {
-    Valid,
-    None { existing: Vec<Descriptor> },
+/// The signature formats a signer writes.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// cosign's classic `sha256-<hex>.sig` tag (kyma's format).
+    #[default]
+    Classic,
+    /// cosign v3's Sigstore bundle, attached as an OCI 1.1 referrer.
+    Bundle,
+    /// Both.
+    Both,
 }
 
-async fn read_payload(
+/// Which format a signature was found in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Found {
+    Classic,
+    Bundle,
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Found::Classic => "classic .sig",
+            Found::Bundle => "Sigstore bundle",
+        })
+    }
+}
+
+/// What the signatures stored for a digest say of it, for one key
+/// ([`verify`], [`inspect`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// A signature valid for the key, over this digest, carrying every
+    /// required annotation, in this format.
+    Valid(Found),
+    /// No signature is stored for the digest, in either format.
+    Missing,
+    /// Signatures are stored, none valid for the key: `signatures` checked
+    /// (classic layers and bundles), of which `keyless` are keyless bundles
+    /// (a certificate, not verifiable with a key).
+    NoneValid { signatures: usize, keyless: usize },
+    /// A signature valid for the key is stored for this digest, but it
+    /// signs another digest.
+    OtherDigest { signed: String },
+    /// A signature valid for the key names this digest, but lacks a
+    /// required annotation.
+    Unannotated { missing: Vec<String> },
+}
+
+/// What [`inspect`] found for one digest.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub verified: Verified,
+    /// The layers of the classic `.sig` manifest, if any (a new classic
+    /// signature is appended to them).
+    pub classic_layers: Vec<Descriptor>,
+}
+
+/// The artifact type cosign gives a classic signature attached as a referrer.
+pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+
+/// At most this many referrers of one digest are read (a registry can list
+/// thousands; signatures are a handful).
+const MAX_REFERRERS: usize = 64;
+
+async fn read_blob(
     store: &dyn Store,
     repo: &ImageRef,
     d: &Descriptor,
+    limit: u64,
+    what: &str,
 ) -> Result<Vec<u8>, StageError> {
-    if d.size > MAX_PAYLOAD {
+    if d.size > limit {
         return Err(StageError::invalid(format!(
-            "{repo}: signature payload {} is {} bytes, more than a signature payload can be",
+            "{repo}: {what} {} is {} bytes, more than a {what} can be",
             d.digest, d.size
         )));
     }
@@ -156,66 +236,270 @@ async fn read_payload(
     let mut verified = VerifyingStream::new(stream, d.digest.clone(), Some(d.size));
     let mut out = Vec::with_capacity(d.size as usize);
     while let Some(chunk) = verified.next().await {
-        let chunk = chunk.map_err(|e| {
-            StageError::from_io(&format!("{repo}: signature payload {}", d.digest), &e)
-        })?;
+        let chunk =
+            chunk.map_err(|e| StageError::from_io(&format!("{repo}: {what} {}", d.digest), &e))?;
         out.extend_from_slice(&chunk);
     }
     Ok(out)
 }
 
-/// Reads the signatures stored for `digest` and checks them with `key`.
-async fn find(
-    key: &dyn SignatureKey,
-    sink: &dyn Sink,
-    target: &ImageRef,
+/// The referrers of `digest`: through the OCI 1.1 API when the store has
+/// it, else the referrers tag schema's index (`sha256-<hex>`), else none.
+pub async fn referrers(
+    store: &dyn Store,
+    repository: &ImageRef,
     digest: &Digest,
-    upstream: &[Descriptor],
-) -> Result<Found, StageError> {
-    let sig_ref = target.with_tag(&sigmanifest::signature_tag(digest));
-    let Some(manifest) = SinkStore(sink).manifest(&sig_ref).await? else {
-        return Ok(Found::None { existing: vec![] });
-    };
-    let layers: Vec<SignatureLayer> = sigmanifest::layers(&manifest)
-        .map_err(|e| StageError::integrity(format!("{sig_ref}: {e}")))?;
-    let mut signatures = 0;
-    for layer in &layers {
-        let (Some(sig), true) = (
-            &layer.signature,
-            layer.descriptor.media_type == SIMPLE_SIGNING,
-        ) else {
-            continue;
-        };
-        let payload = read_payload(&SinkStore(sink), target, &layer.descriptor).await?;
-        let carried = upstream.contains(&layer.descriptor);
-        let raw = match base64::engine::general_purpose::STANDARD.decode(sig.trim()) {
-            Ok(raw) => raw,
-            Err(_) => continue,
-        };
-        let valid = payload::signed_digest(&payload).as_deref()
-            == Some(digest.to_string().as_str())
-            && key.verify(&payload, &raw).await?;
-        debug!(tag = %sig_ref, layer = %layer.descriptor.digest, valid, carried, "signature checked");
-        if valid {
-            return Ok(Found::Valid);
-        }
-        // Upstream signatures carried verbatim from the source are not ours to judge.
-        if !carried {
-            signatures += 1;
-        }
+) -> Result<Vec<Descriptor>, StageError> {
+    if let Some(list) = store.referrers(repository, digest).await? {
+        return Ok(list);
     }
-    if signatures > 0 {
-        return Err(StageError::integrity(format!(
-            "safety stop: {target}@{digest} carries {signatures} signature(s) in {sig_ref}, none valid for key {}; nothing more is written",
-            key.describe()
-        )));
-    }
-    Ok(Found::None {
-        existing: layers.into_iter().map(|l| l.descriptor).collect(),
+    Ok(referrers_tag(store, repository, digest).await?.1)
+}
+
+/// The referrers tag schema's index of `digest` and what it lists.
+async fn referrers_tag(
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+) -> Result<(Option<RawManifest>, Vec<Descriptor>), StageError> {
+    let tag = repository.with_tag(&image_syncer_core::digest::AttachedTag::Referrers.of(digest));
+    Ok(match store.manifest(&tag).await? {
+        Some(index) => {
+            let listed = match index.parse() {
+                Ok(Manifest::Index { manifests }) => manifests,
+                _ => Vec::new(),
+            };
+            (Some(index), listed)
+        }
+        None => (None, Vec::new()),
     })
 }
 
-async fn sign_one(
+/// A signature candidate.
+enum Candidate {
+    Classic(SignatureLayer),
+    /// A bundle referrer: its manifest's descriptor, and the bundle layer.
+    Bundle(Descriptor, Descriptor),
+}
+
+/// The signatures attached to `digest` as referrers: cosign bundles (one
+/// layer of a bundle media type) and classic signature manifests
+/// (simple-signing layers). Selected by layer, since some registries list
+/// referrers without `artifactType` (or with the empty config's); one whose
+/// `artifactType` says it is something else is not read.
+async fn referrer_candidates(
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+) -> Result<Vec<Candidate>, StageError> {
+    let mut out = Vec::new();
+    for d in referrers(store, repository, digest)
+        .await?
+        .iter()
+        .filter(|d| {
+            d.artifact_type.as_deref().is_none_or(|t| {
+                t.is_empty()
+                    || t == SIGNATURE_ARTIFACT_TYPE
+                    || t == bundle::EMPTY_CONFIG_TYPE
+                    || t.starts_with(bundle::BUNDLE_MEDIA_PREFIX)
+            })
+        })
+        .take(MAX_REFERRERS)
+    {
+        let manifest = store.manifest_at(repository, d).await?;
+        if manifest.digest != d.digest {
+            return Err(StageError::integrity(format!(
+                "{repository}: referrer {} has content of digest {}",
+                d.digest, manifest.digest
+            )));
+        }
+        let Ok(Manifest::Image { layers, .. }) = manifest.parse() else {
+            continue;
+        };
+        match layers.as_slice() {
+            [one] if bundle::is_bundle_layer(&one.media_type) => {
+                out.push(Candidate::Bundle(d.clone(), one.clone()));
+            }
+            _ => {
+                if let Ok(layers) = sigmanifest::layers(&manifest) {
+                    out.extend(
+                        layers
+                            .into_iter()
+                            .filter(|l| l.descriptor.media_type == SIMPLE_SIGNING)
+                            .map(Candidate::Classic),
+                    );
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks every signature stored for `digest` in `repository` of `store`
+/// against `key`: the classic `sha256-<hex>.sig` tag's layers, then the
+/// signatures attached as referrers (bundles and classic). A signature
+/// among `exempt` (a layer or a referrer manifest carried from upstream) is
+/// not counted when it does not verify. Payloads and bundles are read
+/// bounded and checked against their digests.
+pub async fn inspect(
+    key: &dyn SignatureKey,
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+    annotations: &std::collections::BTreeMap<String, String>,
+    exempt: &[Descriptor],
+) -> Result<Inspection, StageError> {
+    let sig_ref = repository.with_tag(&sigmanifest::signature_tag(digest));
+    let classic = match store.manifest(&sig_ref).await? {
+        Some(manifest) => sigmanifest::layers(&manifest)
+            .map_err(|e| StageError::integrity(format!("{sig_ref}: {e}")))?,
+        None => Vec::new(),
+    };
+    let classic_layers: Vec<Descriptor> = classic.iter().map(|l| l.descriptor.clone()).collect();
+    let mut candidates: Vec<Candidate> = classic.into_iter().map(Candidate::Classic).collect();
+    candidates.extend(referrer_candidates(store, repository, digest).await?);
+    let is_exempt = |d: &Descriptor| exempt.iter().any(|e| e.digest == d.digest);
+    let (mut signatures, mut keyless, mut other, mut unannotated) = (0, 0, None, None);
+    for candidate in &candidates {
+        let (checked, exempted) = match candidate {
+            Candidate::Classic(layer) => {
+                let Some(sig) = &layer.signature else {
+                    continue;
+                };
+                if layer.descriptor.media_type != SIMPLE_SIGNING {
+                    continue;
+                }
+                let exempted = is_exempt(&layer.descriptor);
+                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
+                    signatures += usize::from(!exempted);
+                    continue;
+                };
+                let payload = read_blob(
+                    store,
+                    repository,
+                    &layer.descriptor,
+                    MAX_PAYLOAD,
+                    "signature payload",
+                )
+                .await?;
+                let checked = if !key.verify(&payload, &raw).await? {
+                    bundle::Checked::Invalid {
+                        why: "not valid for the key".into(),
+                    }
+                } else {
+                    classic_subject(&payload, digest, annotations)
+                };
+                (checked, exempted)
+            }
+            Candidate::Bundle(manifest, layer) => {
+                let bytes = read_blob(
+                    store,
+                    repository,
+                    layer,
+                    bundle::MAX_BUNDLE,
+                    "Sigstore bundle",
+                )
+                .await?;
+                let checked = bundle::check(key, &bytes, digest, annotations).await?;
+                (checked, is_exempt(manifest))
+            }
+        };
+        let format = match candidate {
+            Candidate::Classic(_) => Found::Classic,
+            Candidate::Bundle(..) => Found::Bundle,
+        };
+        debug!(repository = %repository, %digest, ?format, ?checked, exempted, "signature checked");
+        match checked {
+            bundle::Checked::Valid => {
+                return Ok(Inspection {
+                    verified: Verified::Valid(format),
+                    classic_layers,
+                })
+            }
+            _ if exempted => {}
+            bundle::Checked::Keyless => {
+                signatures += 1;
+                keyless += 1;
+            }
+            bundle::Checked::OtherDigest { signed } => {
+                signatures += 1;
+                other = Some(signed);
+            }
+            bundle::Checked::Unannotated { missing } => {
+                signatures += 1;
+                unannotated = Some(missing);
+            }
+            bundle::Checked::Invalid { .. } => signatures += 1,
+        }
+    }
+    let verified = match (other, unannotated) {
+        (_, Some(missing)) => Verified::Unannotated { missing },
+        (Some(signed), None) => Verified::OtherDigest { signed },
+        (None, None) if signatures == 0 => Verified::Missing,
+        (None, None) => Verified::NoneValid {
+            signatures,
+            keyless,
+        },
+    };
+    Ok(Inspection {
+        verified,
+        classic_layers,
+    })
+}
+
+/// A classic payload that verified with the key: does it name `digest`,
+/// with the required annotations?
+fn classic_subject(
+    payload: &[u8],
+    digest: &Digest,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> bundle::Checked {
+    let signed = payload::signed_digest(payload).unwrap_or_default();
+    if signed != digest.to_string() {
+        return bundle::Checked::OtherDigest { signed };
+    }
+    let found = payload::optional(payload);
+    let missing: Vec<String> = annotations
+        .iter()
+        .filter(|(k, v)| found.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if missing.is_empty() {
+        bundle::Checked::Valid
+    } else {
+        bundle::Checked::Unannotated { missing }
+    }
+}
+
+/// Checks the signatures of `digest` stored in `store` against `key`, in
+/// both formats (see [`inspect`]), nothing exempt.
+pub async fn verify(
+    key: &dyn SignatureKey,
+    store: &dyn Store,
+    repository: &ImageRef,
+    digest: &Digest,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Verified, StageError> {
+    Ok(inspect(key, store, repository, digest, annotations, &[])
+        .await?
+        .verified)
+}
+
+async fn put_blobs(
+    sink: &dyn Sink,
+    target: &ImageRef,
+    blobs: Vec<(Descriptor, Bytes)>,
+) -> Result<(), StageError> {
+    for (desc, bytes) in blobs {
+        if !sink.has_blob(target, &desc).await? {
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
+            sink.put_blob(target, &desc, Box::pin(stream)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sign_classic(
     key: &dyn SignatureKey,
     sink: &dyn Sink,
     target: &ImageRef,
@@ -235,12 +519,12 @@ async fn sign_one(
     let layer = sigmanifest::signature_layer(&payload, &b64);
     let (manifest, config) = sigmanifest::build(existing, &layer);
     let config_desc = sigmanifest::config_descriptor(&config);
-    for (desc, bytes) in [(&layer, Bytes::from(payload)), (&config_desc, config)] {
-        if !sink.has_blob(target, desc).await? {
-            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(bytes) });
-            sink.put_blob(target, desc, Box::pin(stream)).await?;
-        }
-    }
+    put_blobs(
+        sink,
+        target,
+        vec![(layer, Bytes::from(payload)), (config_desc, config)],
+    )
+    .await?;
     let tag = sigmanifest::signature_tag(digest);
     sink.put_manifest(target, &ManifestTarget::Tag(tag.clone()), &manifest)
         .await?;
@@ -248,182 +532,163 @@ async fn sign_one(
     Ok(())
 }
 
-/// The verify-then-sign flow for one request: the image digest and, with
-/// `recursive`, each child of an index.
+/// Writes a bundle for `subject` as cosign v3 does: the referrer manifest by
+/// digest, then, on a target without the referrers API, the referrers tag's
+/// index with it added (kept, sorted by digest, never twice).
+async fn sign_bundle(
+    key: &dyn SignatureKey,
+    sink: &dyn Sink,
+    target: &ImageRef,
+    subject: &Descriptor,
+) -> Result<(), StageError> {
+    let der = key.public_key_der().await?;
+    let written = bundle::write(key, subject, der.as_deref(), &rfc3339_now()).await?;
+    put_blobs(sink, target, written.blobs).await?;
+    sink.put_manifest(target, &ManifestTarget::Digest, &written.manifest)
+        .await?;
+    let mut listed = Descriptor::new(
+        written.manifest.media_type.clone(),
+        written.manifest.digest.clone(),
+        written.manifest.bytes.len() as u64,
+    );
+    listed.artifact_type = Some(bundle::BUNDLE_MEDIA_TYPE.to_string());
+    if sink.referrers(target, &subject.digest).await?.is_none() {
+        let (_, existing) = referrers_tag(&SinkStore(sink), target, &subject.digest).await?;
+        if let Some(index) =
+            image_syncer_core::manifest::merged_referrers_index(&existing, &[listed])
+        {
+            let tag = image_syncer_core::digest::AttachedTag::Referrers.of(&subject.digest);
+            sink.put_manifest(target, &ManifestTarget::Tag(tag), &index)
+                .await?;
+        }
+    }
+    info!(target = %target, digest = %subject.digest, bundle = %written.manifest.digest, key = %key.describe(), "signed (Sigstore bundle)");
+    Ok(())
+}
+
+/// Now, as RFC 3339 UTC (`2026-11-27T14:00:00Z`).
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The verify-then-sign flow for one request, writing the classic format.
 pub async fn sign_request(
     key: &dyn SignatureKey,
     recursive: bool,
     request: &SignRequest,
     sink: &dyn Sink,
 ) -> Result<SignOutcome, StageError> {
-    let mut digests = vec![request.digest.clone()];
+    sign_request_as(key, recursive, Format::Classic, request, sink).await
+}
+
+/// The verify-then-sign flow for one request: the image digest and, with
+/// `recursive`, each child of an index. A valid signature by the key in
+/// either format means nothing is written for that digest; signatures in
+/// either format, none valid, are a safety stop before anything is written;
+/// else a signature is written in `format`.
+pub async fn sign_request_as(
+    key: &dyn SignatureKey,
+    recursive: bool,
+    format: Format,
+    request: &SignRequest,
+    sink: &dyn Sink,
+) -> Result<SignOutcome, StageError> {
+    let mut subjects = vec![request.manifest.descriptor()];
     if recursive {
         if let Ok(Manifest::Index { manifests }) = request.manifest.parse() {
-            digests.extend(manifests.into_iter().map(|m| m.digest));
+            subjects.extend(manifests);
         }
     }
+    let store = SinkStore(sink);
+    let target = &request.target;
     // Verify all first: a stop must come before any write.
     let mut to_sign = Vec::new();
-    for d in &digests {
-        match find(key, sink, &request.target, d, &request.upstream).await? {
-            Found::Valid => {}
-            Found::None { existing } => to_sign.push((d.clone(), existing)),
+    let mut found = Vec::new();
+    for subject in &subjects {
+        let d = &subject.digest;
+        let inspection = inspect(
+            key,
+            &store,
+            target,
+            d,
+            &Default::default(),
+            &request.upstream,
+        )
+        .await?;
+        let stop = |what: String| {
+            StageError::integrity(format!(
+                "safety stop: {target}@{d} carries {what}, none valid for key {}; nothing more is written",
+                key.describe()
+            ))
+        };
+        match inspection.verified {
+            Verified::Valid(f) => found.push(f),
+            Verified::Missing => to_sign.push((subject.clone(), inspection.classic_layers)),
+            Verified::NoneValid {
+                signatures,
+                keyless,
+            } => {
+                let keyless = if keyless > 0 {
+                    format!(" ({keyless} keyless: not verifiable with a key)")
+                } else {
+                    String::new()
+                };
+                return Err(stop(format!(
+                    "{signatures} signature(s){keyless} in {} or its referrers",
+                    sigmanifest::signature_tag(d)
+                )));
+            }
+            Verified::OtherDigest { signed } => {
+                return Err(stop(format!(
+                    "a signature of another digest ({signed}) in {} or its referrers",
+                    sigmanifest::signature_tag(d)
+                )))
+            }
+            // The signer requires no annotation; were one required, a
+            // signature without it is not ours to keep.
+            Verified::Unannotated { missing } => {
+                return Err(stop(format!(
+                    "a signature without {} in {} or its referrers",
+                    missing.join(", "),
+                    sigmanifest::signature_tag(d)
+                )))
+            }
         }
     }
+    debug!(target = %target, found = ?found, "signatures found");
     if to_sign.is_empty() {
         return Ok(SignOutcome::AlreadySigned);
     }
     if request.dry_run {
         return Ok(SignOutcome::WouldSign);
     }
-    for (d, existing) in &to_sign {
-        sign_one(key, sink, &request.target, d, existing).await?;
+    for (subject, existing) in &to_sign {
+        if matches!(format, Format::Classic | Format::Both) {
+            sign_classic(key, sink, target, &subject.digest, existing).await?;
+        }
+        if matches!(format, Format::Bundle | Format::Both) {
+            sign_bundle(key, sink, target, subject).await?;
+        }
     }
     Ok(SignOutcome::Signed)
-}
-
-/// What the signatures stored for a digest say of it, for one key
-/// ([`verify`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verified {
-    /// A signature valid for the key, over a payload naming this digest and
-    /// carrying every required annotation.
-    Valid,
-    /// No signature is stored for the digest.
-    Missing,
-    /// Signatures are stored, none valid for the key.
-    NoneValid { signatures: usize },
-    /// A signature valid for the key is stored under this digest's tag, but
-    /// its payload names another digest.
-    OtherDigest { signed: String },
-    /// A signature valid for the key names this digest, but its payload
-    /// lacks a required annotation.
-    Unannotated { missing: Vec<String> },
-}
-
-/// Checks the cosign signatures of `digest` stored in `repository` of
-/// `store` (the tag `sha256-<hex>.sig`) against `key`: [`Verified::Valid`]
-/// when one is valid for the key, names `digest` and carries every
-/// `annotations` entry in its payload's `optional` map. Payloads are read
-/// bounded and checked against their digests.
-pub async fn verify(
-    key: &dyn SignatureKey,
-    store: &dyn Store,
-    repository: &ImageRef,
-    digest: &Digest,
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> Result<Verified, StageError> {
-    let sig_ref = repository.with_tag(&sigmanifest::signature_tag(digest));
-    // The classic `.sig` tag's layers, then those of signature manifests
-    // attached as referrers (the OCI 1.1 API, else the referrers tag).
-    let mut layers = match store.manifest(&sig_ref).await? {
-        Some(manifest) => sigmanifest::layers(&manifest)
-            .map_err(|e| StageError::invalid(format!("{sig_ref}: {e}")))?,
-        None => Vec::new(),
-    };
-    layers.extend(referrer_signatures(store, repository, digest).await?);
-    let (mut signatures, mut other, mut unannotated) = (0, None, None);
-    for layer in &layers {
-        let (Some(sig), true) = (
-            &layer.signature,
-            layer.descriptor.media_type == SIMPLE_SIGNING,
-        ) else {
-            continue;
-        };
-        signatures += 1;
-        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
-            continue;
-        };
-        let payload = read_payload(store, repository, &layer.descriptor).await?;
-        if !key.verify(&payload, &raw).await? {
-            continue;
-        }
-        let signed = payload::signed_digest(&payload).unwrap_or_default();
-        if signed != digest.to_string() {
-            other = Some(signed);
-            continue;
-        }
-        let found = payload::optional(&payload);
-        let missing: Vec<String> = annotations
-            .iter()
-            .filter(|(k, v)| found.get(*k) != Some(*v))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        if missing.is_empty() {
-            debug!(tag = %sig_ref, layer = %layer.descriptor.digest, "signature valid");
-            return Ok(Verified::Valid);
-        }
-        unannotated = Some(missing);
-    }
-    Ok(match (other, unannotated) {
-        (_, Some(missing)) => Verified::Unannotated { missing },
-        (Some(signed), None) => Verified::OtherDigest { signed },
-        (None, None) if signatures == 0 => Verified::Missing,
-        (None, None) => Verified::NoneValid { signatures },
-    })
-}
-
-/// The artifact type cosign gives a signature attached as a referrer.
-pub const SIGNATURE_ARTIFACT_TYPE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
-
-/// At most this many referrers of one digest are read (a registry can list
-/// thousands; signatures are a handful).
-const MAX_REFERRERS: usize = 64;
-
-/// The referrers of `digest`: through the OCI 1.1 API when the store has
-/// it, else the referrers tag schema's index (`sha256-<hex>`), else none.
-pub async fn referrers(
-    store: &dyn Store,
-    repository: &ImageRef,
-    digest: &Digest,
-) -> Result<Vec<Descriptor>, StageError> {
-    if let Some(list) = store.referrers(repository, digest).await? {
-        return Ok(list);
-    }
-    let tag = repository.with_tag(&image_syncer_core::digest::AttachedTag::Referrers.of(digest));
-    Ok(match store.manifest(&tag).await? {
-        Some(index) => match index.parse() {
-            Ok(Manifest::Index { manifests }) => manifests,
-            _ => Vec::new(),
-        },
-        None => Vec::new(),
-    })
-}
-
-/// The signature layers of the cosign signature manifests attached to
-/// `digest` as referrers. A referrer is recognised by its layer media type
-/// (some registries list referrers without `artifactType`); one whose
-/// `artifactType` says it is something else is not read.
-async fn referrer_signatures(
-    store: &dyn Store,
-    repository: &ImageRef,
-    digest: &Digest,
-) -> Result<Vec<sigmanifest::SignatureLayer>, StageError> {
-    let mut out = Vec::new();
-    for d in referrers(store, repository, digest)
-        .await?
-        .iter()
-        .filter(|d| {
-            d.artifact_type
-                .as_deref()
-                .is_none_or(|t| t.is_empty() || t == SIGNATURE_ARTIFACT_TYPE)
-        })
-        .take(MAX_REFERRERS)
-    {
-        let manifest = store.manifest_at(repository, d).await?;
-        if manifest.digest != d.digest {
-            return Err(StageError::integrity(format!(
-                "{repository}: referrer {} has content of digest {}",
-                d.digest, manifest.digest
-            )));
-        }
-        if let Ok(layers) = sigmanifest::layers(&manifest) {
-            out.extend(
-                layers
-                    .into_iter()
-                    .filter(|l| l.descriptor.media_type == SIMPLE_SIGNING),
-            );
-        }
-    }
-    Ok(out)
 }

@@ -45,6 +45,12 @@ pub struct CosignConfig {
     /// Also sign each child manifest of a multi-arch index (`cosign sign --recursive`).
     #[serde(default)]
     pub recursive: bool,
+    /// The format written: `classic` (the `sha256-<hex>.sig` tag, kyma's
+    /// format), `bundle` (cosign v3's Sigstore bundle, attached as an OCI
+    /// 1.1 referrer) or `both`. A valid signature by the key in either
+    /// format means nothing is written.
+    #[serde(default)]
+    pub format: image_syncer_cosign_format::Format,
 }
 
 /// A provider's key: signs through the provider, verifies locally with the
@@ -114,6 +120,12 @@ impl SignatureKey for ProviderKey {
             .await
             .map_err(|e| self.key_error(e))
     }
+
+    async fn public_key_der(&self) -> Result<Option<Vec<u8>>, StageError> {
+        self.verification_key().await?;
+        let public = &self.public.get().expect("initialised").0;
+        Ok(public.to_der())
+    }
 }
 
 /// The signer stage.
@@ -142,7 +154,14 @@ impl Signer for CosignSigner {
         request: &SignRequest,
         sink: &Arc<dyn Sink>,
     ) -> Result<SignOutcome, StageError> {
-        cosign::sign_request(&self.key, self.config.recursive, request, sink.as_ref()).await
+        cosign::sign_request_as(
+            &self.key,
+            self.config.recursive,
+            self.config.format,
+            request,
+            sink.as_ref(),
+        )
+        .await
     }
 }
 

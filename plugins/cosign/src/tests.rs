@@ -24,7 +24,10 @@ fn new_key() -> (String, LocalKey) {
 
 fn signer(key: LocalKey, recursive: bool) -> CosignSigner {
     CosignSigner::new(
-        CosignConfig { recursive },
+        CosignConfig {
+            recursive,
+            ..Default::default()
+        },
         KeyRef::File {
             path: "test.pem".into(),
         },

@@ -155,12 +155,23 @@ impl CosignVerify {
         )
         .await?;
         Ok(match verified {
-            Verified::Valid => None,
+            Verified::Valid(format) => {
+                tracing::info!(%repository, %digest, %format, "upstream signature valid");
+                None
+            }
             Verified::Missing => Some(format!(
                 "upstream signature check: no signature for {repository}@{digest}"
             )),
-            Verified::NoneValid { signatures } => Some(format!(
-                "upstream signature check: {signatures} signature(s) for {repository}@{digest}, none valid for key {key}"
+            Verified::NoneValid {
+                signatures,
+                keyless,
+            } => Some(format!(
+                "upstream signature check: {signatures} signature(s) for {repository}@{digest}{}, none valid for key {key}",
+                if keyless > 0 {
+                    format!(" ({keyless} keyless: not verifiable with a key)")
+                } else {
+                    String::new()
+                }
             )),
             Verified::OtherDigest { signed } => Some(format!(
                 "upstream signature check: the signature stored for {repository}@{digest} is valid for key {key} but signs another digest ({signed}): signed digest differs"

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::digest::AttachedTag;
-use crate::manifest::OCI_INDEX;
+use crate::manifest::merged_referrers_index;
 
 /// At most this many referrers of one digest are carried.
 const MAX_REFERRERS: usize = 256;
@@ -56,7 +56,10 @@ impl Prepared {
                 .await?;
             carried.push(tag);
         }
-        carried.extend(self.carry_referrers(item, digest, run).await?);
+        let (mut referred, referrers) = self.carry_referrers(item, digest, run).await?;
+        carried.append(&mut referred);
+        // Referrers carried from the source are upstream provenance too.
+        upstream.extend(referrers);
         Ok((carried, upstream))
     }
 
@@ -97,13 +100,13 @@ impl Prepared {
     /// digest; a target with the API indexes them by their `subject`, one
     /// without gets them merged into its referrers tag's index: what is
     /// there is kept, what is missing added, nothing listed twice (a re-run
-    /// adds nothing). Returns what was carried.
+    /// adds nothing). Returns what was carried, and the source's referrers.
     async fn carry_referrers(
         &self,
         item: &Item,
         digest: &Digest,
         run: &Run,
-    ) -> Result<Vec<String>, StageError> {
+    ) -> Result<(Vec<String>, Vec<Descriptor>), StageError> {
         let tag = AttachedTag::Referrers.of(digest);
         let source_ref = &item.spec.source;
         let api = self
@@ -120,7 +123,7 @@ impl Prepared {
                     // Not an index: carried as the tag it is (as before).
                     _ => (Vec::new(), Some(index)),
                 },
-                None => return Ok(Vec::new()),
+                None => return Ok((Vec::new(), Vec::new())),
             },
         };
         let listed: Vec<Descriptor> = listed.into_iter().take(MAX_REFERRERS).collect();
@@ -158,16 +161,17 @@ impl Prepared {
         if missing.is_empty() {
             if let (Some(index), None, false) = (&source_index, &target_api, tag_present) {
                 if listed.is_empty() && !self.target_has(item, &to).await? {
-                    return self.put_index(item, run, &tag, index).await;
+                    return Ok((self.put_index(item, run, &tag, index).await?, listed));
                 }
             }
-            return Ok(Vec::new());
+            return Ok((Vec::new(), listed));
         }
         if self.dry_run {
-            return Ok(missing
+            let would = missing
                 .iter()
                 .map(|d| format!("referrer {} (would carry)", d.digest))
-                .collect());
+                .collect();
+            return Ok((would, listed));
         }
         let bytes = AtomicU64::new(0);
         let copy = self.copier(item, run, &bytes);
@@ -186,32 +190,23 @@ impl Prepared {
             carried.push(format!("referrer {}", d.digest));
         }
         if target_api.is_some() {
-            return Ok(carried);
+            return Ok((carried, listed));
         }
         // The target has no referrers API: its referrers tag lists them.
         // The source's own index, verbatim, when the target has none and
         // it lists exactly these; else the target's, with the missing added.
         let index = match (&source_index, tag_present) {
-            (Some(index), false) if missing.len() == listed.len() => index.clone(),
+            (Some(index), false) if missing.len() == listed.len() => Some(index.clone()),
             _ => {
-                let mut all = existing.clone();
-                all.extend(missing.iter().map(|d| (*d).clone()));
-                let json = serde_json::json!({
-                    "schemaVersion": 2,
-                    "mediaType": OCI_INDEX,
-                    "manifests": all,
-                });
-                RawManifest::new(
-                    Some(OCI_INDEX),
-                    bytes::Bytes::from(serde_json::to_vec(&json).expect("an index serializes")),
-                    None,
-                )
-                .map_err(|e| StageError::invalid(format!("{to}: {e}")))?
+                let added: Vec<Descriptor> = missing.iter().map(|d| (*d).clone()).collect();
+                merged_referrers_index(&existing, &added)
             }
         };
-        let mut tagged = self.put_index(item, run, &tag, &index).await?;
-        carried.append(&mut tagged);
-        Ok(carried)
+        if let Some(index) = index {
+            let mut tagged = self.put_index(item, run, &tag, &index).await?;
+            carried.append(&mut tagged);
+        }
+        Ok((carried, listed))
     }
 
     async fn target_has(&self, item: &Item, to: &ImageRef) -> Result<bool, StageError> {

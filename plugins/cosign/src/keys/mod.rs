@@ -35,6 +35,22 @@ impl PublicKey {
         .map_err(|e| KeyError::config(format!("the public key is not usable: {e}")))
     }
 
+    /// DER (SPKI), `None` when a PEM's body is not base64.
+    pub fn to_der(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        match self {
+            PublicKey::Der(d) => Some(d.clone()),
+            PublicKey::Pem(p) => {
+                let body: String = p
+                    .lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::trim)
+                    .collect();
+                base64::engine::general_purpose::STANDARD.decode(body).ok()
+            }
+        }
+    }
+
     /// PEM text (SPKI), for people and for openssl.
     pub fn to_pem(&self) -> String {
         match self {
