@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bundles;
 mod credentials;
 mod examples;
 mod faults;
