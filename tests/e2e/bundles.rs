@@ -342,7 +342,8 @@ fn the_signer_writes_bundles_that_openssl_verifies_and_a_rerun_writes_nothing() 
         let r = sign(&s, key, format, &[]);
         assert_eq!(r.code, 0, "{format}: {}", r.all());
         assert!(
-            r.stdout.contains("signature: already signed"),
+            r.stdout
+                .contains("signature: already signed (Sigstore bundle)"),
             "{}",
             r.stdout
         );
@@ -366,7 +367,7 @@ fn an_existing_classic_signature_by_the_key_means_no_bundle_is_written() {
     let r = sign(&s, key, "bundle", &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
-        r.stdout.contains("signature: already signed"),
+        r.stdout.contains("signature: already signed\n"),
         "{}",
         r.stdout
     );

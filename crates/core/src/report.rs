@@ -192,6 +192,9 @@ impl Report {
             if let Some(s) = &i.signature {
                 let what = match s {
                     SignOutcome::AlreadySigned => "signature: already signed",
+                    SignOutcome::AlreadySignedBundle => {
+                        "signature: already signed (Sigstore bundle)"
+                    }
                     SignOutcome::Signed => "signature: signed",
                     SignOutcome::WouldSign => "signature: would sign",
                 };

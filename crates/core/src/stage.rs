@@ -481,6 +481,9 @@ pub struct SignRequest {
 pub enum SignOutcome {
     /// A signature valid for the key was already there: nothing written.
     AlreadySigned,
+    /// A signature valid for the key was already there, found only as a
+    /// Sigstore bundle (cosign v3's format): nothing written.
+    AlreadySignedBundle,
     /// A signature was written.
     Signed,
     /// Dry run: a signature would be written.

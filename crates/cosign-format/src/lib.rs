@@ -677,7 +677,12 @@ pub async fn sign_request_as(
     }
     debug!(target = %target, found = ?found, "signatures found");
     if to_sign.is_empty() {
-        return Ok(SignOutcome::AlreadySigned);
+        // Which format was found: said when only bundles were.
+        return Ok(if found.iter().all(|f| *f == Found::Bundle) {
+            SignOutcome::AlreadySignedBundle
+        } else {
+            SignOutcome::AlreadySigned
+        });
     }
     if request.dry_run {
         return Ok(SignOutcome::WouldSign);
