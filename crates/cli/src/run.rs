@@ -317,11 +317,13 @@ pub fn run(args: Args) -> Exit {
         Ok(p) => p,
         Err(e) => return input_error(with_flags(e)),
     };
-    let jobs = args
-        .jobs
-        .map(|j| j as usize)
-        .or(def.jobs)
-        .unwrap_or(image_syncer_core::orchestrator::DEFAULT_JOBS);
+    // `--jobs` (else `jobs:`) fixes how much runs at once; without either
+    // the engine adapts to each registry.
+    let jobs: Option<usize> = args.jobs.map(|j| j as usize).or(def.jobs);
+    let concurrency = match jobs {
+        Some(n) => image_syncer_core::orchestrator::Concurrency::Fixed(n.max(1)),
+        None => image_syncer_core::orchestrator::Concurrency::Adaptive,
+    };
     let policy = {
         let mut policy = image_syncer_core::retry::RetryPolicy::from_settings(&def.retry);
         if let Some(n) = args.retries {
@@ -359,15 +361,21 @@ pub fn run(args: Args) -> Exit {
         prepared
     } else {
         let flow = prepared.flow().clone();
-        let expanded =
-            runtime.block_on(expansion.expand(&def, &policy, jobs, &interrupt, &flow, shard));
+        let expanded = runtime.block_on(expansion.expand(
+            &def,
+            &policy,
+            concurrency,
+            &interrupt,
+            &flow,
+            shard,
+        ));
         match orchestrator.prepare_shard(&expanded.definition, args.dry_run, shard) {
             Ok(p) => p.with_failed(expanded.failed),
             Err(e) => return input_error(with_flags(e)),
         }
     };
     let mut prepared = prepared
-        .with_jobs(jobs)
+        .with_jobs_cap(jobs)
         .with_retry(policy)
         .with_interrupt(interrupt);
     // A live line on a terminal; nothing extra when stderr is a file or pipe.

@@ -56,7 +56,9 @@ struct FileModel {
     /// Plugin libraries to load, relative to this file.
     #[serde(default)]
     plugins: Vec<String>,
-    /// Images (and blobs of an image) worked on at once (default 4; `--jobs` wins).
+    /// Fixes how much runs at once: images planned and copied, blobs of an
+    /// image, requests in flight per registry (`--jobs` wins). Without it,
+    /// each registry's limit adapts (8 to 32 requests in flight).
     #[serde(default)]
     #[schemars(range(min = 1))]
     jobs: Option<usize>,

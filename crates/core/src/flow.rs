@@ -1,10 +1,14 @@
 //! Per-registry flow control: every registry operation of a run passes its
 //! registry's gate.
 //!
-//! - A gate lets at most `limit` operations run at once. The limit adapts
-//!   (AIMD): it starts at the cap (`--jobs`), grows by about one per round of
-//!   good answers, and halves when the registry pushes back (429/503, or no
-//!   answer in time), never below 1.
+//! - A gate lets at most `limit` operations run at once. The limit adapts:
+//!   with the default [`Limits::adaptive`] it starts at
+//!   [`ADAPTIVE_START`] and grows by one per good answer (slow start, as
+//!   TCP's) up to [`ADAPTIVE_CAP`], until the first pushback; from then on
+//!   (AIMD) it grows by about one per round of good answers and halves when
+//!   the registry pushes back (429/503, or no answer in time), never below
+//!   1. With a fixed cap (`--jobs N`, [`Limits::fixed`]) it starts at N and
+//!   never goes above it.
 //! - A registry that answers "slow down" (429/503) pauses its gate: no
 //!   operation to it starts before its `Retry-After` has passed (or, without
 //!   one, a backoff that doubles with each such answer in a row). One answer
@@ -46,6 +50,8 @@ pub struct RegistryFigures {
     pub throttled_seconds: f64,
     /// The lowest concurrency limit the registry was held to.
     pub lowest_limit: usize,
+    /// The highest concurrency limit the registry reached.
+    pub highest_limit: usize,
     /// The last `ratelimit-remaining` the registry reported, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratelimit_remaining: Option<u64>,
@@ -54,6 +60,8 @@ pub struct RegistryFigures {
 struct State {
     /// The adaptive limit (fractional: additive increase of 1/limit).
     limit: f64,
+    /// Still growing by one per good answer (no pushback yet).
+    slow_start: bool,
     in_flight: usize,
     paused_until: Option<Instant>,
     /// 429/503 answers in a row, for the pause when no `Retry-After` came.
@@ -82,6 +90,43 @@ struct Gate {
 /// Operations at once per registry unless a run says otherwise (`--jobs`).
 pub const DEFAULT_CAP: usize = 4;
 
+/// The adaptive limit's start: requests in flight to a registry at first.
+pub const ADAPTIVE_START: usize = 8;
+/// The adaptive limit's ceiling: requests in flight to one registry.
+pub const ADAPTIVE_CAP: usize = 32;
+
+/// How many operations a registry's gate lets run at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The limit at the start.
+    pub start: usize,
+    /// The limit never goes above this.
+    pub cap: usize,
+    /// Grow by one per good answer until the first pushback.
+    pub slow_start: bool,
+}
+
+impl Limits {
+    /// The default: start at [`ADAPTIVE_START`], slow-start up to
+    /// [`ADAPTIVE_CAP`].
+    pub fn adaptive() -> Limits {
+        Limits {
+            start: ADAPTIVE_START,
+            cap: ADAPTIVE_CAP,
+            slow_start: true,
+        }
+    }
+
+    /// `--jobs N`: start at N, never above it.
+    pub fn fixed(n: usize) -> Limits {
+        Limits {
+            start: n.max(1),
+            cap: n.max(1),
+            slow_start: false,
+        }
+    }
+}
+
 /// The gates of one run, one per registry (keyed as the orchestrator names
 /// them: the registry host of a reference, or `<transport>:`).
 ///
@@ -90,6 +135,8 @@ pub const DEFAULT_CAP: usize = 4;
 /// when a run starts.
 pub struct FlowControl {
     cap: AtomicUsize,
+    start: AtomicUsize,
+    slow_start: AtomicBool,
     /// A `Retry-After` longer than this (the retry budget) pauses nothing:
     /// the operation that got it fails at once, and the others find out for
     /// themselves rather than wait past the budget.
@@ -134,6 +181,8 @@ impl FlowControl {
     pub fn new(cap: usize) -> FlowControl {
         FlowControl {
             cap: AtomicUsize::new(cap.max(1)),
+            start: AtomicUsize::new(cap.max(1)),
+            slow_start: AtomicBool::new(false),
             // Until a run starts (and sets its retry budget), no pause is
             // refused as too long.
             longest_pause_ms: AtomicU64::new(u64::MAX),
@@ -141,11 +190,13 @@ impl FlowControl {
         }
     }
 
-    /// Sets the cap (`--jobs`) and the longest pause a registry's
-    /// `Retry-After` may cause (the retry budget) for the run about to
-    /// start; gates start over.
-    pub fn start(&self, cap: usize, longest_pause: Duration) {
-        self.cap.store(cap.max(1), Ordering::SeqCst);
+    /// Sets the limits and the longest pause a registry's `Retry-After` may
+    /// cause (the retry budget) for the run about to start; gates start over.
+    pub fn start(&self, limits: Limits, longest_pause: Duration) {
+        self.cap.store(limits.cap.max(1), Ordering::SeqCst);
+        self.start
+            .store(limits.start.clamp(1, limits.cap.max(1)), Ordering::SeqCst);
+        self.slow_start.store(limits.slow_start, Ordering::SeqCst);
         self.longest_pause_ms
             .store(longest_pause.as_millis() as u64, Ordering::SeqCst);
         self.gates.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -162,13 +213,15 @@ impl FlowControl {
             .or_insert_with(|| {
                 Arc::new(Gate {
                     state: Mutex::new(State {
-                        limit: self.cap() as f64,
+                        limit: self.start.load(Ordering::SeqCst) as f64,
+                        slow_start: self.slow_start.load(Ordering::SeqCst),
                         in_flight: 0,
                         paused_until: None,
                         busy_in_row: 0,
                         remaining: None,
                         figures: RegistryFigures {
-                            lowest_limit: self.cap(),
+                            lowest_limit: self.start.load(Ordering::SeqCst),
+                            highest_limit: self.start.load(Ordering::SeqCst),
                             ..Default::default()
                         },
                     }),
@@ -283,11 +336,13 @@ impl Permit {
             None => {
                 if outcome.is_ok() {
                     st.busy_in_row = 0;
-                    st.limit = (st.limit + 1.0 / st.limit).min(self.cap as f64);
+                    let grow = if st.slow_start { 1.0 } else { 1.0 / st.limit };
+                    st.limit = (st.limit + grow).min(self.cap as f64);
                 }
             }
             Some(p) => {
                 st.figures.pushbacks += 1;
+                st.slow_start = false;
                 st.limit = (st.limit / 2.0).max(1.0);
                 if p == Pushback::Busy {
                     st.busy_in_row = st.busy_in_row.saturating_add(1);
@@ -309,6 +364,7 @@ impl Permit {
         }
         let after = st.allowed();
         st.figures.lowest_limit = st.figures.lowest_limit.min(after);
+        st.figures.highest_limit = st.figures.highest_limit.max(after);
         if after != before {
             debug!(registry = %self.key, from = before, to = after, "concurrency limit changed");
         }
@@ -372,6 +428,39 @@ mod tests {
         assert_eq!(g.state.lock().unwrap().allowed(), 8);
         assert_eq!(f.figures()["r"].retries, 1);
         assert_eq!(f.figures()["r"].requests, 44);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_adaptive_limit_slow_starts_to_its_cap_then_halves_and_grows_slowly() {
+        let f = FlowControl::new(4);
+        f.start(Limits::adaptive(), Duration::from_secs(120));
+        let halt = AtomicBool::new(false);
+        let limit = |f: &FlowControl| {
+            let g = f.gate("r");
+            let st = g.state.lock().unwrap();
+            st.allowed()
+        };
+        assert_eq!(limit(&f), ADAPTIVE_START);
+        // One more per good answer, up to the cap.
+        for i in 1..=4 {
+            f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+            assert_eq!(limit(&f), ADAPTIVE_START + i);
+        }
+        for _ in 0..100 {
+            f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+        }
+        assert_eq!(limit(&f), ADAPTIVE_CAP);
+        // A pushback halves it and ends the slow start: growth is slow now.
+        let e = StageError::transient("timeout").with_pushback(Pushback::Silent);
+        f.acquire("r", false, &halt).await.unwrap().finish(Err(&e));
+        assert_eq!(limit(&f), ADAPTIVE_CAP / 2);
+        for _ in 0..4 {
+            f.acquire("r", false, &halt).await.unwrap().finish(Ok(()));
+        }
+        assert_eq!(limit(&f), ADAPTIVE_CAP / 2);
+        let figures = &f.figures()["r"];
+        assert_eq!(figures.highest_limit, ADAPTIVE_CAP);
+        assert_eq!(figures.lowest_limit, ADAPTIVE_START);
     }
 
     #[tokio::test(start_paused = true)]
@@ -466,7 +555,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_retry_after_past_the_budget_pauses_nothing() {
         let f = flow(4);
-        f.start(4, Duration::from_secs(120));
+        f.start(Limits::fixed(4), Duration::from_secs(120));
         let halt = AtomicBool::new(false);
         let started = Instant::now();
         f.acquire("r", false, &halt)

@@ -112,6 +112,9 @@ struct Item {
 pub struct Prepared {
     items: Vec<Item>,
     dry_run: bool,
+    /// How much runs at once (see [`Concurrency`]).
+    concurrency: Concurrency,
+    /// Blobs (and child manifests) of one image worked on at once.
     jobs: usize,
     retry: RetryPolicy,
     interrupt: Arc<AtomicBool>,
@@ -131,8 +134,49 @@ fn registry_of(r: &ImageRef) -> String {
     }
 }
 
-/// The default number of images (and of blobs per image) worked on at once.
+/// The number of blobs of one image worked on at once, and the fixed
+/// number of everything with `--jobs` given.
 pub const DEFAULT_JOBS: usize = crate::flow::DEFAULT_CAP;
+
+/// Images copied at once by default (each within its registries' limits).
+pub const ADAPTIVE_IMAGES: usize = 16;
+
+/// How much of a run goes on at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Concurrency {
+    /// The default: planning looks up every image as fast as each
+    /// registry's adaptive limit allows ([`crate::flow::Limits::adaptive`]),
+    /// [`ADAPTIVE_IMAGES`] images are copied at once, [`DEFAULT_JOBS`] blobs
+    /// of each.
+    Adaptive,
+    /// `--jobs N`: N images planned and copied at once, N blobs of each, and
+    /// at most N requests in flight per registry.
+    Fixed(usize),
+}
+
+impl Concurrency {
+    /// Images planned at once.
+    fn lookups(self) -> usize {
+        match self {
+            Concurrency::Adaptive => crate::flow::ADAPTIVE_CAP,
+            Concurrency::Fixed(n) => n,
+        }
+    }
+    /// Images copied at once.
+    fn images(self) -> usize {
+        match self {
+            Concurrency::Adaptive => ADAPTIVE_IMAGES,
+            Concurrency::Fixed(n) => n,
+        }
+    }
+    /// Per-registry gate limits.
+    pub fn limits(self) -> crate::flow::Limits {
+        match self {
+            Concurrency::Adaptive => crate::flow::Limits::adaptive(),
+            Concurrency::Fixed(n) => crate::flow::Limits::fixed(n),
+        }
+    }
+}
 
 impl Prepared {
     /// The targets, in definition order.
@@ -144,7 +188,17 @@ impl Prepared {
     /// an image at once (at least 1).
     pub fn with_jobs(mut self, jobs: usize) -> Prepared {
         self.jobs = jobs.max(1);
+        self.concurrency = Concurrency::Fixed(self.jobs);
         self
+    }
+
+    /// [`Prepared::with_jobs`] when `jobs` is given, else the adaptive
+    /// default ([`Concurrency::Adaptive`]).
+    pub fn with_jobs_cap(self, jobs: Option<usize>) -> Prepared {
+        match jobs {
+            Some(n) => self.with_jobs(n),
+            None => self,
+        }
     }
 
     /// A flag that, once set (on SIGINT/SIGTERM), stops new work: no image
@@ -190,11 +244,14 @@ impl Prepared {
     /// Plans and (unless dry run) executes. Never panics on stage errors: every
     /// outcome is in the report, in definition order.
     pub async fn run(self) -> Report {
-        let jobs = self.jobs;
-        self.flow.start(jobs, self.retry.budget);
+        let (lookups, images) = (self.concurrency.lookups(), self.concurrency.images());
+        self.flow
+            .start(self.concurrency.limits(), self.retry.budget);
+        // Planning reads only: every image is looked up as fast as its
+        // registries' gates allow, not in step with the copies.
         let planned: Vec<Planned> = stream::iter(self.items.iter())
             .map(|item| self.plan(item))
-            .buffered(jobs)
+            .buffered(lookups.max(1))
             .collect()
             .await;
         self.progress.planned(
@@ -215,7 +272,7 @@ impl Prepared {
         };
         let mut images: Vec<ImageReport> = stream::iter(self.items.iter().zip(planned))
             .map(|(item, p)| self.finish(item, p, &run))
-            .buffered(jobs)
+            .buffered(images.max(1))
             .collect()
             .await;
         if !self.failed.is_empty() {

@@ -81,19 +81,20 @@ impl Expansion {
         self.entries.is_empty()
     }
 
-    /// Lists each repository's tags (at most `jobs` at once, each request
+    /// Lists each repository's tags (as many at once as `concurrency` plans, each request
     /// retried with `policy`, through the run's per-registry `flow`), lets
     /// its selector choose, and returns `def` with the entries expanded.
     pub async fn expand(
         &self,
         def: &Definition,
         policy: &RetryPolicy,
-        jobs: usize,
+        concurrency: Concurrency,
         interrupt: &AtomicBool,
         flow: &FlowControl,
         shard: Option<Shard>,
     ) -> Expanded {
-        flow.start(jobs.max(1), policy.budget);
+        let (limits, jobs) = (concurrency.limits(), concurrency.lookups());
+        flow.start(limits, policy.budget);
         let retry = Retry {
             policy,
             halt: interrupt,

@@ -126,6 +126,7 @@ impl Orchestrator {
         Ok(Prepared {
             items,
             dry_run,
+            concurrency: Concurrency::Adaptive,
             jobs: DEFAULT_JOBS,
             retry: RetryPolicy::default(),
             interrupt: Arc::default(),
