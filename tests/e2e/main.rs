@@ -13,6 +13,7 @@ mod inputs;
 mod layout;
 mod plugins;
 mod referrers;
+mod requests;
 mod signing;
 mod stress;
 mod sync;

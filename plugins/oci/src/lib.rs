@@ -119,7 +119,9 @@ pub struct OciRegistry {
     /// Credentials found in Docker's or containers' config, per registry.
     discovered: std::sync::Mutex<std::collections::HashMap<String, RegistryAuth>>,
     /// Registries (as connected to) that answered `/v2/` without a challenge.
-    open: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+    /// One cell per host: the first request asks, concurrent ones wait for
+    /// its answer (one probe per registry, not one per image at start).
+    open: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
 }
 
 impl OciRegistry {
@@ -291,35 +293,29 @@ impl OciRegistry {
         op: RegistryOperation,
     ) -> Result<(), StageError> {
         let host = reference.resolve_registry().to_string();
-        let known = self
+        let cell = self
             .open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&host)
-            .copied();
-        let open = match known {
-            Some(o) => o,
-            None => {
-                // Only an answer decides: a probe that failed (a dropped
-                // connection, a 5xx or 429) is asked again next time rather
-                // than taken for "not open" for the rest of the run.
-                let o = match self
+            .entry(host.clone())
+            .or_default()
+            .clone();
+        // Only an answer decides: a probe that failed (a dropped connection,
+        // a 5xx or 429) leaves the cell empty, so the next request asks
+        // again rather than take "not open" for the rest of the run; this
+        // request fails with it (and is retried).
+        let open = *cell
+            .get_or_try_init(|| async {
+                match self
                     .client
                     .auth(reference, &RegistryAuth::Anonymous, op)
                     .await
                 {
-                    Ok(token) => token.is_none(),
-                    // This request fails with it (and is retried); the next
-                    // one asks again.
-                    Err(e) => return Err(classify(&format!("{host}: probing /v2/"), e, r)),
-                };
-                self.open
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(host, o);
-                o
-            }
-        };
+                    Ok(token) => Ok(token.is_none()),
+                    Err(e) => Err(classify(&format!("{host}: probing /v2/"), e, r)),
+                }
+            })
+            .await?;
         if open {
             self.client
                 .tokens
