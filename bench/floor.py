@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """The raw copy floor: the least work that moves some images between two registries.
 
-    floor.py SRC_HOST:PORT DST_HOST:PORT DST_PREFIX REPO:TAG ...
+    floor.py [--cafile CA.PEM] SRC_HOST:PORT DST_HOST:PORT DST_PREFIX REPO:TAG ...
 
 For each image: GET its manifest from the source (following an index to its children), then,
 with a pool of 8 threads, GET every blob from the source and PUT it monolithically to
 DST_PREFIX + REPO on the target (POST uploads/ + PUT ?digest=), then PUT the manifests (children
 before their index). No existence checks, no digest verification, no retries: whatever a real
-tool does on top of this is its overhead. Standard library only; 127.0.0.1 / localhost only.
+tool does on top of this is its overhead. Plain HTTP, or HTTPS trusting CA.PEM with --cafile.
+Standard library only; 127.0.0.1 / localhost only.
 """
 
 import http.client
 import json
+import ssl
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,7 @@ ACCEPT = ", ".join([
 ])
 WORKERS = 8
 TIMEOUT = 300
+TLS = None  # an ssl.SSLContext with --cafile
 
 
 def check_local(host):
@@ -39,7 +42,10 @@ class Conns(threading.local):
     def get(self, host):
         c = self.by_host.get(host)
         if c is None:
-            c = http.client.HTTPConnection(host, timeout=TIMEOUT)
+            if TLS is not None:
+                c = http.client.HTTPSConnection(host, timeout=TIMEOUT, context=TLS)
+            else:
+                c = http.client.HTTPConnection(host, timeout=TIMEOUT)
             self.by_host[host] = c
         return c
 
@@ -66,9 +72,14 @@ def get_manifest(src, repo, ref):
 
 
 def main():
-    if len(sys.argv) < 5:
+    global TLS
+    argv = sys.argv[1:]
+    if argv[:1] == ["--cafile"] and len(argv) >= 2:
+        TLS = ssl.create_default_context(cafile=argv[1])
+        argv = argv[2:]
+    if len(argv) < 4:
         sys.exit(__doc__)
-    src, dst, prefix, refs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    src, dst, prefix, refs = argv[0], argv[1], argv[2], argv[3:]
     check_local(src)
     check_local(dst)
 

@@ -9,6 +9,8 @@
     populate.py HOST:PORT same SRC_HOST:PORT SRC_REPO:TAG=REPO:TAG ...
                                                  # print how many pairs hold the same digest
 
+Plain HTTP, or HTTPS with --cafile CA.PEM (the registries' CA; both hosts, for `same`).
+
 Repositories: bench/w1-NN:1, bench/w2-NN:1, bench/w3:1, bench/w4-NNNN:1.
 
 Blobs are pushed monolithically (POST /v2/<name>/blobs/uploads/, then PUT <location>&digest=...),
@@ -24,6 +26,7 @@ import http.client
 import json
 import os
 import random
+import ssl
 import struct
 import sys
 import tempfile
@@ -47,17 +50,22 @@ def check_local(host):
 
 
 class Registry:
-    """One HTTP connection per thread to a plain-HTTP registry."""
+    """One connection per thread to a registry: plain HTTP, or HTTPS trusting `cafile`."""
 
-    def __init__(self, host):
+    def __init__(self, host, cafile=None):
         check_local(host)
         self.host = host
         self.local = threading.local()
+        self.cafile = cafile
+        self.tls = ssl.create_default_context(cafile=cafile) if cafile else None
 
     def conn(self):
         c = getattr(self.local, "conn", None)
         if c is None:
-            c = http.client.HTTPConnection(self.host, timeout=TIMEOUT)
+            if self.tls is not None:
+                c = http.client.HTTPSConnection(self.host, timeout=TIMEOUT, context=self.tls)
+            else:
+                c = http.client.HTTPConnection(self.host, timeout=TIMEOUT)
             self.local.conn = c
         return c
 
@@ -285,7 +293,7 @@ def check(reg, refs):
 
 def same(reg, source, pairs):
     """How many SRC=DST pairs resolve to the same digest (the target exact)."""
-    src = Registry(source)
+    src = Registry(source, reg.cafile)
     n = 0
     for pair in pairs:
         a, b = pair.split("=", 1)
@@ -299,15 +307,16 @@ def same(reg, source, pairs):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("registry", help="127.0.0.1:PORT (plain HTTP)")
+    p.add_argument("registry", help="127.0.0.1:PORT (plain HTTP; HTTPS with --cafile)")
     p.add_argument("workload", choices=["w1", "w2", "w3", "w4", "check", "same"])
     p.add_argument("refs", nargs="*", help="for check: REPO:TAG ...")
     p.add_argument("--count", type=int)
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--layer-size", type=int)
     p.add_argument("--tmpdir", default=None)
+    p.add_argument("--cafile", default=None, help="HTTPS, trusting this CA (PEM)")
     args = p.parse_args()
-    reg = Registry(args.registry)
+    reg = Registry(args.registry, args.cafile)
     defaults = {"w1": (20, 1 << 20), "w2": (10, 1 << 20), "w3": (1, 1 << 30), "w4": (1000, 1024)}
     if args.workload == "check":
         sys.exit(check(reg, args.refs))

@@ -10,6 +10,7 @@ pub mod conformance;
 pub mod faults;
 pub mod fixtures;
 pub mod hostile;
+pub mod latency;
 mod moto;
 mod registry;
 mod standin;
