@@ -44,18 +44,7 @@ fn bundle_json(dir: &Path, m: &Made) -> Vec<u8> {
         m.subject.trim_start_matches("sha256:"),
         m.predicate
     );
-    let (pf, sf) = (dir.join("pae.bin"), dir.join("pae.sig"));
-    std::fs::write(&pf, pae(statement.as_bytes())).unwrap();
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        m.key.to_str().unwrap(),
-        "-out",
-        sf.to_str().unwrap(),
-        pf.to_str().unwrap(),
-    ]);
-    let sig = b64(&std::fs::read(&sf).unwrap());
+    let sig = b64(&openssl_sign(dir, "pae", m.key, &pae(statement.as_bytes())));
     let signatures: Vec<serde_json::Value> = (0..m.signatures)
         .map(|_| serde_json::json!({ "sig": sig }))
         .collect();

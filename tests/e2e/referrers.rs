@@ -60,21 +60,12 @@ fn signature_referrer(
         registry.host()
     );
     let stem = key.file_stem().unwrap().to_string_lossy().to_string();
-    let (pf, sf) = (
-        s.dir.path().join(format!("{stem}.payload")),
-        s.dir.path().join(format!("{stem}.sig")),
-    );
-    std::fs::write(&pf, &payload).unwrap();
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        key.to_str().unwrap(),
-        "-out",
-        sf.to_str().unwrap(),
-        pf.to_str().unwrap(),
-    ]);
-    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sf).unwrap());
+    let sig = base64::engine::general_purpose::STANDARD.encode(openssl_sign(
+        s.dir.path(),
+        &stem,
+        key,
+        payload.as_bytes(),
+    ));
     let (payload_digest, config_digest) = block_on(async {
         (
             registry.push_blob(repo, payload.as_bytes()).await,

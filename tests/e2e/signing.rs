@@ -45,19 +45,13 @@ pub fn push_openssl_signature_under(
     let payload = format!(
         "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":{optional}}}"
     );
-    let payload_file = dir.join(format!("payload-{}.json", &digest[7..19]));
-    let sig_file = dir.join(format!("sig-{}.der", &digest[7..19]));
-    std::fs::write(&payload_file, &payload).unwrap();
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sign",
-        key.to_str().unwrap(),
-        "-out",
-        sig_file.to_str().unwrap(),
-        payload_file.to_str().unwrap(),
-    ]);
-    let sig = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&sig_file).unwrap());
+    let stem = format!("payload-{}", &digest[7..19]);
+    let sig = base64::engine::general_purpose::STANDARD.encode(openssl_sign(
+        dir,
+        &stem,
+        key,
+        payload.as_bytes(),
+    ));
     let config = b"{\"architecture\":\"\",\"os\":\"\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]},\"config\":{}}";
     let (payload_digest, config_digest) = block_on(async {
         (

@@ -153,6 +153,26 @@ pub fn redact(text: &str, regs: &[(&Registry, &str)]) -> String {
     t
 }
 
+/// `data` signed with the private key `key` by `openssl dgst -sha256
+/// -sign` (DER for ECDSA), through files named after `stem` in `dir`.
+pub fn openssl_sign(dir: &Path, stem: &str, key: &Path, data: &[u8]) -> Vec<u8> {
+    let (data_file, sig_file) = (
+        dir.join(format!("{stem}.data")),
+        dir.join(format!("{stem}.sig")),
+    );
+    std::fs::write(&data_file, data).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sign",
+        key.to_str().unwrap(),
+        "-out",
+        sig_file.to_str().unwrap(),
+        data_file.to_str().unwrap(),
+    ]);
+    std::fs::read(&sig_file).unwrap()
+}
+
 /// Runs openssl, failing the test with its message when it fails.
 pub fn openssl(args: &[&str]) {
     let out = Command::new("openssl")

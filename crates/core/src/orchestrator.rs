@@ -139,7 +139,7 @@ fn registry_of(r: &ImageRef) -> String {
 pub const DEFAULT_JOBS: usize = crate::flow::DEFAULT_CAP;
 
 /// Images copied at once by default (each within its registries' limits).
-pub const ADAPTIVE_IMAGES: usize = 16;
+pub const ADAPTIVE_IMAGES: usize = 32;
 
 /// How much of a run goes on at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
