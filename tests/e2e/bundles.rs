@@ -268,18 +268,7 @@ fn bundles_verify(target: &Registry, repo: &str, digest: &str, public: &Path, di
         let sig = base64::engine::general_purpose::STANDARD
             .decode(sigs[0]["sig"].as_str().unwrap())
             .unwrap();
-        let (pf, sf) = (dir.join("check.pae"), dir.join("check.sig"));
-        std::fs::write(&pf, pae(&payload)).unwrap();
-        std::fs::write(&sf, &sig).unwrap();
-        openssl(&[
-            "dgst",
-            "-sha256",
-            "-verify",
-            public.to_str().unwrap(),
-            "-signature",
-            sf.to_str().unwrap(),
-            pf.to_str().unwrap(),
-        ]);
+        openssl_verify(dir, "check-pae", public, &pae(&payload), &sig);
         let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(statement["predicateType"], SIGN_PREDICATE);
         assert_eq!(

@@ -181,19 +181,13 @@ impl Setup {
                         .unwrap(),
                 )
                 .unwrap();
-            let payload_file = self.dir.path().join(format!("payload-{i}"));
-            let sig_file = self.dir.path().join(format!("sig-{i}.der"));
-            std::fs::write(&payload_file, &payload).unwrap();
-            std::fs::write(&sig_file, &sig).unwrap();
-            openssl(&[
-                "dgst",
-                "-sha256",
-                "-verify",
-                public.to_str().unwrap(),
-                "-signature",
-                sig_file.to_str().unwrap(),
-                payload_file.to_str().unwrap(),
-            ]);
+            openssl_verify(
+                self.dir.path(),
+                &format!("check-{i}"),
+                public,
+                &payload,
+                &sig,
+            );
         }
         layers.len()
     }
@@ -878,21 +872,7 @@ fn signatures_and_attestations_are_carried_along_and_ours_appended() {
                     .unwrap(),
             )
             .unwrap();
-        let (pf, sf) = (
-            s.dir.path().join("check.payload"),
-            s.dir.path().join("check.sig"),
-        );
-        std::fs::write(&pf, &payload).unwrap();
-        std::fs::write(&sf, &sig).unwrap();
-        openssl(&[
-            "dgst",
-            "-sha256",
-            "-verify",
-            key.to_str().unwrap(),
-            "-signature",
-            sf.to_str().unwrap(),
-            pf.to_str().unwrap(),
-        ]);
+        openssl_verify(s.dir.path(), "check", key, &payload, &sig);
     }
     // Again: our signature is found, nothing is written.
     let before = s.target.storage_snapshot();

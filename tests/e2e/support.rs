@@ -173,6 +173,27 @@ pub fn openssl_sign(dir: &Path, stem: &str, key: &Path, data: &[u8]) -> Vec<u8> 
     std::fs::read(&sig_file).unwrap()
 }
 
+/// Checks with `openssl dgst -sha256 -verify` alone that `sig` is valid
+/// for `data` with the public key `public` (the test fails if not),
+/// through files named after `stem` in `dir`.
+pub fn openssl_verify(dir: &Path, stem: &str, public: &Path, data: &[u8], sig: &[u8]) {
+    let (data_file, sig_file) = (
+        dir.join(format!("{stem}.data")),
+        dir.join(format!("{stem}.sig")),
+    );
+    std::fs::write(&data_file, data).unwrap();
+    std::fs::write(&sig_file, sig).unwrap();
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        public.to_str().unwrap(),
+        "-signature",
+        sig_file.to_str().unwrap(),
+        data_file.to_str().unwrap(),
+    ]);
+}
+
 /// Runs openssl, failing the test with its message when it fails.
 pub fn openssl(args: &[&str]) {
     let out = Command::new("openssl")
