@@ -122,13 +122,10 @@ LAT_BIN="$TARGET_DIR/release/latency-proxy"
 [ -x "$BIN" ] || die "no binary at $BIN after the build"
 [ -x "$PROXY_BIN" ] || die "no fault proxy at $PROXY_BIN after the build"
 [ -x "$LAT_BIN" ] || die "no latency proxy at $LAT_BIN after the build"
+# The binary's default (adaptive) concurrency is what is measured, in both modes, unless JOBS is
+# set (JOBS=8 gives the fixed concurrency the loopback figures before issue #15 were taken at).
 JOBS_ARGS=()
-if [ -n "$LATENCY" ]; then
-  # the binary's default concurrency is what is measured, unless JOBS is set
-  if [ -n "${JOBS:-}" ]; then JOBS_ARGS=(--jobs "$JOBS"); fi
-elif "$BIN" --help 2>/dev/null | grep -q -- --jobs; then
-  JOBS_ARGS=(--jobs 8)
-fi
+if [ -n "${JOBS:-}" ]; then JOBS_ARGS=(--jobs "$JOBS"); fi
 
 # --- registries ----------------------------------------------------------------------------
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/image-syncer-bench.XXXXXX")"
@@ -804,7 +801,7 @@ ELAPSED="$(secs_since "$BENCH_T0")"
   echo "- memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
   echo "- CPU: $( (lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1) || true)"
   echo "- kernel: $(uname -r)"
-  echo "- image-syncer: $("$BIN" --version 2>&1) (commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)), flags: ${ISYNC_TLS[0]}${JOBS_ARGS[*]:+ ${JOBS_ARGS[*]}}${LATENCY:+ (default concurrency unless --jobs is listed)}"
+  echo "- image-syncer: $("$BIN" --version 2>&1) (commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)), flags: ${ISYNC_TLS[0]}${JOBS_ARGS[*]:+ ${JOBS_ARGS[*]}} (default concurrency unless --jobs is listed)"
   echo "- skopeo: $(skopeo --version 2>&1); its blob-info cache: $SKOPEO_CACHE_NOTE"
   echo "- registry: $("$REGISTRY_BIN" --version 2>&1)"
   echo "- python3: $(python3 --version 2>&1)"

@@ -39,8 +39,7 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use oci_client::token_cache::RegistryTokenType;
-use oci_client::{Client, Reference, RegistryOperation};
+use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
@@ -118,10 +117,6 @@ pub struct OciRegistry {
     registries: Registries,
     /// Credentials found in Docker's or containers' config, per registry.
     discovered: std::sync::Mutex<std::collections::HashMap<String, RegistryAuth>>,
-    /// Registries (as connected to) that answered `/v2/` without a challenge.
-    /// One cell per host: the first request asks, concurrent ones wait for
-    /// its answer (one probe per registry, not one per image at start).
-    open: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::OnceCell<bool>>>>,
 }
 
 impl OciRegistry {
@@ -168,7 +163,6 @@ impl OciRegistry {
                 idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
                 registries: cx.clone(),
                 discovered: Default::default(),
-                open: Default::default(),
             });
         }
         let client_config = ClientConfig {
@@ -209,7 +203,6 @@ impl OciRegistry {
             idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
             registries: cx.clone(),
             discovered: Default::default(),
-            open: Default::default(),
         })
     }
 
@@ -269,64 +262,13 @@ impl OciRegistry {
         reference
     }
 
-    async fn prepare(&self, r: &ImageRef, op: RegistryOperation) -> Result<Reference, StageError> {
+    async fn prepare(&self, r: &ImageRef) -> Result<Reference, StageError> {
         let reference = self.reference(r);
         let auth = self.auth_for(r.registry());
         self.client
             .store_auth_if_needed(reference.resolve_registry(), &auth)
             .await;
-        if matches!(auth, RegistryAuth::Anonymous) {
-            self.skip_probes_if_open(r, &reference, op).await?;
-        }
         Ok(reference)
-    }
-
-    /// oci-client asks `/v2/` for a challenge before every anonymous request
-    /// it holds no token for, and caches nothing when a registry has no
-    /// challenge at all. For such an open registry (asked once) an empty
-    /// Basic credential is cached for the repository and operation instead,
-    /// which the registry ignores: one round trip per request, not two.
-    async fn skip_probes_if_open(
-        &self,
-        r: &ImageRef,
-        reference: &Reference,
-        op: RegistryOperation,
-    ) -> Result<(), StageError> {
-        let host = reference.resolve_registry().to_string();
-        let cell = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(host.clone())
-            .or_default()
-            .clone();
-        // Only an answer decides: a probe that failed (a dropped connection,
-        // a 5xx or 429) leaves the cell empty, so the next request asks
-        // again rather than take "not open" for the rest of the run; this
-        // request fails with it (and is retried).
-        let open = *cell
-            .get_or_try_init(|| async {
-                match self
-                    .client
-                    .auth(reference, &RegistryAuth::Anonymous, op)
-                    .await
-                {
-                    Ok(token) => Ok(token.is_none()),
-                    Err(e) => Err(classify(&format!("{host}: probing /v2/"), e, r)),
-                }
-            })
-            .await?;
-        if open {
-            self.client
-                .tokens
-                .insert(
-                    reference,
-                    op,
-                    RegistryTokenType::Basic(String::new(), String::new()),
-                )
-                .await;
-        }
-        Ok(())
     }
 
     /// Passes the registry's count of requests left (Docker Hub's
@@ -354,7 +296,7 @@ impl OciRegistry {
         let what = || format!("{r}: fetching manifest");
         let (bytes, _digest) = self
             .answered(what, async {
-                let reference = self.prepare(r, RegistryOperation::Pull).await?;
+                let reference = self.prepare(r).await?;
                 let auth = self.auth_for(r.registry());
                 let pulled = self
                     .client
@@ -382,7 +324,7 @@ impl OciRegistry {
         let what = || format!("{r}: looking up manifest");
         let found = self
             .answered(what, async {
-                let reference = self.prepare(r, RegistryOperation::Pull).await?;
+                let reference = self.prepare(r).await?;
                 let auth = self.auth_for(r.registry());
                 let found = match self.client.fetch_manifest_digest(&reference, &auth).await {
                     Err(OciDistributionError::ManifestTooLarge { size, limit }) => {
@@ -439,7 +381,7 @@ impl OciRegistry {
         for page in 1..=MAX_TAG_PAGES {
             let (answer, asked, link) = self
                 .answered(what, async {
-                    let reference = self.prepare(repository, RegistryOperation::Pull).await?;
+                    let reference = self.prepare(repository).await?;
                     let auth = self.auth_for(repository.registry());
                     let listed = self
                         .client
@@ -513,7 +455,7 @@ impl OciRegistry {
         let what = || format!("{r}: listing referrers");
         let answer = self
             .answered(what, async {
-                let reference = self.prepare(&r, RegistryOperation::Pull).await?;
+                let reference = self.prepare(&r).await?;
                 let auth = self.auth_for(r.registry());
                 self.client
                     .pull_referrers_raw(&reference, &auth, self.max_manifest)
@@ -567,7 +509,7 @@ impl OciRegistry {
         let what = format!("{r}: fetching blob {}", d.digest);
         let stream = self
             .answered(|| what.clone(), async {
-                let reference = self.prepare(r, RegistryOperation::Pull).await?;
+                let reference = self.prepare(r).await?;
                 self.client
                     .pull_blob_stream(&reference, &oci_descriptor(d))
                     .await
@@ -1047,7 +989,7 @@ impl Sink for OciRegistry {
     ) -> Result<bool, StageError> {
         let what = || format!("{repository}: checking blob {}", descriptor.digest);
         self.answered(what, async {
-            let reference = self.prepare(repository, RegistryOperation::Push).await?;
+            let reference = self.prepare(repository).await?;
             self.client
                 .blob_exists(&reference, &descriptor.digest.to_string())
                 .await
@@ -1068,7 +1010,7 @@ impl Sink for OciRegistry {
         let what = || format!("{to}: mounting blob {} from {from}", descriptor.digest);
         let mounted = self
             .answered(what, async {
-                let target = self.prepare(to, RegistryOperation::Push).await?;
+                let target = self.prepare(to).await?;
                 let source = self.reference(from);
                 Ok(self
                     .client
@@ -1099,7 +1041,7 @@ impl Sink for OciRegistry {
             )
         };
         self.answered(what, async {
-            let reference = self.prepare(repository, RegistryOperation::Push).await?;
+            let reference = self.prepare(repository).await?;
             self.client
                 .begin_push_session(&reference)
                 .await
@@ -1129,7 +1071,7 @@ impl Sink for OciRegistry {
         let context = format!("{repository}: blob {}", descriptor.digest);
         let reference = self
             .answered(|| format!("{context}: upload"), async {
-                self.prepare(repository, RegistryOperation::Push).await
+                self.prepare(repository).await
             })
             .await?;
         // Remember a content error of the stream: oci-client wraps it.
@@ -1213,7 +1155,7 @@ impl Sink for OciRegistry {
         })?;
         let what = || format!("{r}: pushing manifest {}", manifest.digest);
         self.answered(what, async {
-            let reference = self.prepare(&r, RegistryOperation::Push).await?;
+            let reference = self.prepare(&r).await?;
             self.client
                 .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
                 .await

@@ -310,6 +310,16 @@ pub struct Client {
     /// Patched (image-syncer): manifest answers larger than this are refused
     /// before they are read whole (`Content-Length`, else counted as read).
     pub max_manifest_bytes: Option<usize>,
+    /// Patched (image-syncer): what each registry (as connected to) answered
+    /// on `/v2/`: its `WWW-Authenticate` challenge, or `None` for a registry
+    /// that asks for none. Asked once per registry, by the first request
+    /// that needs it while concurrent ones wait; a failed probe leaves the
+    /// cell empty, so the next request asks again.
+    challenges: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<HeaderValue>>>>>>,
+    /// Patched (image-syncer): one token request per registry, repository
+    /// and operation (`true` for push) at a time; concurrent requests for
+    /// the same scope wait for it and then find the token cached.
+    token_gates: Arc<std::sync::Mutex<HashMap<(String, String, bool), Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Default for Client {
@@ -322,6 +332,8 @@ impl Default for Client {
             push_chunk_size: PUSH_CHUNK_MAX_SIZE,
             ratelimit_remaining: Arc::default(),
             max_manifest_bytes: None,
+            challenges: Arc::default(),
+            token_gates: Arc::default(),
         }
     }
 }
@@ -454,6 +466,23 @@ impl Client {
         let Some(auth) = self.auth_store.read().await.get(registry).cloned() else {
             return Ok(None);
         };
+        if let Some(token) = self.tokens.get(reference, op).await {
+            return Ok(Some(token));
+        }
+        // Patched (image-syncer): one token request per scope at a time; who
+        // waited here finds the token the first one cached.
+        let gate = self
+            .token_gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((
+                registry.to_string(),
+                reference.repository().to_string(),
+                op == RegistryOperation::Push,
+            ))
+            .or_default()
+            .clone();
+        let _gate = gate.lock().await;
         match self.tokens.get(reference, op).await {
             Some(token) => Ok(Some(token)),
             None => match self._auth(reference, &auth, op).await {
@@ -1006,6 +1035,32 @@ impl Client {
         }
     }
 
+    /// Patched (image-syncer): asks `url` (a registry's `/v2/`) for its
+    /// challenge: the `WWW-Authenticate` header, or `None` when it asks for
+    /// none.
+    async fn probe_challenge(&self, url: &str) -> Result<Option<HeaderValue>> {
+        let res = self.client.get(url).send().await?;
+        match res.headers().get(reqwest::header::WWW_AUTHENTICATE) {
+            Some(h) => Ok(Some(h.clone())),
+            // Patched (image-syncer): a busy or failing registry (429, 5xx)
+            // says nothing about authentication; it fails the request (and is
+            // retried) instead of being taken for a registry without auth.
+            None if res.status().is_server_error()
+                || res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let status = res.status();
+                let wait = retry_after(status, res.headers());
+                Err(OciDistributionError::ServerError {
+                    code: status.as_u16(),
+                    url: url.to_string(),
+                    message: "the registry's /v2/ endpoint answered without a challenge".into(),
+                }
+                .with_retry_after(wait))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Internal auth that retrieves token.
     async fn _auth(
         &self,
@@ -1028,26 +1083,23 @@ impl Client {
             })));
         }
 
-        let res = self.client.get(&url).send().await?;
-        let dist_hdr = match res.headers().get(reqwest::header::WWW_AUTHENTICATE) {
+        // Patched (image-syncer): the registry's challenge is asked once per
+        // registry (`Client::challenges`), not before every token.
+        let cell = self
+            .challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(image.resolve_registry().to_string())
+            .or_default()
+            .clone();
+        let challenge = cell
+            .get_or_try_init(|| self.probe_challenge(&url))
+            .await?;
+        let dist_hdr = match challenge {
             Some(h) => h,
-            // Patched (image-syncer): a busy or failing registry (429, 5xx)
-            // says nothing about authentication; it fails the request (and is
-            // retried) instead of being taken for a registry without auth.
-            None if res.status().is_server_error()
-                || res.status() == reqwest::StatusCode::TOO_MANY_REQUESTS =>
-            {
-                let status = res.status();
-                let wait = retry_after(status, res.headers());
-                return Err(OciDistributionError::ServerError {
-                    code: status.as_u16(),
-                    url,
-                    message: "the registry's /v2/ endpoint answered without a challenge".into(),
-                }
-                .with_retry_after(wait));
-            }
             None => return Ok(None),
         };
+
 
         let challenge = match BearerChallenge::try_from(dist_hdr) {
             Ok(c) => c,

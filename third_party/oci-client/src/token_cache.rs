@@ -120,7 +120,15 @@ impl TokenCache {
             RegistryTokenType::Basic(_, _) => u64::MAX,
             RegistryTokenType::Bearer(ref t) => {
                 match bearer_token_cache_expiration(t.token(), self.default_expiration_secs) {
-                    Some(value) => value,
+                    // Patched (image-syncer): kept until a margin before it expires.
+                    Some(value) => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or_default();
+                        let life = value.saturating_sub(now);
+                        value - EXPIRY_MARGIN_SECS.min(life / 2)
+                    }
                     None => return,
                 }
             }
@@ -175,6 +183,12 @@ impl TokenCache {
         }
     }
 }
+
+/// Patched (image-syncer): how long before its expiration a cached token
+/// is taken as expired (at most half its life): a request, or a long
+/// upload, that starts with a token about to expire would be refused
+/// halfway, as "not authorized".
+const EXPIRY_MARGIN_SECS: u64 = 30;
 
 /// The longest time we keep a bearer token in the cache, even when its claimed
 /// expiration is further in the future.
