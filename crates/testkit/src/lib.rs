@@ -2,9 +2,12 @@
 //!
 //! [`Registry`] starts Debian's `docker-registry` (CNCF distribution) on a free
 //! 127.0.0.1 port with a temporary storage directory, optionally behind
-//! htpasswd auth, and stops it on drop. [`fixtures`] builds small random
-//! images and indexes and pushes them with `oci-client` directly — not through
-//! image-syncer's own stages — so that tests do not check our code with itself.
+//! htpasswd auth or token auth, and stops it on drop. [`TokenServer`] is a
+//! stand-in token issuer for the latter (the Docker Hub flow: a JWT from a
+//! realm, checked by the real registry), which records every token request.
+//! [`fixtures`] builds small random images and indexes and pushes them with
+//! `oci-client` directly — not through image-syncer's own stages — so that
+//! tests do not check our code with itself.
 
 pub mod conformance;
 pub mod faults;
@@ -14,10 +17,12 @@ pub mod latency;
 mod moto;
 mod registry;
 mod standin;
+mod token;
 
 pub use moto::Moto;
 pub use registry::{Registry, RegistryOptions};
 pub use standin::{standins_dir, StandIn};
+pub use token::{TokenAuth, TokenRequest, TokenServer};
 
 /// Runs a future on a fresh current-thread runtime (tests are synchronous).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {

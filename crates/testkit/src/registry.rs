@@ -9,6 +9,8 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use crate::token::TokenAuth;
+
 const MISSING: &str =
     "Debian's `docker-registry` (CNCF distribution) is needed by the tests and was not found.\n\
 Install it with `apt-get install -y docker-registry` (scripts/test.sh does this), or point \
@@ -20,6 +22,10 @@ pub struct RegistryOptions {
     /// htpasswd auth with this user and password (bcrypt; the registry compares
     /// the first 72 bytes of the password).
     pub htpasswd: Option<(String, String)>,
+    /// Token authentication with a [`TokenServer`](crate::TokenServer)
+    /// ([`TokenServer::registry_auth`](crate::TokenServer::registry_auth)):
+    /// clients get their tokens from its realm. Not with `htpasswd`.
+    pub token: Option<TokenAuth>,
     /// Keep the registry's access log, for [`Registry::requests`].
     pub access_log: bool,
     /// Serve HTTPS with a certificate for 127.0.0.1 signed by a CA made for
@@ -157,6 +163,21 @@ impl Registry {
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).map_err(|e| e.to_string())?;
         let mut auth = String::new();
+        assert!(
+            options.htpasswd.is_none() || options.token.is_none(),
+            "RegistryOptions: htpasswd and token auth cannot be used together (the registry has one access controller)"
+        );
+        if let Some(token) = &options.token {
+            let bundle = dir.path().join("token-roots.pem");
+            std::fs::write(&bundle, &token.root_certificates).map_err(|e| e.to_string())?;
+            auth = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                token.realm,
+                token.service,
+                token.issuer,
+                bundle.display()
+            );
+        }
         if let Some((user, password)) = &options.htpasswd {
             let hash = bcrypt::hash(password.as_bytes(), 4).map_err(|e| e.to_string())?;
             let file = dir.path().join("htpasswd");
@@ -215,6 +236,7 @@ impl Registry {
                     std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default();
                 return Err(format!("registry exited with {status}: {log}"));
             }
+            // Any answer means it is up (401 with auth, 400 with TLS).
             if http_status(port, "/v2/").is_some() {
                 break;
             }
@@ -280,7 +302,8 @@ impl Registry {
     }
 
     /// An oci-client for this registry (plain HTTP, or HTTPS trusting its CA),
-    /// authenticated when the registry has htpasswd.
+    /// authenticated when the registry has htpasswd, or token auth (with the
+    /// token server's user and password: oci-client gets the tokens).
     pub fn client(&self) -> (Client, RegistryAuth) {
         let client = Client::new(match self.ca_file() {
             None => ClientConfig {
@@ -296,7 +319,12 @@ impl Registry {
                 ..Default::default()
             },
         });
-        let auth = match &self.options.htpasswd {
+        let credentials = self.options.htpasswd.as_ref().or(self
+            .options
+            .token
+            .as_ref()
+            .map(|t| &t.credentials));
+        let auth = match credentials {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
             None => RegistryAuth::Anonymous,
         };
