@@ -2,6 +2,7 @@
 //! registries: the figures docs/performance.md gives per image, pinned.
 
 use image_syncer_testkit::faults::{FaultProxy, Faults};
+use image_syncer_testkit::TokenServer;
 
 use crate::support::*;
 
@@ -76,4 +77,122 @@ fn requests_per_image_cold_and_warm_are_pinned() {
     assert_eq!(cold.1.get("GET /v2/"), Some(&1), "{:#?}", cold.1);
     // The whole picture, cold and warm, pinned (docs/performance.md).
     insta::assert_debug_snapshot!((cold, warm));
+}
+
+/// The scopes a token server was asked for, each with how often, and
+/// whether every request carried the expected user.
+fn scopes(
+    server: &TokenServer,
+    from: usize,
+    user: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for request in server.requests().into_iter().skip(from) {
+        assert_eq!(request.user.as_deref(), Some(user), "{request:?}");
+        for scope in request.scopes {
+            *out.entry(scope).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Registries with token authentication (the Docker Hub and GAR flow), the
+/// real registry checking the tokens: one `/v2/` probe per registry and one
+/// token request per repository and operation, however many requests of an
+/// image (its blobs, in parallel) need the same scope at once.
+#[test]
+fn one_probe_per_registry_and_one_token_per_scope() {
+    let src_tokens = TokenServer::start("puller", "pull-pass-4r5t");
+    let dst_tokens = TokenServer::start("pusher", "push-pass-6y7u");
+    let source = Registry::start_with(RegistryOptions {
+        token: Some(src_tokens.registry_auth()),
+        ..Default::default()
+    });
+    let target = Registry::start_with(RegistryOptions {
+        token: Some(dst_tokens.registry_auth()),
+        ..Default::default()
+    });
+    let mut images = Vec::new();
+    for i in 0..3 {
+        // Three layers and a config: four blobs of one image start at once.
+        let img = fixtures::image(&format!("tokens-{i}"), 3, 512);
+        block_on(source.push(&format!("team/app{i}:1.0"), &img));
+        images.push(img);
+    }
+    // Pushing the fixtures asked the source's token server too.
+    let pushed = src_tokens.requests().len();
+    let src = FaultProxy::start(&source.host(), Faults::default());
+    let dst = FaultProxy::start(&target.host(), Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("no-docker");
+    std::fs::create_dir(&empty).unwrap();
+    let def = write(
+        dir.path(),
+        "images.yaml",
+        &format!(
+            "targetRepoPrefix: \"{t}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  \"{s}\":\n    username: puller\n    passwordEnv: SRC_PASSWORD\n  \"{t}\":\n    insecure: true\n    username: pusher\n    passwordEnv: DST_PASSWORD\nimages:\n- source: team/app0:1.0\n- source: team/app1:1.0\n- source: team/app2:1.0\n",
+            s = src.host(),
+            t = dst.host()
+        ),
+    );
+    let env = [
+        ("DOCKER_CONFIG", empty.to_str().unwrap()),
+        ("SRC_PASSWORD", "pull-pass-4r5t"),
+        ("DST_PASSWORD", "push-pass-6y7u"),
+    ];
+    let r = run_with(&["-i", def.to_str().unwrap()], &env);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let cold = (
+        scopes(&src_tokens, pushed, "puller"),
+        scopes(&dst_tokens, 0, "pusher"),
+    );
+    // (The harness's own reads ask the token server too: after counting.)
+    for (i, img) in images.iter().enumerate() {
+        assert_eq!(
+            block_on(target.digest(&format!("mirror/team/app{i}:1.0"))),
+            Some(img.digest.to_string())
+        );
+    }
+    let probes = |proxy: &FaultProxy, from: usize| {
+        proxy
+            .injected
+            .log()
+            .into_iter()
+            .skip(from)
+            .filter(|(m, p)| m == "GET" && p == "/v2/")
+            .count()
+    };
+    assert_eq!((probes(&src, 0), probes(&dst, 0)), (1, 1));
+    let (s0, d0) = (src.injected.log().len(), dst.injected.log().len());
+    let (t0, u0) = (src_tokens.requests().len(), dst_tokens.requests().len());
+    let r = run_with(&["-i", def.to_str().unwrap()], &env);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("already in sync"), "{}", r.stdout);
+    let warm = (
+        scopes(&src_tokens, t0, "puller"),
+        scopes(&dst_tokens, u0, "pusher"),
+    );
+    assert_eq!((probes(&src, s0), probes(&dst, d0)), (1, 1));
+    // Each scope asked once: pull at the source; pull (planning) and
+    // pull,push (copying) at the target when cold, pull only when warm.
+    for side in [&cold.0, &cold.1, &warm.0, &warm.1] {
+        assert!(side.values().all(|n| *n == 1), "{side:#?}");
+    }
+    let repos = |prefix: &str, actions: &[&str]| -> Vec<String> {
+        let mut all: Vec<String> = (0..3)
+            .flat_map(|i| {
+                actions
+                    .iter()
+                    .map(move |a| format!("repository:{prefix}team/app{i}:{a}"))
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let keys =
+        |m: &std::collections::BTreeMap<String, usize>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&cold.0), repos("", &["pull"]));
+    assert_eq!(keys(&cold.1), repos("mirror/", &["pull", "pull,push"]));
+    assert_eq!(keys(&warm.0), repos("", &["pull"]));
+    assert_eq!(keys(&warm.1), repos("mirror/", &["pull"]));
 }
