@@ -13,6 +13,13 @@
 //!   operation to it starts before its `Retry-After` has passed (or, without
 //!   one, a backoff that doubles with each such answer in a row). One answer
 //!   slows every task, not just the one that got it.
+//! - Transfers (a blob copied into the registry, from opening its upload to
+//!   the last byte) also take a transfer slot ([`FlowControl::transfer`]).
+//!   With the adaptive default a registry has half its limit in transfer
+//!   slots (at least one): a transfer holds its operation slot for seconds,
+//!   and the other half stays free for the cheap requests (HEADs, small
+//!   GETs) of the images being planned or finished. With `--jobs N` there
+//!   are N transfer slots, as many as operations.
 //! - A registry that says how many requests it has left (Docker Hub's
 //!   `ratelimit-remaining`, passed in by the plugin that reads it) keeps the
 //!   limit at most that number, so a burst does not run into the wall.
@@ -68,6 +75,10 @@ struct State {
     busy_in_row: u32,
     /// The registry's own count of requests left, when it says.
     remaining: Option<u64>,
+    /// Transfers running (slots taken through [`FlowControl::transfer`]).
+    transfers: usize,
+    /// Transfers get half the limit ([`Limits::transfers_halved`]).
+    transfers_halved: bool,
     figures: RegistryFigures,
 }
 
@@ -78,6 +89,16 @@ impl State {
             n = n.min((r as usize).max(1));
         }
         n
+    }
+
+    /// How many transfers may run at once: half the operations (at least
+    /// one) when halved, else as many.
+    fn transfers_allowed(&self) -> usize {
+        if self.transfers_halved {
+            (self.allowed() / 2).max(1)
+        } else {
+            self.allowed()
+        }
     }
 }
 
@@ -104,6 +125,8 @@ pub struct Limits {
     pub cap: usize,
     /// Grow by one per good answer until the first pushback.
     pub slow_start: bool,
+    /// Transfers may take half the limit (at least one), not all of it.
+    pub transfers_halved: bool,
 }
 
 impl Limits {
@@ -114,6 +137,7 @@ impl Limits {
             start: ADAPTIVE_START,
             cap: ADAPTIVE_CAP,
             slow_start: true,
+            transfers_halved: true,
         }
     }
 
@@ -123,6 +147,7 @@ impl Limits {
             start: n.max(1),
             cap: n.max(1),
             slow_start: false,
+            transfers_halved: false,
         }
     }
 }
@@ -137,6 +162,7 @@ pub struct FlowControl {
     cap: AtomicUsize,
     start: AtomicUsize,
     slow_start: AtomicBool,
+    transfers_halved: AtomicBool,
     /// A `Retry-After` longer than this (the retry budget) pauses nothing:
     /// the operation that got it fails at once, and the others find out for
     /// themselves rather than wait past the budget.
@@ -183,6 +209,7 @@ impl FlowControl {
             cap: AtomicUsize::new(cap.max(1)),
             start: AtomicUsize::new(cap.max(1)),
             slow_start: AtomicBool::new(false),
+            transfers_halved: AtomicBool::new(false),
             // Until a run starts (and sets its retry budget), no pause is
             // refused as too long.
             longest_pause_ms: AtomicU64::new(u64::MAX),
@@ -197,6 +224,8 @@ impl FlowControl {
         self.start
             .store(limits.start.clamp(1, limits.cap.max(1)), Ordering::SeqCst);
         self.slow_start.store(limits.slow_start, Ordering::SeqCst);
+        self.transfers_halved
+            .store(limits.transfers_halved, Ordering::SeqCst);
         self.longest_pause_ms
             .store(longest_pause.as_millis() as u64, Ordering::SeqCst);
         self.gates.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -219,6 +248,8 @@ impl FlowControl {
                         paused_until: None,
                         busy_in_row: 0,
                         remaining: None,
+                        transfers: 0,
+                        transfers_halved: self.transfers_halved.load(Ordering::SeqCst),
                         figures: RegistryFigures {
                             lowest_limit: self.start.load(Ordering::SeqCst),
                             highest_limit: self.start.load(Ordering::SeqCst),
@@ -287,6 +318,38 @@ impl FlowControl {
             longest_pause: Duration::from_millis(self.longest_pause_ms.load(Ordering::SeqCst)),
             done: false,
         })
+    }
+
+    /// Waits until `key`'s gate has a transfer slot free (see the module
+    /// doc), and takes it until the slot is dropped. Held around a whole
+    /// transfer, retries included, before its upload or download is opened:
+    /// a stream opened ahead of its slot would sit idle. The transfer's own
+    /// requests still pass [`FlowControl::acquire`] each. A set `halt` ends
+    /// the wait as [`ErrorKind::Cancelled`].
+    pub async fn transfer(&self, key: &str, halt: &AtomicBool) -> Result<TransferSlot, StageError> {
+        let gate = self.gate(key);
+        // Bounded: each turn takes a slot, or waits for one at most
+        // HALT_CHECK and looks at `halt`.
+        loop {
+            if halt.load(Ordering::SeqCst) {
+                return Err(StageError::new(
+                    ErrorKind::Cancelled,
+                    format!("not sent to {key}: the run was interrupted"),
+                ));
+            }
+            let freed = gate.freed.notified();
+            tokio::pin!(freed);
+            {
+                let mut st = gate.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.transfers < st.transfers_allowed() {
+                    st.transfers += 1;
+                    break;
+                }
+                freed.as_mut().enable();
+            }
+            let _ = tokio::time::timeout(HALT_CHECK, freed).await;
+        }
+        Ok(TransferSlot { gate })
     }
 
     /// A registry's own count of requests it will still take (Docker Hub's
@@ -368,6 +431,20 @@ impl Permit {
         if after != before {
             debug!(registry = %self.key, from = before, to = after, "concurrency limit changed");
         }
+        drop(st);
+        self.gate.freed.notify_waiters();
+    }
+}
+
+/// A transfer slot ([`FlowControl::transfer`]), given back on drop.
+pub struct TransferSlot {
+    gate: Arc<Gate>,
+}
+
+impl Drop for TransferSlot {
+    fn drop(&mut self) {
+        let mut st = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.transfers = st.transfers.saturating_sub(1);
         drop(st);
         self.gate.freed.notify_waiters();
     }
@@ -485,6 +562,76 @@ mod tests {
             .await
             .unwrap()
             .finish(Ok(()));
+    }
+
+    /// Tries to take a transfer slot within a second (paused clock).
+    async fn slot_within_a_second(f: &FlowControl, halt: &AtomicBool) -> Option<TransferSlot> {
+        tokio::time::timeout(Duration::from_secs(1), f.transfer("r", halt))
+            .await
+            .ok()
+            .map(|r| r.unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn adaptive_transfers_take_half_the_limit_and_leave_the_rest_to_requests() {
+        let f = FlowControl::default();
+        f.start(Limits::adaptive(), Duration::from_secs(120));
+        let halt = AtomicBool::new(false);
+        // Limit 8 at the start: 4 transfer slots.
+        let mut slots = Vec::new();
+        for _ in 0..ADAPTIVE_START / 2 {
+            slots.push(slot_within_a_second(&f, &halt).await.expect("a free slot"));
+        }
+        assert!(slot_within_a_second(&f, &halt).await.is_none());
+        // With every transfer slot taken, cheap requests still get the other
+        // half of the limit (and more: transfers hold operation slots only
+        // while one of their requests runs).
+        let permits: Vec<Permit> = {
+            let mut v = Vec::new();
+            for _ in 0..ADAPTIVE_START {
+                v.push(f.acquire("r", false, &halt).await.unwrap());
+            }
+            v
+        };
+        for p in permits {
+            p.finish(Ok(()));
+        }
+        // Eight good answers in slow start: limit 16, 8 transfer slots.
+        for _ in 0..4 {
+            slots.push(slot_within_a_second(&f, &halt).await.expect("grown"));
+        }
+        assert!(slot_within_a_second(&f, &halt).await.is_none());
+        // A slot given back is free for the next transfer.
+        slots.pop();
+        assert!(slot_within_a_second(&f, &halt).await.is_some());
+        // Pushback halves the limit, and with it the transfer slots: 16 → 8,
+        // 4 slots, so none is free until five of the eight are back.
+        f.acquire("r", false, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&busy(Some(0))));
+        slots.truncate(4);
+        assert!(slot_within_a_second(&f, &halt).await.is_none());
+        slots.truncate(3);
+        assert!(slot_within_a_second(&f, &halt).await.is_some());
+        // An interrupted run ends the wait.
+        halt.store(true, Ordering::SeqCst);
+        let e = f.transfer("r", &halt).await.err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Cancelled);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_jobs_n_transfers_take_the_whole_limit() {
+        let f = FlowControl::default();
+        f.start(Limits::fixed(3), Duration::from_secs(120));
+        let halt = AtomicBool::new(false);
+        let mut slots = Vec::new();
+        for _ in 0..3 {
+            slots.push(slot_within_a_second(&f, &halt).await.expect("a free slot"));
+        }
+        assert!(slot_within_a_second(&f, &halt).await.is_none());
+        drop(slots);
+        assert!(slot_within_a_second(&f, &halt).await.is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -224,6 +224,18 @@ impl Retry<'_> {
 }
 
 impl Retry<'_> {
+    /// A transfer slot at `registry` ([`FlowControl::transfer`]), held by
+    /// the caller around a whole transfer; none without flow control.
+    pub async fn transfer_slot(
+        &self,
+        registry: &str,
+    ) -> Result<Option<crate::flow::TransferSlot>, StageError> {
+        match self.flow {
+            Some(flow) => flow.transfer(registry, self.halt).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// A write to `registry` that cannot be retried by itself (an upload
     /// whose stream is spent, a manifest put that needs a re-check first):
     /// every try runs `setup` (told the previous try's error), then `write`

@@ -151,6 +151,11 @@ struct RecordingSink {
     /// error; every call is counted in `calls`.
     fail_once: Mutex<std::collections::BTreeSet<&'static str>>,
     calls: Mutex<std::collections::BTreeMap<&'static str, u32>>,
+    /// Each `put_blob` takes this long (a slow transfer), if set.
+    put_delay: Mutex<Option<std::time::Duration>>,
+    /// `put_blob`s running now, and the most that ran at once.
+    puts_running: std::sync::atomic::AtomicUsize,
+    puts_peak: std::sync::atomic::AtomicUsize,
 }
 
 impl RecordingSink {
@@ -223,6 +228,14 @@ impl Sink for RecordingSink {
     ) -> Result<(), StageError> {
         self.call("put_blob")?;
         self.flake()?;
+        let delay = *self.put_delay.lock().unwrap();
+        if let Some(d) = delay {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.puts_running.fetch_add(1, SeqCst) + 1;
+            self.puts_peak.fetch_max(now, SeqCst);
+            tokio::time::sleep(d).await;
+            self.puts_running.fetch_sub(1, SeqCst);
+        }
         let intruder = self.intruder.lock().unwrap().take();
         if let Some((r, m)) = intruder {
             self.inner.add_manifest(&r, &m, r.tag());
@@ -305,6 +318,9 @@ impl Harness {
                 flaky: Mutex::new(0),
                 fail_once: Mutex::default(),
                 calls: Mutex::default(),
+                put_delay: Mutex::default(),
+                puts_running: Default::default(),
+                puts_peak: Default::default(),
             }),
             target,
             signer: Arc::new(RecordingSigner::default()),
@@ -498,6 +514,45 @@ async fn copies_single_image_then_is_in_sync() {
     assert_eq!(rep.bytes, 0);
     assert_eq!(again.status(), Status::Ok);
     assert_eq!(h.target.writes(), 3, "an in-sync run writes nothing");
+}
+
+/// By default a registry has half its limit in transfer slots: however
+/// many blobs wait, at most half the cap upload at once, and lookups are not
+/// held up behind them. With `--jobs N`, N transfers at once.
+#[tokio::test(start_paused = true)]
+async fn transfers_take_at_most_half_the_adaptive_limit() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+    for jobs in [None, Some(3)] {
+        let h = Harness::new();
+        *h.sink.put_delay.lock().unwrap() = Some(Duration::from_secs(2));
+        let mut entries = String::new();
+        for i in 0..24 {
+            add_image(
+                &h.source,
+                &format!("src.io/team/app{i}:1.0"),
+                &format!("s{i}"),
+            );
+            entries.push_str(&format!("- source: src.io/team/app{i}:1.0\n"));
+        }
+        let report = h
+            .orchestrator(true, false)
+            .prepare(&def(&yaml(&entries)), false)
+            .unwrap()
+            .with_jobs_cap(jobs)
+            .run()
+            .await;
+        assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+        assert_eq!(h.sink.blob_puts().len(), 48);
+        let peak = h.sink.puts_peak.load(SeqCst);
+        match jobs {
+            // 48 blobs of 24 images (32 at once, 4 blobs each) could all
+            // upload at once; the target's 16 transfer slots (its cap of 32,
+            // reached by the good answers of planning) let 16.
+            None => assert_eq!(peak, crate::flow::ADAPTIVE_CAP / 2),
+            Some(n) => assert_eq!(peak, n),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
