@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, RateLimit, TokenServer};
+use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, ProxyTokenRealm, RateLimit};
 
 use crate::support::*;
 
@@ -323,7 +323,7 @@ fn a_busy_token_server_is_retried_not_taken_as_a_refusal() {
     let p = proxied(
         &[("team/app:1", &image)],
         Faults {
-            token_server: Some(TokenServer {
+            token_server: Some(ProxyTokenRealm {
                 token: "t0ken-for-anyone".into(),
                 busy_first: 2,
             }),

@@ -660,7 +660,7 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
 fn a_failed_v2_probe_is_asked_again_not_taken_for_an_open_registry() {
     let image = fixtures::image("probe-500", 1, 2_000);
     let source_faults = Faults {
-        token_server: Some(image_syncer_testkit::faults::TokenServer {
+        token_server: Some(image_syncer_testkit::faults::ProxyTokenRealm {
             token: "t0ken-for-anyone".into(),
             busy_first: 0,
         }),

@@ -88,7 +88,7 @@ pub struct Args {
     #[arg(long, env = "SYNCER_OUTPUT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub output: String,
 
-    /// Fixes how much runs at once: images planned and copied, blobs of an image, requests in flight per registry [default: the definition's `jobs:`, else adaptive: 8 to 32 requests in flight per registry, 32 images copied at once]
+    /// Fixes how much runs at once: images planned and copied, blobs of an image, requests in flight per registry [default: the definition's `jobs:`, else adaptive: 8 to 32 requests in flight per registry, at most half of them transfers of blobs of 1 MiB or more, 32 images copied at once]
     #[arg(short = 'j', long, env = "SYNCER_JOBS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: Option<u32>,
 

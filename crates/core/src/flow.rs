@@ -13,8 +13,10 @@
 //!   operation to it starts before its `Retry-After` has passed (or, without
 //!   one, a backoff that doubles with each such answer in a row). One answer
 //!   slows every task, not just the one that got it.
-//! - Transfers (a blob copied into the registry, from opening its upload to
-//!   the last byte) also take a transfer slot ([`FlowControl::transfer`]).
+//! - Transfers (a blob of [`LARGE_BLOB`] or more copied into the registry,
+//!   from opening its upload to the last byte) also take a transfer slot
+//!   ([`FlowControl::transfer`]); a smaller blob copies in a few round
+//!   trips, like any cheap request, and takes none.
 //!   With the adaptive default a registry has half its limit in transfer
 //!   slots (at least one): a transfer holds its operation slot for seconds,
 //!   and the other half stays free for the cheap requests (HEADs, small
@@ -110,6 +112,9 @@ struct Gate {
 
 /// Operations at once per registry unless a run says otherwise (`--jobs`).
 pub const DEFAULT_CAP: usize = 4;
+
+/// Blobs this large or larger take a transfer slot to be copied.
+pub const LARGE_BLOB: u64 = 1 << 20;
 
 /// The adaptive limit's start: requests in flight to a registry at first.
 pub const ADAPTIVE_START: usize = 8;

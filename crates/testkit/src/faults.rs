@@ -45,7 +45,7 @@ pub struct Faults {
     /// Answer 401 to requests without `Authorization: Bearer <this>`.
     pub require_bearer: Option<String>,
     /// Be a registry with token authentication, as Docker Hub is.
-    pub token_server: Option<TokenServer>,
+    pub token_server: Option<ProxyTokenRealm>,
     /// Rate-limit the first requests of a path.
     pub rate_limit: Option<RateLimit>,
     /// Hold the first requests of a path before forwarding them.
@@ -148,8 +148,10 @@ pub struct Refuse {
 /// `Authorization: Bearer <token>` get a 401 whose `WWW-Authenticate` names
 /// the proxy's own `/token` realm, which hands out `token` to anyone, after
 /// answering its first `busy_first` requests with 503 and `Retry-After: 1`.
+/// (The registry checks nothing here; for tokens the registry itself checks,
+/// see [`crate::TokenServer`].)
 #[derive(Clone, Debug)]
-pub struct TokenServer {
+pub struct ProxyTokenRealm {
     pub token: String,
     pub busy_first: u32,
 }
@@ -200,7 +202,7 @@ pub struct Injected {
     pub held: AtomicU64,
     /// Requests matching each of [`Faults::holds`], held or not.
     pub held_each: std::sync::Mutex<Vec<u64>>,
-    /// Requests to the [`TokenServer`]'s realm, busy or not.
+    /// Requests to the [`ProxyTokenRealm`]'s realm, busy or not.
     pub token_requests: AtomicU64,
     /// `CONNECT` tunnels opened (the proxy used as an HTTPS proxy).
     pub tunnels: AtomicU64,

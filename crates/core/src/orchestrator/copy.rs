@@ -233,8 +233,8 @@ impl ImageCopy<'_> {
         self.copy(blob).await
     }
 
-    /// One verified stream from the source into the target, in one of the
-    /// target's transfer slots (`flow`). Each try opens
+    /// One verified stream from the source into the target, a large blob
+    /// in one of the target's transfer slots (`flow`). Each try opens
     /// an upload and the download (each retried on its own), then sends the
     /// bytes; a send that fails starts a new try (the stream is spent, so the
     /// source is read again). Nothing is committed by a failed try.
@@ -244,7 +244,11 @@ impl ImageCopy<'_> {
         let (source, target) = (source.as_str(), target.as_str());
         // Taken before the upload and the download are opened, held through
         // every try: no stream waits open for a slot.
-        let _slot = self.retry.transfer_slot(target).await?;
+        let _slot = if blob.size >= crate::flow::LARGE_BLOB {
+            self.retry.transfer_slot(target).await?
+        } else {
+            None
+        };
         self.retry
             .then_write(
                 target,

@@ -151,9 +151,10 @@ struct RecordingSink {
     /// error; every call is counted in `calls`.
     fail_once: Mutex<std::collections::BTreeSet<&'static str>>,
     calls: Mutex<std::collections::BTreeMap<&'static str, u32>>,
-    /// Each `put_blob` takes this long (a slow transfer), if set.
+    /// Each `put_blob` of a large blob takes this long (a slow transfer),
+    /// if set.
     put_delay: Mutex<Option<std::time::Duration>>,
-    /// `put_blob`s running now, and the most that ran at once.
+    /// Large `put_blob`s running now, and the most that ran at once.
     puts_running: std::sync::atomic::AtomicUsize,
     puts_peak: std::sync::atomic::AtomicUsize,
 }
@@ -229,7 +230,7 @@ impl Sink for RecordingSink {
         self.call("put_blob")?;
         self.flake()?;
         let delay = *self.put_delay.lock().unwrap();
-        if let Some(d) = delay {
+        if let (Some(d), true) = (delay, descriptor.size >= crate::flow::LARGE_BLOB) {
             use std::sync::atomic::Ordering::SeqCst;
             let now = self.puts_running.fetch_add(1, SeqCst) + 1;
             self.puts_peak.fetch_max(now, SeqCst);
@@ -422,17 +423,23 @@ fn desc_json(d: &Descriptor) -> String {
 /// Stores an image built from `seed` (same seed, same bytes, same digests)
 /// in `reg` under `reference`'s repository, tagged with its tag if any.
 fn add_image(reg: &MemoryRegistry, reference: &str, seed: &str) -> Img {
+    add_image_with_layer(
+        reg,
+        reference,
+        seed,
+        format!("layer bytes of {seed}").as_bytes(),
+    )
+}
+
+/// [`add_image`] with these layer bytes.
+fn add_image_with_layer(reg: &MemoryRegistry, reference: &str, seed: &str, layer: &[u8]) -> Img {
     let at = r(reference);
     let config = reg.add_blob(
         &at,
         "application/vnd.oci.image.config.v1+json",
         format!("{{\"seed\":\"{seed}\"}}").as_bytes(),
     );
-    let layer = reg.add_blob(
-        &at,
-        "application/vnd.oci.image.layer.v1.tar",
-        format!("layer bytes of {seed}").as_bytes(),
-    );
+    let layer = reg.add_blob(&at, "application/vnd.oci.image.layer.v1.tar", layer);
     let json = format!(
         "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\",\"config\":{},\"layers\":[{}]}}",
         desc_json(&config),
@@ -517,8 +524,8 @@ async fn copies_single_image_then_is_in_sync() {
 }
 
 /// By default a registry has half its limit in transfer slots: however
-/// many blobs wait, at most half the cap upload at once, and lookups are not
-/// held up behind them. With `--jobs N`, N transfers at once.
+/// many large blobs wait, at most half the cap upload at once, and lookups
+/// are not held up behind them. With `--jobs N`, N transfers at once.
 #[tokio::test(start_paused = true)]
 async fn transfers_take_at_most_half_the_adaptive_limit() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -528,11 +535,9 @@ async fn transfers_take_at_most_half_the_adaptive_limit() {
         *h.sink.put_delay.lock().unwrap() = Some(Duration::from_secs(2));
         let mut entries = String::new();
         for i in 0..24 {
-            add_image(
-                &h.source,
-                &format!("src.io/team/app{i}:1.0"),
-                &format!("s{i}"),
-            );
+            let at = format!("src.io/team/app{i}:1.0");
+            let layer = vec![i as u8; crate::flow::LARGE_BLOB as usize];
+            add_image_with_layer(&h.source, &at, &format!("s{i}"), &layer);
             entries.push_str(&format!("- source: src.io/team/app{i}:1.0\n"));
         }
         let report = h
@@ -546,9 +551,10 @@ async fn transfers_take_at_most_half_the_adaptive_limit() {
         assert_eq!(h.sink.blob_puts().len(), 48);
         let peak = h.sink.puts_peak.load(SeqCst);
         match jobs {
-            // 48 blobs of 24 images (32 at once, 4 blobs each) could all
-            // upload at once; the target's 16 transfer slots (its cap of 32,
-            // reached by the good answers of planning) let 16.
+            // 24 large layers of 24 images (32 at once) could all upload at
+            // once; the target's 16 transfer slots (its cap of 32, reached
+            // by the good answers of planning) let 16. (The small configs
+            // take no slot.)
             None => assert_eq!(peak, crate::flow::ADAPTIVE_CAP / 2),
             Some(n) => assert_eq!(peak, n),
         }
