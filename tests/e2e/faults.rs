@@ -43,8 +43,8 @@ fn definition(
 /// `images`; `def` syncs `entries` (followed by `extra`, top-level YAML)
 /// through the proxies.
 pub struct Proxied {
-    /// Kept running for the proxy in front of it.
-    _source: Registry,
+    /// The source registry itself (the proxy is in front of it).
+    pub source: Registry,
     pub target: Registry,
     pub sp: FaultProxy,
     pub tp: FaultProxy,
@@ -71,7 +71,7 @@ pub fn proxied(
     let dir = tempfile::tempdir().unwrap();
     let def = definition(dir.path(), &sp, &tp, &format!("{entries}{extra}"));
     Proxied {
-        _source: source,
+        source,
         target,
         sp,
         tp,

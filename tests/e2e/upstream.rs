@@ -1,6 +1,9 @@
 //! Upstream signatures verified before mirroring (`cosign-verify`), against
 //! the real registry; signatures made independently with openssl.
 
+use image_syncer_testkit::faults::{Faults, Refuse};
+
+use crate::faults::proxied;
 use crate::signing::{push_openssl_signature, push_openssl_signature_under};
 use crate::support::*;
 
@@ -254,4 +257,49 @@ fn bad_keys_and_configs_exit_2_before_any_registry_is_asked() {
         asked,
         "the source was asked"
     );
+}
+
+/// The guard's reads pass the registry's gate and are retried on their own,
+/// like the engine's: the source refuses the first two requests for the
+/// signature tag (500), and the vendor-signed image is still verified and
+/// copied. Before, the guard's first refused read failed the image.
+#[test]
+fn the_guards_reads_are_retried_through_a_failing_registry() {
+    let app = fixtures::image("vendor-retried", 1, 500);
+    let refuse_sig = Faults {
+        refuse: Some(Refuse {
+            method: None,
+            path: ".sig".into(),
+            times: 2,
+            status: 500,
+            code: "UNKNOWN".into(),
+        }),
+        ..Default::default()
+    };
+    let p = proxied(
+        &[("vendor/app:1.0", &app)],
+        refuse_sig,
+        Default::default(),
+        "- source: vendor/app:1.0\n  pipeline:\n    guards: [ { plugin: cosign-verify, config: { key: vendor.pub } } ]\n",
+        "",
+    );
+    let dir = std::path::Path::new(&p.def).parent().unwrap();
+    let (key, _) = p256_keypair(dir, "vendor");
+    let digest = app.digest.to_string();
+    push_openssl_signature(&p.source, "vendor/app", &digest, &key, dir);
+    let r = run(&["-i", &p.def]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(
+        block_on(p.target.digest("mirror/vendor/app:1.0")),
+        Some(digest.clone())
+    );
+    // The signature tag was asked three times: twice refused, then read.
+    let sig = format!("/v2/vendor/app/manifests/{}.sig", digest.replace(':', "-"));
+    let asked =
+        p.sp.injected
+            .log()
+            .iter()
+            .filter(|(_, path)| path.split('?').next() == Some(sig.as_str()))
+            .count();
+    assert_eq!(asked, 3, "{:#?}", p.sp.injected.log());
 }

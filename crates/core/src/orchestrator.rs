@@ -299,6 +299,7 @@ mod execute;
 mod expand;
 mod plan;
 mod prepare;
+mod retried;
 
 use copy::{check_manifest, ImageCopy, Walk};
 use execute::{Ledger, Run};

@@ -156,9 +156,13 @@ impl Prepared {
         current: Option<&Digest>,
     ) -> Result<Verdict, StageError> {
         let mut verdict = Verdict::Copy;
+        let source = super::retried::RetriedSource {
+            inner: item.source.as_ref(),
+            retry: self.retry(),
+        };
         for g in &item.guards {
             let mut input = GuardInput::new(&item.entry, source_digest, &item.target, current)
-                .with_source(item.source.as_ref());
+                .with_source(&source);
             if let Some(u) = upstream {
                 input = input.with_upstream_digest(u);
             }

@@ -1490,3 +1490,109 @@ async fn a_transform_making_an_invalid_target_is_an_input_error() {
     // blobs and its tag.
     assert_eq!(h.sink.log().len(), 3, "{:?}", h.sink.log());
 }
+
+/// A source whose first `failing` calls of `fetch_blob` fail with a
+/// transient error (a dropped connection); every call is counted.
+struct FlakyBlobSource {
+    inner: Arc<MemoryRegistry>,
+    failing: std::sync::atomic::AtomicU32,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl Source for FlakyBlobSource {
+    async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
+        self.inner.resolve(reference).await
+    }
+    async fn fetch_manifest(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<RawManifest, StageError> {
+        Source::fetch_manifest(self.inner.as_ref(), repository, descriptor).await
+    }
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        if self
+            .failing
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StageError::transient("connection reset (injected)"));
+        }
+        Source::fetch_blob(self.inner.as_ref(), repository, descriptor).await
+    }
+}
+
+/// A guard that reads a blob of the image from the source (as a signature
+/// check reads its signatures) and lets it be copied when the read works.
+struct ReadingGuard {
+    blob: Descriptor,
+}
+
+#[async_trait]
+impl Guard for ReadingGuard {
+    async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
+        let source = input.source.expect("built-in guards get the source");
+        let repo = input.image.source.clone();
+        let mut stream = source.fetch_blob(&repo, &self.blob).await?;
+        while let Some(chunk) = stream.next().await {
+            chunk.map_err(|e| StageError::transient(e.to_string()))?;
+        }
+        Ok(Verdict::Copy)
+    }
+}
+
+/// A guard's reads from the source pass the registry's gate and are retried
+/// on their own, like the orchestrator's: a read that fails twice and then
+/// works lets the image be copied; one that keeps failing fails that image
+/// alone, after the retry budget, as a transient failure.
+#[tokio::test(start_paused = true)]
+async fn a_guards_source_reads_are_retried() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for (failing, copied) in [(2, true), (u32::MAX, false)] {
+        let h = Harness::new();
+        let img = add_image(&h.source, "src.io/team/app:1.0", "app");
+        let source = Arc::new(FlakyBlobSource {
+            inner: h.source.clone(),
+            failing: failing.into(),
+            calls: 0.into(),
+        });
+        let mut stages = h.registry(false);
+        stages
+            .insert(RegisteredStage::new("flaky", fixed_source(source.clone())))
+            .unwrap();
+        stages
+            .insert(RegisteredStage::new(
+                "reads",
+                fixed_guard(Arc::new(ReadingGuard {
+                    blob: img.config.clone(),
+                })),
+            ))
+            .unwrap();
+        let y = "targetRepoPrefix: dst.io/mirror/\npipeline:\n  source: { plugin: flaky }\n  guards: [ { plugin: reads } ]\nimages:\n- source: src.io/team/app:1.0\n";
+        let report = Orchestrator::new(stages, RunContext::default())
+            .prepare(&def(y), false)
+            .unwrap()
+            .run()
+            .await;
+        let rep = image_of(&report, "src.io/team/app:1.0");
+        if copied {
+            assert_eq!(rep.action, Action::Copied, "{}", report.render_text());
+            // Two failed reads, the third works; then the copy reads the
+            // config and the layer.
+            assert_eq!(source.calls.load(SeqCst), 3 + 2);
+        } else {
+            assert_eq!(report.status(), Status::Failed, "{}", report.render_text());
+            assert_eq!(rep.action, Action::Failed, "{}", report.render_text());
+            // The default policy: 7 tries, then the image fails; nothing written.
+            assert_eq!(source.calls.load(SeqCst), 7);
+            assert_eq!(h.target.writes(), 0);
+        }
+    }
+}
