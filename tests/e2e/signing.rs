@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
+use image_syncer_testkit::faults::{Faults, Refuse};
+
+use crate::faults::proxied;
 use crate::support::*;
 
 struct Keys {
@@ -156,41 +159,54 @@ impl Setup {
 
     /// Verifies every signature layer under `repo:sha256-<hex>.sig` with openssl alone.
     fn openssl_verify(&self, repo: &str, digest: &str, public: &Path) -> usize {
-        let tag = format!("{}.sig", digest.replace(':', "-"));
-        let manifest =
-            block_on(self.target.manifest(&format!("{repo}:{tag}"))).expect("signature manifest");
-        let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-        let layers = m["layers"].as_array().unwrap();
-        for (i, layer) in layers.iter().enumerate() {
-            assert_eq!(
-                layer["mediaType"],
-                "application/vnd.dev.cosign.simplesigning.v1+json"
-            );
-            let payload =
-                block_on(self.target.blob(repo, layer["digest"].as_str().unwrap())).unwrap();
-            let p: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-            assert_eq!(p["critical"]["image"]["docker-manifest-digest"], digest);
-            assert_eq!(
-                p["critical"]["identity"]["docker-reference"],
-                format!("{}/{repo}", self.target.host())
-            );
-            let sig = base64::engine::general_purpose::STANDARD
-                .decode(
-                    layer["annotations"]["dev.cosignproject.cosign/signature"]
-                        .as_str()
-                        .unwrap(),
-                )
-                .unwrap();
-            openssl_verify(
-                self.dir.path(),
-                &format!("check-{i}"),
-                public,
-                &payload,
-                &sig,
-            );
-        }
-        layers.len()
+        verify_signatures(
+            &self.target,
+            &self.target.host(),
+            self.dir.path(),
+            repo,
+            digest,
+            public,
+        )
     }
+}
+
+/// Checks every layer of `repo`'s `.sig` for `digest` in `target` with
+/// openssl alone (payload naming `digest` and `named_host/repo`, signature
+/// by `public`); returns how many there are.
+fn verify_signatures(
+    target: &Registry,
+    named_host: &str,
+    dir: &Path,
+    repo: &str,
+    digest: &str,
+    public: &Path,
+) -> usize {
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let manifest = block_on(target.manifest(&format!("{repo}:{tag}"))).expect("signature manifest");
+    let m: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let layers = m["layers"].as_array().unwrap();
+    for (i, layer) in layers.iter().enumerate() {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.dev.cosign.simplesigning.v1+json"
+        );
+        let payload = block_on(target.blob(repo, layer["digest"].as_str().unwrap())).unwrap();
+        let p: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(p["critical"]["image"]["docker-manifest-digest"], digest);
+        assert_eq!(
+            p["critical"]["identity"]["docker-reference"],
+            format!("{named_host}/{repo}")
+        );
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(
+                layer["annotations"]["dev.cosignproject.cosign/signature"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        openssl_verify(dir, &format!("check-{i}"), public, &payload, &sig);
+    }
+    layers.len()
 }
 
 #[test]
@@ -903,4 +919,58 @@ fn signatures_and_attestations_are_carried_along_and_ours_appended() {
     ]);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(s.target.storage_snapshot(), before);
+}
+
+/// The signer's requests pass the registry's gate and are retried on their
+/// own: the target refuses the first two puts of the signature tag (500),
+/// and the image is still signed, verifiably. Before, the first refused put
+/// failed the image's signing (exit 1).
+#[test]
+fn the_signers_requests_are_retried_through_a_failing_registry() {
+    let img = fixtures::image("signed-retried", 1, 700);
+    let refuse_sig_put = Faults {
+        refuse: Some(Refuse {
+            method: Some("PUT"),
+            path: ".sig".into(),
+            times: 2,
+            status: 500,
+            code: "UNKNOWN".into(),
+        }),
+        ..Default::default()
+    };
+    let p = proxied(
+        &[("team/app:1.0", &img)],
+        Faults::default(),
+        refuse_sig_put,
+        "- source: team/app:1.0\n",
+        "sign: true\n",
+    );
+    let dir = Path::new(&p.def).parent().unwrap();
+    let (key, public) = p256_keypair(dir, "ours");
+    let r = run(&["-i", &p.def, "--kms-key", key.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_says(&r, "signature: signed", 1);
+    let digest = img.digest.to_string();
+    let sig = format!(
+        "/v2/mirror/team/app/manifests/{}.sig",
+        digest.replace(':', "-")
+    );
+    let puts =
+        p.tp.injected
+            .log()
+            .iter()
+            .filter(|(m, path)| m == "PUT" && path.split('?').next() == Some(sig.as_str()))
+            .count();
+    assert_eq!(puts, 3, "{:#?}", p.tp.injected.log());
+    assert_eq!(
+        verify_signatures(
+            &p.target,
+            &p.tp.host(),
+            dir,
+            "mirror/team/app",
+            &digest,
+            &public
+        ),
+        1
+    );
 }

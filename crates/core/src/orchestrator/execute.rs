@@ -115,7 +115,13 @@ impl Prepared {
             dry_run: self.dry_run,
             upstream,
         };
-        match signer.sign(&req, &item.sink).await {
+        let sink: Arc<dyn Sink> = Arc::new(super::retried::RetriedSink {
+            inner: item.sink.clone(),
+            policy: self.retry,
+            halt: self.interrupt.clone(),
+            flow: self.flow.clone(),
+        });
+        match signer.sign(&req, &sink).await {
             Ok(outcome) => report.signature = Some(outcome),
             Err(e) => {
                 warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");

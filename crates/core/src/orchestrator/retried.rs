@@ -1,16 +1,24 @@
-//! The source a guard reads from: the image's source with every call passing
-//! its registry's gate and retried on its own, as the orchestrator's own
-//! reads are. A guard that verifies a signature makes a handful of reads per
-//! image; without this, one dropped connection among them would fail the
-//! image through a registry that answers the next try.
+//! What guards and signers are handed: the image's source (for guards) and
+//! sink (for signers) with every call passing its registry's gate and
+//! retried on its own, as the orchestrator's own requests are. A guard that
+//! verifies a signature, or a signer that verifies and then writes one,
+//! makes a handful of requests per image; without this, one dropped
+//! connection among them would fail the image through a registry that
+//! answers the next try.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
 
 use crate::digest::{ByteStream, Digest};
+use crate::flow::FlowControl;
 use crate::manifest::{Descriptor, RawManifest};
 use crate::reference::ImageRef;
-use crate::retry::Retry;
-use crate::stage::{Source, StageError};
+use crate::retry::{Retry, RetryPolicy};
+use crate::stage::{ManifestTarget, Sink, Source, StageError, Upload};
 
 use super::registry_of;
 
@@ -87,5 +95,185 @@ impl Source for RetriedSource<'_> {
 
     fn max_manifest_bytes(&self) -> usize {
         self.inner.max_manifest_bytes()
+    }
+}
+
+/// A blob a signer writes is read into memory (to send it again after a
+/// failed try) when it is no larger than this: signature payloads, bundles
+/// and empty configs are a few KiB. A larger one is sent once, as given.
+const REPLAYABLE: u64 = 4 << 20;
+
+/// `inner`, each call through [`Retry::at`] at the registry of the
+/// reference it is about; owned, as signers take an `Arc<dyn Sink>`.
+pub(super) struct RetriedSink {
+    pub(super) inner: Arc<dyn Sink>,
+    pub(super) policy: RetryPolicy,
+    pub(super) halt: Arc<AtomicBool>,
+    pub(super) flow: Arc<FlowControl>,
+}
+
+impl RetriedSink {
+    fn retry(&self) -> Retry<'_> {
+        Retry {
+            policy: &self.policy,
+            halt: &self.halt,
+            flow: Some(&self.flow),
+        }
+    }
+}
+
+/// The stream's bytes, if it is no longer than `limit`, else `None` with
+/// what was read put back in front of the rest.
+async fn read_small(
+    mut content: ByteStream,
+    limit: u64,
+) -> Result<Result<Vec<Bytes>, ByteStream>, StageError> {
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    while let Some(chunk) = content.next().await {
+        let chunk = chunk.map_err(|e| StageError::transient(e.to_string()))?;
+        size += chunk.len() as u64;
+        chunks.push(chunk);
+        if size > limit {
+            let head = futures_util::stream::iter(chunks.into_iter().map(Ok));
+            return Ok(Err(Box::pin(head.chain(content))));
+        }
+    }
+    Ok(Ok(chunks))
+}
+
+fn replay(chunks: &[Bytes]) -> ByteStream {
+    Box::pin(futures_util::stream::iter(
+        chunks.to_vec().into_iter().map(Ok),
+    ))
+}
+
+#[async_trait]
+impl Sink for RetriedSink {
+    async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
+        self.retry()
+            .at(&registry_of(target), "signer: digest", || {
+                self.inner.manifest_digest(target)
+            })
+            .await
+    }
+
+    async fn fetch_manifest(&self, target: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+        self.retry()
+            .at(&registry_of(target), "signer: manifest", || {
+                self.inner.fetch_manifest(target)
+            })
+            .await
+    }
+
+    async fn fetch_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<ByteStream, StageError> {
+        self.retry()
+            .at(&registry_of(repository), "signer: blob", || {
+                self.inner.fetch_blob(repository, descriptor)
+            })
+            .await
+    }
+
+    async fn has_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        self.retry()
+            .at(&registry_of(repository), "signer: blob check", || {
+                self.inner.has_blob(repository, descriptor)
+            })
+            .await
+    }
+
+    /// A small blob is sent again from memory after a failed try; a larger
+    /// one once (its stream cannot be read twice).
+    async fn put_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        content: ByteStream,
+    ) -> Result<(), StageError> {
+        let chunks = match read_small(content, REPLAYABLE).await? {
+            Ok(chunks) => chunks,
+            Err(stream) => return self.inner.put_blob(repository, descriptor, stream).await,
+        };
+        self.retry()
+            .at(&registry_of(repository), "signer: blob upload", || {
+                self.inner.put_blob(repository, descriptor, replay(&chunks))
+            })
+            .await
+    }
+
+    async fn begin_blob(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<Upload, StageError> {
+        self.retry()
+            .at(
+                &registry_of(repository),
+                "signer: blob upload start",
+                || self.inner.begin_blob(repository, descriptor),
+            )
+            .await
+    }
+
+    /// Into the upload given, once: an upload is not used again after a
+    /// failure (a signer wanting retries uses [`Sink::put_blob`]).
+    async fn put_blob_into(
+        &self,
+        repository: &ImageRef,
+        descriptor: &Descriptor,
+        upload: Upload,
+        content: ByteStream,
+    ) -> Result<(), StageError> {
+        self.inner
+            .put_blob_into(repository, descriptor, upload, content)
+            .await
+    }
+
+    async fn mount_blob(
+        &self,
+        from: &ImageRef,
+        to: &ImageRef,
+        descriptor: &Descriptor,
+    ) -> Result<bool, StageError> {
+        self.retry()
+            .at(&registry_of(to), "signer: blob mount", || {
+                self.inner.mount_blob(from, to, descriptor)
+            })
+            .await
+    }
+
+    async fn referrers(
+        &self,
+        repository: &ImageRef,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, StageError> {
+        self.retry()
+            .at(&registry_of(repository), "signer: referrers", || {
+                self.inner.referrers(repository, digest)
+            })
+            .await
+    }
+
+    /// A put of the same bytes again after a failed try: the same result
+    /// whether or not the failed one reached the registry.
+    async fn put_manifest(
+        &self,
+        repository: &ImageRef,
+        target: &ManifestTarget,
+        manifest: &RawManifest,
+    ) -> Result<(), StageError> {
+        self.retry()
+            .at(&registry_of(repository), "signer: manifest put", || {
+                self.inner.put_manifest(repository, target, manifest)
+            })
+            .await
     }
 }

@@ -1596,3 +1596,111 @@ async fn a_guards_source_reads_are_retried() {
         }
     }
 }
+
+/// A signer that writes a small blob and a manifest tagged `signed` next to
+/// the image, through the sink it is handed.
+struct WritingSigner {
+    blob: &'static [u8],
+}
+
+#[async_trait]
+impl Signer for WritingSigner {
+    async fn sign(
+        &self,
+        request: &SignRequest,
+        sink: &Arc<dyn Sink>,
+    ) -> Result<SignOutcome, StageError> {
+        let desc = Descriptor::new(
+            "application/octet-stream",
+            Digest::sha256_of(self.blob),
+            self.blob.len() as u64,
+        );
+        let chunks: Vec<std::io::Result<Bytes>> = self
+            .blob
+            .chunks(3)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        sink.put_blob(
+            &request.target,
+            &desc,
+            Box::pin(futures_util::stream::iter(chunks)),
+        )
+        .await?;
+        sink.put_manifest(
+            &request.target,
+            &ManifestTarget::Tag("signed".into()),
+            &request.manifest,
+        )
+        .await?;
+        Ok(SignOutcome::Signed)
+    }
+}
+
+/// A signer's requests through the sink pass the gate and are retried on
+/// their own: its blob upload and its manifest put each fail once, and the
+/// image is signed, the blob stored whole (sent again from memory).
+#[tokio::test(start_paused = true)]
+async fn a_signers_writes_are_retried() {
+    let h = Harness::new();
+    let img = add_image(&h.source, "src.io/team/app:1.0", "app");
+    let y = yaml("- source: src.io/team/app:1.0\n  sign: true\n");
+    // Copied first, without a signer: the signer's writes are the only ones.
+    let report = h
+        .orchestrator(false, false)
+        .prepare(&def(&yaml("- source: src.io/team/app:1.0\n")), false)
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+    let blob: &'static [u8] = b"a signature payload, sent in chunks";
+    let mut stages = h.registry(false);
+    stages
+        .insert(RegisteredStage::new(
+            "cosign",
+            fixed_signer(Arc::new(WritingSigner { blob })),
+        ))
+        .unwrap();
+    h.sink
+        .fail_once
+        .lock()
+        .unwrap()
+        .extend(["put_blob", "put_manifest"]);
+    let context = RunContext {
+        signing_key: Some("env://KEY".to_string()),
+        ..RunContext::default()
+    };
+    let report = Orchestrator::new(stages, context)
+        .prepare(&def(&y), false)
+        .unwrap()
+        .run()
+        .await;
+    let rep = image_of(&report, "src.io/team/app:1.0");
+    assert_eq!(
+        rep.signature,
+        Some(SignOutcome::Signed),
+        "{}",
+        report.render_text()
+    );
+    assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+    let calls = h.sink.calls.lock().unwrap().clone();
+    assert_eq!(calls.get("put_blob"), Some(&(2 + 2)), "{calls:?}");
+    assert_eq!(calls.get("put_manifest"), Some(&(1 + 2)), "{calls:?}");
+    let repo = r("dst.io/mirror/team/app");
+    let desc = Descriptor::new(
+        "application/octet-stream",
+        Digest::sha256_of(blob),
+        blob.len() as u64,
+    );
+    let mut stored = Vec::new();
+    let mut stream = Sink::fetch_blob(h.target.as_ref(), &repo, &desc)
+        .await
+        .unwrap();
+    while let Some(chunk) = stream.next().await {
+        stored.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(stored, blob);
+    assert_eq!(
+        h.target_tag("dst.io/mirror/team/app:signed").await,
+        Some(img.manifest.digest.clone())
+    );
+}
