@@ -300,7 +300,7 @@ fn image_runs_in_a_chroot_of_its_layers() {
         }
     };
 
-    let r = in_image(&["--version"]);
+    let r = in_image(&["-V"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(r.stdout.trim(), format!("image-syncer {VERSION}"));
 

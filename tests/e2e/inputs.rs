@@ -154,11 +154,30 @@ fn bad_inputs_exit_2_with_clear_messages() {
 
 #[test]
 fn version_and_help() {
-    let r = run(&["--version"]);
+    let r = run(&["-V"]);
     assert_eq!(r.code, 0);
     assert_eq!(
         r.stdout.trim(),
         format!("image-syncer {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The long form adds what a plugin library must match to be loaded.
+    let r = run(&["--version"]);
+    assert_eq!(r.code, 0);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("image-syncer {}", env!("CARGO_PKG_VERSION")),
+            format!("built with {}", image_syncer_plugin::RUSTC_VERSION),
+            format!("plugin ABI {}", image_syncer_plugin::ABI_VERSION),
+        ],
+        "{}",
+        r.stdout
+    );
+    assert!(
+        image_syncer_plugin::RUSTC_VERSION.starts_with("rustc 1."),
+        "{}",
+        image_syncer_plugin::RUSTC_VERSION
     );
     let r = run(&["--help"]);
     assert_eq!(r.code, 0);

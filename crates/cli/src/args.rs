@@ -15,10 +15,23 @@ Exit codes:
   3  a safety stop: a target tag holds a different digest, or content does not
      match its digest; nothing more is written in the run";
 
+/// `--version`: the version, then what a plugin library must match to be
+/// loaded (the compiler that built this binary, the plugin ABI); `-V` gives
+/// the first line only.
+static LONG_VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{}\nbuilt with {}\nplugin ABI {}",
+        env!("CARGO_PKG_VERSION"),
+        image_syncer_plugin::RUSTC_VERSION,
+        image_syncer_plugin::ABI_VERSION
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "image-syncer",
     version,
+    long_version = LONG_VERSION.as_str(),
     about = "Safely copies container images from third-party registries into a registry you own",
     long_about = "Safely copies container images from third-party registries into a registry you own.\n\nA tag once synced never changes: if the target tag holds a different digest than the source, the run stops (exit 3). Every manifest and blob is verified against its digest. Multi-arch indexes are copied whole, digests preserved.",
     after_help = AFTER_HELP

@@ -33,24 +33,28 @@ pub struct RegistryOptions {
     pub tls: bool,
 }
 
+/// Runs the `openssl` CLI with `args` in `dir`; its standard output, or
+/// what it said on failure.
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!(
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// Makes a CA and a server certificate for 127.0.0.1 with openssl in `dir`;
 /// returns (CA certificate, server certificate, server key).
 fn make_tls(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
-    let run = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
+    let run = |args: &[&str]| openssl(dir, args).map(drop);
     run(&[
         "req",
         "-x509",

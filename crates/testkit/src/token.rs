@@ -205,21 +205,7 @@ impl Drop for TokenServer {
 /// Makes `key.pem` (RSA 2048) and a self-signed `cert.pem` in `dir`; returns
 /// the certificate's DER in standard base64.
 fn make_key(dir: &Path) -> Result<String, String> {
-    let run = |args: &[&str]| -> Result<Vec<u8>, String> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .map_err(|e| format!("openssl: {e}"))?;
-        if out.status.success() {
-            Ok(out.stdout)
-        } else {
-            Err(format!(
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    };
+    let run = |args: &[&str]| crate::registry::openssl(dir, args);
     run(&[
         "req",
         "-x509",
