@@ -195,6 +195,48 @@ pub const BASE_PAUSE: Duration = Duration::from_millis(500);
 /// The longest pause a 429/503 without `Retry-After` causes.
 pub const MAX_PAUSE: Duration = Duration::from_secs(10);
 
+/// Waits at `gate` until `take` takes what it needs from its state
+/// (`Ok`), sleeping through a pause it names (`Err(Some(left))`) or until
+/// something is freed (`Err(None)`). Bounded: each turn waits at most
+/// [`HALT_CHECK`] and looks at `halt`, which ends the wait as
+/// [`ErrorKind::Cancelled`].
+async fn wait_at(
+    gate: &Gate,
+    key: &str,
+    halt: &AtomicBool,
+    mut take: impl FnMut(&mut State) -> Result<(), Option<Duration>>,
+) -> Result<(), StageError> {
+    loop {
+        if halt.load(Ordering::SeqCst) {
+            return Err(StageError::new(
+                ErrorKind::Cancelled,
+                format!("not sent to {key}: the run was interrupted"),
+            ));
+        }
+        let freed = gate.freed.notified();
+        tokio::pin!(freed);
+        let wait = {
+            let mut st = gate.state.lock().unwrap_or_else(|e| e.into_inner());
+            match take(&mut st) {
+                Ok(()) => return Ok(()),
+                Err(Some(paused)) => Some(paused),
+                Err(None) => {
+                    // Registered before the lock is released: a slot freed
+                    // from now on wakes this task.
+                    freed.as_mut().enable();
+                    None
+                }
+            }
+        };
+        match wait {
+            Some(paused) => tokio::time::sleep(paused.min(HALT_CHECK)).await,
+            None => {
+                let _ = tokio::time::timeout(HALT_CHECK, freed).await;
+            }
+        }
+    }
+}
+
 /// A slot in a gate, held while one operation runs.
 pub struct Permit {
     gate: Arc<Gate>,
@@ -277,45 +319,22 @@ impl FlowControl {
         halt: &AtomicBool,
     ) -> Result<Permit, StageError> {
         let gate = self.gate(key);
-        // Bounded: each turn either takes a slot, or waits for a slot or
-        // the end of a pause (at most HALT_CHECK) and looks at `halt`.
-        loop {
-            if halt.load(Ordering::SeqCst) {
-                return Err(StageError::new(
-                    ErrorKind::Cancelled,
-                    format!("not sent to {key}: the run was interrupted"),
-                ));
-            }
-            let freed = gate.freed.notified();
-            tokio::pin!(freed);
-            let wait = {
-                let mut st = gate.state.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                match st.paused_until {
-                    Some(until) if until > now => Some(until - now),
-                    _ => {
-                        if st.in_flight < st.allowed() {
-                            st.in_flight += 1;
-                            st.figures.requests += 1;
-                            if retry {
-                                st.figures.retries += 1;
-                            }
-                            break;
-                        }
-                        // Registered before the lock is released: a slot
-                        // freed from now on wakes this task.
-                        freed.as_mut().enable();
-                        None
+        wait_at(&gate, key, halt, |st| {
+            let now = Instant::now();
+            match st.paused_until {
+                Some(until) if until > now => Err(Some(until - now)),
+                _ if st.in_flight < st.allowed() => {
+                    st.in_flight += 1;
+                    st.figures.requests += 1;
+                    if retry {
+                        st.figures.retries += 1;
                     }
+                    Ok(())
                 }
-            };
-            match wait {
-                Some(paused) => tokio::time::sleep(paused.min(HALT_CHECK)).await,
-                None => {
-                    let _ = tokio::time::timeout(HALT_CHECK, freed).await;
-                }
+                _ => Err(None),
             }
-        }
+        })
+        .await?;
         Ok(Permit {
             gate,
             key: key.to_string(),
@@ -333,27 +352,15 @@ impl FlowControl {
     /// the wait as [`ErrorKind::Cancelled`].
     pub async fn transfer(&self, key: &str, halt: &AtomicBool) -> Result<TransferSlot, StageError> {
         let gate = self.gate(key);
-        // Bounded: each turn takes a slot, or waits for one at most
-        // HALT_CHECK and looks at `halt`.
-        loop {
-            if halt.load(Ordering::SeqCst) {
-                return Err(StageError::new(
-                    ErrorKind::Cancelled,
-                    format!("not sent to {key}: the run was interrupted"),
-                ));
+        wait_at(&gate, key, halt, |st| {
+            if st.transfers < st.transfers_allowed() {
+                st.transfers += 1;
+                Ok(())
+            } else {
+                Err(None)
             }
-            let freed = gate.freed.notified();
-            tokio::pin!(freed);
-            {
-                let mut st = gate.state.lock().unwrap_or_else(|e| e.into_inner());
-                if st.transfers < st.transfers_allowed() {
-                    st.transfers += 1;
-                    break;
-                }
-                freed.as_mut().enable();
-            }
-            let _ = tokio::time::timeout(HALT_CHECK, freed).await;
-        }
+        })
+        .await?;
         Ok(TransferSlot { gate })
     }
 
