@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::reference::ImageRef;
 use crate::stage::StageKind;
 
+use model::*;
+
 /// Per-registry settings, keyed by the registry host as written in references.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -34,47 +36,6 @@ pub struct RegistrySettings {
     pub token_env: Option<String>,
 }
 
-/// An image-syncer definition file (`--images-file`).
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[schemars(title = "image-syncer definition")]
-struct FileModel {
-    /// Prepended to each source's repository path to name its target, for example
-    /// `eu.gcr.io/kyma-project/external/`; `oci:DIR/` writes OCI image layouts.
-    target_repo_prefix: String,
-    /// Sign every image unless the image says otherwise (default false).
-    #[serde(default)]
-    sign: Option<bool>,
-    /// The images to sync.
-    images: Vec<ImageModel>,
-    /// Per-registry settings, keyed by the host as written in references.
-    #[serde(default)]
-    registries: BTreeMap<String, RegistrySettings>,
-    /// The plugin of each stage and its settings; absent = the default pipeline.
-    #[serde(default)]
-    pipeline: Option<PipelineModel>,
-    /// Plugin libraries to load, relative to this file.
-    #[serde(default)]
-    plugins: Vec<String>,
-    /// Fixes how much runs at once: images planned and copied, blobs of an
-    /// image, requests in flight per registry (`--jobs` wins). Without it,
-    /// each registry's limit adapts (8 to 32 requests in flight).
-    #[serde(default)]
-    #[schemars(range(min = 1))]
-    jobs: Option<usize>,
-    /// How transient registry failures are retried.
-    #[serde(default)]
-    retry: Option<RetrySettings>,
-    /// Copy only these platforms of multi-platform images (`os/arch[/variant]`),
-    /// unless an image says otherwise.
-    #[serde(default)]
-    platforms: Option<Vec<String>>,
-    /// Carry the source's cosign signatures, attestations and SBOMs
-    /// (`sha256-<hex>.sig/.att/.sbom`) and its referrers tag along (default false).
-    #[serde(default)]
-    carry_signatures: Option<bool>,
-}
-
 /// `retry:`: how transient registry failures are retried.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
@@ -97,14 +58,6 @@ pub struct RetrySettings {
     pub budget_seconds: Option<u64>,
 }
 
-/// Only the `plugins:` list, read before the rest (plugins bring transports
-/// that the image references may use).
-#[derive(Deserialize)]
-struct PluginsOnly {
-    #[serde(default)]
-    plugins: Vec<String>,
-}
-
 /// The plugin libraries a definition asks for, resolved against its directory.
 /// Errors are reported when the whole file is parsed; here a file that does not
 /// parse simply lists no plugins.
@@ -119,85 +72,6 @@ pub fn plugin_list(path: &Path) -> Vec<PathBuf> {
     serde_yaml::from_str::<PluginsOnly>(&text)
         .map(|p| p.plugins.iter().map(|s| base.join(s)).collect())
         .unwrap_or_default()
-}
-
-/// The plugin of each stage and its settings.
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct PipelineModel {
-    /// Default: chosen per reference by transport.
-    #[serde(default)]
-    #[schemars(with = "Option<SourceStage>")]
-    source: Option<StageModel>,
-    /// Default: `[retag]`.
-    #[serde(default)]
-    #[schemars(with = "Option<Vec<TransformStage>>")]
-    transforms: Option<Vec<StageModel>>,
-    /// Default: `[immutable]`.
-    #[serde(default)]
-    #[schemars(with = "Option<Vec<GuardStage>>")]
-    guards: Option<Vec<StageModel>>,
-    /// Default: chosen per target by transport.
-    #[serde(default)]
-    #[schemars(with = "Option<SinkStage>")]
-    sink: Option<StageModel>,
-    /// Default: `cosign`.
-    #[serde(default)]
-    #[schemars(with = "Option<SignerStage>")]
-    signer: Option<StageModel>,
-}
-
-/// `{ plugin: NAME, config: {...} }`: the config stays nested under `config`
-/// and is typed by the plugin.
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct StageModel {
-    /// The plugin's name (`image-syncer --list-stages`).
-    plugin: String,
-    /// The plugin's settings, checked by the plugin.
-    #[serde(default)]
-    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
-    config: serde_yaml::Value,
-}
-
-/// Schema-only stand-ins for a stage entry of one kind: each is a `$defs`
-/// entry of its own (`SourceStage`, …), which [`json_schema`] narrows to the
-/// registered plugins of that kind and their config schemas.
-macro_rules! stage_of_kind {
-    ($($name:ident),*) => {$(
-        struct $name;
-        impl schemars::JsonSchema for $name {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                stringify!($name).into()
-            }
-            fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                <StageModel as schemars::JsonSchema>::json_schema(g)
-            }
-        }
-    )*};
-}
-stage_of_kind!(
-    SourceStage,
-    SelectorStage,
-    TransformStage,
-    GuardStage,
-    SinkStage,
-    SignerStage
-);
-
-/// Schema-only stand-in for an entry's `tags:` rule: a `$defs` entry that
-/// [`json_schema`] replaces with the `tags` selector's config schema.
-struct TagsRule;
-impl schemars::JsonSchema for TagsRule {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "TagsRule".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A rule selecting tags (the `tags` selector's config).",
-            "type": "object"
-        })
-    }
 }
 
 /// The plugin reading an entry's `tags:`.
@@ -248,60 +122,6 @@ impl Default for PipelineSpec {
             signer: StageSpec::named("cosign"),
         }
     }
-}
-
-/// One image to sync, or a repository whose tags a rule selects (`tags:`).
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ImageModel {
-    /// The source reference (`busybox:1.36`, `gcr.io/x/y@sha256:…`, `oci:DIR[:TAG]`);
-    /// with `tags:`, a repository (no tag, no digest).
-    source: String,
-    /// The target tag; required when the source is pinned by digest.
-    #[serde(default)]
-    tag: Option<String>,
-    /// Mirror the source repository's tags that this rule selects (the
-    /// built-in `tags` selector): `semver`, `regex`, `exclude`, `newest`.
-    #[serde(default)]
-    #[schemars(with = "Option<TagsRule>")]
-    tags: Option<serde_yaml::Value>,
-    /// Sign this image (wins over the global `sign`).
-    #[serde(default)]
-    sign: Option<bool>,
-    /// This image's own sink or signer.
-    #[serde(default)]
-    pipeline: Option<ImagePipelineModel>,
-    /// Copy only these platforms of a multi-platform image (`os/arch[/variant]`).
-    #[serde(default)]
-    platforms: Option<Vec<String>>,
-    /// The original tool's shorthand for `platforms: [linux/amd64]`.
-    #[serde(default)]
-    amd64_only: Option<bool>,
-    /// Carry this image's signatures along (wins over the global value).
-    #[serde(default)]
-    carry_signatures: Option<bool>,
-}
-
-/// Per-image stage choices: the stages whose settings naturally differ by image.
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct ImagePipelineModel {
-    /// Guards for this image, after the pipeline's (`pipeline.guards` still
-    /// apply); the strictest verdict wins.
-    #[serde(default)]
-    #[schemars(with = "Option<Vec<GuardStage>>")]
-    guards: Option<Vec<StageModel>>,
-    /// Select the source repository's tags with this selector plugin
-    /// (instead of `tags:`, which uses the built-in `tags` selector).
-    #[serde(default)]
-    #[schemars(with = "Option<SelectorStage>")]
-    selector: Option<StageModel>,
-    #[serde(default)]
-    #[schemars(with = "Option<SinkStage>")]
-    sink: Option<StageModel>,
-    #[serde(default)]
-    #[schemars(with = "Option<SignerStage>")]
-    signer: Option<StageModel>,
 }
 
 /// One image of the definition, validated.
@@ -768,6 +588,7 @@ fn find_line(text: &str, needle: &str, from: usize) -> Option<usize> {
 }
 
 mod access;
+mod model;
 mod schema;
 pub use schema::json_schema;
 

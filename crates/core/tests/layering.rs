@@ -117,3 +117,70 @@ fn core_speaks_no_http() {
         );
     }
 }
+
+/// Every `.rs` file under `dir`, with its path relative to `dir`.
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    // Bounded: the source tree is small.
+    for _ in 0..10_000 {
+        let Some(d) = stack.pop() else { break };
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// YAML is read in one place: the definition module (`definition.rs` and
+/// `definition/`); plugin configs are JSON trees. No other crate of the
+/// workspace depends on serde_yaml.
+#[test]
+fn yaml_is_read_only_by_the_definition_module() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (rel, text) in sources(&core.join("src")) {
+        if rel == "definition.rs" || rel.starts_with("definition/") || rel.ends_with("tests.rs") {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        assert!(
+            !code.contains("serde_yaml"),
+            "src/{rel} uses serde_yaml: YAML belongs to the definition module"
+        );
+    }
+    let root = core.join("../..").canonicalize().unwrap();
+    let core = core.canonicalize().unwrap();
+    let mut checked = 0;
+    for group in ["crates", "plugins", "examples/plugins"] {
+        for entry in std::fs::read_dir(root.join(group)).unwrap() {
+            let manifest = entry.unwrap().path().join("Cargo.toml");
+            let Ok(text) = std::fs::read_to_string(&manifest) else {
+                continue;
+            };
+            if manifest.starts_with(&core) {
+                continue;
+            }
+            checked += 1;
+            let deps = text.split("[dependencies]").nth(1).unwrap_or_default();
+            let deps = deps.split("\n[").next().unwrap();
+            assert!(
+                !deps.contains("serde_yaml"),
+                "{} depends on serde_yaml: YAML belongs to the core's definition module",
+                manifest.display()
+            );
+        }
+    }
+    // The CLI, the plugin kit, cosign-format, the testkit, the built-in
+    // plugins and the examples: the walk found them.
+    assert!(checked >= 10, "only {checked} manifests checked");
+}
