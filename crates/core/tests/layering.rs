@@ -10,42 +10,26 @@ use std::path::Path;
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut stack = vec![src.clone()];
-    // Bounded: the source tree is small.
-    for _ in 0..10_000 {
-        let Some(dir) = stack.pop() else { break };
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let rel = path
-                .strip_prefix(&src)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            if !rel.ends_with(".rs") || rel == "lib.rs" || rel.ends_with("tests.rs") {
-                continue;
-            }
-            let module = rel
-                .trim_end_matches(".rs")
-                .split('/')
-                .next()
-                .unwrap()
-                .to_string();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap();
-            let deps = graph.entry(module.clone()).or_default();
-            for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-                for (i, _) in line.match_indices("crate::") {
-                    let name: String = line[i + 7..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                        .collect();
-                    if !name.is_empty() && name != module {
-                        deps.insert(name);
-                    }
+    for (rel, text) in sources(&src) {
+        if rel == "lib.rs" || rel.ends_with("tests.rs") {
+            continue;
+        }
+        let module = rel
+            .trim_end_matches(".rs")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let deps = graph.entry(module.clone()).or_default();
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("crate::") {
+                let name: String = line[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    deps.insert(name);
                 }
             }
         }
