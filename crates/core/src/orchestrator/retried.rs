@@ -120,6 +120,36 @@ impl RetriedSink {
             flow: Some(&self.flow),
         }
     }
+
+    /// `write` through `repository`'s gate, tried once: its stream cannot be
+    /// read twice.
+    async fn once<Fut>(
+        &self,
+        repository: &ImageRef,
+        what: &str,
+        write: impl FnOnce() -> Fut,
+    ) -> Result<(), StageError>
+    where
+        Fut: std::future::Future<Output = Result<(), StageError>>,
+    {
+        let write = std::sync::Mutex::new(Some(write));
+        let none = RetryPolicy::none();
+        let retry = Retry {
+            policy: &none,
+            ..self.retry()
+        };
+        retry
+            .at(&registry_of(repository), what, || {
+                let write = write.lock().unwrap_or_else(|e| e.into_inner()).take();
+                async move {
+                    match write {
+                        Some(w) => w().await,
+                        None => Err(StageError::internal("a one-shot write was tried twice")),
+                    }
+                }
+            })
+            .await
+    }
 }
 
 /// The stream's bytes, if it is no longer than `limit`, else `None` with
@@ -191,7 +221,7 @@ impl Sink for RetriedSink {
     }
 
     /// A small blob is sent again from memory after a failed try; a larger
-    /// one once (its stream cannot be read twice).
+    /// one once, through the gate (its stream cannot be read twice).
     async fn put_blob(
         &self,
         repository: &ImageRef,
@@ -200,7 +230,13 @@ impl Sink for RetriedSink {
     ) -> Result<(), StageError> {
         let chunks = match read_small(content, REPLAYABLE).await? {
             Ok(chunks) => chunks,
-            Err(stream) => return self.inner.put_blob(repository, descriptor, stream).await,
+            Err(stream) => {
+                return self
+                    .once(repository, "signer: blob upload", || {
+                        self.inner.put_blob(repository, descriptor, stream)
+                    })
+                    .await
+            }
         };
         self.retry()
             .at(&registry_of(repository), "signer: blob upload", || {
@@ -223,8 +259,8 @@ impl Sink for RetriedSink {
             .await
     }
 
-    /// Into the upload given, once: an upload is not used again after a
-    /// failure (a signer wanting retries uses [`Sink::put_blob`]).
+    /// Into the upload given, once (through the gate): an upload is not used
+    /// again after a failure (a signer wanting retries uses [`Sink::put_blob`]).
     async fn put_blob_into(
         &self,
         repository: &ImageRef,
@@ -232,9 +268,11 @@ impl Sink for RetriedSink {
         upload: Upload,
         content: ByteStream,
     ) -> Result<(), StageError> {
-        self.inner
-            .put_blob_into(repository, descriptor, upload, content)
-            .await
+        self.once(repository, "signer: blob upload", || {
+            self.inner
+                .put_blob_into(repository, descriptor, upload, content)
+        })
+        .await
     }
 
     async fn mount_blob(

@@ -1704,3 +1704,78 @@ async fn a_signers_writes_are_retried() {
         Some(img.manifest.digest.clone())
     );
 }
+
+/// A signer's blob larger than what is kept in memory to send again goes
+/// through once, whole (the bytes read to find out are sent in front of the
+/// rest), and a failure of it is not retried.
+#[tokio::test(start_paused = true)]
+async fn a_signers_large_blob_is_sent_once_and_whole() {
+    for fail in [false, true] {
+        let h = Harness::new();
+        add_image(&h.source, "src.io/team/app:1.0", "app");
+        let report = h
+            .orchestrator(false, false)
+            .prepare(&def(&yaml("- source: src.io/team/app:1.0\n")), false)
+            .unwrap()
+            .run()
+            .await;
+        assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+        let blob: &'static [u8] = Box::leak(
+            (0..(5u32 << 20))
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>()
+                .into_boxed_slice(),
+        );
+        let mut stages = h.registry(false);
+        stages
+            .insert(RegisteredStage::new(
+                "cosign",
+                fixed_signer(Arc::new(WritingSigner { blob })),
+            ))
+            .unwrap();
+        if fail {
+            h.sink.fail_once.lock().unwrap().insert("put_blob");
+        }
+        let context = RunContext {
+            signing_key: Some("env://KEY".to_string()),
+            ..RunContext::default()
+        };
+        let report = Orchestrator::new(stages, context)
+            .prepare(
+                &def(&yaml("- source: src.io/team/app:1.0\n  sign: true\n")),
+                false,
+            )
+            .unwrap()
+            .run()
+            .await;
+        let rep = image_of(&report, "src.io/team/app:1.0");
+        let calls = h.sink.calls.lock().unwrap().clone();
+        // The copy's two blobs, then the signer's one try.
+        assert_eq!(calls.get("put_blob"), Some(&3), "{calls:?}");
+        let repo = r("dst.io/mirror/team/app");
+        let desc = Descriptor::new(
+            "application/octet-stream",
+            Digest::sha256_of(blob),
+            blob.len() as u64,
+        );
+        if fail {
+            assert_eq!(report.status(), Status::Failed, "{}", report.render_text());
+            assert!(!h.target_has_blob("dst.io/mirror/team/app", &desc).await);
+        } else {
+            assert_eq!(
+                rep.signature,
+                Some(SignOutcome::Signed),
+                "{}",
+                report.render_text()
+            );
+            let mut stored = Vec::new();
+            let mut stream = Sink::fetch_blob(h.target.as_ref(), &repo, &desc)
+                .await
+                .unwrap();
+            while let Some(chunk) = stream.next().await {
+                stored.extend_from_slice(&chunk.unwrap());
+            }
+            assert!(stored == blob, "the large blob was not stored whole");
+        }
+    }
+}
