@@ -240,7 +240,10 @@ fn bad_keys_and_configs_exit_2_before_any_registry_is_asked() {
         ),
         ("{ key: not-a-key.pem }", "is not a PEM public key"),
         ("{ key: vendor.pub, keys: x }", "unknown field `keys`"),
-        ("{ annotations: { a: b } }", "missing field `key`"),
+        (
+            "{ annotations: { a: b } }",
+            "give `key` (the vendor's public key) or `keyless`",
+        ),
         ("{ key: \"awskms://\" }", "awskms"),
     ] {
         let r = v.sync_app(config, &[]);

@@ -161,16 +161,57 @@ pub async fn check(
     {
         return invalid("the signature is not valid for the key");
     }
-    let Ok(statement) = serde_json::from_slice::<Statement>(&payload) else {
-        return invalid("the payload is not an in-toto statement");
+    Ok(statement_verdict(&payload, digest, annotations))
+}
+
+/// The in-toto statement a bundle's DSSE envelope carries (the payload
+/// bytes as served), or why there is none. Not verified here.
+pub fn envelope_statement(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let bundle = serde_json::from_slice::<Bundle>(bytes).map_err(|_| "not a Sigstore bundle")?;
+    let envelope = bundle
+        .dsse_envelope
+        .ok_or("no DSSE envelope (a message signature is not an image signature statement)")?;
+    if envelope.payload_type != IN_TOTO {
+        return Err("the envelope's payload is not an in-toto statement".into());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(&envelope.payload)
+        .map_err(|_| "the envelope is not base64".into())
+}
+
+/// The `sha256` digests a statement's subjects name, in order.
+pub fn statement_subjects(payload: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Statement>(payload)
+        .map(|s| {
+            s.subject
+                .iter()
+                .filter_map(|s| s.digest.get("sha256").cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a statement whose signature verified says of `digest`: cosign's
+/// signing predicate (stricter than cosign, which would also take an
+/// attestation), a subject naming the digest, the required annotations on
+/// that subject.
+pub fn statement_verdict(
+    payload: &[u8],
+    digest: &Digest,
+    annotations: &BTreeMap<String, String>,
+) -> Checked {
+    let Ok(statement) = serde_json::from_slice::<Statement>(payload) else {
+        return Checked::Invalid {
+            why: "the payload is not an in-toto statement".into(),
+        };
     };
     if statement.predicate_type != SIGN_PREDICATE {
-        return Ok(Checked::Invalid {
+        return Checked::Invalid {
             why: format!(
                 "an attestation (predicateType {}), not a signature",
                 statement.predicate_type
             ),
-        });
+        };
     }
     let Some(subject) = statement
         .subject
@@ -183,7 +224,7 @@ pub async fn check(
             .and_then(|s| s.digest.get("sha256"))
             .map(|h| format!("sha256:{h}"))
             .unwrap_or_default();
-        return Ok(Checked::OtherDigest { signed });
+        return Checked::OtherDigest { signed };
     };
     let found = subject.annotations.clone().unwrap_or_default();
     let missing: Vec<String> = annotations
@@ -192,9 +233,9 @@ pub async fn check(
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     if missing.is_empty() {
-        Ok(Checked::Valid)
+        Checked::Valid
     } else {
-        Ok(Checked::Unannotated { missing })
+        Checked::Unannotated { missing }
     }
 }
 

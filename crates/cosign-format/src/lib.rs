@@ -55,6 +55,71 @@ pub trait SignatureKey: Send + Sync {
     }
 }
 
+/// How stored signatures are judged: with a key ([`WithKey`], the signer's
+/// verify-first step and `cosign-verify { key }`), or against a keyless
+/// policy (`cosign-verify { keyless }`: a certificate chaining to a trusted
+/// root, for an identity and issuer, recorded in a transparency log). What is
+/// read, in which order, and what the findings mean is decided by [`inspect`];
+/// a verifier only says whether one signature is valid, and why not.
+#[async_trait::async_trait]
+pub trait Verifier: Send + Sync {
+    /// What a signature must be valid for, for messages (`key K`,
+    /// `keyless identity I (issuer U)`); never secret material.
+    fn describe(&self) -> String;
+    /// Whether the classic layer's signature over `payload` (the layer's
+    /// content, read and checked against its digest) is valid; `Err(why)`
+    /// when it is not. Whether the payload names the right digest is checked
+    /// by the caller.
+    async fn classic(
+        &self,
+        payload: &[u8],
+        layer: &SignatureLayer,
+    ) -> Result<Result<(), String>, StageError>;
+    /// What the Sigstore bundle `bytes` says of `digest`.
+    async fn bundle(
+        &self,
+        bytes: &[u8],
+        digest: &Digest,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bundle::Checked, StageError>;
+}
+
+/// A [`SignatureKey`] as a [`Verifier`]: classic signatures and key-signed
+/// bundles checked with the key; keyless ones are not verifiable with it.
+pub struct WithKey<'a>(pub &'a dyn SignatureKey);
+
+#[async_trait::async_trait]
+impl Verifier for WithKey<'_> {
+    fn describe(&self) -> String {
+        format!("key {}", self.0.describe())
+    }
+
+    async fn classic(
+        &self,
+        payload: &[u8],
+        layer: &SignatureLayer,
+    ) -> Result<Result<(), String>, StageError> {
+        let sig = layer.signature.as_deref().unwrap_or_default();
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
+            return Ok(Err("the signature annotation is not base64".into()));
+        };
+        Ok(if self.0.verify(payload, &raw).await? {
+            Ok(())
+        } else {
+            Err("the signature is not valid for the key".into())
+        })
+    }
+
+    async fn bundle(
+        &self,
+        bytes: &[u8],
+        digest: &Digest,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Result<bundle::Checked, StageError> {
+        bundle::check(self.0, bytes, digest, annotations).await
+    }
+}
+
 /// Where signatures are read from: the target's sink (signing) or an
 /// image's source (verifying upstream signatures).
 #[async_trait::async_trait]
@@ -191,16 +256,34 @@ pub enum Verified {
     Valid(Found),
     /// No signature is stored for the digest, in either format.
     Missing,
-    /// Signatures are stored, none valid for the key: `signatures` checked
-    /// (classic layers and bundles), of which `keyless` are keyless bundles
-    /// (a certificate, not verifiable with a key).
-    NoneValid { signatures: usize, keyless: usize },
+    /// Signatures are stored, none valid: `signatures` checked (classic
+    /// layers and bundles), of which `keyless` are keyless bundles (a
+    /// certificate, not verifiable with a key); `reasons`, why each was
+    /// refused (each reason once, in the order found).
+    NoneValid {
+        signatures: usize,
+        keyless: usize,
+        reasons: Vec<String>,
+    },
     /// A signature valid for the key is stored for this digest, but it
     /// signs another digest.
     OtherDigest { signed: String },
     /// A signature valid for the key names this digest, but lacks a
     /// required annotation.
     Unannotated { missing: Vec<String> },
+}
+
+impl Verified {
+    /// The reasons of a [`Verified::NoneValid`], as ` (why: a; b)`, or
+    /// nothing.
+    pub fn why(&self) -> String {
+        match self {
+            Verified::NoneValid { reasons, .. } if !reasons.is_empty() => {
+                format!(" (why: {})", reasons.join("; "))
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 /// What [`inspect`] found for one digest.
@@ -336,13 +419,13 @@ async fn referrer_candidates(
 }
 
 /// Checks every signature stored for `digest` in `repository` of `store`
-/// against `key`: the classic `sha256-<hex>.sig` tag's layers, then the
+/// with `verifier`: the classic `sha256-<hex>.sig` tag's layers, then the
 /// signatures attached as referrers (bundles and classic). A signature
 /// among `exempt` (a layer or a referrer manifest carried from upstream) is
 /// not counted when it does not verify. Payloads and bundles are read
 /// bounded and checked against their digests.
 pub async fn inspect(
-    key: &dyn SignatureKey,
+    verifier: &dyn Verifier,
     store: &dyn Store,
     repository: &ImageRef,
     digest: &Digest,
@@ -360,20 +443,13 @@ pub async fn inspect(
     candidates.extend(referrer_candidates(store, repository, digest).await?);
     let is_exempt = |d: &Descriptor| exempt.iter().any(|e| e.digest == d.digest);
     let (mut signatures, mut keyless, mut other, mut unannotated) = (0, 0, None, None);
+    let mut reasons: Vec<String> = Vec::new();
     for candidate in &candidates {
         let (checked, exempted) = match candidate {
             Candidate::Classic(layer) => {
-                let Some(sig) = &layer.signature else {
-                    continue;
-                };
-                if layer.descriptor.media_type != SIMPLE_SIGNING {
+                if layer.signature.is_none() || layer.descriptor.media_type != SIMPLE_SIGNING {
                     continue;
                 }
-                let exempted = is_exempt(&layer.descriptor);
-                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(sig.trim()) else {
-                    signatures += usize::from(!exempted);
-                    continue;
-                };
                 let payload = read_blob(
                     store,
                     repository,
@@ -382,14 +458,11 @@ pub async fn inspect(
                     "signature payload",
                 )
                 .await?;
-                let checked = if !key.verify(&payload, &raw).await? {
-                    bundle::Checked::Invalid {
-                        why: "not valid for the key".into(),
-                    }
-                } else {
-                    classic_subject(&payload, digest, annotations)
+                let checked = match verifier.classic(&payload, layer).await? {
+                    Ok(()) => classic_subject(&payload, digest, annotations),
+                    Err(why) => bundle::Checked::Invalid { why },
                 };
-                (checked, exempted)
+                (checked, is_exempt(&layer.descriptor))
             }
             Candidate::Bundle(manifest, layer) => {
                 let bytes = read_blob(
@@ -400,7 +473,7 @@ pub async fn inspect(
                     "Sigstore bundle",
                 )
                 .await?;
-                let checked = bundle::check(key, &bytes, digest, annotations).await?;
+                let checked = verifier.bundle(&bytes, digest, annotations).await?;
                 (checked, is_exempt(manifest))
             }
         };
@@ -429,7 +502,13 @@ pub async fn inspect(
                 signatures += 1;
                 unannotated = Some(missing);
             }
-            bundle::Checked::Invalid { .. } => signatures += 1,
+            bundle::Checked::Invalid { why } => {
+                signatures += 1;
+                let why = format!("{format}: {why}");
+                if !reasons.contains(&why) {
+                    reasons.push(why);
+                }
+            }
         }
     }
     let verified = match (other, unannotated) {
@@ -439,6 +518,7 @@ pub async fn inspect(
         (None, None) => Verified::NoneValid {
             signatures,
             keyless,
+            reasons,
         },
     };
     Ok(Inspection {
@@ -447,8 +527,8 @@ pub async fn inspect(
     })
 }
 
-/// A classic payload that verified with the key: does it name `digest`,
-/// with the required annotations?
+/// A classic payload whose signature verified: does it name `digest`, with
+/// the required annotations?
 fn classic_subject(
     payload: &[u8],
     digest: &Digest,
@@ -471,18 +551,20 @@ fn classic_subject(
     }
 }
 
-/// Checks the signatures of `digest` stored in `store` against `key`, in
+/// Checks the signatures of `digest` stored in `store` with `verifier`, in
 /// both formats (see [`inspect`]), nothing exempt.
 pub async fn verify(
-    key: &dyn SignatureKey,
+    verifier: &dyn Verifier,
     store: &dyn Store,
     repository: &ImageRef,
     digest: &Digest,
     annotations: &std::collections::BTreeMap<String, String>,
 ) -> Result<Verified, StageError> {
-    Ok(inspect(key, store, repository, digest, annotations, &[])
-        .await?
-        .verified)
+    Ok(
+        inspect(verifier, store, repository, digest, annotations, &[])
+            .await?
+            .verified,
+    )
 }
 
 async fn put_blobs(
@@ -627,7 +709,7 @@ pub async fn sign_request_as(
     for subject in &subjects {
         let d = &subject.digest;
         let inspection = inspect(
-            key,
+            &WithKey(key),
             &store,
             target,
             d,
@@ -647,6 +729,7 @@ pub async fn sign_request_as(
             Verified::NoneValid {
                 signatures,
                 keyless,
+                ..
             } => {
                 let keyless = if keyless > 0 {
                     format!(" ({keyless} keyless: not verifiable with a key)")

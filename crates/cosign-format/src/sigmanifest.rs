@@ -27,6 +27,18 @@ pub struct SignatureLayer {
     pub signature: Option<String>,
 }
 
+impl SignatureLayer {
+    /// The layer's annotation `key` (a keyless signature's certificate,
+    /// chain and Rekor bundle are annotations of its layer).
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.descriptor
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    }
+}
+
 /// The layers of a signature manifest (all layers, signatures or not).
 pub fn layers(manifest: &RawManifest) -> Result<Vec<SignatureLayer>, String> {
     match manifest.parse().map_err(|e| e.to_string())? {

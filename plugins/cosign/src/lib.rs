@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 use tokio::sync::OnceCell;
 
+pub mod keyless;
 pub mod keys;
 pub mod verify;
 

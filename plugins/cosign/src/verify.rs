@@ -1,6 +1,7 @@
 //! `cosign-verify`: a guard that lets an image through only when its source
-//! carries a cosign signature valid for the vendor's key, over that very
-//! digest. Anything else is a safety stop: nothing is written in the run.
+//! carries a cosign signature valid for the vendor's key, or for the
+//! vendor's keyless identity ([`crate::keyless`]), over that very digest.
+//! Anything else is a safety stop: nothing is written in the run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,27 +11,40 @@ use image_syncer_core::context::GuardContext;
 use image_syncer_core::definition::config_to_yaml;
 use image_syncer_core::digest::Digest;
 use image_syncer_core::manifest::Manifest;
+use image_syncer_core::reference::ImageRef;
 use image_syncer_core::registry::{
     config_schema, typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
 };
 use image_syncer_core::stage::{Guard, GuardInput, StageError, StageKind, Verdict};
-use image_syncer_cosign_format::{verify, KeyRef, SignatureKey, SourceStore, Verified};
+use image_syncer_cosign_format::{
+    verify, KeyRef, SignatureKey, SourceStore, Verified, Verifier, WithKey,
+};
 use serde::{Deserialize, Serialize};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 
+use crate::keyless::{Keyless, KeylessConfig};
 use crate::keys::{self, KeyError};
 use crate::ProviderKey;
 
-/// Settings of the `cosign-verify` guard.
+/// Settings of the `cosign-verify` guard: `key` or `keyless`, not both.
 #[derive(Debug, Default, Clone, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CosignVerifyConfig {
     /// The vendor's public key: a PEM public key file (relative to the
     /// definition; a cosign `.pub` is one), or a KMS reference in the
     /// `--kms-key` forms (`awskms://…`, `gcpkms://…`, `azurekms://…`,
     /// `hashivault://…`), whose public key is fetched from the KMS. A private
     /// key file is refused: give its public half.
-    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Keyless signatures: the signer's identity and issuer, and the trusted
+    /// root (default: the Sigstore public-good root, built in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<KeylessConfig>,
+    /// Where the signatures are stored, when not beside the image
+    /// (cosign's `COSIGN_REPOSITORY`), e.g. `ghcr.io/kyverno/signatures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures_repository: Option<String>,
     /// Annotations the signed payload must carry (`cosign sign -a k=v`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
@@ -128,9 +142,17 @@ fn unknown_scheme(written: &str) -> Result<VerifyKey, String> {
     ))
 }
 
+/// What signatures are checked against.
+enum Check {
+    Key(VerifyKey),
+    Keyless(Box<Keyless>),
+}
+
 /// The guard.
 pub struct CosignVerify {
-    key: VerifyKey,
+    check: Check,
+    /// `signaturesRepository`, parsed.
+    signatures: Option<ImageRef>,
     config: CosignVerifyConfig,
 }
 
@@ -145,28 +167,43 @@ impl CosignVerify {
             StageError::config("cosign-verify reads the image's source, and was given none")
         })?;
         let repository = &input.image.source;
-        let key = self.key.describe();
+        let stored = self.signatures.as_ref().unwrap_or(repository);
+        let with_key;
+        let verifier: &dyn Verifier = match &self.check {
+            Check::Key(key) => {
+                with_key = WithKey(key);
+                &with_key
+            }
+            Check::Keyless(keyless) => keyless.as_ref(),
+        };
+        let key = verifier.describe();
         let verified = verify(
-            &self.key,
+            verifier,
             &SourceStore(source),
-            repository,
+            stored,
             digest,
             &self.config.annotations,
         )
         .await?;
+        let why = verified.why();
+        let stored_in = match &self.signatures {
+            Some(s) => format!(" (signatures from {s})"),
+            None => String::new(),
+        };
         Ok(match verified {
             Verified::Valid(format) => {
                 tracing::info!(%repository, %digest, %format, "upstream signature valid");
                 None
             }
             Verified::Missing => Some(format!(
-                "upstream signature check: no signature for {repository}@{digest}"
+                "upstream signature check: no signature for {repository}@{digest}{stored_in}"
             )),
             Verified::NoneValid {
                 signatures,
                 keyless,
+                ..
             } => Some(format!(
-                "upstream signature check: {signatures} signature(s) for {repository}@{digest}{}, none valid for key {key}",
+                "upstream signature check: {signatures} signature(s) for {repository}@{digest}{stored_in}{}, none valid for {key}{why}",
                 if keyless > 0 {
                     format!(" ({keyless} keyless: not verifiable with a key)")
                 } else {
@@ -174,10 +211,10 @@ impl CosignVerify {
                 }
             )),
             Verified::OtherDigest { signed } => Some(format!(
-                "upstream signature check: the signature stored for {repository}@{digest} is valid for key {key} but signs another digest ({signed}): signed digest differs"
+                "upstream signature check: the signature stored for {repository}@{digest}{stored_in} is valid for {key} but signs another digest ({signed}): signed digest differs"
             )),
             Verified::Unannotated { missing } => Some(format!(
-                "upstream signature check: the signature of {repository}@{digest} valid for key {key} lacks the required annotation(s) {}",
+                "upstream signature check: the signature of {repository}@{digest}{stored_in} valid for {key} lacks the required annotation(s) {}",
                 missing.join(", ")
             )),
         })
@@ -216,26 +253,56 @@ fn build(config: &ConfigValue, cx: &GuardContext) -> Result<Arc<dyn Guard>, Buil
         plugin: "cosign-verify".into(),
         message,
     };
-    if config.key.trim().is_empty() {
-        return Err(invalid("`key` names the vendor's public key".into()));
-    }
-    let key = load_key(&config.key, cx).map_err(invalid)?;
-    Ok(Arc::new(CosignVerify { key, config }))
+    let check = match (&config.key, &config.keyless) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "give `key` or `keyless`, not both: a signature is checked one way".into(),
+            ))
+        }
+        (None, None) => return Err(invalid(
+            "give `key` (the vendor's public key) or `keyless` (the signer's identity and issuer)"
+                .into(),
+        )),
+        (Some(key), None) if key.trim().is_empty() => {
+            return Err(invalid("`key` names the vendor's public key".into()))
+        }
+        (Some(key), None) => Check::Key(load_key(key, cx).map_err(invalid)?),
+        (None, Some(keyless)) => Check::Keyless(Box::new(
+            Keyless::new(keyless, |p| cx.resolve_path(p)).map_err(invalid)?,
+        )),
+    };
+    let signatures = match &config.signatures_repository {
+        None => None,
+        Some(written) => {
+            let r = ImageRef::parse(written)
+                .map_err(|e| invalid(format!("`signaturesRepository`: {e}")))?;
+            if r.tag().is_some() || r.digest().is_some() {
+                return Err(invalid(format!(
+                    "`signaturesRepository` `{written}` names a repository, without a tag or digest"
+                )));
+            }
+            Some(r)
+        }
+    };
+    Ok(Arc::new(CosignVerify {
+        check,
+        signatures,
+        config,
+    }))
 }
 
 /// `--list-stages`' example (a key file next to the definition).
 fn example() -> String {
     config_to_yaml(&CosignVerifyConfig {
-        key: "keys/vendor.pub".into(),
-        annotations: BTreeMap::new(),
-        recursive: false,
+        key: Some("keys/vendor.pub".into()),
+        ..Default::default()
     })
 }
 
 image_syncer_core::inventory::submit! {
     StagePlugin {
         name: "cosign-verify",
-        description: "Lets an image through only when its source carries a cosign signature valid for `key` over that digest (and the required `annotations`); otherwise a safety stop",
+        description: "Lets an image through only when its source carries a cosign signature valid for `key` or for a `keyless` identity (Fulcio certificate, Rekor entry, trusted root) over that digest (and the required `annotations`); otherwise a safety stop",
         config: ConfigDoc {
             schema: config_schema::<CosignVerifyConfig>,
             example,
