@@ -42,4 +42,16 @@ if ! command -v moto_server >/dev/null 2>&1; then
   command -v moto_server >/dev/null 2>&1 || { echo "moto_server is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
 fi
 
+# sigstore-python: the independent checker of the testkit's stand-in Sigstore (offline).
+if ! command -v sigstore >/dev/null 2>&1; then
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    echo "missing: sigstore — install Python's pip, then: pip install sigstore" >&2
+    exit 1
+  fi
+  echo "installing sigstore (PyPI) ..." >&2
+  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check sigstore >&2
+  hash -r
+  command -v sigstore >/dev/null 2>&1 || { echo "sigstore is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
+fi
+
 exec cargo test --workspace --locked "$@"

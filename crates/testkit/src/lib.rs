@@ -7,7 +7,9 @@
 //! realm, checked by the real registry), which records every token request.
 //! [`fixtures`] builds small random images and indexes and pushes them with
 //! `oci-client` directly — not through image-syncer's own stages — so that
-//! tests do not check our code with itself.
+//! tests do not check our code with itself. [`Sigstore`] is a stand-in
+//! Sigstore instance (CA, CT log and Rekor keys in memory) that makes keyless
+//! signatures, log entries and a trusted root for the verifier's tests.
 
 pub mod conformance;
 pub mod faults;
@@ -16,11 +18,13 @@ pub mod hostile;
 pub mod latency;
 mod moto;
 mod registry;
+pub mod sigstore;
 mod standin;
 mod token;
 
 pub use moto::Moto;
 pub use registry::{Registry, RegistryOptions};
+pub use sigstore::Sigstore;
 pub use standin::{standins_dir, StandIn};
 pub use token::{TokenAuth, TokenRequest, TokenServer};
 
