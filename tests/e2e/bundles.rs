@@ -67,7 +67,7 @@ fn bundle_json(dir: &Path, m: &Made) -> Vec<u8> {
 
 /// Pushes `bundle` as a referrer of `subject` in `repo` (blobs and the
 /// manifest by digest) and returns the manifest's digest and size.
-fn push_bundle(
+pub fn push_bundle(
     registry: &Registry,
     repo: &str,
     subject: &fixtures::TestImage,
@@ -105,7 +105,7 @@ fn push_bundle(
 }
 
 /// The referrers tag schema's index listing `entries` under `repo`.
-fn push_tag_index(registry: &Registry, repo: &str, subject: &str, entries: &[(String, usize)]) {
+pub fn push_tag_index(registry: &Registry, repo: &str, subject: &str, entries: &[(String, usize)]) {
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,

@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod image;
 mod inputs;
+mod keyless;
 mod layout;
 mod plugins;
 mod referrers;

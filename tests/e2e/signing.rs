@@ -55,23 +55,48 @@ pub fn push_openssl_signature_under(
         key,
         payload.as_bytes(),
     ));
+    push_signature_layer(
+        registry,
+        repo,
+        under,
+        payload.as_bytes(),
+        serde_json::json!({ "dev.cosignproject.cosign/signature": sig }),
+    );
+}
+
+/// A classic `.sig` manifest of one simple-signing layer holding `payload`
+/// with the layer `annotations` (the signature, and for keyless signatures
+/// the certificate, chain and Rekor bundle), stored under `under`'s tag.
+pub fn push_signature_layer(
+    registry: &Registry,
+    repo: &str,
+    under: &str,
+    payload: &[u8],
+    annotations: serde_json::Value,
+) {
     let config = b"{\"architecture\":\"\",\"os\":\"\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]},\"config\":{}}";
     let (payload_digest, config_digest) = block_on(async {
         (
-            registry.push_blob(repo, payload.as_bytes()).await,
+            registry.push_blob(repo, payload).await,
             registry.push_blob(repo, config).await,
         )
     });
-    let manifest = format!(
-        "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"size\":{},\"digest\":\"{config_digest}\"}},\"layers\":[{{\"mediaType\":\"application/vnd.dev.cosign.simplesigning.v1+json\",\"size\":{},\"digest\":\"{payload_digest}\",\"annotations\":{{\"dev.cosignproject.cosign/signature\":\"{sig}\"}}}}]}}",
-        config.len(),
-        payload.len()
-    );
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "size": config.len(), "digest": config_digest },
+        "layers": [ {
+            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "size": payload.len(),
+            "digest": payload_digest,
+            "annotations": annotations,
+        } ],
+    });
     let tag = format!("{}.sig", under.replace(':', "-"));
     block_on(registry.push_manifest(
         &format!("{repo}:{tag}"),
         "application/vnd.oci.image.manifest.v1+json",
-        manifest.as_bytes(),
+        manifest.to_string().as_bytes(),
     ));
 }
 

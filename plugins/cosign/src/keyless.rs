@@ -287,10 +287,10 @@ impl Verifier for Keyless {
 }
 
 /// The v0.1 Sigstore bundle a classic keyless layer is equivalent to, as
-/// JSON: the signature over `payload`, the certificate and the chain (less
-/// the certificates of the trusted root, which are trust anchors anyway:
-/// cosign's chain annotation ends with the root), the Rekor entry with its
-/// inclusion promise (SET). Why it cannot be one, when it cannot.
+/// JSON: the signature over `payload`, the certificate and the chain
+/// annotation's certificates (when there is one; registry.k8s.io writes
+/// none), the Rekor entry with its inclusion promise (SET). Why it cannot be
+/// one, when it cannot.
 pub fn classic_bundle(payload: &[u8], layer: &SignatureLayer) -> Result<String, String> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let signature = layer
@@ -311,9 +311,9 @@ pub fn classic_bundle(payload: &[u8], layer: &SignatureLayer) -> Result<String, 
     }
     if let Some(chain) = layer.annotation(CHAIN_ANNOTATION) {
         let chain = pem_certificates(chain).map_err(|e| format!("the chain annotation: {e}"))?;
-        // A self-issued certificate (the chain's root) is never shipped
-        // with the signature: trust comes from the trusted root alone.
-        certificates.extend(chain.into_iter().filter(|c| !self_issued(c)));
+        // Intermediates for path building only: trust comes from the
+        // trusted root's CAs alone (a root in the chain is not an anchor).
+        certificates.extend(chain);
     }
     let set = layer.annotation(BUNDLE_ANNOTATION).ok_or(
         "no Rekor bundle annotation (a keyless signature needs the log's signed entry timestamp)",
@@ -403,14 +403,6 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err("no PEM certificate".into());
     }
     Ok(out)
-}
-
-/// Whether a DER certificate's issuer is its subject (a root).
-fn self_issued(der: &[u8]) -> bool {
-    use x509_cert::der::Decode as _;
-    x509_cert::Certificate::from_der(der)
-        .map(|c| c.tbs_certificate.issuer == c.tbs_certificate.subject)
-        .unwrap_or(false)
 }
 
 #[cfg(test)]
