@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (Debian's docker-registry, the real CNCF distribution registry), then runs
-# every test of the workspace.
+# (Debian's docker-registry, the real CNCF distribution registry), checks
+# formatting, lints and docs (warnings are errors), then runs every test of
+# the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,5 +42,14 @@ if ! command -v moto_server >/dev/null 2>&1; then
   hash -r
   command -v moto_server >/dev/null 2>&1 || { echo "moto_server is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
 fi
+
+# Warnings are errors for all three; lints the workspace allows are listed,
+# each with its reason, in Cargo.toml's [workspace.lints].
+echo "checking formatting (cargo fmt --check) ..." >&2
+cargo fmt --all -- --check
+echo "checking lints (cargo clippy -D warnings) ..." >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "checking docs (cargo doc, warnings as errors) ..." >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 exec cargo test --workspace --locked "$@"

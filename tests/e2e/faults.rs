@@ -164,7 +164,7 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
         "",
     );
     let (target, def, sp, tp) = (&p.target, &p.def, &p.sp, &p.tp);
-    let r = run(&["-i", &def, "--retries", "10"]);
+    let r = run(&["-i", def, "--retries", "10"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let injected = sp.injected.random_faults() + tp.injected.random_faults();
     assert!(
@@ -195,7 +195,7 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
         }
     });
     // A re-run under faults finds everything in sync.
-    let r = run(&["-i", &def, "--retries", "10"]);
+    let r = run(&["-i", def, "--retries", "10"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(
         r.stdout.matches("  already in sync  ").count(),

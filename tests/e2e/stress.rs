@@ -468,7 +468,9 @@ fn credentials_of_a_mirror_endpoint_come_first() {
     let auth = |password: &str| {
         base64::engine::general_purpose::STANDARD.encode(format!("puller:{password}"))
     };
-    let cases: [(&str, Vec<(String, String)>, i32); 4] = [
+    // (name, docker config `auths` entries, expected exit code)
+    type Case<'a> = (&'a str, Vec<(String, String)>, i32);
+    let cases: [Case; 4] = [
         ("none", vec![], 1),
         ("endpoint", vec![(source.host(), auth("mirr0r-pass"))], 0),
         (
