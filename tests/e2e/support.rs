@@ -249,6 +249,16 @@ impl Pair {
         }
     }
 
+    /// Like [`Pair::new`], with both registries keeping their access log,
+    /// for tests that count requests ([`Registry::requests`]).
+    pub fn logged() -> Pair {
+        Pair {
+            source: Registry::start_logged(),
+            target: Registry::start_logged(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
     pub fn definition(&self, images: &str) -> String {
         let text = format!("{}images:\n{images}", header(&self.source, &self.target));
         write(self.dir.path(), "images.yaml", &text)
