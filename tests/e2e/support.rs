@@ -107,7 +107,7 @@ pub fn key_secrets(pem: &str) -> Vec<String> {
         let encoded = b64.encode(&shifted);
         // Characters [first, last) encode scalar bytes only.
         let (first, last) = (shift.div_ceil(3) * 4, (shift + 32) / 3 * 4);
-        let run = encoded[first..last].as_bytes();
+        let run = &encoded.as_bytes()[first..last];
         for piece in run.chunks(16).filter(|p| p.len() >= 8) {
             let piece = String::from_utf8(piece.to_vec()).unwrap();
             let url_safe = piece.replace('+', "-").replace('/', "_");
