@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (Debian's docker-registry, the real CNCF distribution registry), then runs
-# every test of the workspace.
+# (Debian's docker-registry, the real CNCF distribution registry), checks
+# formatting, lints and docs (warnings are errors), then runs every test of
+# the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,13 +46,21 @@ fi
 # sigstore-python: the independent checker of the testkit's stand-in Sigstore (offline).
 if ! command -v sigstore >/dev/null 2>&1; then
   if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
-    echo "missing: sigstore — install Python's pip, then: pip install sigstore" >&2
+    echo "missing: sigstore — install Python's pip, then: pip install 'sigstore~=4.5'" >&2
     exit 1
   fi
   echo "installing sigstore (PyPI) ..." >&2
-  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check sigstore >&2
+  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check "sigstore~=4.5" >&2
   hash -r
   command -v sigstore >/dev/null 2>&1 || { echo "sigstore is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
 fi
+# Warnings are errors for all three; lints the workspace allows are listed,
+# each with its reason, in Cargo.toml's [workspace.lints].
+echo "checking formatting (cargo fmt --check) ..." >&2
+cargo fmt --all -- --check
+echo "checking lints (cargo clippy -D warnings) ..." >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "checking docs (cargo doc, warnings as errors) ..." >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 exec cargo test --workspace --locked "$@"

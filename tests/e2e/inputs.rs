@@ -59,7 +59,9 @@ fn bad_inputs_exit_2_with_clear_messages() {
     let p = |n: &str| d.join(n).display().to_string();
     let good = good.display().to_string();
     let signed = signed.display().to_string();
-    let mut cases: Vec<(String, Vec<String>, Vec<(&str, &str)>)> = vec![
+    // (name, arguments, environment)
+    type Case<'a> = (String, Vec<String>, Vec<(&'a str, &'a str)>);
+    let mut cases: Vec<Case> = vec![
         ("no arguments".into(), vec![], vec![]),
         (
             "missing file".into(),

@@ -29,7 +29,11 @@ struct World {
 }
 
 fn world() -> World {
-    let pair = Pair::new();
+    world_with(Pair::new())
+}
+
+/// With the source's access log on, to count its requests.
+fn world_with(pair: Pair) -> World {
     let sigstore = Sigstore::new();
     let root = sigstore.write_trusted_root(pair.dir.path());
     World {
@@ -171,9 +175,7 @@ fn a_bundle_referrer_and_an_identity_regexp_are_accepted() {
         &[(d, size)],
     );
     let exact = format!("identity: \"{WORKFLOW}\", issuer: \"{GITHUB}\"");
-    let regexp = format!(
-        "identityRegexp: \"^https://github.com/chainguard-images/images/.github/workflows/.*\", issuerRegexp: \"https://token\\\\.actions\\\\.githubusercontent\\\\.com\""
-    );
+    let regexp = "identityRegexp: \"^https://github.com/chainguard-images/images/.github/workflows/.*\", issuerRegexp: \"https://token\\\\.actions\\\\.githubusercontent\\\\.com\"".to_string();
     // A regexp matches the whole value: a prefix alone does not.
     let prefix =
         format!("identityRegexp: \"https://github.com/chainguard-images\", issuer: \"{GITHUB}\"");
@@ -465,7 +467,7 @@ fn stop_line(stdout: &str) -> String {
 /// the definition's file, line and the guard, before any registry is asked.
 #[test]
 fn bad_keyless_settings_exit_2_before_any_registry_is_asked() {
-    let w = world();
+    let w = world_with(Pair::logged());
     w.image("k8s/app", "kl-bad");
     let dir = w.pair.dir.path();
     std::fs::write(dir.join("broken-root.json"), "{ not json").unwrap();

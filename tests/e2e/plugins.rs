@@ -546,7 +546,8 @@ fn tag_prefix_plugin() -> PathBuf {
 #[test]
 fn a_plugin_selector_chooses_the_tags_of_a_repository_entry() {
     let plugin = tag_prefix_plugin();
-    let (source, target) = (Registry::start(), Registry::start());
+    // The source keeps its access log: the requests it was asked are counted.
+    let (source, target) = (Registry::start_logged(), Registry::start());
     let mut digests = Vec::new();
     for tag in ["v1.9", "v2.0", "v2.1", "beta"] {
         let img = fixtures::image(&format!("tag-prefix-{tag}"), 1, 200);

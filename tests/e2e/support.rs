@@ -17,35 +17,113 @@ impl Run {
     }
 }
 
-/// The binary with a clean environment (no SYNCER_* from the caller).
-pub fn command() -> Command {
+/// The binary with a clean environment ([`clean_env`]); hold the [`Home`]
+/// until the run has ended.
+pub fn command() -> (Command, Home) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_image-syncer"));
-    clean_env(&mut c);
-    c
+    let home = clean_env(&mut c);
+    (c, home)
 }
 
-/// Removes the caller's provider and registry configuration from `c`'s
-/// environment and sets `NO_COLOR=1`.
-pub fn clean_env(c: &mut Command) {
-    for (k, _) in std::env::vars() {
-        // Nothing of the caller's provider or registry configuration leaks in.
-        if k.starts_with("SYNCER_")
-            || k.starts_with("AWS_")
-            || k.starts_with("VAULT_")
-            || k.starts_with("GOOGLE_")
-            || k.starts_with("GCE_")
-            || k.starts_with("COSIGN_")
-            || k == "RUST_LOG"
-            || k == "JOB_COMPLETION_INDEX"
-            || k == "SSL_CERT_FILE"
-            || k == "DOCKER_CONFIG"
-            || k == "REGISTRY_AUTH_FILE"
-            || k == "SSL_CERT_DIR"
-        {
-            c.env_remove(k);
+/// The one HOME a run sees: a fresh, empty directory, removed when this is
+/// dropped (so held until the run has ended).
+#[must_use = "the run's HOME is removed when this is dropped"]
+pub struct Home(pub tempfile::TempDir);
+
+/// What a run keeps of the caller's environment: the search path, the
+/// temporary directory, the locale and time zone, and what Rust's
+/// backtraces and coverage runs read. Nothing else: no `HOME` (a
+/// developer's `~/.docker/config.json`, gcloud or Azure CLI login), no
+/// `XDG_*` (podman's `auth.json` under `XDG_RUNTIME_DIR`), no proxy
+/// (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`, in either case), no
+/// provider or registry configuration (`SYNCER_*`, `AWS_*`, `AZURE_*`,
+/// `GOOGLE_*`, `VAULT_*`, `COSIGN_*`, `DOCKER_CONFIG`, `SSL_CERT_FILE`, …).
+/// A test that wants one of those sets it on the run.
+const KEPT: &[&str] = &[
+    "PATH",
+    "TMPDIR",
+    "LANG",
+    "TZ",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    "LLVM_PROFILE_FILE",
+];
+
+/// Gives `c` a clean environment: only [`KEPT`] (and `LC_*`) of the
+/// caller's, a fresh empty `HOME` (the returned [`Home`]: hold it until the
+/// run has ended) and `NO_COLOR=1`.
+pub fn clean_env(c: &mut Command) -> Home {
+    clean_env_from(c, std::env::vars_os())
+}
+
+/// [`clean_env`] with `caller` as the caller's environment.
+fn clean_env_from(
+    c: &mut Command,
+    caller: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Home {
+    c.env_clear();
+    for (k, v) in caller {
+        let name = k.to_string_lossy();
+        if KEPT.contains(&name.as_ref()) || name.starts_with("LC_") {
+            c.env(&k, v);
         }
     }
+    let home = tempfile::Builder::new()
+        .prefix("e2e-home-")
+        .tempdir()
+        .expect("a fresh HOME");
+    c.env("HOME", home.path());
     c.env("NO_COLOR", "1");
+    Home(home)
+}
+
+/// A run sees a fresh, empty HOME and none of the caller's proxies,
+/// provider credentials or XDG directories, whatever the caller has set.
+#[test]
+fn a_run_sees_a_fresh_home_and_none_of_the_callers_environment() {
+    let caller = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LC_ALL", "C.UTF-8"),
+        ("HOME", "/home/developer"),
+        ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ("XDG_CONFIG_HOME", "/home/developer/.config"),
+        ("HTTP_PROXY", "http://proxy.corp:3128"),
+        ("https_proxy", "http://proxy.corp:3128"),
+        ("ALL_PROXY", "socks5://proxy.corp:1080"),
+        ("NO_PROXY", "corp"),
+        ("AZURE_CLIENT_SECRET", "developer-secret"),
+        ("AWS_SECRET_ACCESS_KEY", "developer-secret"),
+        ("SYNCER_KMS_KEY", "awskms:///alias/prod"),
+        ("DOCKER_CONFIG", "/home/developer/.docker"),
+        ("REGISTRY_AUTH_FILE", "/home/developer/auth.json"),
+        ("SSL_CERT_FILE", "/home/developer/ca.pem"),
+    ];
+    let mut c = Command::new("sh");
+    c.args(["-c", "env; echo ---; ls -A \"$HOME\" 2>&1"]);
+    let home = clean_env_from(&mut c, caller.iter().map(|(k, v)| (k.into(), v.into())));
+    let out = c.output().expect("sh runs");
+    let out = String::from_utf8(out.stdout).unwrap();
+    let (vars, listing) = out.split_once("---\n").expect("both parts");
+    let mut seen: Vec<&str> = vars
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="))
+        .collect();
+    seen.sort();
+    let home_line = format!("HOME={}", home.0.path().display());
+    assert_eq!(
+        seen,
+        [
+            home_line.as_str(),
+            "LC_ALL=C.UTF-8",
+            "NO_COLOR=1",
+            "PATH=/usr/local/bin:/usr/bin:/bin"
+        ],
+        "{out}"
+    );
+    assert_eq!(listing, "", "the HOME is not empty");
+    let path = home.0.path().to_path_buf();
+    drop(home);
+    assert!(!path.exists(), "the HOME outlives the run");
 }
 
 /// Secrets no run may show: every run of the binary in this test process,
@@ -65,28 +143,161 @@ pub fn never_shown(secret: &str) {
         .push(secret.to_string());
 }
 
-/// The distinctive part of a PEM private key: base64 past the fixed
-/// algorithm header (the first 48 characters, 36 bytes, are the same for
-/// every P-256 PKCS#8 key), i.e. the private scalar.
-pub fn key_material(pem_file: &Path) -> String {
-    let pem = std::fs::read_to_string(pem_file).unwrap();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    body[48..body.len().min(92)].to_string()
+/// What of a PEM EC private key (PKCS#8 or SEC1) no output may show: its
+/// private scalar in every form a program could print it in.
+///
+/// - Base64, as in the PEM itself or re-encoded (another container puts the
+///   scalar at another offset, so each of the three alignments is taken):
+///   the characters that encode scalar bytes only, in pieces of 16. A run
+///   broken once (a PEM line break, `\n` in `{:?}`) still holds a whole
+///   piece, so the key is found printed verbatim, with `{:?}` or as one
+///   unbroken line; each piece also in URL-safe base64 (a JWK's `d`).
+/// - Hex (lower and upper case), and the bytes as `{:?}` prints a byte
+///   slice (`12, 200, 3, …`, the first 12 bytes).
+///
+/// The DER bytes themselves are not text: a program writing them raw to
+/// its output is caught only by those forms.
+pub fn key_material(pem_file: &Path) -> Vec<String> {
+    key_secrets(&std::fs::read_to_string(pem_file).unwrap())
 }
 
-/// Checks a run's whole output against every secret marked so far.
-fn scan_for_secrets(args: &[&str], out: &str) {
-    for s in SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+/// [`key_material`] of PEM text.
+pub fn key_secrets(pem: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = b64.decode(&body).expect("a PEM key's body is base64");
+    // ECPrivateKey: version 1, then the scalar as an OCTET STRING of 32 bytes.
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("an EC P-256 private key (PKCS#8 or SEC1)")
+        + 5;
+    let scalar = &der[at..at + 32];
+    let mut out = Vec::new();
+    for shift in 0..3 {
+        let mut shifted = vec![0u8; shift];
+        shifted.extend_from_slice(scalar);
+        let encoded = b64.encode(&shifted);
+        // Characters [first, last) encode scalar bytes only.
+        let (first, last) = (shift.div_ceil(3) * 4, (shift + 32) / 3 * 4);
+        let run = &encoded.as_bytes()[first..last];
+        for piece in run.chunks(16).filter(|p| p.len() >= 8) {
+            let piece = String::from_utf8(piece.to_vec()).unwrap();
+            let url_safe = piece.replace('+', "-").replace('/', "_");
+            if url_safe != piece {
+                out.push(url_safe);
+            }
+            out.push(piece);
+        }
+    }
+    let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+    out.push(hex.to_uppercase());
+    out.push(hex);
+    let debug = format!("{:?}", &scalar[..12]);
+    out.push(debug[1..debug.len() - 1].to_string());
+    out
+}
+
+/// The secrets registered so far that `out` shows (their first characters).
+fn secrets_in(out: &str, secrets: &[String]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|s| out.contains(s.as_str()))
+        .map(|s| format!("{}…", &s[..4]))
+        .collect()
+}
+
+/// Checks a run's whole output against every secret marked so far. Every
+/// run of the binary goes through it: [`run_with`], [`spawn`] (when the run
+/// is waited for), and the runs made another way (through
+/// `scripts/image.sh`, in a chroot, under `script`) call it themselves.
+pub fn scan_for_secrets(args: &[&str], out: &str) {
+    let found = secrets_in(out, &SECRETS.lock().unwrap_or_else(|e| e.into_inner()));
+    assert!(
+        found.is_empty(),
+        "secrets ({}) reached the output of image-syncer {args:?}:\n{out}",
+        found.join(", ")
+    );
+}
+
+/// The scan finds a private key printed in any of the forms
+/// [`key_material`] covers, and nothing in the output of another key.
+#[test]
+fn the_secret_scan_finds_a_private_key_in_every_printed_form() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = p256_keypair(dir.path(), "scanned");
+    let (other, _) = p256_keypair(dir.path(), "other");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let secrets = key_material(&key);
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let scalar = &der[36..68];
+    let sec1 = dir.path().join("scanned.sec1.pem");
+    openssl(&[
+        "ec",
+        "-in",
+        key.to_str().unwrap(),
+        "-out",
+        sec1.to_str().unwrap(),
+    ]);
+    let sec1 = std::fs::read_to_string(&sec1).unwrap();
+    assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+    let printed = [
+        ("verbatim", format!("loaded key:\n{pem}\n")),
+        ("debug", format!("key: {pem:?}")),
+        (
+            "one line",
+            format!(
+                "{{\"key\":\"{}\"}}",
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>()
+            ),
+        ),
+        ("SEC1 re-encoded", sec1),
+        (
+            "scalar base64",
+            base64::engine::general_purpose::STANDARD.encode(scalar),
+        ),
+        (
+            "JWK d",
+            format!(
+                "\"d\":\"{}\"",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(scalar)
+            ),
+        ),
+        ("hex", scalar.iter().map(|b| format!("{b:02x}")).collect()),
+        ("bytes debug", format!("{scalar:?}")),
+        ("DER debug", format!("{der:?}")),
+    ];
+    for (form, out) in &printed {
         assert!(
-            !out.contains(s.as_str()),
-            "a secret ({}…) reached the output of image-syncer {args:?}:\n{out}",
-            &s[..4]
+            !secrets_in(out, &secrets).is_empty(),
+            "a key printed as {form} is not found: {out}"
         );
     }
+    // Neither another key nor the public key is taken for this one.
+    let innocent = format!(
+        "{}{}",
+        std::fs::read_to_string(other).unwrap(),
+        std::fs::read_to_string(public).unwrap()
+    );
+    assert_eq!(secrets_in(&innocent, &secrets), Vec::<String>::new());
 }
 
 pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut c = command();
+    let (mut c, _home) = command();
     c.args(args);
     for (k, v) in env {
         c.env(k, v);
@@ -103,6 +314,90 @@ pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
 
 pub fn run(args: &[&str]) -> Run {
     run_with(args, &[])
+}
+
+/// A run of the binary in the background (for tests that signal or kill
+/// it, or act while it runs), its output captured. Its output is scanned
+/// for secrets when it is waited for ([`Background::wait`]), including the
+/// lines read while it ran ([`Background::stderr_lines`]).
+pub struct Background {
+    pub child: std::process::Child,
+    _home: Home,
+    args: Vec<String>,
+    /// The stderr lines handed out by [`Background::stderr_lines`], and the
+    /// thread that reads them.
+    read: Option<(
+        std::sync::Arc<std::sync::Mutex<String>>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+/// Starts the binary with `args` (clean environment, output piped).
+pub fn spawn(args: &[&str]) -> Background {
+    spawn_with(args, &[])
+}
+
+/// [`spawn`] with environment variables.
+pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Background {
+    let (mut c, home) = command();
+    c.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Background {
+        child: c.spawn().expect("start image-syncer"),
+        _home: home,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        read: None,
+    }
+}
+
+impl Background {
+    /// The lines of the run's stderr as they come (a thread reads them);
+    /// each is kept for the scan at [`Background::wait`].
+    pub fn stderr_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let err = self.child.stderr.take().expect("stderr not taken yet");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let keep = seen.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push_str(&format!("{line}\n"));
+                // The test may stop listening; the rest is still kept.
+                let _ = tx.send(line);
+            }
+        });
+        self.read = Some((seen, reader));
+        rx
+    }
+
+    /// Waits for the run to end and scans all its output; the exit status
+    /// (`code()` is `None` when a signal ended it) and the output. `stderr`
+    /// holds the lines [`Background::stderr_lines`] handed out, too.
+    pub fn wait(self) -> (std::process::ExitStatus, Run) {
+        let out = self
+            .child
+            .wait_with_output()
+            .expect("wait for image-syncer");
+        let mut stderr = String::new();
+        if let Some((seen, reader)) = self.read {
+            reader.join().expect("the stderr reader");
+            stderr.push_str(&seen.lock().unwrap());
+        }
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        };
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        scan_for_secrets(&args, &run.all());
+        (out.status, run)
+    }
 }
 
 /// Whether `line` is a log line: it starts with the RFC 3339 timestamp
@@ -228,7 +523,9 @@ pub fn p256_keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
         "-out",
         public.to_str().unwrap(),
     ]);
-    never_shown(&key_material(&key));
+    for secret in key_material(&key) {
+        never_shown(&secret);
+    }
     (key, public)
 }
 
@@ -245,6 +542,16 @@ impl Pair {
         Pair {
             source: Registry::start(),
             target: Registry::start(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Like [`Pair::new`], with both registries keeping their access log,
+    /// for tests that count requests ([`Registry::requests`]).
+    pub fn logged() -> Pair {
+        Pair {
+            source: Registry::start_logged(),
+            target: Registry::start_logged(),
             dir: tempfile::tempdir().unwrap(),
         }
     }

@@ -33,7 +33,8 @@ const TAGS: &[&str] = &[
 
 impl Repo {
     fn new() -> Repo {
-        let repo = Repo(Pair::new());
+        // Logged: a test counts the requests the source was asked.
+        let repo = Repo(Pair::logged());
         for tag in TAGS {
             repo.push(tag, tag);
         }

@@ -17,7 +17,8 @@ struct Vendor {
 }
 
 fn vendor() -> Vendor {
-    let pair = Pair::new();
+    // Logged: a test counts the requests the source was asked.
+    let pair = Pair::logged();
     let vendor = p256_keypair(pair.dir.path(), "vendor");
     let other = p256_keypair(pair.dir.path(), "other");
     let app = fixtures::image("vendor-app", 1, 500);

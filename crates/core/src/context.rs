@@ -76,7 +76,7 @@ impl RegistryAccess {
 pub struct Registries {
     /// Per registry, keyed by host as written in references.
     pub hosts: BTreeMap<String, RegistryAccess>,
-    /// Registries (host[:port]) reached over plain HTTP, given outside the
+    /// Registries (`host[:port]`) reached over plain HTTP, given outside the
     /// definition (the command line, the environment).
     pub insecure: Vec<String>,
     /// The target registry and the credentials given for it outside the

@@ -6,8 +6,8 @@
 //!   [`ADAPTIVE_START`] and grows by one per good answer (slow start, as
 //!   TCP's) up to [`ADAPTIVE_CAP`], until the first pushback; from then on
 //!   (AIMD) it grows by about one per round of good answers and halves when
-//!   the registry pushes back (429/503, or no answer in time), never below
-//!   1. With a fixed cap (`--jobs N`, [`Limits::fixed`]) it starts at N and
+//!   the registry pushes back (429/503, or no answer in time), never
+//!   below 1. With a fixed cap (`--jobs N`, [`Limits::fixed`]) it starts at N and
 //!   never goes above it.
 //! - A registry that answers "slow down" (429/503) pauses its gate: no
 //!   operation to it starts before its `Retry-After` has passed (or, without

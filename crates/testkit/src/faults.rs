@@ -587,8 +587,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             match frame {
                 Ok(f) => {
                     let data = f.into_data().ok()?;
-                    if rate > 0 {
-                        let micros = data.len() as u64 * 1_000_000 / rate;
+                    if let Some(micros) = (data.len() as u64 * 1_000_000).checked_div(rate) {
                         tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
                     }
                     Some(Ok::<Bytes, std::io::Error>(data))

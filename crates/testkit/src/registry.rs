@@ -149,6 +149,15 @@ impl Registry {
         Self::start_with(RegistryOptions::default())
     }
 
+    /// Starts an anonymous registry that keeps its access log, for
+    /// [`Registry::requests`].
+    pub fn start_logged() -> Registry {
+        Self::start_with(RegistryOptions {
+            access_log: true,
+            ..Default::default()
+        })
+    }
+
     pub fn start_with(options: RegistryOptions) -> Registry {
         // A port taken between probing and binding: try again, a bounded number of times.
         let mut last = String::new();
@@ -446,8 +455,26 @@ impl Registry {
         tags
     }
 
-    /// The requests served so far, as `METHOD /path` (needs `access_log`).
+    /// The requests served so far, as `METHOD /path`.
+    ///
+    /// Reads the registry's access log, so it panics on a registry started
+    /// without one (`access_log: false`, as [`Registry::start`] does): there
+    /// it would always answer "none", and a check that "nothing was asked"
+    /// would compare 0 with 0. On a plain-HTTP registry it first sends a
+    /// marker request (outside `/v2/`, so not counted) and waits until the
+    /// log shows it, so that every request answered before the call is in
+    /// the answer, however late the registry writes its log line.
     pub fn requests(&self) -> Vec<String> {
+        assert!(
+            self.options.access_log,
+            "Registry::requests() reads the access log, and the registry at {} was started \
+             without it: start it with RegistryOptions {{ access_log: true, .. }} \
+             (Registry::start_logged)",
+            self.host()
+        );
+        if !self.options.tls {
+            self.flush_log();
+        }
         self.log()
             .lines()
             .filter_map(|l| {
@@ -458,6 +485,35 @@ impl Registry {
             })
             .filter(|r| r.contains(" /v2/"))
             .collect()
+    }
+
+    /// Sends a marker request and waits until the access log shows it.
+    fn flush_log(&self) {
+        static MARKERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let marker = format!(
+            "/image-syncer-testkit-log-marker-{}",
+            MARKERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let line = format!("\"GET {marker} HTTP/");
+        // A bound only so that a broken registry fails the test instead of
+        // hanging it; the wait ends as soon as the line is written.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut asked = false;
+        loop {
+            if !asked {
+                asked = http_status(self.port, &marker).is_some();
+            }
+            if asked && self.log().contains(&line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the registry at {} did not log the request {marker} within 60 s:\n{}",
+                self.host(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The registry's own log (for diagnosing test failures).

@@ -174,8 +174,10 @@ fn registry_access_reads_credentials_and_names_the_entry_at_fault() {
         .unwrap()
     };
     let d = def("  docker.io:\n    endpoint: mirror.local:5000\n    insecure: true\n    username: bob\n    passwordFile: pass.txt\n");
-    let mut registries = Registries::default();
-    registries.hosts = d.registry_access().unwrap();
+    let registries = Registries {
+        hosts: d.registry_access().unwrap(),
+        ..Default::default()
+    };
     let bob = Credentials::Basic {
         username: "bob".into(),
         password: crate::context::Secret::new("s3cret"),

@@ -266,9 +266,14 @@ impl Run {
 /// result, so an index never goes out before its children are in.
 #[derive(Default)]
 pub(super) struct Ledger {
-    pub(super) blobs: Mutex<HashMap<(usize, Digest), Arc<OnceCell<ImageRef>>>>,
-    pub(super) manifests: Mutex<HashMap<(usize, String, Digest), Arc<OnceCell<()>>>>,
+    pub(super) blobs: Mutex<HashMap<BlobKey, Arc<OnceCell<ImageRef>>>>,
+    pub(super) manifests: Mutex<HashMap<ManifestKey, Arc<OnceCell<()>>>>,
 }
+
+/// A blob in the ledger: (sink, digest).
+pub(super) type BlobKey = (usize, Digest);
+/// A manifest in the ledger: (sink, repository, digest).
+pub(super) type ManifestKey = (usize, String, Digest);
 
 fn sink_id(sink: &Arc<dyn Sink>) -> usize {
     Arc::as_ptr(sink) as *const () as usize

@@ -112,12 +112,12 @@ impl Orchestrator {
             .collect::<Result<Vec<_>, _>>()?;
         let mut guards: HashMap<usize, Vec<Arc<dyn Guard>>> = HashMap::new();
         for spec in images(def) {
-            if !guards.contains_key(&spec.index) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = guards.entry(spec.index) {
                 let mut all = global.clone();
                 for g in &spec.guards {
                     all.push(guard(g)?);
                 }
-                guards.insert(spec.index, all);
+                slot.insert(all);
             }
         }
         let targets = self.targets(def, &transforms)?;

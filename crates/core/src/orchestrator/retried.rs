@@ -174,7 +174,7 @@ async fn read_small(
 
 fn replay(chunks: &[Bytes]) -> ByteStream {
     Box::pin(futures_util::stream::iter(
-        chunks.to_vec().into_iter().map(Ok),
+        chunks.iter().cloned().map(Ok).collect::<Vec<_>>(),
     ))
 }
 
