@@ -24,18 +24,16 @@ mod tests {
         config: &ConfigValue,
         cx: &RunContext,
     ) -> Result<(), BuildError> {
-        match kind {
-            StageKind::Source => registry.build_source(name, config, &cx.source()).map(drop),
-            StageKind::Selector => registry
-                .build_selector(name, config, &cx.selector())
-                .map(drop),
-            StageKind::Sink => registry.build_sink(name, config, &cx.sink()).map(drop),
-            StageKind::Transform => registry
-                .build_transform(name, config, &cx.transform())
-                .map(drop),
-            StageKind::Guard => registry.build_guard(name, config, &cx.guard()).map(drop),
-            _ => registry.build_signer(name, config, &cx.signer()).map(drop),
+        // One arm per kind of the core's `stage_kinds!`, each with its part of
+        // the run context (`cx.source()`, …): a new kind cannot go unbuilt.
+        macro_rules! by_kind {
+            ($($variant:ident { ctor: $ctor:ident, build: $build:ident, position: $pos:literal, context: $context:ident, factory: $factory:ident })*) => {
+                match kind {
+                    $(StageKind::$variant => registry.$build(name, config, &cx.$ctor()).map(drop),)*
+                }
+            };
         }
+        image_syncer_core::stage_kinds!(by_kind)
     }
 
     #[test]

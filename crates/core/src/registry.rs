@@ -19,20 +19,20 @@ use crate::stage::{Guard, Selector, Signer, Sink, Source, StageKind, Transform};
 pub type ConfigValue = serde_json::Value;
 
 macro_rules! factories {
-    ($($(#[$doc:meta])* $factory:ident, $context:ty, $stage:ident, $variant:ident, $ctor:ident, $build:ident;)*) => {
+    ($($variant:ident { ctor: $ctor:ident, build: $build:ident, position: $pos:literal, context: $context:ident, factory: $factory:ident })*) => {
         $(
-            $(#[$doc])*
+            #[doc = concat!("Builds a ", stringify!($ctor), " from its config.")]
             pub trait $factory: Send + Sync {
                 fn build(&self, config: &ConfigValue, cx: &$context)
-                    -> Result<Arc<dyn $stage>, BuildError>;
+                    -> Result<Arc<dyn $variant>, BuildError>;
             }
 
             impl<F> $factory for F
             where
-                F: Fn(&ConfigValue, &$context) -> Result<Arc<dyn $stage>, BuildError> + Send + Sync,
+                F: Fn(&ConfigValue, &$context) -> Result<Arc<dyn $variant>, BuildError> + Send + Sync,
             {
                 fn build(&self, config: &ConfigValue, cx: &$context)
-                    -> Result<Arc<dyn $stage>, BuildError> {
+                    -> Result<Arc<dyn $variant>, BuildError> {
                     self(config, cx)
                 }
             }
@@ -52,6 +52,7 @@ macro_rules! factories {
                 }
             }
             $(
+                #[doc = concat!("A ", stringify!($ctor), " factory.")]
                 pub fn $ctor(factory: impl $factory + 'static) -> Factory {
                     Factory::$variant(Arc::new(factory))
                 }
@@ -66,7 +67,7 @@ macro_rules! factories {
                     name: &str,
                     config: &ConfigValue,
                     cx: &$context,
-                ) -> Result<Arc<dyn $stage>, BuildError> {
+                ) -> Result<Arc<dyn $variant>, BuildError> {
                     match &self.get(StageKind::$variant, name)?.factory {
                         Factory::$variant(f) => f.build(config, cx),
                         // Entries are keyed by their factory's kind, so this
@@ -79,20 +80,7 @@ macro_rules! factories {
     };
 }
 
-factories! {
-    /// Builds a source from its config.
-    SourceFactory, SourceContext, Source, Source, source, build_source;
-    /// Builds a selector from its config (an entry's `tags:`).
-    SelectorFactory, SelectorContext, Selector, Selector, selector, build_selector;
-    /// Builds a sink from its config.
-    SinkFactory, SinkContext, Sink, Sink, sink, build_sink;
-    /// Builds a transform from its config.
-    TransformFactory, TransformContext, Transform, Transform, transform, build_transform;
-    /// Builds a guard from its config.
-    GuardFactory, GuardContext, Guard, Guard, guard, build_guard;
-    /// Builds a signer from its config.
-    SignerFactory, SignerContext, Signer, Signer, signer, build_signer;
-}
+crate::stage_kinds!(factories);
 
 /// An input of a stage's context that the run was not given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

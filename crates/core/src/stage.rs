@@ -514,27 +514,61 @@ pub trait Selector: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// The six kinds of stage, in pipeline order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageKind {
-    Source,
-    Selector,
-    Transform,
-    Guard,
-    Sink,
-    Signer,
+/// Every kind of stage, declared once. Calls the macro `$m` with one entry
+/// per kind: `Variant { ctor, build, position, context, factory }` — the
+/// variant of [`StageKind`] (and of the core's `Factory`, the plugin kit's
+/// `PluginFactory`), its lowercase name (the definition's key, the
+/// constructor `Factory::source`), the registry's builder, its place in the
+/// pipeline (what [`StageKind`] orders by), its context type and its factory
+/// trait. The core's factories, [`StageKind`] and its name, the kit's
+/// factories and panic fences, the host's adapters and the schema's stage
+/// entries are generated from it; a new kind added here fails to compile
+/// wherever something about it must still be written (docs/ARCHITECTURE.md,
+/// "Add a stage kind").
+///
+/// The entries' order is that of the plugin ABI's `PluginFactory` variants:
+/// append, never reorder (that is an ABI change).
+#[macro_export]
+macro_rules! stage_kinds {
+    ($m:ident) => {
+        $m! {
+            Source { ctor: source, build: build_source, position: 0, context: SourceContext, factory: SourceFactory }
+            Selector { ctor: selector, build: build_selector, position: 1, context: SelectorContext, factory: SelectorFactory }
+            Sink { ctor: sink, build: build_sink, position: 4, context: SinkContext, factory: SinkFactory }
+            Transform { ctor: transform, build: build_transform, position: 2, context: TransformContext, factory: TransformFactory }
+            Guard { ctor: guard, build: build_guard, position: 3, context: GuardContext, factory: GuardFactory }
+            Signer { ctor: signer, build: build_signer, position: 5, context: SignerContext, factory: SignerFactory }
+        }
+    };
 }
+
+macro_rules! stage_kind_enum {
+    ($($variant:ident { ctor: $ctor:ident, build: $build:ident, position: $pos:literal, context: $cx:ident, factory: $factory:ident })*) => {
+        /// The kinds of stage ([`stage_kinds!`]), ordered as in the pipeline.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum StageKind {
+            $($variant = $pos,)*
+        }
+
+        impl StageKind {
+            /// Every kind, in declaration order ([`stage_kinds!`]).
+            pub const ALL: &'static [StageKind] = &[$(StageKind::$variant,)*];
+
+            /// The kind's name, as the definition writes it (`source`, …).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(StageKind::$variant => stringify!($ctor),)*
+                }
+            }
+        }
+    };
+}
+
+stage_kinds!(stage_kind_enum);
 
 impl fmt::Display for StageKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StageKind::Source => "source",
-            StageKind::Selector => "selector",
-            StageKind::Transform => "transform",
-            StageKind::Guard => "guard",
-            StageKind::Sink => "sink",
-            StageKind::Signer => "signer",
-        })
+        f.write_str(self.name())
     }
 }

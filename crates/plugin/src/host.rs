@@ -252,71 +252,34 @@ pub fn load(path: &Path) -> Result<Vec<RegisteredStage>, LoadError> {
 }
 
 /// A plugin's factory as the core's: each stage it builds is adapted to the
-/// core's async traits and holds the library.
+/// core's async traits ([`Hosted`]) and holds the library. One arm per kind of
+/// the core's `stage_kinds!`.
 fn host_factory(factory: PluginFactory, library: Arc<Library>) -> Factory {
-    // Each closure owns a `Lib`: the factory drops before the library.
-    match factory {
-        PluginFactory::Source(f) => {
-            let held = Lib(f, library);
-            Factory::source(move |c: &ConfigValue, cx: &SourceContext| {
-                let s = held.0.build(c, cx)?;
-                Ok(Arc::new(HostSource {
-                    inner: Arc::from(s),
-                    _library: held.1.clone(),
-                }) as Arc<dyn Source>)
-            })
-        }
-        PluginFactory::Selector(f) => {
-            let held = Lib(f, library);
-            Factory::selector(move |c: &ConfigValue, cx: &SelectorContext| {
-                let s = held.0.build(c, cx)?;
-                Ok(Arc::new(HostSelector {
-                    inner: s,
-                    _library: held.1.clone(),
-                }) as Arc<dyn Selector>)
-            })
-        }
-        PluginFactory::Sink(f) => {
-            let held = Lib(f, library);
-            Factory::sink(move |c: &ConfigValue, cx: &SinkContext| {
-                let s = held.0.build(c, cx)?;
-                Ok(Arc::new(HostSink {
-                    inner: Arc::from(s),
-                    _library: held.1.clone(),
-                }) as Arc<dyn Sink>)
-            })
-        }
-        PluginFactory::Transform(f) => {
-            let held = Lib(f, library);
-            Factory::transform(move |c: &ConfigValue, cx: &TransformContext| {
-                let t = held.0.build(c, cx)?;
-                Ok(Arc::new(HostTransform {
-                    inner: t,
-                    _library: held.1.clone(),
-                }) as Arc<dyn Transform>)
-            })
-        }
-        PluginFactory::Guard(f) => {
-            let held = Lib(f, library);
-            Factory::guard(move |c: &ConfigValue, cx: &GuardContext| {
-                let g = held.0.build(c, cx)?;
-                Ok(Arc::new(HostGuard {
-                    inner: Arc::from(g),
-                    _library: held.1.clone(),
-                }) as Arc<dyn Guard>)
-            })
-        }
-        PluginFactory::Signer(f) => {
-            let held = Lib(f, library);
-            Factory::signer(move |c: &ConfigValue, cx: &SignerContext| {
-                let s = held.0.build(c, cx)?;
-                Ok(Arc::new(HostSigner {
-                    inner: Arc::from(s),
-                    _library: held.1.clone(),
-                }) as Arc<dyn Signer>)
-            })
-        }
+    macro_rules! adapt {
+        ($($variant:ident { ctor: $ctor:ident, build: $build:ident, position: $pos:literal, context: $context:ident, factory: $factory:ident })*) => {
+            // Each closure owns a `Lib`: the factory drops before the library.
+            match factory {
+                $(PluginFactory::$variant(f) => {
+                    let held = Lib(f, library);
+                    Factory::$ctor(move |c: &ConfigValue, cx: &$context| {
+                        let stage = held.0.build(c, cx)?;
+                        Ok(Arc::new(Hosted {
+                            inner: Arc::from(stage),
+                            _library: held.1.clone(),
+                        }) as Arc<dyn $variant>)
+                    })
+                })*
+            }
+        };
     }
+    image_syncer_core::stage_kinds!(adapt)
+}
+
+/// A stage from a plugin library as the core's stage of its kind (the kit's
+/// blocking traits run on the blocking pool), holding the library.
+struct Hosted<T: ?Sized> {
+    inner: Arc<T>,
+    _library: Arc<Library>,
 }
 
 /// Something from a library, and the library: a tuple struct's fields drop
@@ -409,13 +372,8 @@ impl<F: FnMut() -> Option<std::io::Result<Bytes>>> Read for ChunkReader<F> {
     }
 }
 
-struct HostSource {
-    inner: Arc<dyn BlockingSource>,
-    _library: Arc<Library>,
-}
-
 #[async_trait]
-impl Source for HostSource {
+impl Source for Hosted<dyn BlockingSource> {
     async fn resolve(&self, reference: &ImageRef) -> Result<RawManifest, StageError> {
         let (inner, r) = (self.inner.clone(), reference.clone());
         blocking("source", move || inner.resolve(&r).map(own)).await
@@ -452,13 +410,8 @@ impl Source for HostSource {
     }
 }
 
-struct HostSink {
-    inner: Arc<dyn BlockingSink>,
-    _library: Arc<Library>,
-}
-
 #[async_trait]
-impl Sink for HostSink {
+impl Sink for Hosted<dyn BlockingSink> {
     async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError> {
         let (inner, t) = (self.inner.clone(), target.clone());
         blocking("sink", move || inner.manifest_digest(&t)).await
@@ -540,12 +493,7 @@ impl Sink for HostSink {
     }
 }
 
-struct HostTransform {
-    inner: Box<dyn Transform>,
-    _library: Arc<Library>,
-}
-
-impl Transform for HostTransform {
+impl Transform for Hosted<dyn Transform> {
     fn apply(
         &self,
         input: image_syncer_core::stage::TransformInput<'_>,
@@ -554,12 +502,7 @@ impl Transform for HostTransform {
     }
 }
 
-struct HostSelector {
-    inner: Box<dyn Selector>,
-    _library: Arc<Library>,
-}
-
-impl Selector for HostSelector {
+impl Selector for Hosted<dyn Selector> {
     fn select(&self, tags: &[String]) -> Result<Vec<String>, StageError> {
         self.inner.select(tags)
     }
@@ -568,13 +511,8 @@ impl Selector for HostSelector {
     }
 }
 
-struct HostGuard {
-    inner: Arc<dyn BlockingGuard>,
-    _library: Arc<Library>,
-}
-
 #[async_trait]
-impl Guard for HostGuard {
+impl Guard for Hosted<dyn BlockingGuard> {
     async fn check(&self, input: GuardInput<'_>) -> Result<Verdict, StageError> {
         let inner = self.inner.clone();
         let image = input.image.clone();
@@ -595,13 +533,8 @@ impl Guard for HostGuard {
     }
 }
 
-struct HostSigner {
-    inner: Arc<dyn BlockingSigner>,
-    _library: Arc<Library>,
-}
-
 #[async_trait]
-impl Signer for HostSigner {
+impl Signer for Hosted<dyn BlockingSigner> {
     async fn sign(
         &self,
         request: &SignRequest,

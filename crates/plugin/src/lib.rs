@@ -202,21 +202,34 @@ pub trait BlockingSigner: Send + Sync {
     ) -> Result<SignOutcome, StageError>;
 }
 
+/// The kit's stage type of each kind: what a plugin implements (blocking
+/// traits for the kinds that do I/O, the core's synchronous ones otherwise).
+/// A new kind in the core's `stage_kinds!` fails to compile here until it is
+/// given one.
+macro_rules! kit_stage {
+    (Source) => { dyn $crate::BlockingSource };
+    (Selector) => { dyn $crate::Selector };
+    (Sink) => { dyn $crate::BlockingSink };
+    (Transform) => { dyn $crate::Transform };
+    (Guard) => { dyn $crate::BlockingGuard };
+    (Signer) => { dyn $crate::BlockingSigner };
+}
+
 macro_rules! plugin_factories {
-    ($($(#[$doc:meta])* $factory:ident, $context:ty, $stage:ty, $variant:ident, $ctor:ident;)*) => {
+    ($($variant:ident { ctor: $ctor:ident, build: $build:ident, position: $pos:literal, context: $context:ident, factory: $factory:ident })*) => {
         $(
-            $(#[$doc])*
+            #[doc = concat!("Builds a ", stringify!($ctor), " (", stringify!(kit_stage!($variant)), ").")]
             pub trait $factory: Send + Sync {
                 fn build(&self, config: &ConfigValue, cx: &$context)
-                    -> Result<Box<$stage>, BuildError>;
+                    -> Result<Box<kit_stage!($variant)>, BuildError>;
             }
 
             impl<F> $factory for F
             where
-                F: Fn(&ConfigValue, &$context) -> Result<Box<$stage>, BuildError> + Send + Sync,
+                F: Fn(&ConfigValue, &$context) -> Result<Box<kit_stage!($variant)>, BuildError> + Send + Sync,
             {
                 fn build(&self, config: &ConfigValue, cx: &$context)
-                    -> Result<Box<$stage>, BuildError> {
+                    -> Result<Box<kit_stage!($variant)>, BuildError> {
                     self(config, cx)
                 }
             }
@@ -236,6 +249,7 @@ macro_rules! plugin_factories {
                 }
             }
             $(
+                #[doc = concat!("A ", stringify!($ctor), " factory.")]
                 pub fn $ctor(factory: impl $factory + 'static) -> PluginFactory {
                     PluginFactory::$variant(Box::new(factory))
                 }
@@ -244,20 +258,7 @@ macro_rules! plugin_factories {
     };
 }
 
-plugin_factories! {
-    /// Builds a blocking source.
-    SourceFactory, SourceContext, dyn BlockingSource, Source, source;
-    /// Builds a selector (the core's synchronous trait).
-    SelectorFactory, SelectorContext, dyn Selector, Selector, selector;
-    /// Builds a blocking sink.
-    SinkFactory, SinkContext, dyn BlockingSink, Sink, sink;
-    /// Builds a transform (the core's synchronous trait).
-    TransformFactory, TransformContext, dyn Transform, Transform, transform;
-    /// Builds a blocking guard.
-    GuardFactory, GuardContext, dyn BlockingGuard, Guard, guard;
-    /// Builds a blocking signer.
-    SignerFactory, SignerContext, dyn BlockingSigner, Signer, signer;
-}
+image_syncer_core::stage_kinds!(plugin_factories);
 
 /// One stage a plugin offers; its kind is its factory's.
 pub struct StageDeclaration {
@@ -370,46 +371,22 @@ mod guard {
         }
     }
 
-    /// `factory`, and every stage it builds, behind panic fences.
+    /// `factory`, and every stage it builds, behind panic fences: each kind's
+    /// stage is wrapped in this module's type of the kind's name.
     pub(super) fn fence(name: String, factory: PluginFactory) -> PluginFactory {
-        match factory {
-            PluginFactory::Source(f) => {
-                PluginFactory::source(move |c: &ConfigValue, cx: &SourceContext| {
-                    let (s, named) = built(StageKind::Source, &name, || f.build(c, cx))?;
-                    Ok(Box::new(Source(named, s)) as Box<dyn BlockingSource>)
-                })
-            }
-            PluginFactory::Selector(f) => {
-                PluginFactory::selector(move |c: &ConfigValue, cx: &SelectorContext| {
-                    let (s, named) = built(StageKind::Selector, &name, || f.build(c, cx))?;
-                    Ok(Box::new(Selector(named, s)) as Box<dyn super::Selector>)
-                })
-            }
-            PluginFactory::Sink(f) => {
-                PluginFactory::sink(move |c: &ConfigValue, cx: &SinkContext| {
-                    let (s, named) = built(StageKind::Sink, &name, || f.build(c, cx))?;
-                    Ok(Box::new(Sink(named, s)) as Box<dyn BlockingSink>)
-                })
-            }
-            PluginFactory::Transform(f) => {
-                PluginFactory::transform(move |c: &ConfigValue, cx: &TransformContext| {
-                    let (t, named) = built(StageKind::Transform, &name, || f.build(c, cx))?;
-                    Ok(Box::new(Transform(named, t)) as Box<dyn super::Transform>)
-                })
-            }
-            PluginFactory::Guard(f) => {
-                PluginFactory::guard(move |c: &ConfigValue, cx: &GuardContext| {
-                    let (g, named) = built(StageKind::Guard, &name, || f.build(c, cx))?;
-                    Ok(Box::new(Guard(named, g)) as Box<dyn BlockingGuard>)
-                })
-            }
-            PluginFactory::Signer(f) => {
-                PluginFactory::signer(move |c: &ConfigValue, cx: &SignerContext| {
-                    let (s, named) = built(StageKind::Signer, &name, || f.build(c, cx))?;
-                    Ok(Box::new(Signer(named, s)) as Box<dyn BlockingSigner>)
-                })
-            }
+        macro_rules! fence {
+            ($($variant:ident { ctor: $ctor:ident, build: $build:ident, position: $pos:literal, context: $context:ident, factory: $factory:ident })*) => {
+                match factory {
+                    $(PluginFactory::$variant(f) => {
+                        PluginFactory::$ctor(move |c: &ConfigValue, cx: &$context| {
+                            let (s, named) = built(StageKind::$variant, &name, || f.build(c, cx))?;
+                            Ok(Box::new($variant(named, s)) as Box<kit_stage!($variant)>)
+                        })
+                    })*
+                }
+            };
         }
+        image_syncer_core::stage_kinds!(fence)
     }
 
     struct Source(Named, Box<dyn BlockingSource>);

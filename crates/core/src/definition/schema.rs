@@ -19,14 +19,10 @@ pub fn json_schema<'a>(
         .get_mut("$defs")
         .and_then(|d| d.as_object_mut())
         .expect("the definition schema has $defs");
-    for (kind, def) in [
-        (StageKind::Source, "SourceStage"),
-        (StageKind::Selector, "SelectorStage"),
-        (StageKind::Transform, "TransformStage"),
-        (StageKind::Guard, "GuardStage"),
-        (StageKind::Sink, "SinkStage"),
-        (StageKind::Signer, "SignerStage"),
-    ] {
+    for &kind in StageKind::ALL {
+        // `$defs/SourceStage`, … (the file model's stage entry of each kind).
+        let name = kind.name();
+        let def = &format!("{}{}Stage", name[..1].to_uppercase(), &name[1..]);
         let mut branches = Vec::new();
         let mut typed = Vec::new();
         for (_, name, config) in stages.iter().filter(|(k, ..)| *k == kind) {
