@@ -31,29 +31,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   install_debs "${missing[@]}"
 fi
 
+# A command from a PyPI package, installed with pip when it is missing.
+pip_tool() {
+  local cmd=$1 package=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    echo "missing: $cmd — install Python's pip, then: pip install '$package'" >&2
+    exit 1
+  fi
+  echo "installing $package (PyPI) ..." >&2
+  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check "$package" >&2
+  hash -r
+  command -v "$cmd" >/dev/null 2>&1 || { echo "$cmd is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
+}
 # moto's server: a real AWS KMS implementation for the awskms:// tests.
-if ! command -v moto_server >/dev/null 2>&1; then
-  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
-    echo "missing: moto_server — install Python's pip, then: pip install 'moto[server]'" >&2
-    exit 1
-  fi
-  echo "installing moto[server] (PyPI) ..." >&2
-  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check "moto[server]" >&2
-  hash -r
-  command -v moto_server >/dev/null 2>&1 || { echo "moto_server is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
-fi
-
+pip_tool moto_server "moto[server]"
 # sigstore-python: the independent checker of the testkit's stand-in Sigstore (offline).
-if ! command -v sigstore >/dev/null 2>&1; then
-  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
-    echo "missing: sigstore — install Python's pip, then: pip install 'sigstore~=4.5'" >&2
-    exit 1
-  fi
-  echo "installing sigstore (PyPI) ..." >&2
-  "$(command -v pip3 || command -v pip)" install --quiet --disable-pip-version-check "sigstore~=4.5" >&2
-  hash -r
-  command -v sigstore >/dev/null 2>&1 || { echo "sigstore is not on PATH after pip install; add pip's script directory to PATH" >&2; exit 1; }
-fi
+pip_tool sigstore "sigstore~=4.5"
+
 # Warnings are errors for all three; lints the workspace allows are listed,
 # each with its reason, in Cargo.toml's [workspace.lints].
 echo "checking formatting (cargo fmt --check) ..." >&2

@@ -15,6 +15,7 @@ use image_syncer_testkit::Sigstore;
 use crate::bundles::{push_bundle, push_tag_index};
 use crate::signing::push_signature_layer;
 use crate::support::*;
+use crate::upstream::assert_guard_input_error;
 
 const K8S: &str = "krel-trust@k8s-releng-prod.iam.gserviceaccount.com";
 const GOOGLE: &str = "https://accounts.google.com";
@@ -511,13 +512,7 @@ fn bad_keyless_settings_exit_2_before_any_registry_is_asked() {
             ),
             &[],
         );
-        assert_eq!(r.code, 2, "{config}: {}", r.all());
-        assert!(r.stderr.contains(says), "{config}: {}", r.stderr);
-        assert!(
-            r.stderr.contains("images.yaml:") && r.stderr.contains("pipeline.guards[0]"),
-            "{config}: {}",
-            r.stderr
-        );
+        assert_guard_input_error(&r, &config, says);
     }
     assert_eq!(
         w.pair.source.requests().len(),

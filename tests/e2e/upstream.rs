@@ -247,19 +247,24 @@ fn bad_keys_and_configs_exit_2_before_any_registry_is_asked() {
         ),
         ("{ key: \"awskms://\" }", "awskms"),
     ] {
-        let r = v.sync_app(config, &[]);
-        assert_eq!(r.code, 2, "{config}: {}", r.all());
-        assert!(r.stderr.contains(says), "{config}: {}", r.stderr);
-        assert!(
-            r.stderr.contains("images.yaml:") && r.stderr.contains("pipeline.guards[0]"),
-            "{config}: {}",
-            r.stderr
-        );
+        assert_guard_input_error(&v.sync_app(config, &[]), config, says);
     }
     assert_eq!(
         v.pair.source.requests().len(),
         asked,
         "the source was asked"
+    );
+}
+
+/// A run refused for the first guard's `config`: exit 2, the message says
+/// `says`, and names the definition's file, line and the guard.
+pub fn assert_guard_input_error(r: &Run, config: &str, says: &str) {
+    assert_eq!(r.code, 2, "{config}: {}", r.all());
+    assert!(r.stderr.contains(says), "{config}: {}", r.stderr);
+    assert!(
+        r.stderr.contains("images.yaml:") && r.stderr.contains("pipeline.guards[0]"),
+        "{config}: {}",
+        r.stderr
     );
 }
 
