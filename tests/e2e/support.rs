@@ -65,24 +65,154 @@ pub fn never_shown(secret: &str) {
         .push(secret.to_string());
 }
 
-/// The distinctive part of a PEM private key: base64 past the fixed
-/// algorithm header (the first 48 characters, 36 bytes, are the same for
-/// every P-256 PKCS#8 key), i.e. the private scalar.
-pub fn key_material(pem_file: &Path) -> String {
-    let pem = std::fs::read_to_string(pem_file).unwrap();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    body[48..body.len().min(92)].to_string()
+/// What of a PEM EC private key (PKCS#8 or SEC1) no output may show: its
+/// private scalar in every form a program could print it in.
+///
+/// - Base64, as in the PEM itself or re-encoded (another container puts the
+///   scalar at another offset, so each of the three alignments is taken):
+///   the characters that encode scalar bytes only, in pieces of 16. A run
+///   broken once (a PEM line break, `\n` in `{:?}`) still holds a whole
+///   piece, so the key is found printed verbatim, with `{:?}` or as one
+///   unbroken line; each piece also in URL-safe base64 (a JWK's `d`).
+/// - Hex (lower and upper case), and the bytes as `{:?}` prints a byte
+///   slice (`12, 200, 3, …`, the first 12 bytes).
+///
+/// The DER bytes themselves are not text: a program writing them raw to
+/// its output is caught only by those forms.
+pub fn key_material(pem_file: &Path) -> Vec<String> {
+    key_secrets(&std::fs::read_to_string(pem_file).unwrap())
+}
+
+/// [`key_material`] of PEM text.
+pub fn key_secrets(pem: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = b64.decode(&body).expect("a PEM key's body is base64");
+    // ECPrivateKey: version 1, then the scalar as an OCTET STRING of 32 bytes.
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("an EC P-256 private key (PKCS#8 or SEC1)")
+        + 5;
+    let scalar = &der[at..at + 32];
+    let mut out = Vec::new();
+    for shift in 0..3 {
+        let mut shifted = vec![0u8; shift];
+        shifted.extend_from_slice(scalar);
+        let encoded = b64.encode(&shifted);
+        // Characters [first, last) encode scalar bytes only.
+        let (first, last) = (shift.div_ceil(3) * 4, (shift + 32) / 3 * 4);
+        let run = &encoded.as_bytes()[first..last];
+        for piece in run.chunks(16).filter(|p| p.len() >= 8) {
+            let piece = String::from_utf8(piece.to_vec()).unwrap();
+            let url_safe = piece.replace('+', "-").replace('/', "_");
+            if url_safe != piece {
+                out.push(url_safe);
+            }
+            out.push(piece);
+        }
+    }
+    let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+    out.push(hex.to_uppercase());
+    out.push(hex);
+    let debug = format!("{:?}", &scalar[..12]);
+    out.push(debug[1..debug.len() - 1].to_string());
+    out
+}
+
+/// The secrets registered so far that `out` shows (their first characters).
+fn secrets_in(out: &str, secrets: &[String]) -> Vec<String> {
+    secrets
+        .iter()
+        .filter(|s| out.contains(s.as_str()))
+        .map(|s| format!("{}…", &s[..4]))
+        .collect()
 }
 
 /// Checks a run's whole output against every secret marked so far.
 fn scan_for_secrets(args: &[&str], out: &str) {
-    for s in SECRETS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    let found = secrets_in(out, &SECRETS.lock().unwrap_or_else(|e| e.into_inner()));
+    assert!(
+        found.is_empty(),
+        "secrets ({}) reached the output of image-syncer {args:?}:\n{out}",
+        found.join(", ")
+    );
+}
+
+/// The scan finds a private key printed in any of the forms
+/// [`key_material`] covers, and nothing in the output of another key.
+#[test]
+fn the_secret_scan_finds_a_private_key_in_every_printed_form() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = p256_keypair(dir.path(), "scanned");
+    let (other, _) = p256_keypair(dir.path(), "other");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let secrets = key_material(&key);
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .unwrap();
+    let scalar = &der[36..68];
+    let sec1 = dir.path().join("scanned.sec1.pem");
+    openssl(&[
+        "ec",
+        "-in",
+        key.to_str().unwrap(),
+        "-out",
+        sec1.to_str().unwrap(),
+    ]);
+    let sec1 = std::fs::read_to_string(&sec1).unwrap();
+    assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+    let printed = [
+        ("verbatim", format!("loaded key:\n{pem}\n")),
+        ("debug", format!("key: {pem:?}")),
+        (
+            "one line",
+            format!(
+                "{{\"key\":\"{}\"}}",
+                pem.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .collect::<String>()
+            ),
+        ),
+        ("SEC1 re-encoded", sec1),
+        (
+            "scalar base64",
+            base64::engine::general_purpose::STANDARD.encode(scalar),
+        ),
+        (
+            "JWK d",
+            format!(
+                "\"d\":\"{}\"",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(scalar)
+            ),
+        ),
+        ("hex", scalar.iter().map(|b| format!("{b:02x}")).collect()),
+        ("bytes debug", format!("{scalar:?}")),
+        ("DER debug", format!("{der:?}")),
+    ];
+    for (form, out) in &printed {
         assert!(
-            !out.contains(s.as_str()),
-            "a secret ({}…) reached the output of image-syncer {args:?}:\n{out}",
-            &s[..4]
+            !secrets_in(out, &secrets).is_empty(),
+            "a key printed as {form} is not found: {out}"
         );
     }
+    // Neither another key nor the public key is taken for this one.
+    let innocent = format!(
+        "{}{}",
+        std::fs::read_to_string(other).unwrap(),
+        std::fs::read_to_string(public).unwrap()
+    );
+    assert_eq!(secrets_in(&innocent, &secrets), Vec::<String>::new());
 }
 
 pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -228,7 +358,9 @@ pub fn p256_keypair(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
         "-out",
         public.to_str().unwrap(),
     ]);
-    never_shown(&key_material(&key));
+    for secret in key_material(&key) {
+        never_shown(&secret);
+    }
     (key, public)
 }
 
