@@ -108,35 +108,16 @@ fn rate_limited(
     }
 }
 
-/// Starts a sync of `def` in the background, its output captured.
-fn spawn_sync(def: &str) -> std::process::Child {
-    command()
-        .args(["-i", def, "--jobs", "1"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// The lines of a child's output as they come (a thread reads them).
-fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// Starts a sync of `def` in the background, its output captured (and
+/// scanned for secrets when it is waited for).
+fn spawn_sync(def: &str) -> Background {
+    spawn(&["-i", def, "--jobs", "1"])
 }
 
 /// Sends `signal` (`-INT`, `-TERM`, `-9`) to `child`.
-fn send(child: &std::process::Child, signal: &str) {
+fn send(child: &Background, signal: &str) {
     let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
+        .args([signal, &child.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -491,11 +472,11 @@ fn sigint_during_a_retry_after_wait_ends_the_wait() {
     assert_eq!(p.sp.injected.rate_limited().len(), 1);
     let signalled = std::time::Instant::now();
     send(&child, "-INT");
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (status, out) = child.wait();
+    let stdout = out.stdout;
     // Ended by the signal, not by the 60 s the registry asked for.
     assert!(signalled.elapsed() < Duration::from_secs(30));
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("Interrupted"), "{stdout}");
     assert!(
         stdout.contains("(not retried: the run was interrupted)"),
@@ -550,11 +531,11 @@ fn uploads(p: &Proxied) -> usize {
 /// Runs the slow sync and sends `signal` once the first blob upload has
 /// reached the target: mid-copy, whatever the machine's load (nine more
 /// layers, each behind 150 ms of latency, are still to come).
-fn interrupted(s: &Slow, signal: &str) -> std::process::Output {
+fn interrupted(s: &Slow, signal: &str) -> (std::process::ExitStatus, Run) {
     let child = spawn_sync(&s.p.def);
     wait_until("the first blob upload", || uploads(&s.p) >= 1);
     send(&child, signal);
-    child.wait_with_output().unwrap()
+    child.wait()
 }
 
 /// Whether the tag, if present, points at complete content.
@@ -591,14 +572,9 @@ fn rerun_completes(s: &Slow) {
 /// written), and a re-run completes the image exactly.
 fn a_signal_mid_copy_stops_cleanly_and_a_rerun_completes(signal: &str) {
     let s = slow();
-    let out = interrupted(&s, signal);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (status, out) = interrupted(&s, signal);
+    let stdout = &out.stdout;
+    assert_eq!(status.code(), Some(1), "{stdout}{}", out.stderr);
     assert!(stdout.contains("Interrupted"), "{stdout}");
     assert!(tag_is_sound(&s));
     assert_eq!(
@@ -645,7 +621,7 @@ fn a_second_signal_exits_at_once() {
             >= 1
     });
     send(&child, "-INT");
-    let stderr_lines = lines_of(child.stderr.take().unwrap());
+    let stderr_lines = child.stderr_lines();
     let mut stderr = String::new();
     for line in stderr_lines.iter() {
         stderr.push_str(&line);
@@ -656,9 +632,9 @@ fn a_second_signal_exits_at_once() {
     }
     send(&child, "-TERM");
     stderr.extend(stderr_lines.iter().map(|l| l + "\n"));
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let (status, out) = child.wait();
+    let stdout = out.stdout;
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
     assert!(
         stderr.contains("error: interrupted twice; exiting at once"),
         "{stderr}"
@@ -717,8 +693,8 @@ fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
         "{present} blobs present when killed"
     );
     send(&child, "-KILL");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), None, "killed by a signal");
+    let (status, _) = child.wait();
+    assert_eq!(status.code(), None, "killed by a signal");
     assert_eq!(
         block_on(s.p.target.digest("mirror/library/busybox:1.36")),
         None,

@@ -25,11 +25,14 @@ fn image_sh(args: &[&str]) -> Run {
     clean_env(&mut c);
     c.env_remove("SOURCE_DATE_EPOCH");
     let out = c.args(args).output().expect("run scripts/image.sh");
-    Run {
+    let run = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    };
+    // The script runs the binary (`--push`): its output is scanned too.
+    scan_for_secrets(args, &run.all());
+    run
 }
 
 /// Builds the layout at `out` from the test binary; returns the manifest digest.
@@ -293,11 +296,13 @@ fn image_runs_in_a_chroot_of_its_layers() {
         }
         c.env("NO_COLOR", "1");
         let out = c.output().expect("run the entrypoint in the chroot");
-        Run {
+        let run = Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        };
+        scan_for_secrets(args, &run.all());
+        run
     };
 
     let r = in_image(&["-V"]);

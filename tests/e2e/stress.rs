@@ -564,12 +564,7 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
     };
     let b = behind(&images, Faults::default(), holds, "");
     let squatter = fixtures::image("midwrite-squatter", 1, 100);
-    let mut child = command()
-        .args(["-i", &b.def, "--jobs", "2"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&["-i", &b.def, "--jobs", "2"]);
     // Bounded: 60 s.
     let mut arrived = false;
     for _ in 0..3000 {
@@ -580,15 +575,14 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     if !arrived {
-        let _ = child.kill();
+        let _ = child.child.kill();
         panic!("A's first blob check never reached the target");
     }
     // Someone else writes A's target tag, straight to the registry.
     block_on(b.target.push("mirror/team/a:1", &squatter));
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    let (_, out) = child.wait();
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert_eq!(out.code, 3, "{stdout}{stderr}");
     assert!(
         stdout.contains("STOPPED") && stdout.contains("changed during the run"),
         "{stdout}"

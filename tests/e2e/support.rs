@@ -134,8 +134,11 @@ fn secrets_in(out: &str, secrets: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Checks a run's whole output against every secret marked so far.
-fn scan_for_secrets(args: &[&str], out: &str) {
+/// Checks a run's whole output against every secret marked so far. Every
+/// run of the binary goes through it: [`run_with`], [`spawn`] (when the run
+/// is waited for), and the runs made another way (through
+/// `scripts/image.sh`, in a chroot, under `script`) call it themselves.
+pub fn scan_for_secrets(args: &[&str], out: &str) {
     let found = secrets_in(out, &SECRETS.lock().unwrap_or_else(|e| e.into_inner()));
     assert!(
         found.is_empty(),
@@ -233,6 +236,88 @@ pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
 
 pub fn run(args: &[&str]) -> Run {
     run_with(args, &[])
+}
+
+/// A run of the binary in the background (for tests that signal or kill
+/// it, or act while it runs), its output captured. Its output is scanned
+/// for secrets when it is waited for ([`Background::wait`]), including the
+/// lines read while it ran ([`Background::stderr_lines`]).
+pub struct Background {
+    pub child: std::process::Child,
+    args: Vec<String>,
+    /// The stderr lines handed out by [`Background::stderr_lines`], and the
+    /// thread that reads them.
+    read: Option<(
+        std::sync::Arc<std::sync::Mutex<String>>,
+        std::thread::JoinHandle<()>,
+    )>,
+}
+
+/// Starts the binary with `args` (clean environment, output piped).
+pub fn spawn(args: &[&str]) -> Background {
+    spawn_with(args, &[])
+}
+
+/// [`spawn`] with environment variables.
+pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Background {
+    let mut c = command();
+    c.args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Background {
+        child: c.spawn().expect("start image-syncer"),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        read: None,
+    }
+}
+
+impl Background {
+    /// The lines of the run's stderr as they come (a thread reads them);
+    /// each is kept for the scan at [`Background::wait`].
+    pub fn stderr_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let err = self.child.stderr.take().expect("stderr not taken yet");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let keep = seen.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push_str(&format!("{line}\n"));
+                // The test may stop listening; the rest is still kept.
+                let _ = tx.send(line);
+            }
+        });
+        self.read = Some((seen, reader));
+        rx
+    }
+
+    /// Waits for the run to end and scans all its output; the exit status
+    /// (`code()` is `None` when a signal ended it) and the output. `stderr`
+    /// holds the lines [`Background::stderr_lines`] handed out, too.
+    pub fn wait(self) -> (std::process::ExitStatus, Run) {
+        let out = self
+            .child
+            .wait_with_output()
+            .expect("wait for image-syncer");
+        let mut stderr = String::new();
+        if let Some((seen, reader)) = self.read {
+            reader.join().expect("the stderr reader");
+            stderr.push_str(&seen.lock().unwrap());
+        }
+        stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+        };
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        scan_for_secrets(&args, &run.all());
+        (out.status, run)
+    }
 }
 
 /// Whether `line` is a log line: it starts with the RFC 3339 timestamp

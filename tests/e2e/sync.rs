@@ -718,16 +718,18 @@ fn progress_shows_on_a_terminal_only() {
     let host = p.target.host();
     let bin = env!("CARGO_BIN_EXE_image-syncer");
     // `script` gives the command a terminal.
-    let out = std::process::Command::new("script")
+    let mut script = std::process::Command::new("script");
+    clean_env(&mut script);
+    let out = script
         .args([
             "-qec",
             &format!("{bin} -i {def} --insecure-registry {host}"),
             "/dev/null",
         ])
-        .env("NO_COLOR", "1")
         .output()
         .expect("script (util-linux) runs");
     let tty = String::from_utf8_lossy(&out.stdout);
+    scan_for_secrets(&["-i", &def, "--insecure-registry", &host], &tty);
     assert!(tty.contains("[3/3 images] 3 to copy"), "{tty}");
     assert!(tty.contains("MiB copied"), "{tty}");
     // Not a terminal: no progress line, only the summary.
