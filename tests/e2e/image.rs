@@ -22,8 +22,7 @@ fn repo_root() -> PathBuf {
 /// `scripts/image.sh` with `args`, with the same clean environment as the binary.
 fn image_sh(args: &[&str]) -> Run {
     let mut c = Command::new(repo_root().join("scripts/image.sh"));
-    clean_env(&mut c);
-    c.env_remove("SOURCE_DATE_EPOCH");
+    let _home = clean_env(&mut c);
     let out = c.args(args).output().expect("run scripts/image.sh");
     let run = Run {
         code: out.status.code().unwrap_or(-1),

@@ -17,35 +17,113 @@ impl Run {
     }
 }
 
-/// The binary with a clean environment (no SYNCER_* from the caller).
-pub fn command() -> Command {
+/// The binary with a clean environment ([`clean_env`]); hold the [`Home`]
+/// until the run has ended.
+pub fn command() -> (Command, Home) {
     let mut c = Command::new(env!("CARGO_BIN_EXE_image-syncer"));
-    clean_env(&mut c);
-    c
+    let home = clean_env(&mut c);
+    (c, home)
 }
 
-/// Removes the caller's provider and registry configuration from `c`'s
-/// environment and sets `NO_COLOR=1`.
-pub fn clean_env(c: &mut Command) {
-    for (k, _) in std::env::vars() {
-        // Nothing of the caller's provider or registry configuration leaks in.
-        if k.starts_with("SYNCER_")
-            || k.starts_with("AWS_")
-            || k.starts_with("VAULT_")
-            || k.starts_with("GOOGLE_")
-            || k.starts_with("GCE_")
-            || k.starts_with("COSIGN_")
-            || k == "RUST_LOG"
-            || k == "JOB_COMPLETION_INDEX"
-            || k == "SSL_CERT_FILE"
-            || k == "DOCKER_CONFIG"
-            || k == "REGISTRY_AUTH_FILE"
-            || k == "SSL_CERT_DIR"
-        {
-            c.env_remove(k);
+/// The one HOME a run sees: a fresh, empty directory, removed when this is
+/// dropped (so held until the run has ended).
+#[must_use = "the run's HOME is removed when this is dropped"]
+pub struct Home(pub tempfile::TempDir);
+
+/// What a run keeps of the caller's environment: the search path, the
+/// temporary directory, the locale and time zone, and what Rust's
+/// backtraces and coverage runs read. Nothing else: no `HOME` (a
+/// developer's `~/.docker/config.json`, gcloud or Azure CLI login), no
+/// `XDG_*` (podman's `auth.json` under `XDG_RUNTIME_DIR`), no proxy
+/// (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`, in either case), no
+/// provider or registry configuration (`SYNCER_*`, `AWS_*`, `AZURE_*`,
+/// `GOOGLE_*`, `VAULT_*`, `COSIGN_*`, `DOCKER_CONFIG`, `SSL_CERT_FILE`, …).
+/// A test that wants one of those sets it on the run.
+const KEPT: &[&str] = &[
+    "PATH",
+    "TMPDIR",
+    "LANG",
+    "TZ",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    "LLVM_PROFILE_FILE",
+];
+
+/// Gives `c` a clean environment: only [`KEPT`] (and `LC_*`) of the
+/// caller's, a fresh empty `HOME` (the returned [`Home`]: hold it until the
+/// run has ended) and `NO_COLOR=1`.
+pub fn clean_env(c: &mut Command) -> Home {
+    clean_env_from(c, std::env::vars_os())
+}
+
+/// [`clean_env`] with `caller` as the caller's environment.
+fn clean_env_from(
+    c: &mut Command,
+    caller: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Home {
+    c.env_clear();
+    for (k, v) in caller {
+        let name = k.to_string_lossy();
+        if KEPT.contains(&name.as_ref()) || name.starts_with("LC_") {
+            c.env(&k, v);
         }
     }
+    let home = tempfile::Builder::new()
+        .prefix("e2e-home-")
+        .tempdir()
+        .expect("a fresh HOME");
+    c.env("HOME", home.path());
     c.env("NO_COLOR", "1");
+    Home(home)
+}
+
+/// A run sees a fresh, empty HOME and none of the caller's proxies,
+/// provider credentials or XDG directories, whatever the caller has set.
+#[test]
+fn a_run_sees_a_fresh_home_and_none_of_the_callers_environment() {
+    let caller = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LC_ALL", "C.UTF-8"),
+        ("HOME", "/home/developer"),
+        ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ("XDG_CONFIG_HOME", "/home/developer/.config"),
+        ("HTTP_PROXY", "http://proxy.corp:3128"),
+        ("https_proxy", "http://proxy.corp:3128"),
+        ("ALL_PROXY", "socks5://proxy.corp:1080"),
+        ("NO_PROXY", "corp"),
+        ("AZURE_CLIENT_SECRET", "developer-secret"),
+        ("AWS_SECRET_ACCESS_KEY", "developer-secret"),
+        ("SYNCER_KMS_KEY", "awskms:///alias/prod"),
+        ("DOCKER_CONFIG", "/home/developer/.docker"),
+        ("REGISTRY_AUTH_FILE", "/home/developer/auth.json"),
+        ("SSL_CERT_FILE", "/home/developer/ca.pem"),
+    ];
+    let mut c = Command::new("sh");
+    c.args(["-c", "env; echo ---; ls -A \"$HOME\" 2>&1"]);
+    let home = clean_env_from(&mut c, caller.iter().map(|(k, v)| (k.into(), v.into())));
+    let out = c.output().expect("sh runs");
+    let out = String::from_utf8(out.stdout).unwrap();
+    let (vars, listing) = out.split_once("---\n").expect("both parts");
+    let mut seen: Vec<&str> = vars
+        .lines()
+        .filter(|l| !l.starts_with("PWD=") && !l.starts_with("SHLVL=") && !l.starts_with("_="))
+        .collect();
+    seen.sort();
+    let home_line = format!("HOME={}", home.0.path().display());
+    assert_eq!(
+        seen,
+        [
+            home_line.as_str(),
+            "LC_ALL=C.UTF-8",
+            "NO_COLOR=1",
+            "PATH=/usr/local/bin:/usr/bin:/bin"
+        ],
+        "{out}"
+    );
+    assert_eq!(listing, "", "the HOME is not empty");
+    let path = home.0.path().to_path_buf();
+    drop(home);
+    assert!(!path.exists(), "the HOME outlives the run");
 }
 
 /// Secrets no run may show: every run of the binary in this test process,
@@ -219,7 +297,7 @@ fn the_secret_scan_finds_a_private_key_in_every_printed_form() {
 }
 
 pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut c = command();
+    let (mut c, _home) = command();
     c.args(args);
     for (k, v) in env {
         c.env(k, v);
@@ -244,6 +322,7 @@ pub fn run(args: &[&str]) -> Run {
 /// lines read while it ran ([`Background::stderr_lines`]).
 pub struct Background {
     pub child: std::process::Child,
+    _home: Home,
     args: Vec<String>,
     /// The stderr lines handed out by [`Background::stderr_lines`], and the
     /// thread that reads them.
@@ -260,7 +339,7 @@ pub fn spawn(args: &[&str]) -> Background {
 
 /// [`spawn`] with environment variables.
 pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Background {
-    let mut c = command();
+    let (mut c, home) = command();
     c.args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -269,6 +348,7 @@ pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Background {
     }
     Background {
         child: c.spawn().expect("start image-syncer"),
+        _home: home,
         args: args.iter().map(|a| a.to_string()).collect(),
         read: None,
     }

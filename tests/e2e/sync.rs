@@ -719,7 +719,7 @@ fn progress_shows_on_a_terminal_only() {
     let bin = env!("CARGO_BIN_EXE_image-syncer");
     // `script` gives the command a terminal.
     let mut script = std::process::Command::new("script");
-    clean_env(&mut script);
+    let _home = clean_env(&mut script);
     let out = script
         .args([
             "-qec",
