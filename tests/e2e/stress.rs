@@ -229,6 +229,12 @@ fn shared_children_pushed_by_several_tasks_never_cause_a_false_stop() {
         let r = run(&["-i", def.to_str().unwrap(), "--jobs", "8"]);
         assert_ne!(r.code, 3, "round {round}: a false safety stop: {}", r.all());
         assert_eq!(r.code, 0, "round {round}: {}", r.all());
+        // A healthy registry never refuses our writes: no re-check hid a race.
+        assert!(
+            !r.stderr.contains("refused a manifest as inconsistent"),
+            "round {round}: {}",
+            r.stderr
+        );
         block_on(async {
             for tag in ["1.0", "2.0", "3.0"] {
                 assert_eq!(
@@ -249,6 +255,68 @@ fn shared_children_pushed_by_several_tasks_never_cause_a_false_stop() {
                 );
             }
         });
+    }
+}
+
+/// A child manifest several tasks need is pushed once per repository in a
+/// run: the ledger makes the other tasks wait for that push, rather than
+/// each pushing its own (which the registry accepts, and a "refused as
+/// inconsistent" re-check would hide). One multi-arch index under four
+/// tags, in two repositories, `--jobs 8`; the target holds the first child
+/// pushes for a moment, so that every task needs the children while the
+/// first push of each is still in flight.
+#[test]
+fn a_shared_child_manifest_is_pushed_once_per_repository() {
+    let index = fixtures::index("ledger-once", &["linux/amd64", "linux/arm64"]);
+    let repos = ["team/multi", "team/other"];
+    let pushed: Vec<(String, fixtures::TestImage)> = repos
+        .iter()
+        .map(|r| (format!("{r}:1.0"), index.clone()))
+        .collect();
+    let pushed: Vec<(&str, &fixtures::TestImage)> =
+        pushed.iter().map(|(r, i)| (r.as_str(), i)).collect();
+    let tags = ["a", "b", "c", "d"];
+    let entries: String = repos
+        .iter()
+        .flat_map(|r| {
+            tags.iter()
+                .map(move |t| format!("- source: \"{r}:1.0\"\n  tag: \"{t}\"\n"))
+        })
+        .collect();
+    let hold = Faults {
+        hold: Some(Hold {
+            method: Some("PUT"),
+            path: "/manifests/sha256:".into(),
+            after: 0,
+            times: 2,
+            ms: 1_000,
+        }),
+        ..Default::default()
+    };
+    let p = proxied(&pushed, Faults::default(), hold, &entries, "");
+    let r = run(&["-i", &p.def, "--jobs", "8"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stderr.contains("refused a manifest as inconsistent"),
+        "{}",
+        r.stderr
+    );
+    let log = p.tp.injected.log();
+    let puts = |path: &str| log.iter().filter(|(m, p)| m == "PUT" && p == path).count();
+    assert_eq!(index.children.len(), 2);
+    for repo in repos {
+        for child in &index.children {
+            let path = format!("/v2/mirror/{repo}/manifests/{}", child.digest);
+            assert_eq!(puts(&path), 1, "{path} in {log:?}");
+        }
+        for tag in tags {
+            let path = format!("/v2/mirror/{repo}/manifests/{tag}");
+            assert_eq!(puts(&path), 1, "{path} in {log:?}");
+            assert_eq!(
+                block_on(p.target.digest(&format!("mirror/{repo}:{tag}"))),
+                Some(index.digest.to_string())
+            );
+        }
     }
 }
 
