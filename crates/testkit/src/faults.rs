@@ -123,12 +123,13 @@ pub enum TagPages {
     Loop,
 }
 
-/// Answers every request that comes within `ms` of the first one with 429
-/// and `Retry-After: retry_after` (empty: no header), recording when each
-/// came ([`Injected::throttled`]).
+/// Answers every request with 429 and `Retry-After: retry_after` (empty: no
+/// header) until it has refused `refusals` of them, recording when each
+/// came ([`Injected::throttled`]). It ends on a count, not a time, so that
+/// a machine too busy to send anything for a while does not end it unseen.
 #[derive(Clone, Debug)]
 pub struct Throttle {
-    pub ms: u64,
+    pub refusals: usize,
     pub retry_after: String,
 }
 
@@ -171,7 +172,9 @@ pub struct RateLimit {
 /// Holds `times` requests whose path contains `path` (and whose method is
 /// `method`), after letting the first `after` of them through, for `ms`
 /// before forwarding them: a registry that has the whole request and does
-/// not answer.
+/// not answer. A test that waits for an event rather than a time releases
+/// the hold itself ([`Injected::release`], [`Injected::release_hold`]): `ms`
+/// is then only a bound, so that a broken run cannot hang the test.
 #[derive(Clone, Debug)]
 pub struct Hold {
     pub method: Option<&'static str>,
@@ -214,7 +217,15 @@ pub struct Injected {
     pub refused: AtomicU64,
     /// Every request as it came: method and path.
     pub log: std::sync::Mutex<Vec<(String, String)>>,
+    /// The holds released by the test: [`Faults::holds`] indexes, and
+    /// [`HOLD`] for [`Faults::hold`].
+    released: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    /// Wakes the held requests when a hold is released.
+    release_notify: tokio::sync::Notify,
 }
+
+/// [`Injected::release`]'s name for [`Faults::hold`].
+const HOLD: usize = usize::MAX;
 
 impl Injected {
     /// The requests the [`Throttle`] saw so far, from its first one on.
@@ -233,6 +244,46 @@ impl Injected {
             .get(i)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Ends hold `i` of [`Faults::holds`]: the requests it holds now are
+    /// forwarded, and later ones are not held.
+    pub fn release(&self, i: usize) {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(i);
+        self.release_notify.notify_waiters();
+    }
+
+    /// Ends [`Faults::hold`], as [`Injected::release`] does a hold of
+    /// [`Faults::holds`].
+    pub fn release_hold(&self) {
+        self.release(HOLD);
+    }
+
+    fn is_released(&self, i: usize) -> bool {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&i)
+    }
+
+    /// Holds a request for `ms`, or until hold `i` is released.
+    async fn hold(&self, i: usize, ms: u64) {
+        let released = async {
+            loop {
+                let woken = self.release_notify.notified();
+                if self.is_released(i) {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
+            _ = released => {}
+        }
     }
 
     /// Every request so far: method and path.
@@ -355,10 +406,11 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             .throttled
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let first = seen.first().map_or(now, |r| r.at);
-        let refused = now.duration_since(first) < std::time::Duration::from_millis(t.ms);
-        seen.push(LimitedRequest { at: now, refused });
+        let refused = seen.iter().filter(|r| r.refused).count() < t.refusals;
+        seen.push(LimitedRequest {
+            at: std::time::Instant::now(),
+            refused,
+        });
         if refused {
             let mut headers = vec![("content-type", "application/json")];
             if !t.retry_after.is_empty() {
@@ -426,7 +478,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     if let Some(h) = hold {
         let n = st.injected.held.fetch_add(1, Ordering::SeqCst);
         if n >= h.after as u64 && n < (h.after + h.times) as u64 {
-            tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+            st.injected.hold(HOLD, h.ms).await;
         }
     }
     for (i, h) in f.holds.iter().enumerate() {
@@ -444,7 +496,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             seen[i] - 1
         };
         if n >= h.after as u64 && n < (h.after + h.times) as u64 {
-            tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+            st.injected.hold(i, h.ms).await;
         }
     }
     if let Some(ts) = &f.token_server {
