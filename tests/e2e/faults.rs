@@ -190,7 +190,9 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
 fn stalled_answers_time_out_and_are_retried() {
     let image = fixtures::image("stalls", 3, 120_000);
     // A fifth of the answers hold their body back for 5 s; the registries
-    // may stay silent for 1 s.
+    // may stay silent for 1 s. Seeds 4 and 6 stall answers whose body is
+    // read (seeds 3 and 5 stall only the `/v2/` probe's, which is not read,
+    // since faults are keyed by request identity, not by arrival order).
     let stalls = |seed| Faults {
         seed,
         stall: 0.2,
@@ -199,8 +201,8 @@ fn stalled_answers_time_out_and_are_retried() {
     };
     let p = proxied(
         &[("team/app:1", &image)],
-        stalls(3),
-        stalls(5),
+        stalls(4),
+        stalls(6),
         "- source: team/app:1\n",
         "pipeline:\n  source: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n  sink: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n",
     );

@@ -1,6 +1,6 @@
 //! A fault-injecting reverse proxy between image-syncer and a real registry:
-//! it forwards requests, and at set rates (deterministically, from a seed)
-//! answers 500, answers 429 with `Retry-After`, drops the connection, or cuts
+//! it forwards requests, and at set rates (deterministically, from a seed
+//! and the request's identity: see [`request_identity`]) answers 500, answers 429 with `Retry-After`, drops the connection, or cuts
 //! a response body short. Requests whose path contains `always_fail` always
 //! get a 503; a [`RateLimit`] answers the first requests of a path with a
 //! 429 (or 503) and a `Retry-After`, and records when each such request came.
@@ -222,6 +222,8 @@ pub struct Injected {
     released: std::sync::Mutex<std::collections::BTreeSet<usize>>,
     /// Wakes the held requests when a hold is released.
     release_notify: tokio::sync::Notify,
+    /// Per [`request_identity`], how many such requests came so far.
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// [`Injected::release`]'s name for [`Faults::hold`].
@@ -286,6 +288,19 @@ impl Injected {
         }
     }
 
+    /// The draw deciding a request's fault: from the seed, the request's
+    /// [`request_identity`] and how many such requests came before it.
+    fn draw(&self, seed: u64, method: &str, path: &str, content_length: Option<u64>) -> f64 {
+        let identity = request_identity(method, path, content_length);
+        let attempt = {
+            let mut seen = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+            let n = seen.entry(identity.clone()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        draw(seed, &identity, attempt)
+    }
+
     /// Every request so far: method and path.
     pub fn log(&self) -> Vec<(String, String)> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -340,6 +355,42 @@ enum Fault {
     Stall,
 }
 
+/// What a request is, whatever order it came in: its method, its path
+/// (an upload's session id, which the registry makes up anew each run,
+/// left out; of the query only the `digest`), the `Content-Length` of an
+/// upload chunk without a digest, and how many times the same was asked
+/// before (`attempt`, from 0). A fault is drawn from this and the seed, so
+/// a failing seed fails again however concurrency orders the requests.
+/// (With [`Faults::max_faults`] the cap still counts in arrival order.)
+pub fn request_identity(method: &str, path: &str, content_length: Option<u64>) -> String {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let digest = query
+        .split('&')
+        .find(|kv| kv.starts_with("digest="))
+        .unwrap_or("");
+    let path = match path.split_once("/blobs/uploads/") {
+        Some((repo, _session)) => format!("{repo}/blobs/uploads/*"),
+        None => path.to_string(),
+    };
+    let length = match content_length {
+        Some(n) if digest.is_empty() && path.ends_with("/blobs/uploads/*") => format!(" {n}"),
+        _ => String::new(),
+    };
+    format!("{method} {path} {digest}{length}")
+}
+
+/// A number in [0, 1) drawn from the seed, a request's identity and its
+/// attempt number.
+fn draw(seed: u64, identity: &str, attempt: u64) -> f64 {
+    // FNV-1a: stable across runs and platforms (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    uniform(seed ^ h, attempt)
+}
+
 fn uniform(seed: u64, n: u64) -> f64 {
     let mut x = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
     for _ in 0..3 {
@@ -367,7 +418,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     if req.method() == hyper::Method::CONNECT {
         return Ok(tunnel(req, &st));
     }
-    let n = st.injected.requests.fetch_add(1, Ordering::SeqCst);
+    st.injected.requests.fetch_add(1, Ordering::SeqCst);
     if st.faults.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.latency_ms)).await;
     }
@@ -546,7 +597,15 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             ));
         }
     }
-    let u = uniform(f.seed, n);
+    let u = st.injected.draw(
+        f.seed,
+        req.method().as_str(),
+        &path,
+        req.headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+    );
     let fault = if f.max_faults > 0 && st.injected.random_faults() >= f.max_faults {
         Fault::None
     } else if u < f.server_error {
@@ -1045,5 +1104,73 @@ impl Drop for FaultProxy {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The faults a seed draws for a set of requests do not depend on the
+    /// order they come in: each is keyed by the request's identity and
+    /// attempt, not by its arrival index.
+    #[test]
+    fn a_seed_draws_the_same_faults_in_any_arrival_order() {
+        let requests = [
+            ("GET", "/v2/", None),
+            ("HEAD", "/v2/team/app/manifests/1", None),
+            ("HEAD", "/v2/team/app/blobs/sha256:aa", None),
+            ("HEAD", "/v2/team/app/blobs/sha256:bb", None),
+            ("POST", "/v2/team/app/blobs/uploads/", None),
+            (
+                "PATCH",
+                "/v2/team/app/blobs/uploads/0b1c-session-one?_state=x",
+                Some(40_000),
+            ),
+            (
+                "PUT",
+                "/v2/team/app/blobs/uploads/0b1c-session-one?_state=y&digest=sha256%3Aaa",
+                Some(0),
+            ),
+            ("HEAD", "/v2/team/app/blobs/sha256:aa", None),
+            ("PUT", "/v2/team/app/manifests/1", Some(500)),
+        ];
+        // Through the proxy's own bookkeeping, as `handle` draws.
+        let draws = |order: &[usize], session: &str| {
+            let injected = Injected::default();
+            let mut attempts = std::collections::HashMap::new();
+            let mut out = std::collections::BTreeMap::new();
+            for &i in order {
+                let (method, path, length) = requests[i];
+                let path = path.replace("0b1c-session-one", session);
+                let identity = request_identity(method, &path, length);
+                let n = attempts.entry(identity.clone()).or_insert(0u64);
+                out.insert(
+                    format!("{identity} #{n}"),
+                    injected.draw(7, method, &path, length),
+                );
+                *n += 1;
+            }
+            out
+        };
+        let forward: Vec<usize> = (0..requests.len()).collect();
+        let mut shuffled = forward.clone();
+        shuffled.reverse();
+        shuffled.swap(1, 4);
+        let (a, b) = (draws(&forward, "s1"), draws(&shuffled, "s2"));
+        assert_eq!(a.len(), requests.len(), "{a:?}");
+        assert_eq!(a, b, "the same requests drew other faults in another order");
+        // The seed matters.
+        let other: Vec<f64> = requests
+            .iter()
+            .map(|(m, p, l)| draw(8, &request_identity(m, p, *l), 0))
+            .collect();
+        assert_ne!(
+            other,
+            requests
+                .iter()
+                .map(|(m, p, l)| draw(7, &request_identity(m, p, *l), 0))
+                .collect::<Vec<_>>()
+        );
     }
 }
