@@ -321,7 +321,7 @@ fn a_shared_child_manifest_is_pushed_once_per_repository() {
 }
 
 /// A target answering 429 (`Retry-After: 1`) to every request until it has
-/// refused 20: every image completes, and the gate held: after the first
+/// refused 14 (about 6 s, well within each operation's 6 retries): every image completes, and the gate held: after the first
 /// burst the registry saw one request per pause, not one per task per
 /// retry. The throttle ends on a count and the check is on the gaps between
 /// refused requests, so a machine too busy to send for a while cannot make
@@ -339,7 +339,7 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
         .collect();
     let throttle = Faults {
         throttle: Some(Throttle {
-            refusals: 20,
+            refusals: 14,
             retry_after: "1".into(),
         }),
         ..Default::default()
@@ -350,12 +350,12 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
     b.assert_exact(&images);
     let seen = b.tp.injected.throttled();
     let refused = seen.iter().filter(|s| s.refused).count();
-    assert_eq!(refused, 20, "the throttle never ended");
+    assert_eq!(refused, 14, "the throttle never ended");
     // The first burst is up to --jobs operations, each of which may start
     // with the client's `/v2/` probe: 8 requests. After it, four tasks
     // retrying each on its own would come within moments of each other,
     // four per second; held at the gate, one comes per pause of 1 s. At
-    // most two close pairs are allowed (a probe and its operation).
+    // most one close pair is allowed (a probe and its operation).
     let at: Vec<std::time::Duration> = seen
         .iter()
         .filter(|s| s.refused)
@@ -367,7 +367,7 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
         .count();
     let log = b.tp.injected.log();
     assert!(
-        close <= 2,
+        close <= 1,
         "{close} refused requests came within 0.5 s of the one before, after the first burst, at {at:?}: {log:?}\n{}",
         r.stderr
     );
