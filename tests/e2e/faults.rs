@@ -190,7 +190,9 @@ fn syncs_under_injected_faults_end_exact_and_write_nothing_else() {
 fn stalled_answers_time_out_and_are_retried() {
     let image = fixtures::image("stalls", 3, 120_000);
     // A fifth of the answers hold their body back for 5 s; the registries
-    // may stay silent for 1 s.
+    // may stay silent for 1 s. Seeds 4 and 6 stall answers whose body is
+    // read (seeds 3 and 5 stall only the `/v2/` probe's, which is not read,
+    // since faults are keyed by request identity, not by arrival order).
     let stalls = |seed| Faults {
         seed,
         stall: 0.2,
@@ -199,8 +201,8 @@ fn stalled_answers_time_out_and_are_retried() {
     };
     let p = proxied(
         &[("team/app:1", &image)],
-        stalls(3),
-        stalls(5),
+        stalls(4),
+        stalls(6),
         "- source: team/app:1\n",
         "pipeline:\n  source: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n  sink: { plugin: oci, config: { readTimeoutSeconds: 1 } }\n",
     );
@@ -486,8 +488,9 @@ fn sigint_during_a_retry_after_wait_ends_the_wait() {
     assert_eq!(p.synced("team/app:1"), None);
 }
 
-/// A sync slow enough to be interrupted mid-copy: ten 400 kB layers pulled
-/// one at a time through a source link that adds 150 ms to every request.
+/// A sync that is interrupted mid-copy: ten 400 kB layers copied one at a
+/// time; the target holds the second blob upload until the test releases
+/// it, so the signal lands mid-copy however slow the machine is.
 struct Slow {
     p: Proxied,
     image: fixtures::TestImage,
@@ -497,11 +500,18 @@ fn slow() -> Slow {
     let image = fixtures::image("interrupt", 10, 400_000);
     let p = proxied(
         &[("library/busybox:1.36", &image)],
+        Faults::default(),
         Faults {
-            latency_ms: 150,
+            // A bound only: the test releases it.
+            hold: Some(Hold {
+                method: Some("PUT"),
+                path: "/blobs/uploads/".into(),
+                after: 1,
+                times: 1,
+                ms: 120_000,
+            }),
             ..Default::default()
         },
-        Faults::default(),
         "- source: busybox:1.36\n",
         "",
     );
@@ -528,13 +538,31 @@ fn uploads(p: &Proxied) -> usize {
         .count()
 }
 
-/// Runs the slow sync and sends `signal` once the first blob upload has
-/// reached the target: mid-copy, whatever the machine's load (nine more
-/// layers, each behind 150 ms of latency, are still to come).
+/// Runs the slow sync and sends `signal` while the second blob upload is
+/// held by the target (mid-copy: one blob in, eight more to come); once the
+/// binary acknowledges the signal, the held upload is let go, to finish as
+/// writes in flight do.
 fn interrupted(s: &Slow, signal: &str) -> (std::process::ExitStatus, Run) {
-    let child = spawn_sync(&s.p.def);
-    wait_until("the first blob upload", || uploads(&s.p) >= 1);
+    let mut child = spawn_sync(&s.p.def);
+    let stderr = child.stderr_lines();
+    wait_until("the second blob upload is held", || {
+        s.p.tp
+            .injected
+            .held
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    });
+    assert_eq!(uploads(&s.p), 2, "not mid-copy");
     send(&child, signal);
+    let acknowledged = stderr
+        .iter()
+        .any(|line| line.contains("interrupted: no new work starts"));
+    assert!(
+        acknowledged,
+        "the binary ended without acknowledging the signal"
+    );
+    s.p.tp.injected.release_hold();
+    drop(stderr);
     child.wait()
 }
 
@@ -597,13 +625,19 @@ fn sigterm_mid_copy_stops_cleanly_and_a_rerun_completes() {
 
 #[test]
 fn a_second_signal_exits_at_once() {
-    // Every source request takes 2 s: both signals land while the first one
-    // (the source digest) is still in flight.
+    // The source holds every request (a bound only: never released): both
+    // signals land while the first one is still in flight.
     let image = fixtures::image("second-signal", 1, 20_000);
     let p = proxied(
         &[("team/app:1", &image)],
         Faults {
-            latency_ms: 2_000,
+            hold: Some(Hold {
+                method: None,
+                path: "/".into(),
+                after: 0,
+                times: 1_000,
+                ms: 120_000,
+            }),
             ..Default::default()
         },
         Faults::default(),
@@ -614,11 +648,8 @@ fn a_second_signal_exits_at_once() {
     // Signals are listened to before any registry is contacted: once the
     // source has the first request, the first signal is heard; the second
     // goes once the first is acknowledged.
-    wait_until("the first source request", || {
-        p.sp.injected
-            .requests
-            .load(std::sync::atomic::Ordering::SeqCst)
-            >= 1
+    wait_until("the first source request is held", || {
+        p.sp.injected.held.load(std::sync::atomic::Ordering::SeqCst) >= 1
     });
     send(&child, "-INT");
     let stderr_lines = child.stderr_lines();
@@ -653,12 +684,13 @@ fn kill_9_mid_copy_then_a_rerun_yields_the_exact_image() {
         &[("library/busybox:1.36", &image)],
         Faults::default(),
         Faults {
+            // Until the process is gone (a bound only).
             hold: Some(Hold {
                 method: Some("PUT"),
                 path: "/blobs/uploads/".into(),
                 after: 2,
                 times: 1,
-                ms: 20_000,
+                ms: 120_000,
             }),
             ..Default::default()
         },

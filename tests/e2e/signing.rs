@@ -562,6 +562,116 @@ fn gcp_kms_stand_in_corrupted_signature_is_refused_and_nothing_written() {
     );
 }
 
+/// A new signature is verified with the provider's public key before it is
+/// pushed (docs/signing.md): a provider whose public key is not its signing
+/// key's (the GCP stand-in with `--mismatched-public-key`) fails the image,
+/// in each format, and no signature reaches the target.
+#[test]
+fn a_provider_whose_public_key_is_not_its_keys_fails_and_pushes_no_signature() {
+    let s = setup();
+    let keys = s.dir.path().join("gcp-keys");
+    std::fs::create_dir(&keys).unwrap();
+    keypair(&keys, "v2");
+    let log = s.dir.path().join("gcp.log");
+    let standin = StandIn::start(
+        "gcpkms.py",
+        &[
+            keys.to_str().unwrap(),
+            "--mismatched-public-key",
+            "--log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let env = gcp_env(&s, &standin);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let host = s.target.host();
+    let image_blobs: Vec<String> = s
+        .single
+        .all_blobs()
+        .iter()
+        .map(|b| b.digest.to_string())
+        .collect();
+    let digest = s.single.digest.to_string();
+    for format in ["classic", "bundle"] {
+        let def = s.definition(
+            &format!("{format}.yaml"),
+            &format!(
+                "sign: true\nimages:\n- source: busybox:1.36\npipeline:\n  signer: {{ plugin: cosign, config: {{ format: {format} }} }}\n"
+            ),
+        );
+        let seen = s.target.requests().len();
+        let r = run_with(
+            &[
+                "-i",
+                def.to_str().unwrap(),
+                "--insecure-registry",
+                &host,
+                "-k",
+                "gcpkms://projects/p/locations/global/keyRings/r/cryptoKeys/k",
+            ],
+            &env,
+        );
+        assert_eq!(r.code, 1, "{format}: {}", r.all());
+        assert!(
+            r.stdout
+                .contains("its signature does not verify with its public key"),
+            "{format}: {}",
+            r.stdout
+        );
+        // The provider was asked to sign: the check came after, before any push.
+        let asked = std::fs::read_to_string(&log).unwrap();
+        assert!(asked.contains(":asymmetricSign"), "{format}: {asked}");
+        // The image is in (it is copied before it is signed), no signature is:
+        // no tag or manifest but the image's, no blob but the image's.
+        let requests = s.target.requests()[seen..].to_vec();
+        let mut uploads = 0;
+        for request in &requests {
+            let Some(path) = request.strip_prefix("PUT ") else {
+                continue;
+            };
+            if let Some((_, digest_param)) = path.split_once("digest=") {
+                uploads += 1;
+                let uploaded = digest_param.replace("%3A", ":");
+                assert!(
+                    image_blobs.contains(&uploaded),
+                    "{format}: a blob that is not the image's was pushed: {request}"
+                );
+            } else {
+                assert_eq!(
+                    path, "/v2/mirror/library/busybox/manifests/1.36",
+                    "{format}: a manifest other than the image's was pushed"
+                );
+            }
+        }
+        // The first run copies the image (the check above is not vacuous).
+        if format == "classic" {
+            assert_eq!(uploads, image_blobs.len(), "{requests:?}");
+        }
+        // Other writes only open or fill blob uploads (their digests checked
+        // above, at the final PUT).
+        for request in &requests {
+            let write = ["POST ", "PATCH ", "DELETE "]
+                .iter()
+                .any(|m| request.starts_with(m));
+            assert!(
+                !write || request.contains("/blobs/uploads/") && !request.starts_with("DELETE "),
+                "{format}: {request} in {requests:?}"
+            );
+        }
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        assert_eq!(
+            block_on(s.target.digest(&format!("mirror/library/busybox:{tag}"))),
+            None,
+            "{format}"
+        );
+        assert_eq!(
+            block_on(s.target.digest("mirror/library/busybox:1.36")),
+            Some(digest.clone()),
+            "{format}"
+        );
+    }
+}
+
 /// Vault transit through its HTTP API, against the STAND-IN server
 /// (tests/standins/vault.py): no real Vault can run here.
 #[test]

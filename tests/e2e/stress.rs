@@ -229,6 +229,12 @@ fn shared_children_pushed_by_several_tasks_never_cause_a_false_stop() {
         let r = run(&["-i", def.to_str().unwrap(), "--jobs", "8"]);
         assert_ne!(r.code, 3, "round {round}: a false safety stop: {}", r.all());
         assert_eq!(r.code, 0, "round {round}: {}", r.all());
+        // A healthy registry never refuses our writes: no re-check hid a race.
+        assert!(
+            !r.stderr.contains("refused a manifest as inconsistent"),
+            "round {round}: {}",
+            r.stderr
+        );
         block_on(async {
             for tag in ["1.0", "2.0", "3.0"] {
                 assert_eq!(
@@ -252,9 +258,75 @@ fn shared_children_pushed_by_several_tasks_never_cause_a_false_stop() {
     }
 }
 
-/// A target answering 429 (`Retry-After: 1`) to every request for 6 s:
-/// every image completes, and the gate held: after the first burst the
-/// registry saw about one request per pause, not one per task per retry.
+/// A child manifest several tasks need is pushed once per repository in a
+/// run: the ledger makes the other tasks wait for that push, rather than
+/// each pushing its own (which the registry accepts, and a "refused as
+/// inconsistent" re-check would hide). One multi-arch index under four
+/// tags, in two repositories, `--jobs 8`; the target holds the first child
+/// pushes for a moment, so that every task needs the children while the
+/// first push of each is still in flight.
+#[test]
+fn a_shared_child_manifest_is_pushed_once_per_repository() {
+    let index = fixtures::index("ledger-once", &["linux/amd64", "linux/arm64"]);
+    let repos = ["team/multi", "team/other"];
+    let pushed: Vec<(String, fixtures::TestImage)> = repos
+        .iter()
+        .map(|r| (format!("{r}:1.0"), index.clone()))
+        .collect();
+    let pushed: Vec<(&str, &fixtures::TestImage)> =
+        pushed.iter().map(|(r, i)| (r.as_str(), i)).collect();
+    let tags = ["a", "b", "c", "d"];
+    let entries: String = repos
+        .iter()
+        .flat_map(|r| {
+            tags.iter()
+                .map(move |t| format!("- source: \"{r}:1.0\"\n  tag: \"{t}\"\n"))
+        })
+        .collect();
+    let hold = Faults {
+        hold: Some(Hold {
+            method: Some("PUT"),
+            path: "/manifests/sha256:".into(),
+            after: 0,
+            times: 2,
+            ms: 1_000,
+        }),
+        ..Default::default()
+    };
+    let p = proxied(&pushed, Faults::default(), hold, &entries, "");
+    let r = run(&["-i", &p.def, "--jobs", "8"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stderr.contains("refused a manifest as inconsistent"),
+        "{}",
+        r.stderr
+    );
+    let log = p.tp.injected.log();
+    let puts = |path: &str| log.iter().filter(|(m, p)| m == "PUT" && p == path).count();
+    assert_eq!(index.children.len(), 2);
+    for repo in repos {
+        for child in &index.children {
+            let path = format!("/v2/mirror/{repo}/manifests/{}", child.digest);
+            assert_eq!(puts(&path), 1, "{path} in {log:?}");
+        }
+        for tag in tags {
+            let path = format!("/v2/mirror/{repo}/manifests/{tag}");
+            assert_eq!(puts(&path), 1, "{path} in {log:?}");
+            assert_eq!(
+                block_on(p.target.digest(&format!("mirror/{repo}:{tag}"))),
+                Some(index.digest.to_string())
+            );
+        }
+    }
+}
+
+/// A target answering 429 (`Retry-After: 1`) to every request until it has
+/// refused 14 (about 6 s, well within each operation's 6 retries): every image completes, and the gate held: after the first
+/// burst the registry saw one request per pause, not one per task per
+/// retry. The throttle ends on a count and the check is on the gaps between
+/// refused requests, so a machine too busy to send for a while cannot make
+/// it pass (a silence only widens gaps) or fail (the gate's pause is a
+/// lower bound).
 #[test]
 fn a_throttled_registry_slows_every_task_and_every_image_completes() {
     let images: Vec<(String, fixtures::TestImage)> = (0..6)
@@ -267,7 +339,7 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
         .collect();
     let throttle = Faults {
         throttle: Some(Throttle {
-            ms: 6_000,
+            refusals: 14,
             retry_after: "1".into(),
         }),
         ..Default::default()
@@ -278,19 +350,25 @@ fn a_throttled_registry_slows_every_task_and_every_image_completes() {
     b.assert_exact(&images);
     let seen = b.tp.injected.throttled();
     let refused = seen.iter().filter(|s| s.refused).count();
-    assert!(refused >= 1, "the throttle never applied");
+    assert_eq!(refused, 14, "the throttle never ended");
     // The first burst is up to --jobs operations, each of which may start
     // with the client's `/v2/` probe: 8 requests. After it, four tasks
-    // retrying each on its own would send 4 per second of the window (~24
-    // more); held at the gate, it is one per pause (~6 more).
-    let at: Vec<String> = seen
+    // retrying each on its own would come within moments of each other,
+    // four per second; held at the gate, one comes per pause of 1 s. At
+    // most one close pair is allowed (a probe and its operation).
+    let at: Vec<std::time::Duration> = seen
         .iter()
-        .map(|s| format!("{:?}", s.at.duration_since(seen[0].at)))
+        .filter(|s| s.refused)
+        .map(|s| s.at.duration_since(seen[0].at))
         .collect();
+    let close = at[8..]
+        .windows(2)
+        .filter(|w| w[1] - w[0] < std::time::Duration::from_millis(500))
+        .count();
     let log = b.tp.injected.log();
     assert!(
-        refused <= 8 + 6 + 2,
-        "{refused} requests reached a throttling registry within 6 s, at {at:?}: {log:?}\n{}",
+        close <= 1,
+        "{close} refused requests came within 0.5 s of the one before, after the first burst, at {at:?}: {log:?}\n{}",
         r.stderr
     );
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -530,6 +608,13 @@ fn credentials_of_a_mirror_endpoint_come_first() {
 /// one is moved by someone else while another image's upload is in flight.
 /// The upload in flight completes; no write starts after the stop; images
 /// not yet started are `not run`.
+///
+/// Every step waits for an event, never for a time: the target holds A's
+/// first blob check and B's one upload until the test releases them. B's
+/// other blobs are in the target already, so that the held upload is B's
+/// only write until its manifest, which waits for it: when A stops the run,
+/// no write of B's can be on its way. The test releases B's upload only
+/// once the binary has said the stop flag is set.
 #[test]
 fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
     let images: Vec<(String, fixtures::TestImage)> = ["a", "b", "c", "d"]
@@ -541,6 +626,7 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
             )
         })
         .collect();
+    // Bounds only: each hold is released by the test.
     let holds = Faults {
         holds: vec![
             // A's first blob check, while the test moves A's tag.
@@ -549,26 +635,35 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
                 path: "/mirror/team/a/blobs/".into(),
                 after: 0,
                 times: 1,
-                ms: 3_000,
+                ms: 120_000,
             },
-            // B's first upload: still in flight when A stops the run.
+            // B's upload: still in flight when A stops the run.
             Hold {
                 method: Some("PUT"),
                 path: "/mirror/team/b/blobs/uploads/".into(),
                 after: 0,
                 times: 1,
-                ms: 8_000,
+                ms: 120_000,
             },
         ],
         ..Default::default()
     };
     let b = behind(&images, Faults::default(), holds, "");
+    // All of B's blobs but its last layer are in the target already.
+    let b_blobs = images[1].1.all_blobs();
+    let (b_uploaded, b_present) = b_blobs.split_last().unwrap();
+    block_on(async {
+        for blob in b_present {
+            b.target.push_blob("mirror/team/b", &blob.data).await;
+        }
+    });
     let squatter = fixtures::image("midwrite-squatter", 1, 100);
     let mut child = spawn(&["-i", &b.def, "--jobs", "2"]);
+    let stderr = child.stderr_lines();
     // Bounded: 60 s.
     let mut arrived = false;
     for _ in 0..3000 {
-        if b.tp.injected.held_by(0) >= 1 {
+        if b.tp.injected.held_by(0) >= 1 && b.tp.injected.held_by(1) >= 1 {
             arrived = true;
             break;
         }
@@ -576,10 +671,26 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
     }
     if !arrived {
         let _ = child.child.kill();
-        panic!("A's first blob check never reached the target");
+        panic!("A's first blob check and B's upload were not both held");
     }
-    // Someone else writes A's target tag, straight to the registry.
+    // Someone else writes A's target tag, straight to the registry; then A
+    // goes on, and finds it when it looks at its tag again.
     block_on(b.target.push("mirror/team/a:1", &squatter));
+    b.tp.injected.release(0);
+    let mut said = String::new();
+    for line in stderr.iter() {
+        said.push_str(&line);
+        said.push('\n');
+        if line.contains("safety stop: no new write starts") {
+            break;
+        }
+    }
+    assert!(
+        said.contains("safety stop: no new write starts"),
+        "the binary ended without saying it stopped:\n{said}"
+    );
+    b.tp.injected.release(1);
+    drop(stderr);
     let (_, out) = child.wait();
     let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert_eq!(out.code, 3, "{stdout}{stderr}");
@@ -618,19 +729,13 @@ fn a_safety_stop_mid_write_halts_every_later_write_across_images() {
         in_flight < stop,
         "B's upload was not in flight before the stop"
     );
-    let present = block_on(async {
-        let mut n = 0;
-        for blob in images[1].1.all_blobs() {
-            if b.target
-                .has_blob("mirror/team/b", &blob.digest.to_string())
-                .await
-            {
-                n += 1;
-            }
-        }
-        n
-    });
-    assert!(present >= 1, "B's in-flight upload did not complete");
+    assert!(
+        block_on(
+            b.target
+                .has_blob("mirror/team/b", &b_uploaded.digest.to_string())
+        ),
+        "B's in-flight upload did not complete"
+    );
     assert_eq!(block_on(b.target.digest("mirror/team/b:1")), None);
     // C and D never started: not run, nothing of theirs in the target.
     for n in ["c", "d"] {

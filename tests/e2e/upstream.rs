@@ -106,10 +106,16 @@ fn unsigned_other_key_and_other_digest_are_safety_stops_writing_nothing() {
         v.pair.dir.path(),
         "null",
     );
+    let before = v.pair.target.storage_snapshot();
     let r = v.sync_app(VENDOR_KEY, &[]);
     assert_eq!(r.code, 3, "{}", r.all());
     lines.push(v.report(&r).replace(&tool, "[TOOL DIGEST]"));
     assert_eq!(v.app_mirrored(), None);
+    assert_eq!(
+        v.pair.target.storage_snapshot(),
+        before,
+        "a replayed signature's stop wrote"
+    );
     let lines: Vec<String> = lines
         .iter()
         .map(|l| l.replace(&app, "[APP DIGEST]"))

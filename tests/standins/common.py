@@ -29,6 +29,11 @@ def public_pem(key) -> str:
     ).decode()
 
 
+def new_key():
+    """A fresh P-256 private key."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 def sign_prehashed(key, digest: bytes) -> bytes:
     """DER ECDSA P-256 signature over a SHA-256 digest."""
     return key.sign(digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
@@ -81,4 +86,4 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-__all__ = ["crc32c", "load_key", "public_pem", "sign_prehashed", "Handler", "serve", "b64", "unb64", "sys", "json"]
+__all__ = ["crc32c", "load_key", "new_key", "public_pem", "sign_prehashed", "Handler", "serve", "b64", "unb64", "sys", "json"]

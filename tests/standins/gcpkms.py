@@ -1,10 +1,13 @@
 """STAND-IN for GCP Cloud KMS (REST v1) and the GCE metadata server.
 
-Usage: gcpkms.py PORT KEY_DIR [--bad-signature-crc] [--log FILE]
+Usage: gcpkms.py PORT KEY_DIR [--bad-signature-crc] [--mismatched-public-key] [--log FILE]
 
 KEY_DIR holds v1.pem, v2.pem, ... (PKCS#8 P-256 private keys), one per crypto
 key version of every key asked for. Version 1 is DISABLED, the others ENABLED.
 Requests must carry the bearer token the metadata endpoint hands out.
+With --mismatched-public-key, GetPublicKey answers the public key of another
+key (made at start) than the one AsymmetricSign signs with: a provider whose
+key and public key disagree.
 """
 import re
 import os
@@ -19,12 +22,14 @@ args = sys.argv[1:]
 PORT = int(args[0])
 KEY_DIR = args[1]
 BAD_SIGNATURE_CRC = "--bad-signature-crc" in args
+MISMATCHED_PUBLIC_KEY = "--mismatched-public-key" in args
 LOG = args[args.index("--log") + 1] if "--log" in args else None
 
 VERSIONS = sorted(
     int(m.group(1)) for m in (re.match(r"v(\d+)\.pem$", f) for f in os.listdir(KEY_DIR)) if m
 )
 KEYS = {v: load_key(os.path.join(KEY_DIR, "v%d.pem" % v)) for v in VERSIONS}
+OTHER_KEY = new_key()
 
 KEY_RE = r"projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/:]+"
 
@@ -60,7 +65,7 @@ class GcpKms(Handler):
             key = KEYS.get(int(m.group(2)))
             if key is None:
                 return self.reply(*error(404, "NOT_FOUND", "no such version"))
-            pem = public_pem(key)
+            pem = public_pem(OTHER_KEY if MISMATCHED_PUBLIC_KEY else key)
             return self.reply(200, {"pem": pem, "algorithm": ALGORITHM, "pemCrc32c": str(crc32c(pem.encode())),
                                     "name": m.group(1), "protectionLevel": "SOFTWARE"})
         m = re.fullmatch(r"/v1/(%s/cryptoKeyVersions/(\d+)):asymmetricSign" % KEY_RE, path)

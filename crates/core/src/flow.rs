@@ -741,4 +741,54 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::Cancelled);
         assert!(started.elapsed() < Duration::from_secs(1));
     }
+
+    /// A halt that comes while a task is already waiting at the gate, paused
+    /// by a `Retry-After` or full, ends that wait (within a look at the flag,
+    /// [`HALT_CHECK`]), and for an operation and a transfer alike.
+    #[tokio::test(start_paused = true)]
+    async fn an_interruption_ends_a_wait_already_in_progress() {
+        // A paused gate: 60 s asked for.
+        let f = Arc::new(flow(2));
+        let halt = Arc::new(AtomicBool::new(false));
+        f.acquire("r", false, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&busy(Some(60))));
+        // A full gate: its one operation held.
+        let full = Arc::new(FlowControl::default());
+        full.start(Limits::fixed(1), Duration::from_secs(120));
+        let _held = full.acquire("r", false, &halt).await.unwrap();
+        let _slot = full.transfer("r", &halt).await.unwrap();
+        let waits = [
+            {
+                let (f, halt) = (f.clone(), halt.clone());
+                tokio::spawn(async move { f.acquire("r", false, &halt).await.map(drop) })
+            },
+            {
+                let (f, halt) = (full.clone(), halt.clone());
+                tokio::spawn(async move { f.acquire("r", false, &halt).await.map(drop) })
+            },
+            {
+                let (f, halt) = (full.clone(), halt.clone());
+                tokio::spawn(async move { f.transfer("r", &halt).await.map(drop) })
+            },
+        ];
+        // Well into the waits.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(
+            waits.iter().all(|w| !w.is_finished()),
+            "a wait ended before the halt"
+        );
+        let halted = Instant::now();
+        halt.store(true, Ordering::SeqCst);
+        for w in waits {
+            let e = tokio::time::timeout(Duration::from_secs(10), w)
+                .await
+                .expect("the halt did not end the wait within 10 s")
+                .unwrap()
+                .expect_err("the wait ended in a slot, not in the halt");
+            assert_eq!(e.kind, ErrorKind::Cancelled, "{e}");
+        }
+        assert!(halted.elapsed() <= HALT_CHECK, "{:?}", halted.elapsed());
+    }
 }

@@ -22,19 +22,81 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             .to_string();
         let code = text.split("#[cfg(test)]").next().unwrap();
         let deps = graph.entry(module.clone()).or_default();
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for (i, _) in line.match_indices("crate::") {
-                let name: String = line[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != module {
-                    deps.insert(name);
-                }
+        for name in crate_modules(code) {
+            if name != module {
+                deps.insert(name);
             }
         }
     }
     graph
+}
+
+/// The top-level modules `code` names through `crate::`, comment lines
+/// left out: `crate::flow::Gate` names `flow`, and a group names each of
+/// its items, over several lines and nested
+/// (`use crate::{flow, orchestrator::{copy, plan}}` names `flow` and
+/// `orchestrator`).
+fn crate_modules(code: &str) -> BTreeSet<String> {
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = BTreeSet::new();
+    for (i, _) in code.match_indices("crate::") {
+        let rest = code[i + 7..].trim_start();
+        let Some(group) = rest.strip_prefix('{') else {
+            names.insert(ident(rest));
+            continue;
+        };
+        // The group's items: split at its own commas, not nested groups'.
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (at, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    names.insert(ident(&group[start..at]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    names.insert(ident(&group[start..at]));
+                    start = at + 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    // `crate::{self}`, a trailing comma's empty item: not a module.
+    names.remove("self");
+    names.remove("");
+    names
+}
+
+#[test]
+fn grouped_and_nested_imports_name_each_module() {
+    let code = "use crate::flow::Gate;\n\
+                use crate::{definition, orchestrator::{copy, plan}};\n\
+                use crate::{\n    context::Secret,\n    // crate::nothere\n    report,\n};\n\
+                fn f() { crate::digest::Digest::sha256_of(b\"\"); }\n";
+    let names: Vec<String> = crate_modules(code).into_iter().collect();
+    assert_eq!(
+        names,
+        [
+            "context",
+            "definition",
+            "digest",
+            "flow",
+            "orchestrator",
+            "report"
+        ]
+    );
 }
 
 #[test]

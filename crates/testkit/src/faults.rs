@@ -1,6 +1,6 @@
 //! A fault-injecting reverse proxy between image-syncer and a real registry:
-//! it forwards requests, and at set rates (deterministically, from a seed)
-//! answers 500, answers 429 with `Retry-After`, drops the connection, or cuts
+//! it forwards requests, and at set rates (deterministically, from a seed
+//! and the request's identity: see [`request_identity`]) answers 500, answers 429 with `Retry-After`, drops the connection, or cuts
 //! a response body short. Requests whose path contains `always_fail` always
 //! get a 503; a [`RateLimit`] answers the first requests of a path with a
 //! 429 (or 503) and a `Retry-After`, and records when each such request came.
@@ -123,12 +123,13 @@ pub enum TagPages {
     Loop,
 }
 
-/// Answers every request that comes within `ms` of the first one with 429
-/// and `Retry-After: retry_after` (empty: no header), recording when each
-/// came ([`Injected::throttled`]).
+/// Answers every request with 429 and `Retry-After: retry_after` (empty: no
+/// header) until it has refused `refusals` of them, recording when each
+/// came ([`Injected::throttled`]). It ends on a count, not a time, so that
+/// a machine too busy to send anything for a while does not end it unseen.
 #[derive(Clone, Debug)]
 pub struct Throttle {
-    pub ms: u64,
+    pub refusals: usize,
     pub retry_after: String,
 }
 
@@ -171,7 +172,9 @@ pub struct RateLimit {
 /// Holds `times` requests whose path contains `path` (and whose method is
 /// `method`), after letting the first `after` of them through, for `ms`
 /// before forwarding them: a registry that has the whole request and does
-/// not answer.
+/// not answer. A test that waits for an event rather than a time releases
+/// the hold itself ([`Injected::release`], [`Injected::release_hold`]): `ms`
+/// is then only a bound, so that a broken run cannot hang the test.
 #[derive(Clone, Debug)]
 pub struct Hold {
     pub method: Option<&'static str>,
@@ -214,7 +217,17 @@ pub struct Injected {
     pub refused: AtomicU64,
     /// Every request as it came: method and path.
     pub log: std::sync::Mutex<Vec<(String, String)>>,
+    /// The holds released by the test: [`Faults::holds`] indexes, and
+    /// [`HOLD`] for [`Faults::hold`].
+    released: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    /// Wakes the held requests when a hold is released.
+    release_notify: tokio::sync::Notify,
+    /// Per [`request_identity`], how many such requests came so far.
+    attempts: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// [`Injected::release`]'s name for [`Faults::hold`].
+const HOLD: usize = usize::MAX;
 
 impl Injected {
     /// The requests the [`Throttle`] saw so far, from its first one on.
@@ -233,6 +246,59 @@ impl Injected {
             .get(i)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Ends hold `i` of [`Faults::holds`]: the requests it holds now are
+    /// forwarded, and later ones are not held.
+    pub fn release(&self, i: usize) {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(i);
+        self.release_notify.notify_waiters();
+    }
+
+    /// Ends [`Faults::hold`], as [`Injected::release`] does a hold of
+    /// [`Faults::holds`].
+    pub fn release_hold(&self) {
+        self.release(HOLD);
+    }
+
+    fn is_released(&self, i: usize) -> bool {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&i)
+    }
+
+    /// Holds a request for `ms`, or until hold `i` is released.
+    async fn hold(&self, i: usize, ms: u64) {
+        let released = async {
+            loop {
+                let woken = self.release_notify.notified();
+                if self.is_released(i) {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => {}
+            _ = released => {}
+        }
+    }
+
+    /// The draw deciding a request's fault: from the seed, the request's
+    /// [`request_identity`] and how many such requests came before it.
+    fn draw(&self, seed: u64, method: &str, path: &str, content_length: Option<u64>) -> f64 {
+        let identity = request_identity(method, path, content_length);
+        let attempt = {
+            let mut seen = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+            let n = seen.entry(identity.clone()).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
+        draw(seed, &identity, attempt)
     }
 
     /// Every request so far: method and path.
@@ -289,6 +355,42 @@ enum Fault {
     Stall,
 }
 
+/// What a request is, whatever order it came in: its method, its path
+/// (an upload's session id, which the registry makes up anew each run,
+/// left out; of the query only the `digest`), the `Content-Length` of an
+/// upload chunk without a digest, and how many times the same was asked
+/// before (`attempt`, from 0). A fault is drawn from this and the seed, so
+/// a failing seed fails again however concurrency orders the requests.
+/// (With [`Faults::max_faults`] the cap still counts in arrival order.)
+pub fn request_identity(method: &str, path: &str, content_length: Option<u64>) -> String {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let digest = query
+        .split('&')
+        .find(|kv| kv.starts_with("digest="))
+        .unwrap_or("");
+    let path = match path.split_once("/blobs/uploads/") {
+        Some((repo, _session)) => format!("{repo}/blobs/uploads/*"),
+        None => path.to_string(),
+    };
+    let length = match content_length {
+        Some(n) if digest.is_empty() && path.ends_with("/blobs/uploads/*") => format!(" {n}"),
+        _ => String::new(),
+    };
+    format!("{method} {path} {digest}{length}")
+}
+
+/// A number in [0, 1) drawn from the seed, a request's identity and its
+/// attempt number.
+fn draw(seed: u64, identity: &str, attempt: u64) -> f64 {
+    // FNV-1a: stable across runs and platforms (std's hasher is not).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    uniform(seed ^ h, attempt)
+}
+
 fn uniform(seed: u64, n: u64) -> f64 {
     let mut x = seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
     for _ in 0..3 {
@@ -316,7 +418,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     if req.method() == hyper::Method::CONNECT {
         return Ok(tunnel(req, &st));
     }
-    let n = st.injected.requests.fetch_add(1, Ordering::SeqCst);
+    st.injected.requests.fetch_add(1, Ordering::SeqCst);
     if st.faults.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(st.faults.latency_ms)).await;
     }
@@ -355,10 +457,11 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             .throttled
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        let first = seen.first().map_or(now, |r| r.at);
-        let refused = now.duration_since(first) < std::time::Duration::from_millis(t.ms);
-        seen.push(LimitedRequest { at: now, refused });
+        let refused = seen.iter().filter(|r| r.refused).count() < t.refusals;
+        seen.push(LimitedRequest {
+            at: std::time::Instant::now(),
+            refused,
+        });
         if refused {
             let mut headers = vec![("content-type", "application/json")];
             if !t.retry_after.is_empty() {
@@ -426,7 +529,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
     if let Some(h) = hold {
         let n = st.injected.held.fetch_add(1, Ordering::SeqCst);
         if n >= h.after as u64 && n < (h.after + h.times) as u64 {
-            tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+            st.injected.hold(HOLD, h.ms).await;
         }
     }
     for (i, h) in f.holds.iter().enumerate() {
@@ -444,7 +547,7 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             seen[i] - 1
         };
         if n >= h.after as u64 && n < (h.after + h.times) as u64 {
-            tokio::time::sleep(std::time::Duration::from_millis(h.ms)).await;
+            st.injected.hold(i, h.ms).await;
         }
     }
     if let Some(ts) = &f.token_server {
@@ -494,7 +597,15 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             ));
         }
     }
-    let u = uniform(f.seed, n);
+    let u = st.injected.draw(
+        f.seed,
+        req.method().as_str(),
+        &path,
+        req.headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()),
+    );
     let fault = if f.max_faults > 0 && st.injected.random_faults() >= f.max_faults {
         Fault::None
     } else if u < f.server_error {
@@ -993,5 +1104,73 @@ impl Drop for FaultProxy {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The faults a seed draws for a set of requests do not depend on the
+    /// order they come in: each is keyed by the request's identity and
+    /// attempt, not by its arrival index.
+    #[test]
+    fn a_seed_draws_the_same_faults_in_any_arrival_order() {
+        let requests = [
+            ("GET", "/v2/", None),
+            ("HEAD", "/v2/team/app/manifests/1", None),
+            ("HEAD", "/v2/team/app/blobs/sha256:aa", None),
+            ("HEAD", "/v2/team/app/blobs/sha256:bb", None),
+            ("POST", "/v2/team/app/blobs/uploads/", None),
+            (
+                "PATCH",
+                "/v2/team/app/blobs/uploads/0b1c-session-one?_state=x",
+                Some(40_000),
+            ),
+            (
+                "PUT",
+                "/v2/team/app/blobs/uploads/0b1c-session-one?_state=y&digest=sha256%3Aaa",
+                Some(0),
+            ),
+            ("HEAD", "/v2/team/app/blobs/sha256:aa", None),
+            ("PUT", "/v2/team/app/manifests/1", Some(500)),
+        ];
+        // Through the proxy's own bookkeeping, as `handle` draws.
+        let draws = |order: &[usize], session: &str| {
+            let injected = Injected::default();
+            let mut attempts = std::collections::HashMap::new();
+            let mut out = std::collections::BTreeMap::new();
+            for &i in order {
+                let (method, path, length) = requests[i];
+                let path = path.replace("0b1c-session-one", session);
+                let identity = request_identity(method, &path, length);
+                let n = attempts.entry(identity.clone()).or_insert(0u64);
+                out.insert(
+                    format!("{identity} #{n}"),
+                    injected.draw(7, method, &path, length),
+                );
+                *n += 1;
+            }
+            out
+        };
+        let forward: Vec<usize> = (0..requests.len()).collect();
+        let mut shuffled = forward.clone();
+        shuffled.reverse();
+        shuffled.swap(1, 4);
+        let (a, b) = (draws(&forward, "s1"), draws(&shuffled, "s2"));
+        assert_eq!(a.len(), requests.len(), "{a:?}");
+        assert_eq!(a, b, "the same requests drew other faults in another order");
+        // The seed matters.
+        let other: Vec<f64> = requests
+            .iter()
+            .map(|(m, p, l)| draw(8, &request_identity(m, p, *l), 0))
+            .collect();
+        assert_ne!(
+            other,
+            requests
+                .iter()
+                .map(|(m, p, l)| draw(7, &request_identity(m, p, *l), 0))
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -250,7 +250,11 @@ impl Run {
     pub(super) fn failed(&self, e: &StageError) -> Action {
         match e.kind {
             ErrorKind::Integrity => {
-                self.stop.store(true, Ordering::SeqCst);
+                // Said once, when the flag is set: from this line on no
+                // write starts (the acknowledgement tests wait for).
+                if !self.stop.swap(true, Ordering::SeqCst) {
+                    warn!("safety stop: no new write starts; writes in flight finish");
+                }
                 Action::Stopped
             }
             ErrorKind::Cancelled => Action::NotRun,
