@@ -718,6 +718,9 @@ fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError 
         String::new()
     };
     let mut error = StageError::new(kind, format!("{context}: {}{hint}", error_chain(&e)));
+    if kind == ErrorKind::Unauthorized {
+        error = error.with_refused_by(r.registry());
+    }
     if kind == ErrorKind::Transient && busy(&e) {
         error = error.with_pushback(Pushback::Busy);
     }
@@ -1383,6 +1386,26 @@ mod tests {
         };
         let e = classify("x", e, &image());
         assert_eq!((e.kind, e.retry_after), (ErrorKind::Unauthorized, None));
+    }
+
+    #[test]
+    fn a_refusal_of_access_names_the_registry_in_a_field() {
+        let denied = |code| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: "denied".into(),
+        };
+        for code in [401, 403] {
+            let e = classify("x", denied(code), &image());
+            assert_eq!(e.kind, ErrorKind::Unauthorized);
+            assert_eq!(e.refused_by.as_deref(), Some("registry.example"));
+            let e = classify_write("x", denied(code), &image());
+            assert_eq!(e.refused_by.as_deref(), Some("registry.example"));
+        }
+        // Any other failure names no registry as refusing.
+        for code in [404, 429, 500] {
+            assert_eq!(classify("x", denied(code), &image()).refused_by, None);
+        }
     }
 
     #[test]
