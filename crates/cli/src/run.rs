@@ -9,7 +9,6 @@ use image_syncer_core::definition;
 use image_syncer_core::orchestrator::{Orchestrator, PrepareError};
 use image_syncer_core::registry::StageRegistry;
 use image_syncer_core::report::Status;
-use image_syncer_core::stage::ErrorKind;
 use tracing::{info, warn};
 
 use crate::args::Args;
@@ -394,14 +393,10 @@ pub fn run(args: Args) -> Exit {
         print!("{}", report.render_text());
     }
     // The core says what was refused; which flag gives it is the CLI's to say.
+    // Which registry refused is a field of the error (`StageError::refused_by`),
+    // not read from its message.
     if let Some(target) = target_registry.filter(|_| !target_credentials) {
-        let refused = report.images.iter().any(|i| {
-            i.error == Some(ErrorKind::Unauthorized)
-                && i.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains(&format!("registry {target} refused access")))
-        });
-        if refused {
+        if report.refused_by(&target) {
             eprintln!("hint: the target registry {target} refused access: give its credentials with --target-repo-auth-key or --access-token (or in the definition's registries:, or Docker's config.json)");
         }
     }

@@ -65,6 +65,10 @@ pub struct ImageReport {
     /// CLI turns into a hint about its flags.
     #[serde(skip)]
     pub error: Option<crate::stage::ErrorKind>,
+    /// The registry that refused access, when that ended this image
+    /// ([`crate::stage::StageError::refused_by`]).
+    #[serde(skip)]
+    pub refused_by: Option<String>,
 }
 
 impl ImageReport {
@@ -84,6 +88,7 @@ impl ImageReport {
             carried: Vec::new(),
             message: None,
             error: None,
+            refused_by: None,
         }
     }
 }
@@ -156,6 +161,17 @@ impl Report {
         } else {
             Status::Ok
         }
+    }
+
+    /// Whether an image failed because `registry` refused access (an
+    /// [`crate::stage::ErrorKind::Unauthorized`] error naming it in
+    /// [`ImageReport::refused_by`]): the CLI's cue to name its credential
+    /// flags when `registry` is the target.
+    pub fn refused_by(&self, registry: &str) -> bool {
+        self.images.iter().any(|i| {
+            i.error == Some(crate::stage::ErrorKind::Unauthorized)
+                && i.refused_by.as_deref() == Some(registry)
+        })
     }
 
     fn count(&self, a: Action) -> usize {

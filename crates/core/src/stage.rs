@@ -69,6 +69,12 @@ pub struct StageError {
     /// Set when the failure says the far side is overloaded (see
     /// [`Pushback`]); the orchestrator slows every request to it.
     pub pushback: Option<Pushback>,
+    /// The registry (its host as the image reference names it) that refused
+    /// access, on an [`ErrorKind::Unauthorized`] error of a registry source
+    /// or sink. The orchestrator copies it into the image's report, where the
+    /// CLI reads it to name its credential flags when that registry is the
+    /// target; nothing reads the message for it.
+    pub refused_by: Option<String>,
 }
 
 impl StageError {
@@ -78,7 +84,15 @@ impl StageError {
             message: message.into(),
             retry_after: None,
             pushback: None,
+            refused_by: None,
         }
+    }
+
+    /// This error, saying that `registry` refused access (see
+    /// [`StageError::refused_by`]).
+    pub fn with_refused_by(mut self, registry: impl Into<String>) -> StageError {
+        self.refused_by = Some(registry.into());
+        self
     }
 
     /// This error, saying how the far side pushed back.

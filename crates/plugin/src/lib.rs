@@ -54,7 +54,7 @@ pub mod host;
 pub mod log;
 
 /// Bumped whenever the declaration or the types crossing the boundary change shape.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// A fingerprint of the sizes and alignments of the types that cross the
 /// boundary, computed when this crate is compiled. Host and plugin must agree:

@@ -240,6 +240,7 @@ impl Run {
     /// ([`Run::failed`]) and `message`.
     pub(super) fn record(&self, report: &mut ImageReport, e: &StageError, message: String) {
         report.error = Some(e.kind);
+        report.refused_by = e.refused_by.clone();
         report.action = self.failed(e);
         report.message = Some(message);
     }

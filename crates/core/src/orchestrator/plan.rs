@@ -53,6 +53,7 @@ impl Prepared {
             Err((e, what)) => {
                 // Planning writes nothing; the stop is read off the report later.
                 report.error = Some(e.kind);
+                report.refused_by = e.refused_by.clone();
                 report.action = match e.kind {
                     ErrorKind::Integrity => Action::Stopped,
                     ErrorKind::Cancelled => Action::NotRun,

@@ -157,6 +157,8 @@ struct RecordingSink {
     /// Large `put_blob`s running now, and the most that ran at once.
     puts_running: std::sync::atomic::AtomicUsize,
     puts_peak: std::sync::atomic::AtomicUsize,
+    /// Operations (by method name) that every call refuses with this error.
+    refuse: Mutex<std::collections::BTreeMap<&'static str, StageError>>,
 }
 
 impl RecordingSink {
@@ -165,6 +167,9 @@ impl RecordingSink {
         *self.calls.lock().unwrap().entry(op).or_default() += 1;
         if self.fail_once.lock().unwrap().remove(op) {
             return Err(StageError::transient(format!("{op}: 503 (injected once)")));
+        }
+        if let Some(e) = self.refuse.lock().unwrap().get(op) {
+            return Err(e.clone());
         }
         Ok(())
     }
@@ -322,6 +327,7 @@ impl Harness {
                 put_delay: Mutex::default(),
                 puts_running: Default::default(),
                 puts_peak: Default::default(),
+                refuse: Default::default(),
             }),
             target,
             signer: Arc::new(RecordingSigner::default()),
@@ -1347,6 +1353,57 @@ async fn failures_beyond_the_budget_fail_that_image_only() {
         h.target_tag("dst.io/mirror/library/alpine:3").await,
         Some(second.manifest.digest.clone())
     );
+}
+
+#[tokio::test]
+async fn a_refusal_names_the_registry_that_refused_in_the_report() {
+    let h = Harness::new();
+    add_image(&h.source, "busybox:1.36", "first");
+    add_image(&h.source, "alpine:3", "second");
+    let refused = || {
+        StageError::new(
+            ErrorKind::Unauthorized,
+            "denied (registry dst.io refused access)",
+        )
+        .with_refused_by("dst.io")
+    };
+    // Planning (the tag lookup) refused: the report says by whom.
+    h.sink
+        .refuse
+        .lock()
+        .unwrap()
+        .insert("manifest_digest", refused());
+    let run = || async {
+        h.orchestrator(true, true)
+            .prepare(&def(&yaml("- source: busybox:1.36\n")), false)
+            .unwrap()
+            .with_retry(quick_retries(0))
+            .run()
+            .await
+    };
+    let report = run().await;
+    let image = image_of(&report, "busybox:1.36");
+    assert_eq!(image.action, Action::Failed);
+    assert_eq!(image.refused_by.as_deref(), Some("dst.io"));
+    assert!(report.refused_by("dst.io"));
+    assert!(!report.refused_by("src.io"));
+    // A write refused while copying: the same.
+    h.sink.refuse.lock().unwrap().clear();
+    h.sink.refuse.lock().unwrap().insert("put_blob", refused());
+    let report = run().await;
+    assert_eq!(
+        image_of(&report, "busybox:1.36").refused_by.as_deref(),
+        Some("dst.io")
+    );
+    assert!(report.refused_by("dst.io"));
+    // Another failure names no registry, whatever its message says.
+    h.sink.refuse.lock().unwrap().insert(
+        "put_blob",
+        StageError::new(ErrorKind::Transient, "registry dst.io refused access"),
+    );
+    let report = run().await;
+    assert_eq!(image_of(&report, "busybox:1.36").refused_by, None);
+    assert!(!report.refused_by("dst.io"));
 }
 
 /// `levels` indexes nested in `repo`, each over the one below, the last over
