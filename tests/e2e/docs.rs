@@ -697,3 +697,31 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// plugins.md speaks of today's plugin ABI: every "(today `N`)" is the
+/// kit's `ABI_VERSION`, the history lists that bump, and a migration table
+/// leads to it (a bump without its table fails here).
+#[test]
+fn plugins_md_has_a_migration_table_to_todays_abi() {
+    let abi = image_syncer_plugin::ABI_VERSION;
+    let text = read("docs/plugins.md");
+    let today = regex::Regex::new(r"\(today `(\d+)`\)").unwrap();
+    let said: Vec<u32> = today
+        .captures_iter(&text)
+        .map(|c| c[1].parse().unwrap())
+        .collect();
+    assert!(
+        !said.is_empty() && said.iter().all(|n| *n == abi),
+        "ABI {abi}, plugins.md says {said:?}"
+    );
+    assert!(
+        text.contains(&format!("\n  - {abi} (")),
+        "plugins.md lists no bump to {abi}"
+    );
+    let table = regex::Regex::new(r"\*\*Migration from (\d+) to (\d+)\.\*\*").unwrap();
+    let to: Vec<u32> = table
+        .captures_iter(&text)
+        .map(|c| c[2].parse().unwrap())
+        .collect();
+    assert!(to.contains(&abi), "no migration table to ABI {abi}: {to:?}");
+}
