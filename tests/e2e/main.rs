@@ -5,6 +5,8 @@ mod support;
 
 mod bundles;
 mod credentials;
+mod doc_blocks;
+mod docs;
 mod examples;
 mod faults;
 mod hostile;

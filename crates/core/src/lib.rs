@@ -1,5 +1,5 @@
 //! image-syncer's core: the domain types (references, digests, descriptors,
-//! manifests), the five stage traits, the stage registry, the definition model
+//! manifests), the six stage traits, the stage registry, the definition model
 //! and the orchestrator. It knows no HTTP and no registry protocol: plugins do.
 
 pub mod context;

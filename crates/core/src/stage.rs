@@ -1,4 +1,5 @@
-//! The five stage traits the orchestrator drives, and the error every stage returns.
+//! The six stage traits the orchestrator drives, one per `StageKind`, and the
+//! error every stage returns.
 //!
 //! Stages are built by the factories of [`crate::registry`] from a typed
 //! config and their kind's context ([`crate::context`]); they never see the

@@ -648,29 +648,19 @@ async fn sign_bundle(
     Ok(())
 }
 
-/// Now, as RFC 3339 UTC (`2026-11-27T14:00:00Z`).
+/// Now, as RFC 3339 UTC to the second (`2026-11-27T14:00:00Z`), as cosign
+/// dates what it writes.
 fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `at` as RFC 3339 UTC, whole seconds (`2026-11-27T14:00:00Z`).
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a date of years 0 to 9999 formats as RFC 3339")
 }
 
 /// The verify-then-sign flow for one request, writing the classic format.
@@ -779,4 +769,27 @@ pub async fn sign_request_as(
         }
     }
     Ok(SignOutcome::Signed)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    /// Whole seconds in UTC, whatever the offset and fraction given.
+    #[test]
+    fn rfc3339_dates() {
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).unwrap();
+        assert_eq!(super::rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(at(1_767_225_599)), "2025-12-31T23:59:59Z");
+        let fraction = at(4_107_542_400) + time::Duration::milliseconds(750);
+        assert_eq!(super::rfc3339(fraction), "2100-03-01T00:00:00Z");
+        let elsewhere = at(0).to_offset(time::UtcOffset::from_hms(2, 0, 0).unwrap());
+        assert_eq!(super::rfc3339(elsewhere), "1970-01-01T00:00:00Z");
+        let now = super::rfc3339_now();
+        assert!(
+            now.len() == 20 && now.ends_with('Z') && &now[10..11] == "T",
+            "{now}"
+        );
+    }
 }

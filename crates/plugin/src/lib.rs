@@ -53,7 +53,10 @@ pub use tracing;
 pub mod host;
 pub mod log;
 
-/// Bumped whenever the declaration or the types crossing the boundary change shape.
+/// The shape of the declaration and of the types crossing the boundary. Bumped
+/// by the first change of that shape of a piece of work; its later changes,
+/// and those merged before the next bump, ride on it. docs/plugins.md ("What
+/// is stable") has the rule, each bump and a migration table.
 pub const ABI_VERSION: u32 = 7;
 
 /// A fingerprint of the sizes and alignments of the types that cross the

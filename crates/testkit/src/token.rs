@@ -383,24 +383,10 @@ async fn handle(
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the epoch (UTC).
 pub(crate) fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Days to civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .expect("seconds since the epoch within years 1970 to 9999")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a date of years 0 to 9999 formats as RFC 3339")
 }
 
 #[cfg(test)]

@@ -193,6 +193,7 @@ fn registry_access_reads_credentials_and_names_the_entry_at_fault() {
         registries.endpoint_for("docker.io"),
         ("mirror.local:5000".to_string(), true)
     );
+    let mut messages = Vec::new();
     for (registries, says) in [
         (
             "  quay.io:\n    username: bob\n    passwordEnv: IMAGE_SYNCER_TEST_NEVER_SET\n",
@@ -210,5 +211,8 @@ fn registry_access_reads_credentials_and_names_the_entry_at_fault() {
         let err = def(registries).registry_access().unwrap_err().to_string();
         assert!(err.contains(says), "{err}");
         assert!(err.contains("images.yaml"), "{err}");
+        messages.push(err.replace(&dir.display().to_string(), "[DIR]"));
     }
+    // The whole messages, as docs/definition.md quotes them.
+    insta::assert_snapshot!("registry_access_errors", messages.join("\n"));
 }

@@ -1,0 +1,2 @@
+// The whole plugin, as docs/plugins.md shows it ("The declaration").
+// {snippet}
