@@ -307,14 +307,10 @@ pub fn run(args: Args) -> Exit {
         (None, None) => None,
     };
     let orchestrator = Orchestrator::new(registry, cx);
-    // Entries selecting tags by a rule: their rules are checked here, before
-    // anything is read; the other images are checked by preparing.
-    let expansion = match orchestrator.expansion(&def) {
+    // The definition is checked and its stages built here, before anything
+    // is read: entries selecting tags by a rule are expanded later.
+    let expansion = match orchestrator.expansion(&def, args.dry_run, shard) {
         Ok(e) => e,
-        Err(e) => return input_error(with_flags(e)),
-    };
-    let prepared = match orchestrator.prepare_shard(&def, args.dry_run, shard) {
-        Ok(p) => p,
         Err(e) => return input_error(with_flags(e)),
     };
     // `--jobs` (else `jobs:`) fixes how much runs at once; without either
@@ -355,24 +351,11 @@ pub fn run(args: Args) -> Exit {
         Signals::listen()
     };
     runtime.spawn(watch_signals(signals, interrupt.clone()));
-    // Expanding reads each repository's tags; then the whole run is
-    // prepared again, with one image per selected tag.
-    let prepared = if expansion.is_empty() {
-        prepared
-    } else {
-        let flow = prepared.flow().clone();
-        let expanded = runtime.block_on(expansion.expand(
-            &def,
-            &policy,
-            concurrency,
-            &interrupt,
-            &flow,
-            shard,
-        ));
-        match orchestrator.prepare_shard(&expanded.definition, args.dry_run, shard) {
-            Ok(p) => p.with_failed(expanded.failed),
-            Err(e) => return input_error(with_flags(e)),
-        }
+    // Expanding reads each repository's tags; the images selected are then
+    // prepared with the stages already built.
+    let prepared = match runtime.block_on(expansion.expand(&policy, concurrency, &interrupt)) {
+        Ok(p) => p,
+        Err(e) => return input_error(with_flags(e)),
     };
     let mut prepared = prepared
         .with_jobs_cap(jobs)

@@ -10,7 +10,7 @@
 //!    manifest last, then signing. A safety stop during execution halts all
 //!    further writing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +32,7 @@ use crate::report::{Action, ImageReport, Report};
 use crate::retry::{Retry, RetryPolicy};
 use crate::stage::{
     ErrorKind, Guard, GuardInput, ImageEntry, ManifestTarget, SignRequest, Signer, Sink, Source,
-    StageError, StageKind, Transform, TransformInput, Verdict,
+    StageError, Transform, TransformInput, Verdict,
 };
 
 pub use crate::definition::{PipelineSpec, StageSpec};
@@ -214,9 +214,9 @@ impl Prepared {
         self
     }
 
-    /// Adds the reports of entries that failed before planning (see
-    /// [`Expanded::failed`]); the run's report lists them in definition order.
-    pub fn with_failed(mut self, failed: Vec<ImageReport>) -> Prepared {
+    /// Adds the reports of entries that failed before planning (their tag
+    /// rule's expansion); the run's report lists them in definition order.
+    fn with_failed(mut self, failed: Vec<ImageReport>) -> Prepared {
         self.failed = failed;
         self
     }
@@ -300,12 +300,19 @@ mod expand;
 mod plan;
 mod prepare;
 mod retried;
+mod stages;
 
 use copy::{check_manifest, ImageCopy, Walk};
 use execute::{Ledger, Run};
 use plan::{Decision, Planned};
 
-pub use expand::{Expanded, Expansion};
+pub use expand::Expansion;
+
+// The unit tests take these from here (`use super::*`).
+#[cfg(test)]
+use crate::stage::StageKind;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_build;

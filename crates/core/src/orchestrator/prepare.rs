@@ -1,72 +1,13 @@
-//! Phase 1, prepare (no I/O): stages built, targets computed and checked.
+//! Phase 1, prepare (no I/O): stages built (each once, see `stages.rs`),
+//! targets computed and checked.
 
+use super::stages::Stages;
 use super::*;
-use crate::registry::{ConfigValue, ContextInput};
-
-/// What a built stage is kept under while preparing, so that images asking
-/// for the same stage share one: the stage entry (plugin and config, the
-/// config as its canonical JSON text), or the transport served.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Built {
-    Spec { plugin: String, config: String },
-    Transport(Option<String>),
-}
-
-impl Built {
-    fn spec(spec: &StageSpec) -> Built {
-        Built::Spec {
-            plugin: spec.plugin.clone(),
-            config: spec.config.to_string(),
-        }
-    }
-}
+use crate::registry::ContextInput;
 
 impl Orchestrator {
     pub fn new(registry: StageRegistry, context: RunContext) -> Orchestrator {
         Orchestrator { registry, context }
-    }
-
-    /// Builds a stage with `build`, naming where the definition chose it on error.
-    pub(super) fn build_at<T>(
-        &self,
-        def: &Definition,
-        spec: &StageSpec,
-        build: impl FnOnce(&str, &ConfigValue) -> Result<T, BuildError>,
-    ) -> Result<T, PrepareError> {
-        build(&spec.plugin, &spec.config).map_err(|source| match &spec.at {
-            Some(at) => PrepareError::Stage {
-                path: def.path.display().to_string(),
-                line: spec.line,
-                at: at.clone(),
-                source,
-            },
-            None => PrepareError::Build(source),
-        })
-    }
-
-    /// Builds the stage the definition chose, else the one serving `transport`.
-    pub(super) fn build_by_transport<T>(
-        &self,
-        def: &Definition,
-        kind: StageKind,
-        chosen: &Option<StageSpec>,
-        transport: Option<&str>,
-        build: impl FnOnce(&str, &ConfigValue) -> Result<T, BuildError>,
-    ) -> Result<T, PrepareError> {
-        if let Some(spec) = chosen {
-            return self.build_at(def, spec, build);
-        }
-        match self.registry.for_transport(kind, transport) {
-            Some(entry) => Ok(build(&entry.name, &ConfigValue::Null)?),
-            None => Err(PrepareError::Build(BuildError::Unknown {
-                kind,
-                name: match transport {
-                    Some(t) => format!("<serving `{t}:` references>"),
-                    None => "<serving registry references>".into(),
-                },
-                known: self.registry.names(kind).join(", "),
-            })),
-        }
     }
 
     /// Computes targets and builds stages. Touches nothing.
@@ -77,52 +18,48 @@ impl Orchestrator {
     /// [`Orchestrator::prepare`] for one shard: only the images whose target
     /// the shard owns are kept (targets and duplicates are still checked over
     /// the whole definition, so every shard refuses the same bad input).
+    /// Entries with a tag rule are left out: [`Orchestrator::expansion`]
+    /// prepares a definition with them.
     pub fn prepare_shard(
         &self,
         def: &Definition,
         dry_run: bool,
         shard: Option<crate::shard::Shard>,
     ) -> Result<Prepared, PrepareError> {
+        self.prepare_with(def, dry_run, shard, &mut Stages::default())
+    }
+
+    /// Prepares `def` with the stages in `stages`, building (and keeping
+    /// there) those missing.
+    pub(super) fn prepare_with(
+        &self,
+        def: &Definition,
+        dry_run: bool,
+        shard: Option<crate::shard::Shard>,
+        stages: &mut Stages,
+    ) -> Result<Prepared, PrepareError> {
         let pipeline = &def.pipeline;
-        let (r, transform_cx, guard_cx) = (
-            &self.registry,
-            self.context.transform(),
-            self.context.guard(),
-        );
-        let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
-        for t in &pipeline.transforms {
-            transforms.push(self.build_at(def, t, |n, c| r.build_transform(n, c, &transform_cx))?);
-        }
-        // The pipeline's guards, then each image's own, built once per
-        // stage entry: over the whole definition, whatever the shard.
-        let mut built: HashMap<Built, Arc<dyn Guard>> = HashMap::new();
-        let mut guard = |g: &StageSpec| -> Result<Arc<dyn Guard>, PrepareError> {
-            let key = Built::spec(g);
-            if let Some(built) = built.get(&key) {
-                return Ok(built.clone());
-            }
-            let guard = self.build_at(def, g, |n, c| r.build_guard(n, c, &guard_cx))?;
-            built.insert(key, guard.clone());
-            Ok(guard)
-        };
+        let transforms = stages.transforms(self, def)?;
+        // The pipeline's guards, then each image's own: over the whole
+        // definition, whatever the shard.
         let global = pipeline
             .guards
             .iter()
-            .map(&mut guard)
+            .map(|g| stages.guard(self, def, g))
             .collect::<Result<Vec<_>, _>>()?;
         let mut guards: HashMap<usize, Vec<Arc<dyn Guard>>> = HashMap::new();
         for spec in images(def) {
             if let std::collections::hash_map::Entry::Vacant(slot) = guards.entry(spec.index) {
                 let mut all = global.clone();
                 for g in &spec.guards {
-                    all.push(guard(g)?);
+                    all.push(stages.guard(self, def, g)?);
                 }
                 slot.insert(all);
             }
         }
         let targets = self.targets(def, &transforms)?;
-        let mut items = self.items(def, targets, shard, &guards)?;
-        self.signers(def, &mut items)?;
+        let mut items = self.items(def, targets, shard, &guards, stages)?;
+        self.signers(def, &mut items, stages)?;
         Ok(Prepared {
             items,
             dry_run,
@@ -201,11 +138,9 @@ impl Orchestrator {
         targets: Vec<ImageRef>,
         shard: Option<crate::shard::Shard>,
         guards: &HashMap<usize, Vec<Arc<dyn Guard>>>,
+        stages: &mut Stages,
     ) -> Result<Vec<Item>, PrepareError> {
         let pipeline = &def.pipeline;
-        let (r, source_cx, sink_cx) = (&self.registry, self.context.source(), self.context.sink());
-        let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
-        let mut sinks: HashMap<Built, Arc<dyn Sink>> = HashMap::new();
         let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
         let mut done: HashMap<String, usize> = HashMap::new();
         for (spec, target) in images(def).zip(targets) {
@@ -217,41 +152,17 @@ impl Orchestrator {
                 items[kept].spec.sign |= spec.sign;
                 continue;
             }
-            let st = spec.source.transport().map(str::to_string);
-            if !sources.contains_key(&st) {
-                let source = self.build_by_transport(
-                    def,
-                    StageKind::Source,
-                    &pipeline.source,
-                    st.as_deref(),
-                    |n, c| r.build_source(n, c, &source_cx),
-                )?;
-                sources.insert(st.clone(), source);
-            }
-            let tt = target.transport().map(str::to_string);
-            let chosen = spec.sink.clone().or_else(|| pipeline.sink.clone());
-            let key = match &chosen {
-                Some(c) => Built::spec(c),
-                None => Built::Transport(tt.clone()),
-            };
-            if !sinks.contains_key(&key) {
-                let sink = self.build_by_transport(
-                    def,
-                    StageKind::Sink,
-                    &chosen,
-                    tt.as_deref(),
-                    |n, c| r.build_sink(n, c, &sink_cx),
-                )?;
-                sinks.insert(key.clone(), sink);
-            }
+            let source = stages.source(self, def, spec.source.transport())?;
+            let chosen = spec.sink.as_ref().or(pipeline.sink.as_ref());
+            let sink = stages.sink(self, def, chosen, target.transport())?;
             done.insert(target.to_string(), items.len());
             items.push(Item {
                 spec: spec.clone(),
                 entry: spec.entry(),
                 guards: guards[&spec.index].clone(),
                 target,
-                source: sources[&st].clone(),
-                sink: sinks[&key].clone(),
+                source,
+                sink,
                 signer: None,
             });
         }
@@ -262,7 +173,12 @@ impl Orchestrator {
     /// pipeline's. A signer that needs a key given on the command line says
     /// so when built (`BuildError::MissingInput`); others may carry their key
     /// in their config.
-    fn signers(&self, def: &Definition, items: &mut [Item]) -> Result<(), PrepareError> {
+    fn signers(
+        &self,
+        def: &Definition,
+        items: &mut [Item],
+        stages: &mut Stages,
+    ) -> Result<(), PrepareError> {
         let path = def.path.display().to_string();
         let pipeline = &def.pipeline;
         let signing: Vec<(String, usize, String)> = items
@@ -284,39 +200,34 @@ impl Orchestrator {
                 first_source: asking[0].2.clone(),
             }
         };
-        let (r, signer_cx) = (&self.registry, self.context.signer());
-        let mut signers: HashMap<Built, Arc<dyn Signer>> = HashMap::new();
         for item in items.iter_mut().filter(|i| i.spec.sign) {
             let chosen = item.spec.signer.as_ref().unwrap_or(&pipeline.signer);
-            let key = Built::spec(chosen);
-            if !signers.contains_key(&key) {
-                match self.build_at(def, chosen, |n, c| r.build_signer(n, c, &signer_cx)) {
-                    Ok(s) => signers.insert(key.clone(), s),
-                    Err(
-                        PrepareError::Build(BuildError::MissingInput {
-                            input: ContextInput::SigningKey,
-                            ..
-                        })
-                        | PrepareError::Stage {
-                            source:
-                                BuildError::MissingInput {
-                                    input: ContextInput::SigningKey,
-                                    ..
-                                },
-                            ..
-                        },
-                    ) => return Err(without_key(&chosen.plugin)),
-                    Err(e @ PrepareError::Stage { .. }) => return Err(e),
-                    Err(e) => {
-                        return Err(PrepareError::SignerUnavailable {
-                            path: path.clone(),
-                            count,
-                            message: e.to_string(),
-                        })
-                    }
-                };
-            }
-            item.signer = Some(signers[&key].clone());
+            let signer = match stages.signer(self, def, chosen) {
+                Ok(s) => s,
+                Err(
+                    PrepareError::Build(BuildError::MissingInput {
+                        input: ContextInput::SigningKey,
+                        ..
+                    })
+                    | PrepareError::Stage {
+                        source:
+                            BuildError::MissingInput {
+                                input: ContextInput::SigningKey,
+                                ..
+                            },
+                        ..
+                    },
+                ) => return Err(without_key(&chosen.plugin)),
+                Err(e @ PrepareError::Stage { .. }) => return Err(e),
+                Err(e) => {
+                    return Err(PrepareError::SignerUnavailable {
+                        path: path.clone(),
+                        count,
+                        message: e.to_string(),
+                    })
+                }
+            };
+            item.signer = Some(signer);
         }
         Ok(())
     }
