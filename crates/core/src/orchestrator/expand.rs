@@ -9,11 +9,22 @@
 //! prepared with the stages already built. An entry whose listing fails, or
 //! whose rule selects nothing, fails alone: the other images go on.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use futures_util::{stream, StreamExt};
+use tracing::{info, warn};
+
+use super::prepare::Prepared;
+use super::stages::Stages;
+use super::{registry_of, Concurrency, Orchestrator, PrepareError};
+use crate::definition::{Definition, ImageSpec};
 use crate::digest::AttachedTag;
+use crate::report::ImageReport;
+use crate::retry::{Retry, RetryPolicy};
 use crate::shard::Shard;
-use crate::stage::Selector;
-use stages::Stages;
+use crate::stage::{Selector, Source};
 
 /// A definition checked, its stages built, its repository entries still to
 /// expand: the first step of preparing when the definition has tag rules.

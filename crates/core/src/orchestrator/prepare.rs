@@ -1,9 +1,112 @@
 //! Phase 1, prepare (no I/O): stages built (each once, see `stages.rs`),
 //! targets computed and checked.
 
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::plan::Planned;
 use super::stages::Stages;
-use super::*;
-use crate::registry::ContextInput;
+use super::{Concurrency, Orchestrator, PrepareError, Settings};
+use crate::context::RunContext;
+use crate::definition::{Definition, ImageSpec};
+use crate::flow::FlowControl;
+use crate::reference::ImageRef;
+use crate::registry::{BuildError, ContextInput, StageRegistry};
+use crate::report::{ImageReport, Progress, Report};
+use crate::retry::RetryPolicy;
+use crate::stage::{Guard, ImageEntry, Signer, Sink, Source, Transform, TransformInput};
+
+/// One image of the run, with its stages.
+pub(super) struct Item {
+    pub(super) spec: ImageSpec,
+    /// What guards see of the image.
+    pub(super) entry: ImageEntry,
+    /// The pipeline's guards, then the image's own (`images[].pipeline.guards`).
+    pub(super) guards: Vec<Arc<dyn Guard>>,
+    pub(super) target: ImageRef,
+    pub(super) source: Arc<dyn Source>,
+    pub(super) sink: Arc<dyn Sink>,
+    /// Set for images that are signed.
+    pub(super) signer: Option<Arc<dyn Signer>>,
+}
+
+/// A definition ready to run: entries expanded, targets computed and
+/// checked, stages built. [`Prepared::plan`] reads the registries.
+pub struct Prepared {
+    items: Vec<Item>,
+    /// Entries that failed before planning (a tag rule's expansion).
+    failed: Vec<ImageReport>,
+    settings: Settings,
+}
+
+impl Prepared {
+    /// The targets, in definition order.
+    pub fn targets(&self) -> Vec<(&ImageSpec, &ImageRef)> {
+        self.items.iter().map(|i| (&i.spec, &i.target)).collect()
+    }
+
+    /// Works on at most `jobs` images at once, and on at most `jobs` blobs of
+    /// an image at once (at least 1).
+    pub fn with_jobs(mut self, jobs: usize) -> Prepared {
+        self.settings.jobs = jobs.max(1);
+        self.settings.concurrency = Concurrency::Fixed(self.settings.jobs);
+        self
+    }
+
+    /// [`Prepared::with_jobs`] when `jobs` is given, else the adaptive
+    /// default ([`Concurrency::Adaptive`]).
+    pub fn with_jobs_cap(self, jobs: Option<usize>) -> Prepared {
+        match jobs {
+            Some(n) => self.with_jobs(n),
+            None => self,
+        }
+    }
+
+    /// Reports progress to `display` as the run goes.
+    pub fn with_progress(mut self, display: Arc<dyn Progress>) -> Prepared {
+        self.settings.progress = display;
+        self
+    }
+
+    /// A flag that, once set (on SIGINT/SIGTERM), stops new work: no image
+    /// or write starts after it; writes in flight complete.
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Prepared {
+        self.settings.interrupt = flag;
+        self
+    }
+
+    /// Adds the reports of entries that failed before planning (their tag
+    /// rule's expansion); the run's report lists them in definition order.
+    pub(super) fn with_failed(mut self, failed: Vec<ImageReport>) -> Prepared {
+        self.failed = failed;
+        self
+    }
+
+    /// The per-registry flow control the run goes through (the context's).
+    pub fn flow(&self) -> &Arc<FlowControl> {
+        &self.settings.flow
+    }
+
+    /// Retries transient failures of registry operations with `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Prepared {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// Phase 2: looks every image up and lets the guards decide (reads only).
+    pub async fn plan(self) -> Planned {
+        Planned::of(self.items, self.failed, self.settings).await
+    }
+
+    /// Plans and (unless dry run) executes. Never panics on stage errors: every
+    /// outcome is in the report, in definition order.
+    pub async fn run(self) -> Report {
+        self.plan().await.execute().await.report()
+    }
+}
 
 impl Orchestrator {
     pub fn new(registry: StageRegistry, context: RunContext) -> Orchestrator {
@@ -62,14 +165,8 @@ impl Orchestrator {
         self.signers(def, &mut items, stages)?;
         Ok(Prepared {
             items,
-            dry_run,
-            concurrency: Concurrency::Adaptive,
-            jobs: DEFAULT_JOBS,
-            retry: RetryPolicy::default(),
-            interrupt: Arc::default(),
-            progress: Arc::new(crate::report::NoProgress),
-            flow: self.context.registries.flow.clone(),
             failed: Vec::new(),
+            settings: Settings::new(dry_run, self.context.registries.flow.clone()),
         })
     }
 
