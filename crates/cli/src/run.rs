@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use image_syncer_core::context::{Credentials, RunContext, Secret};
-use image_syncer_core::definition;
-use image_syncer_core::orchestrator::{Orchestrator, PrepareError};
+use image_syncer_core::definition::{self, Definition};
+use image_syncer_core::orchestrator::{Concurrency, Orchestrator, PrepareError};
 use image_syncer_core::registry::StageRegistry;
-use image_syncer_core::report::Status;
+use image_syncer_core::report::{Report, Status};
+use image_syncer_core::retry::RetryPolicy;
+use image_syncer_core::shard::Shard;
 use tracing::{info, warn};
 
 use crate::args::Args;
@@ -205,22 +207,88 @@ async fn watch_signals(mut signals: Signals, interrupt: Arc<AtomicBool>) {
 }
 
 pub fn run(args: Args) -> Exit {
+    match run_steps(&args) {
+        Ok(exit) | Err(exit) => exit,
+    }
+}
+
+/// The run, step by step; an early end (a listing printed, an input error
+/// reported) is `Err` with its exit code.
+fn run_steps(args: &Args) -> Result<Exit, Exit> {
+    if print_generated(args) {
+        return Ok(Exit::Ok);
+    }
+    init_logging(args.debug);
+    let registry = load_registry(args)?;
+    if print_registry(args, &registry) {
+        return Ok(Exit::Ok);
+    }
+    let def = load_definition(args, &registry)?;
+    let (cx, target) = run_context(args, &def, registry.transports())?;
+    let shard = shard(args)?;
+    let orchestrator = Orchestrator::new(registry, cx);
+    // The definition is checked and its stages built here, before anything
+    // is read: entries selecting tags by a rule are expanded later.
+    let expansion = orchestrator
+        .expansion(&def, args.dry_run, shard)
+        .map_err(|e| input_error(with_flags(e)))?;
+    let settings = Settings::of(args, &def);
+    info!(
+        images = def.images.len(),
+        dry_run = args.dry_run,
+        jobs = settings.jobs,
+        shard = ?shard.map(|s| s.to_string()),
+        "starting"
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return Err(Exit::SyncFailure);
+        }
+    };
+    let interrupt = Arc::new(AtomicBool::new(false));
+    // Listening starts here, before any registry is contacted.
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::listen()
+    };
+    runtime.spawn(watch_signals(signals, interrupt.clone()));
+    // Expanding reads each repository's tags; the images selected are then
+    // prepared with the stages already built.
+    let prepared = runtime
+        .block_on(expansion.expand(&settings.policy, settings.concurrency, &interrupt))
+        .map_err(|e| input_error(with_flags(e)))?;
+    let prepared = prepared
+        .with_jobs_cap(settings.jobs)
+        .with_retry(settings.policy)
+        .with_interrupt(interrupt);
+    let report = run_and_print(args, &runtime, prepared);
+    hint_auth(&target, &report);
+    Ok(exit_code(&report))
+}
+
+/// `--completions` and `--man`: printed before anything else is done.
+fn print_generated(args: &Args) -> bool {
     use std::io::Write as _;
     if let Some(shell) = args.completions {
         let _ = std::io::stdout().write_all(&crate::args::completions(shell));
-        return Exit::Ok;
+        return true;
     }
     if args.man {
         let _ = std::io::stdout().write_all(&crate::args::man_page());
-        return Exit::Ok;
+        return true;
     }
-    init_logging(args.debug);
-    let registry = match StageRegistry::builtin() {
-        Ok(r) => r,
-        Err(e) => return input_error(e),
-    };
-    let mut registry = registry;
-    // Plugin libraries: from flags, then from the definition's `plugins:` list.
+    false
+}
+
+/// The built-in stages, then the plugin libraries' (from flags, then from
+/// the definition's `plugins:` list).
+fn load_registry(args: &Args) -> Result<StageRegistry, Exit> {
+    let mut registry = StageRegistry::builtin().map_err(input_error)?;
     let mut libraries = args.plugins.clone();
     if let Some(f) = args.images_file.as_deref() {
         libraries.extend(definition::plugin_list(f));
@@ -228,31 +296,53 @@ pub fn run(args: Args) -> Exit {
     for lib in &libraries {
         match image_syncer_plugin::host::load_into(&mut registry, lib) {
             Ok(n) => info!(plugin = %lib.display(), stages = n, "plugin loaded"),
-            Err(e) => return input_error(e),
+            Err(e) => return Err(input_error(e)),
         }
     }
+    Ok(registry)
+}
+
+/// `--print-schema` and `--list-stages`: what the registry knows, printed.
+fn print_registry(args: &Args, registry: &StageRegistry) -> bool {
     if args.print_schema {
         print!("{}", registry.definition_schema());
-        return Exit::Ok;
+        return true;
     }
     if args.list_stages {
-        print!("{}", render_stages(&registry));
-        return Exit::Ok;
+        print!("{}", render_stages(registry));
+        return true;
     }
+    false
+}
+
+/// The definition file, read with the transports the registry serves.
+fn load_definition(args: &Args, registry: &StageRegistry) -> Result<Definition, Exit> {
     let Some(images_file) = args.images_file.as_deref() else {
-        return input_error("--images-file is required");
+        return Err(input_error("--images-file is required"));
     };
     let transports = registry.transports();
     let transport_refs: Vec<&str> = transports.iter().map(String::as_str).collect();
-    let def = match definition::load(images_file, &transport_refs) {
-        Ok(d) => d,
-        Err(e) => return input_error(e),
-    };
+    definition::load(images_file, &transport_refs).map_err(input_error)
+}
+
+/// The target registry, and whether the command line gave credentials for
+/// it (for the hint after a refusal).
+struct Target {
+    registry: Option<String>,
+    credentials: bool,
+}
+
+/// The run's context: registries (the definition's, the target's
+/// credentials from the command line, `--insecure-registry`, `--ca-file`s),
+/// the base directory, the transports and the signing key.
+fn run_context(
+    args: &Args,
+    def: &Definition,
+    transports: Vec<String>,
+) -> Result<(RunContext, Target), Exit> {
+    let transport_refs: Vec<&str> = transports.iter().map(String::as_str).collect();
     let credentials = match (&args.target_repo_auth_key, &args.access_token) {
-        (Some(p), _) => match read_key_file(p) {
-            Ok(c) => Some(c),
-            Err(e) => return input_error(e),
-        },
+        (Some(p), _) => Some(read_key_file(p).map_err(input_error)?),
         (None, Some(token)) => Some(Credentials::Bearer {
             token: Secret::new(token.clone()),
         }),
@@ -272,112 +362,84 @@ pub fn run(args: Args) -> Exit {
             Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
                 ca_certificates.push((shown, pem))
             }
-            Ok(_) => return input_error(format!("{shown}: not a PEM certificate file")),
-            Err(e) => return input_error(format!("{shown}: cannot read the CA file: {e}")),
+            Ok(_) => return Err(input_error(format!("{shown}: not a PEM certificate file"))),
+            Err(e) => {
+                return Err(input_error(format!(
+                    "{shown}: cannot read the CA file: {e}"
+                )))
+            }
         }
     }
     let mut cx = RunContext::default();
-    cx.registries.hosts = match def.registry_access() {
-        Ok(hosts) => hosts,
-        Err(e) => return input_error(e),
-    };
+    cx.registries.hosts = def.registry_access().map_err(input_error)?;
     cx.registries.insecure = args.insecure_registries.clone();
-    let target_credentials = credentials.is_some();
-    cx.registries.target = target_registry.clone().zip(credentials);
+    let target = Target {
+        registry: target_registry.clone(),
+        credentials: credentials.is_some(),
+    };
+    cx.registries.target = target_registry.zip(credentials);
     cx.registries.ca_certificates = ca_certificates;
     cx.base_dir = def.base_dir();
-    cx.transports = transports.clone();
+    cx.transports = transports;
     cx.signing_key = args.kms_key.as_ref().map(|k| k.to_string());
-    let shard = match (args.shard, args.shard_count) {
-        (Some(s), _) => Some(s),
+    Ok((cx, target))
+}
+
+/// The shard to run: `--shard`, or `--shard-count` with a Kubernetes
+/// Indexed Job's `JOB_COMPLETION_INDEX`.
+fn shard(args: &Args) -> Result<Option<Shard>, Exit> {
+    match (args.shard, args.shard_count) {
+        (Some(s), _) => Ok(Some(s)),
         (None, Some(count)) => {
             let index = std::env::var("JOB_COMPLETION_INDEX").ok();
-            match index.as_deref().map(|i| image_syncer_core::shard::Shard::new(i.trim().parse().unwrap_or(u32::MAX), count)) {
-                Some(Ok(s)) => Some(s),
-                Some(Err(_)) => {
-                    return input_error(format!(
-                        "JOB_COMPLETION_INDEX=`{}` is not an index below --shard-count {count}",
-                        index.unwrap_or_default()
-                    ))
-                }
-                None => return input_error("--shard-count needs JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), or use --shard INDEX/COUNT"),
+            match index.as_deref().map(|i| Shard::new(i.trim().parse().unwrap_or(u32::MAX), count)) {
+                Some(Ok(s)) => Ok(Some(s)),
+                Some(Err(_)) => Err(input_error(format!(
+                    "JOB_COMPLETION_INDEX=`{}` is not an index below --shard-count {count}",
+                    index.unwrap_or_default()
+                ))),
+                None => Err(input_error("--shard-count needs JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), or use --shard INDEX/COUNT")),
             }
         }
-        (None, None) => None,
-    };
-    let orchestrator = Orchestrator::new(registry, cx);
-    // Entries selecting tags by a rule: their rules are checked here, before
-    // anything is read; the other images are checked by preparing.
-    let expansion = match orchestrator.expansion(&def) {
-        Ok(e) => e,
-        Err(e) => return input_error(with_flags(e)),
-    };
-    let prepared = match orchestrator.prepare_shard(&def, args.dry_run, shard) {
-        Ok(p) => p,
-        Err(e) => return input_error(with_flags(e)),
-    };
-    // `--jobs` (else `jobs:`) fixes how much runs at once; without either
-    // the engine adapts to each registry.
-    let jobs: Option<usize> = args.jobs.map(|j| j as usize).or(def.jobs);
-    let concurrency = match jobs {
-        Some(n) => image_syncer_core::orchestrator::Concurrency::Fixed(n.max(1)),
-        None => image_syncer_core::orchestrator::Concurrency::Adaptive,
-    };
-    let policy = {
-        let mut policy = image_syncer_core::retry::RetryPolicy::from_settings(&def.retry);
+        (None, None) => Ok(None),
+    }
+}
+
+/// How much runs at once and how requests are retried.
+struct Settings {
+    /// `--jobs` (else `jobs:`); without either the engine adapts to each
+    /// registry.
+    jobs: Option<usize>,
+    concurrency: Concurrency,
+    policy: RetryPolicy,
+}
+
+impl Settings {
+    fn of(args: &Args, def: &Definition) -> Settings {
+        let jobs: Option<usize> = args.jobs.map(|j| j as usize).or(def.jobs);
+        let concurrency = match jobs {
+            Some(n) => Concurrency::Fixed(n.max(1)),
+            None => Concurrency::Adaptive,
+        };
+        let mut policy = RetryPolicy::from_settings(&def.retry);
         if let Some(n) = args.retries {
             policy.retries = n;
         }
-        policy
-    };
-    info!(
-        images = def.images.len(),
-        dry_run = args.dry_run,
-        jobs,
-        shard = ?shard.map(|s| s.to_string()),
-        "starting"
-    );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return Exit::SyncFailure;
-        }
-    };
-    let interrupt = Arc::new(AtomicBool::new(false));
-    // Listening starts here, before any registry is contacted.
-    let signals = {
-        let _in_runtime = runtime.enter();
-        Signals::listen()
-    };
-    runtime.spawn(watch_signals(signals, interrupt.clone()));
-    // Expanding reads each repository's tags; then the whole run is
-    // prepared again, with one image per selected tag.
-    let prepared = if expansion.is_empty() {
-        prepared
-    } else {
-        let flow = prepared.flow().clone();
-        let expanded = runtime.block_on(expansion.expand(
-            &def,
-            &policy,
+        Settings {
+            jobs,
             concurrency,
-            &interrupt,
-            &flow,
-            shard,
-        ));
-        match orchestrator.prepare_shard(&expanded.definition, args.dry_run, shard) {
-            Ok(p) => p.with_failed(expanded.failed),
-            Err(e) => return input_error(with_flags(e)),
+            policy,
         }
-    };
-    let mut prepared = prepared
-        .with_jobs_cap(jobs)
-        .with_retry(policy)
-        .with_interrupt(interrupt);
-    // A live line on a terminal; nothing extra when stderr is a file or pipe.
+    }
+}
+
+/// Runs the prepared definition (with a live line on a terminal; nothing
+/// extra when stderr is a file or pipe) and prints its report.
+fn run_and_print(
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+    mut prepared: image_syncer_core::orchestrator::Prepared,
+) -> Report {
     let display = (std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.debug)
         .then(|| Arc::new(crate::progress::TtyProgress::new()));
     if let Some(d) = &display {
@@ -392,14 +454,23 @@ pub fn run(args: Args) -> Exit {
     } else {
         print!("{}", report.render_text());
     }
-    // The core says what was refused; which flag gives it is the CLI's to say.
-    // Which registry refused is a field of the error (`StageError::refused_by`),
-    // not read from its message.
+    report
+}
+
+/// The core says what was refused; which flag gives it is the CLI's to say.
+/// Which registry refused is a field of the error (`StageError::refused_by`),
+/// not read from its message.
+fn hint_auth(target: &Target, report: &Report) {
+    let (target_registry, target_credentials) = (target.registry.clone(), target.credentials);
     if let Some(target) = target_registry.filter(|_| !target_credentials) {
         if report.refused_by(&target) {
             eprintln!("hint: the target registry {target} refused access: give its credentials with --target-repo-auth-key or --access-token (or in the definition's registries:, or Docker's config.json)");
         }
     }
+}
+
+/// The exit code of a finished run (a stop wins over a failure).
+fn exit_code(report: &Report) -> Exit {
     match report.status() {
         Status::Ok => Exit::Ok,
         Status::Failed => Exit::SyncFailure,

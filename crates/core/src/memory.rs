@@ -131,6 +131,17 @@ impl Source for MemoryRegistry {
                 StageError::not_found(format!("{repository}: blob {} unknown", descriptor.digest))
             })
     }
+
+    /// The repository's tags, sorted.
+    async fn list_tags(&self, repository: &ImageRef) -> Result<Vec<String>, StageError> {
+        let repos = self.repos.lock().unwrap();
+        let mut tags: Vec<String> = repos
+            .get(&repository.repository_name())
+            .map(|r| r.tags.keys().cloned().collect())
+            .unwrap_or_default();
+        tags.sort();
+        Ok(tags)
+    }
 }
 
 #[async_trait]

@@ -1,39 +1,29 @@
-//! Turns a definition into a plan and executes it through the stages.
+//! Turns a definition into a plan and executes it through the stages: one
+//! type per phase, each phase's work on its own type and in its own module.
 //!
-//! Order of work, per run:
-//! 1. `prepare` (no I/O): targets are computed by the transforms, duplicates and
-//!    signing prerequisites are checked, the stages needed are built. Errors here
-//!    are input errors: nothing has been touched.
-//! 2. plan (reads only): each source is resolved, each target looked up, the
-//!    guards decide. A safety stop found here means nothing is written at all.
-//! 3. execute: blobs first (skipping those present), child manifests, the tagged
-//!    manifest last, then signing. A safety stop during execution halts all
-//!    further writing.
+//! 1. [`Prepared`] (`prepare.rs`, no I/O): targets computed by the
+//!    transforms, duplicates and signing prerequisites checked, the stages
+//!    built, each once (`stages.rs`). A definition with tag rules is first an
+//!    [`Expansion`] (`expand.rs`): its repositories' tags are listed (reads
+//!    only), then the images selected are prepared with the stages already
+//!    built. Errors here are input errors: nothing has been touched.
+//! 2. [`Planned`] (`plan.rs`, reads only): each source resolved, each target
+//!    looked up, the guards decide. A safety stop found here means nothing is
+//!    written at all.
+//! 3. [`Executed`] (`execute.rs`, with `copy.rs` and `carry.rs`): blobs first
+//!    (skipping those present), child manifests, the tagged manifest last,
+//!    then carrying and signing. A safety stop during execution halts all
+//!    further writing. Its outcomes make the [`Report`](crate::report::Report).
 
-use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
-
-use futures_util::future::BoxFuture;
-use futures_util::{stream, FutureExt, StreamExt};
-use tokio::sync::OnceCell;
-use tracing::{debug, info, warn};
-
 use crate::context::RunContext;
-use crate::definition::{Definition, ImageSpec};
-use crate::digest::{Digest, VerifyingStream};
 use crate::flow::FlowControl;
-use crate::manifest::{Descriptor, Manifest, RawManifest, MAX_INDEX_DEPTH};
 use crate::reference::ImageRef;
 use crate::registry::{BuildError, StageRegistry};
-use crate::report::{Action, ImageReport, Report};
+use crate::report::Progress;
 use crate::retry::{Retry, RetryPolicy};
-use crate::stage::{
-    ErrorKind, Guard, GuardInput, ImageEntry, ManifestTarget, SignRequest, Signer, Sink, Source,
-    StageError, StageKind, Transform, TransformInput, Verdict,
-};
 
 pub use crate::definition::{PipelineSpec, StageSpec};
 
@@ -95,39 +85,9 @@ pub struct Orchestrator {
     pub context: RunContext,
 }
 
-struct Item {
-    spec: ImageSpec,
-    /// What guards see of the image.
-    entry: ImageEntry,
-    /// The pipeline's guards, then the image's own (`images[].pipeline.guards`).
-    guards: Vec<Arc<dyn Guard>>,
-    target: ImageRef,
-    source: Arc<dyn Source>,
-    sink: Arc<dyn Sink>,
-    /// Set for images that are signed.
-    signer: Option<Arc<dyn Signer>>,
-}
-
-/// A definition ready to run: targets computed, stages built.
-pub struct Prepared {
-    items: Vec<Item>,
-    dry_run: bool,
-    /// How much runs at once (see [`Concurrency`]).
-    concurrency: Concurrency,
-    /// Blobs (and child manifests) of one image worked on at once.
-    jobs: usize,
-    retry: RetryPolicy,
-    interrupt: Arc<AtomicBool>,
-    progress: Arc<dyn crate::report::Progress>,
-    /// Per-registry gates (the context's, shared with the plugins).
-    flow: Arc<FlowControl>,
-    /// Entries that failed before planning (a tag rule's expansion).
-    failed: Vec<ImageReport>,
-}
-
 /// The name a registry's gate and figures go by: the registry host of a
 /// registry reference, `<transport>:` for the others (layouts, `dir:`).
-fn registry_of(r: &ImageRef) -> String {
+pub(super) fn registry_of(r: &ImageRef) -> String {
     match r.transport() {
         Some(t) => format!("{t}:"),
         None => r.registry().to_string(),
@@ -178,58 +138,33 @@ impl Concurrency {
     }
 }
 
-impl Prepared {
-    /// The targets, in definition order.
-    pub fn targets(&self) -> Vec<(&ImageSpec, &ImageRef)> {
-        self.items.iter().map(|i| (&i.spec, &i.target)).collect()
-    }
+/// How a run goes: set on [`Prepared`], carried through every phase.
+pub(super) struct Settings {
+    dry_run: bool,
+    /// How much runs at once (see [`Concurrency`]).
+    concurrency: Concurrency,
+    /// Blobs (and child manifests) of one image worked on at once.
+    jobs: usize,
+    retry: RetryPolicy,
+    interrupt: Arc<AtomicBool>,
+    progress: Arc<dyn Progress>,
+    /// Per-registry gates (the context's, shared with the plugins).
+    flow: Arc<FlowControl>,
+}
 
-    /// Works on at most `jobs` images at once, and on at most `jobs` blobs of
-    /// an image at once (at least 1).
-    pub fn with_jobs(mut self, jobs: usize) -> Prepared {
-        self.jobs = jobs.max(1);
-        self.concurrency = Concurrency::Fixed(self.jobs);
-        self
-    }
-
-    /// [`Prepared::with_jobs`] when `jobs` is given, else the adaptive
-    /// default ([`Concurrency::Adaptive`]).
-    pub fn with_jobs_cap(self, jobs: Option<usize>) -> Prepared {
-        match jobs {
-            Some(n) => self.with_jobs(n),
-            None => self,
+impl Settings {
+    /// The defaults: adaptive, default retries, no interruption, no
+    /// progress display, through `flow`.
+    fn new(dry_run: bool, flow: Arc<FlowControl>) -> Settings {
+        Settings {
+            dry_run,
+            concurrency: Concurrency::Adaptive,
+            jobs: DEFAULT_JOBS,
+            retry: RetryPolicy::default(),
+            interrupt: Arc::default(),
+            progress: Arc::new(crate::report::NoProgress),
+            flow,
         }
-    }
-
-    /// A flag that, once set (on SIGINT/SIGTERM), stops new work: no image
-    /// or write starts after it; writes in flight complete.
-    /// Reports progress to `display` as the run goes.
-    pub fn with_progress(mut self, display: Arc<dyn crate::report::Progress>) -> Prepared {
-        self.progress = display;
-        self
-    }
-
-    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Prepared {
-        self.interrupt = flag;
-        self
-    }
-
-    /// Adds the reports of entries that failed before planning (see
-    /// [`Expanded::failed`]); the run's report lists them in definition order.
-    pub fn with_failed(mut self, failed: Vec<ImageReport>) -> Prepared {
-        self.failed = failed;
-        self
-    }
-
-    /// The per-registry flow control the run goes through (the context's).
-    pub fn flow(&self) -> &Arc<FlowControl> {
-        &self.flow
-    }
-
-    /// Retries transient failures of registry operations with `policy`.
-    pub fn with_retry(mut self, policy: RetryPolicy) -> Prepared {
-        self.retry = policy;
-        self
     }
 
     /// The retry policy, its waits ended by an interruption.
@@ -238,57 +173,6 @@ impl Prepared {
             policy: &self.retry,
             halt: &self.interrupt,
             flow: Some(&self.flow),
-        }
-    }
-
-    /// Plans and (unless dry run) executes. Never panics on stage errors: every
-    /// outcome is in the report, in definition order.
-    pub async fn run(self) -> Report {
-        let (lookups, images) = (self.concurrency.lookups(), self.concurrency.images());
-        self.flow
-            .start(self.concurrency.limits(), self.retry.budget);
-        // Planning reads only: every image is looked up as fast as its
-        // registries' gates allow, not in step with the copies.
-        let planned: Vec<Planned> = stream::iter(self.items.iter())
-            .map(|item| self.plan(item))
-            .buffered(lookups.max(1))
-            .collect()
-            .await;
-        self.progress.planned(
-            planned.len(),
-            planned
-                .iter()
-                .filter(|p| matches!(p.decision, Decision::Copy(_)))
-                .count(),
-        );
-        let stop = AtomicBool::new(planned.iter().any(|p| p.report.action == Action::Stopped));
-        if stop.load(Ordering::SeqCst) {
-            warn!("safety stop during planning: nothing is written in this run");
-        }
-        let run = Run {
-            stop,
-            interrupt: self.interrupt.clone(),
-            ledger: Ledger::default(),
-        };
-        let mut images: Vec<ImageReport> = stream::iter(self.items.iter().zip(planned))
-            .map(|(item, p)| self.finish(item, p, &run))
-            .buffered(images.max(1))
-            .collect()
-            .await;
-        if !self.failed.is_empty() {
-            images.extend(self.failed.iter().cloned());
-            // Stable: expanded images keep their selection order.
-            images.sort_by_key(|i| i.index);
-        }
-        let registries = self.flow.figures();
-        for (registry, f) in &registries {
-            debug!(%registry, requests = f.requests, retries = f.retries, pushbacks = f.pushbacks, throttled_seconds = f.throttled_seconds, lowest_limit = f.lowest_limit, "registry figures");
-        }
-        Report {
-            dry_run: self.dry_run,
-            interrupted: run.interrupted(),
-            images,
-            registries,
         }
     }
 }
@@ -300,12 +184,34 @@ mod expand;
 mod plan;
 mod prepare;
 mod retried;
+mod stages;
 
-use copy::{check_manifest, ImageCopy, Walk};
-use execute::{Ledger, Run};
-use plan::{Decision, Planned};
+pub use execute::Executed;
+pub use expand::Expansion;
+pub use plan::Planned;
+pub use prepare::Prepared;
 
-pub use expand::{Expanded, Expansion};
+// The unit tests (`tests.rs`) take these from here with `use super::*`:
+// what this module imported before each phase got its own module.
+#[cfg(test)]
+#[allow(unused_imports)]
+use {
+    crate::definition::{Definition, ImageSpec},
+    crate::digest::{Digest, VerifyingStream},
+    crate::manifest::{Descriptor, Manifest, RawManifest, MAX_INDEX_DEPTH},
+    crate::report::{Action, ImageReport, Report},
+    crate::stage::{
+        ErrorKind, Guard, GuardInput, ImageEntry, ManifestTarget, SignRequest, Signer, Sink,
+        Source, StageError, StageKind, Transform, TransformInput, Verdict,
+    },
+    futures_util::{stream, FutureExt, StreamExt},
+    std::collections::{BTreeMap, HashMap},
+    std::sync::atomic::{AtomicU64, Ordering},
+    std::sync::Mutex,
+    tracing::{debug, info, warn},
+};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_build;

@@ -1,13 +1,20 @@
 //! Carrying the source's signatures, attestations, SBOMs and referrers.
 
-use super::*;
-use crate::digest::AttachedTag;
-use crate::manifest::merged_referrers_index;
+use std::sync::atomic::AtomicU64;
+
+use super::copy::{check_manifest, ImageCopy, Walk};
+use super::execute::Run;
+use super::prepare::Item;
+use super::registry_of;
+use crate::digest::{AttachedTag, Digest};
+use crate::manifest::{merged_referrers_index, Descriptor, Manifest, RawManifest};
+use crate::reference::ImageRef;
+use crate::stage::{ErrorKind, ManifestTarget, StageError};
 
 /// At most this many referrers of one digest are carried.
 const MAX_REFERRERS: usize = 256;
 
-impl Prepared {
+impl Run<'_> {
     /// Copies the source's cosign artifacts for `digest` (`.sig`, `.att`,
     /// `.sbom` tags) that the target lacks, verbatim, and its referrers,
     /// before any signature of ours is added. A cosign tag the target has is
@@ -17,7 +24,6 @@ impl Prepared {
         &self,
         item: &Item,
         digest: &Digest,
-        run: &Run,
     ) -> Result<(Vec<String>, Vec<Descriptor>), StageError> {
         let mut carried = Vec::new();
         let mut upstream = Vec::new();
@@ -37,6 +43,7 @@ impl Prepared {
             }
             let to = item.target.with_tag(&tag);
             let present = self
+                .settings
                 .retry()
                 .at(&registry_of(&to), "carried artifact", || {
                     item.sink.manifest_digest(&to)
@@ -45,18 +52,18 @@ impl Prepared {
             if present.is_some() {
                 continue;
             }
-            if self.dry_run {
+            if self.settings.dry_run {
                 carried.push(format!("{tag} (would carry)"));
                 continue;
             }
             let bytes = AtomicU64::new(0);
-            let copy = self.copier(item, run, &bytes);
+            let copy = self.copier(item, &bytes);
             copy.children(&m, 0, Walk::Ledger).await?;
             copy.put_manifest(&ManifestTarget::Tag(tag.clone()), &m, 0, "carried artifact")
                 .await?;
             carried.push(tag);
         }
-        let (mut referred, referrers) = self.carry_referrers(item, digest, run).await?;
+        let (mut referred, referrers) = self.carry_referrers(item, digest).await?;
         carried.append(&mut referred);
         // Referrers carried from the source are upstream provenance too.
         upstream.extend(referrers);
@@ -67,6 +74,7 @@ impl Prepared {
     async fn source_tag(&self, item: &Item, tag: &str) -> Result<Option<RawManifest>, StageError> {
         let from = item.spec.source.with_tag(tag);
         match self
+            .settings
             .retry()
             .at(&registry_of(&from), "carried artifact", || {
                 item.source.resolve(&from)
@@ -82,15 +90,15 @@ impl Prepared {
         }
     }
 
-    fn copier<'a>(&'a self, item: &'a Item, run: &'a Run, bytes: &'a AtomicU64) -> ImageCopy<'a> {
+    fn copier<'a>(&'a self, item: &'a Item, bytes: &'a AtomicU64) -> ImageCopy<'a> {
         ImageCopy {
             item,
             repo: &item.target,
-            run,
-            jobs: self.jobs,
-            retry: self.retry(),
+            run: self,
+            jobs: self.settings.jobs,
+            retry: self.settings.retry(),
             bytes,
-            progress: self.progress.as_ref(),
+            progress: self.settings.progress.as_ref(),
         }
     }
 
@@ -105,11 +113,11 @@ impl Prepared {
         &self,
         item: &Item,
         digest: &Digest,
-        run: &Run,
     ) -> Result<(Vec<String>, Vec<Descriptor>), StageError> {
         let tag = AttachedTag::Referrers.of(digest);
         let source_ref = &item.spec.source;
         let api = self
+            .settings
             .retry()
             .at(&registry_of(source_ref), "referrers", || {
                 item.source.referrers(source_ref, digest)
@@ -129,6 +137,7 @@ impl Prepared {
         let listed: Vec<Descriptor> = listed.into_iter().take(MAX_REFERRERS).collect();
         let target_ref = &item.target;
         let target_api = self
+            .settings
             .retry()
             .at(&registry_of(target_ref), "referrers", || {
                 item.sink.referrers(target_ref, digest)
@@ -138,6 +147,7 @@ impl Prepared {
         let existing = match &target_api {
             Some(list) => list.clone(),
             None => match self
+                .settings
                 .retry()
                 .at(&registry_of(&to), "referrers tag", || {
                     item.sink.fetch_manifest(&to)
@@ -161,12 +171,12 @@ impl Prepared {
         if missing.is_empty() {
             if let (Some(index), None, false) = (&source_index, &target_api, tag_present) {
                 if listed.is_empty() && !self.target_has(item, &to).await? {
-                    return Ok((self.put_index(item, run, &tag, index).await?, listed));
+                    return Ok((self.put_index(item, &tag, index).await?, listed));
                 }
             }
             return Ok((Vec::new(), listed));
         }
-        if self.dry_run {
+        if self.settings.dry_run {
             let would = missing
                 .iter()
                 .map(|d| format!("referrer {} (would carry)", d.digest))
@@ -174,10 +184,11 @@ impl Prepared {
             return Ok((would, listed));
         }
         let bytes = AtomicU64::new(0);
-        let copy = self.copier(item, run, &bytes);
+        let copy = self.copier(item, &bytes);
         let mut carried = Vec::new();
         for d in &missing {
             let m = self
+                .settings
                 .retry()
                 .at(&registry_of(source_ref), "referrer", || {
                     item.source.fetch_manifest(source_ref, d)
@@ -203,7 +214,7 @@ impl Prepared {
             }
         };
         if let Some(index) = index {
-            let mut tagged = self.put_index(item, run, &tag, &index).await?;
+            let mut tagged = self.put_index(item, &tag, &index).await?;
             carried.append(&mut tagged);
         }
         Ok((carried, listed))
@@ -211,6 +222,7 @@ impl Prepared {
 
     async fn target_has(&self, item: &Item, to: &ImageRef) -> Result<bool, StageError> {
         Ok(self
+            .settings
             .retry()
             .at(&registry_of(to), "referrers tag", || {
                 item.sink.manifest_digest(to)
@@ -223,15 +235,14 @@ impl Prepared {
     async fn put_index(
         &self,
         item: &Item,
-        run: &Run,
         tag: &str,
         index: &RawManifest,
     ) -> Result<Vec<String>, StageError> {
-        if self.dry_run {
+        if self.settings.dry_run {
             return Ok(vec![format!("{tag} (would carry)")]);
         }
         let bytes = AtomicU64::new(0);
-        let copy = self.copier(item, run, &bytes);
+        let copy = self.copier(item, &bytes);
         copy.children(index, 0, Walk::Ledger).await?;
         copy.put_manifest(
             &ManifestTarget::Tag(tag.to_string()),

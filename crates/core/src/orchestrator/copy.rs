@@ -1,7 +1,20 @@
 //! One image's copy: the walk over what a manifest references, blobs
 //! through the run's ledger, manifests put with a re-check on refusal.
 
-use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use futures_util::future::BoxFuture;
+use futures_util::{stream, FutureExt, StreamExt};
+use tracing::{debug, warn};
+
+use super::execute::Run;
+use super::prepare::Item;
+use super::registry_of;
+use crate::digest::{Digest, VerifyingStream};
+use crate::manifest::{Descriptor, Manifest, RawManifest, MAX_INDEX_DEPTH};
+use crate::reference::ImageRef;
+use crate::retry::Retry;
+use crate::stage::{ErrorKind, ManifestTarget, StageError};
 
 /// How a copy walks what a manifest references: through the run's ledger
 /// (the first walk), or past it, asking the target about everything (after
@@ -16,7 +29,7 @@ pub(super) enum Walk {
 pub(super) struct ImageCopy<'a> {
     pub(super) item: &'a Item,
     pub(super) repo: &'a ImageRef,
-    pub(super) run: &'a Run,
+    pub(super) run: &'a Run<'a>,
     pub(super) jobs: usize,
     pub(super) retry: Retry<'a>,
     pub(super) bytes: &'a AtomicU64,

@@ -1,82 +1,161 @@
 //! Phase 3, execute: each planned image copied (blobs, children, the tag
-//! last), its signatures carried, then signed; the run's shared state.
+//! last), its signatures carried (`carry.rs`), then signed; the run's shared
+//! state and ledger; the outcomes, made into the report.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-impl Prepared {
+use futures_util::{stream, StreamExt};
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
+
+use super::copy::{ImageCopy, Walk};
+use super::plan::{Decision, ImagePlan, Planned};
+use super::prepare::Item;
+use super::retried::RetriedSink;
+use super::{registry_of, Settings};
+use crate::digest::Digest;
+use crate::flow::FlowControl;
+use crate::manifest::{Descriptor, RawManifest};
+use crate::reference::ImageRef;
+use crate::report::{Action, ImageReport, Report};
+use crate::stage::{ErrorKind, ManifestTarget, SignRequest, Sink, StageError};
+
+/// A run executed: every image's outcome, in definition order.
+/// [`Executed::report`] makes the run's report.
+pub struct Executed {
+    images: Vec<ImageReport>,
+    dry_run: bool,
+    interrupted: bool,
+    flow: Arc<FlowControl>,
+}
+
+impl Executed {
+    /// Executes `planned`: nothing is written when planning found a safety
+    /// stop; otherwise as many images at once as the run's concurrency
+    /// allows, each within its registries' limits.
+    pub(super) async fn of(planned: Planned) -> Executed {
+        let stop = planned.stopped();
+        let Planned {
+            images,
+            failed,
+            settings,
+        } = planned;
+        if stop {
+            warn!("safety stop during planning: nothing is written in this run");
+        }
+        let run = Run {
+            settings: &settings,
+            stop: AtomicBool::new(stop),
+            ledger: Ledger::default(),
+        };
+        let (items, plans): (Vec<Item>, Vec<ImagePlan>) = images.into_iter().unzip();
+        let mut reports: Vec<ImageReport> = stream::iter(items.iter().zip(plans))
+            .map(|(item, p)| run.finish(item, p))
+            .buffered(settings.concurrency.images().max(1))
+            .collect()
+            .await;
+        if !failed.is_empty() {
+            reports.extend(failed);
+            // Stable: expanded images keep their selection order.
+            reports.sort_by_key(|i| i.index);
+        }
+        let interrupted = run.interrupted();
+        Executed {
+            images: reports,
+            dry_run: settings.dry_run,
+            interrupted,
+            flow: settings.flow.clone(),
+        }
+    }
+
+    /// The run's report, with each registry's figures.
+    pub fn report(self) -> Report {
+        let registries = self.flow.figures();
+        for (registry, f) in &registries {
+            debug!(%registry, requests = f.requests, retries = f.retries, pushbacks = f.pushbacks, throttled_seconds = f.throttled_seconds, lowest_limit = f.lowest_limit, "registry figures");
+        }
+        Report {
+            dry_run: self.dry_run,
+            interrupted: self.interrupted,
+            images: self.images,
+            registries,
+        }
+    }
+}
+
+/// One execution: the run's settings and the state shared by all its images.
+pub(super) struct Run<'a> {
+    pub(super) settings: &'a Settings,
+    /// Set by the first safety stop: no write starts after it.
+    stop: AtomicBool,
+    pub(super) ledger: Ledger,
+}
+
+impl Run<'_> {
     /// Executes one planned image: copy (unless in sync), then sign.
-    pub(super) async fn finish(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
+    async fn finish(&self, item: &Item, p: ImagePlan) -> ImageReport {
         let started = std::time::Instant::now();
-        let mut report = self.finish_inner(item, p, run).await;
+        let mut report = self.finish_inner(item, p).await;
         report.duration_ms += started.elapsed().as_millis() as u64;
-        self.progress.finished(&report);
+        self.settings.progress.finished(&report);
         report
     }
 
-    pub(super) async fn finish_inner(&self, item: &Item, p: Planned, run: &Run) -> ImageReport {
+    async fn finish_inner(&self, item: &Item, p: ImagePlan) -> ImageReport {
         let mut report = p.report;
-        if halted(item, &mut report, run) {
+        if halted(item, &mut report, self) {
             return report;
         }
-        self.copy_step(item, &p.decision, &mut report, run).await;
-        let upstream = self.carry_step(item, &mut report, run).await;
-        self.sign_step(item, &p.decision, upstream, &mut report, run)
+        self.copy_step(item, &p.decision, &mut report).await;
+        let upstream = self.carry_step(item, &mut report).await;
+        self.sign_step(item, &p.decision, upstream, &mut report)
             .await;
         report
     }
 
     /// Copies the image when planning decided so (in a dry run: says it would).
-    async fn copy_step(
-        &self,
-        item: &Item,
-        decision: &Decision,
-        report: &mut ImageReport,
-        run: &Run,
-    ) {
+    async fn copy_step(&self, item: &Item, decision: &Decision, report: &mut ImageReport) {
         let Decision::Copy(manifest) = decision else {
             return;
         };
-        if self.dry_run {
+        if self.settings.dry_run {
             report.action = Action::WouldCopy;
             return;
         }
-        match self.execute(item, manifest, run).await {
+        match self.copy(item, manifest).await {
             Ok(bytes) => {
                 report.bytes = bytes;
                 info!(source = %item.spec.source, target = %item.target, digest = %manifest.digest, bytes, "copied");
             }
             Err(e) => {
                 warn!(source = %item.spec.source, target = %item.target, error = %e, "copy failed");
-                run.record(report, &e, e.message.clone());
+                self.record(report, &e, e.message.clone());
             }
         }
     }
 
     /// Carries the source's signatures along (`carrySignatures`); returns the
     /// layers of the source's `.sig` (upstream signatures) for the signer.
-    async fn carry_step(
-        &self,
-        item: &Item,
-        report: &mut ImageReport,
-        run: &Run,
-    ) -> Vec<Descriptor> {
+    async fn carry_step(&self, item: &Item, report: &mut ImageReport) -> Vec<Descriptor> {
         if !item.spec.carry_signatures
             || !matches!(report.action, Action::Copied | Action::InSync)
-            || run.stopped()
+            || self.stopped()
         {
             return Vec::new();
         }
         let Some(digest) = report.digest.clone() else {
             return Vec::new();
         };
-        match self.carry(item, &digest, run).await {
+        match self.carry(item, &digest).await {
             Ok((carried, layers)) => {
                 report.carried = carried;
                 layers
             }
             Err(e) => {
                 warn!(source = %item.spec.source, error = %e, "carrying signatures failed");
-                run.record(report, &e, format!("carrying signatures along: {e}"));
+                self.record(report, &e, format!("carrying signatures along: {e}"));
                 Vec::new()
             }
         }
@@ -90,7 +169,6 @@ impl Prepared {
         decision: &Decision,
         upstream: Vec<Descriptor>,
         report: &mut ImageReport,
-        run: &Run,
     ) {
         let wanted = matches!(
             report.action,
@@ -104,7 +182,7 @@ impl Prepared {
             report.signature = Some(crate::stage::SignOutcome::WouldSign);
             return;
         }
-        if run.stopped() {
+        if self.stopped() {
             report.message = Some("not signed: a safety stop halted all writing".into());
             return;
         }
@@ -112,31 +190,26 @@ impl Prepared {
             target: item.target.clone(),
             digest: manifest.digest.clone(),
             manifest: manifest.clone(),
-            dry_run: self.dry_run,
+            dry_run: self.settings.dry_run,
             upstream,
         };
-        let sink: Arc<dyn Sink> = Arc::new(super::retried::RetriedSink {
+        let sink: Arc<dyn Sink> = Arc::new(RetriedSink {
             inner: item.sink.clone(),
-            policy: self.retry,
-            halt: self.interrupt.clone(),
-            flow: self.flow.clone(),
+            policy: self.settings.retry,
+            halt: self.settings.interrupt.clone(),
+            flow: self.settings.flow.clone(),
         });
         match signer.sign(&req, &sink).await {
             Ok(outcome) => report.signature = Some(outcome),
             Err(e) => {
                 warn!(source = %item.spec.source, target = %item.target, error = %e, "signing failed");
-                run.record(report, &e, e.message.clone());
+                self.record(report, &e, e.message.clone());
             }
         }
     }
 
     /// Copies one image: blobs, child manifests, then the tag.
-    pub(super) async fn execute(
-        &self,
-        item: &Item,
-        manifest: &RawManifest,
-        run: &Run,
-    ) -> Result<u64, StageError> {
+    async fn copy(&self, item: &Item, manifest: &RawManifest) -> Result<u64, StageError> {
         let tag = item
             .target
             .tag()
@@ -147,15 +220,16 @@ impl Prepared {
         let copy = ImageCopy {
             item,
             repo: &repo,
-            run,
-            jobs: self.jobs,
-            retry: self.retry(),
+            run: self,
+            jobs: self.settings.jobs,
+            retry: self.settings.retry(),
             bytes: &bytes,
-            progress: self.progress.as_ref(),
+            progress: self.settings.progress.as_ref(),
         };
         copy.children(manifest, 0, Walk::Ledger).await?;
         // Last check before the tag moves: the target must still be absent or equal.
         let now = self
+            .settings
             .retry()
             .at(&registry_of(&item.target), "target digest", || {
                 item.sink.manifest_digest(&item.target)
@@ -178,7 +252,7 @@ impl Prepared {
 
 /// Whether the run stopped or was interrupted before this planned image was
 /// executed: then it is reported as such and nothing more is done for it.
-fn halted(item: &Item, report: &mut ImageReport, run: &Run) -> bool {
+fn halted(item: &Item, report: &mut ImageReport, run: &Run<'_>) -> bool {
     if !matches!(report.action, Action::Copied | Action::InSync) {
         return false;
     }
@@ -201,22 +275,13 @@ fn halted(item: &Item, report: &mut ImageReport, run: &Run) -> bool {
     false
 }
 
-/// State shared by all images of one run.
-pub(super) struct Run {
-    /// Set by the first safety stop: no write starts after it.
-    pub(super) stop: AtomicBool,
-    /// Set on SIGINT/SIGTERM: no write starts after it either.
-    pub(super) interrupt: Arc<AtomicBool>,
-    pub(super) ledger: Ledger,
-}
-
-impl Run {
+impl Run<'_> {
     pub(super) fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
 
     pub(super) fn interrupted(&self) -> bool {
-        self.interrupt.load(Ordering::SeqCst)
+        self.settings.interrupt.load(Ordering::SeqCst)
     }
 
     /// Refuses to start a write after a safety stop or an interruption.

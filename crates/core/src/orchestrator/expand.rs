@@ -2,21 +2,43 @@
 //! rule (`tags:`) becomes one image per selected tag, before targets are
 //! computed and before sharding.
 //!
-//! Building the selectors is part of preparing ([`Orchestrator::expansion`],
-//! no I/O: a bad rule is an input error before anything is read). Listing and
-//! selecting ([`Expansion::expand`]) read each repository's tags through its
-//! source. An entry whose listing fails, or whose rule selects nothing, fails
-//! alone: the other images go on.
+//! Building the selectors, with every other stage, is part of preparing
+//! ([`Orchestrator::expansion`], no I/O: a bad rule is an input error before
+//! anything is read). Listing and selecting ([`Expansion::expand`]) read each
+//! repository's tags through its source; the expanded definition is then
+//! prepared with the stages already built. An entry whose listing fails, or
+//! whose rule selects nothing, fails alone: the other images go on.
 
-use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use futures_util::{stream, StreamExt};
+use tracing::{info, warn};
+
+use super::prepare::Prepared;
+use super::stages::Stages;
+use super::{registry_of, Concurrency, Orchestrator, PrepareError};
+use crate::definition::{Definition, ImageSpec};
 use crate::digest::AttachedTag;
-use crate::registry::ConfigValue;
+use crate::report::ImageReport;
+use crate::retry::{Retry, RetryPolicy};
 use crate::shard::Shard;
-use crate::stage::Selector;
+use crate::stage::{Selector, Source};
 
-/// The repository entries of a definition, their selector and source built.
-pub struct Expansion {
+/// A definition checked, its stages built, its repository entries still to
+/// expand: the first step of preparing when the definition has tag rules.
+pub struct Expansion<'a> {
+    orchestrator: &'a Orchestrator,
+    definition: &'a Definition,
+    dry_run: bool,
+    shard: Option<Shard>,
+    /// Every stage built so far, reused for the expanded images.
+    stages: Stages,
     entries: Vec<Entry>,
+    /// The definition's other images, prepared (what runs when there is
+    /// nothing to expand).
+    checked: Prepared,
 }
 
 struct Entry {
@@ -25,80 +47,75 @@ struct Entry {
     source: Arc<dyn Source>,
 }
 
-/// A definition with its repository entries expanded.
-pub struct Expanded {
-    /// The definition, each repository entry replaced by one image per
-    /// selected tag (same index and settings, in the selector's order).
-    pub definition: Definition,
-    /// One report per entry that could not be expanded: its listing failed,
-    /// or its rule selected nothing. Only those the shard owns (by source
-    /// repository), so that shards report each once.
-    pub failed: Vec<ImageReport>,
-}
-
 impl Orchestrator {
     /// Builds the selector and the source of every repository entry of
-    /// `def`. Touches nothing: an unknown selector or a bad rule (an invalid
-    /// pattern, `newest: 0`) is an input error here.
-    pub fn expansion(&self, def: &Definition) -> Result<Expansion, PrepareError> {
-        let (r, selector_cx, source_cx) = (
-            &self.registry,
-            self.context.selector(),
-            self.context.source(),
-        );
-        let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
+    /// `def`, then prepares the rest of it. Touches nothing: an unknown
+    /// selector, a bad rule (an invalid pattern, `newest: 0`) or any input
+    /// error of the other images is found here, before anything is read.
+    pub fn expansion<'a>(
+        &'a self,
+        def: &'a Definition,
+        dry_run: bool,
+        shard: Option<Shard>,
+    ) -> Result<Expansion<'a>, PrepareError> {
+        let mut stages = Stages::default();
         let mut entries = Vec::new();
         for spec in def.images.iter() {
             let Some(chosen) = &spec.selector else {
                 continue;
             };
-            let selector =
-                self.build_at(def, chosen, |n, c| r.build_selector(n, c, &selector_cx))?;
-            let st = spec.source.transport().map(str::to_string);
-            if !sources.contains_key(&st) {
-                let source = self.build_by_transport(
-                    def,
-                    StageKind::Source,
-                    &def.pipeline.source,
-                    st.as_deref(),
-                    |n: &str, c: &ConfigValue| r.build_source(n, c, &source_cx),
-                )?;
-                sources.insert(st.clone(), source);
-            }
+            let selector = stages.selector(self, def, chosen)?;
+            let source = stages.source(self, def, spec.source.transport())?;
             entries.push(Entry {
                 spec: spec.clone(),
                 selector,
-                source: sources[&st].clone(),
+                source,
             });
         }
-        Ok(Expansion { entries })
+        let checked = self.prepare_with(def, dry_run, shard, &mut stages)?;
+        Ok(Expansion {
+            orchestrator: self,
+            definition: def,
+            dry_run,
+            shard,
+            stages,
+            entries,
+            checked,
+        })
     }
 }
 
-impl Expansion {
+impl Expansion<'_> {
     /// Whether the definition has no repository entry (nothing to expand).
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
-    /// Lists each repository's tags (as many at once as `concurrency` plans, each request
-    /// retried with `policy`, through the run's per-registry `flow`), lets
-    /// its selector choose, and returns `def` with the entries expanded.
+    /// Lists each repository's tags (as many at once as `concurrency` plans,
+    /// each request retried with `policy`, through the context's
+    /// per-registry gates), lets its selector choose, and prepares the
+    /// definition with one image per selected tag (same index and settings,
+    /// in the selector's order), with the stages already built. An entry
+    /// whose listing fails, or whose rule selects nothing, is a failed line
+    /// of the run's report (only when the shard owns its source repository,
+    /// so that shards report each once). Without repository entries, reads
+    /// nothing.
     pub async fn expand(
-        &self,
-        def: &Definition,
+        mut self,
         policy: &RetryPolicy,
         concurrency: Concurrency,
         interrupt: &AtomicBool,
-        flow: &FlowControl,
-        shard: Option<Shard>,
-    ) -> Expanded {
+    ) -> Result<Prepared, PrepareError> {
+        if self.entries.is_empty() {
+            return Ok(self.checked);
+        }
+        let flow = self.checked.flow().clone();
         let (limits, jobs) = (concurrency.limits(), concurrency.lookups());
         flow.start(limits, policy.budget);
         let retry = Retry {
             policy,
             halt: interrupt,
-            flow: Some(flow),
+            flow: Some(&flow),
         };
         let results: Vec<Result<Vec<String>, String>> = stream::iter(self.entries.iter())
             .map(|e| select(e, &retry))
@@ -119,7 +136,7 @@ impl Expansion {
                 }
                 Err(message) => {
                     expanded.insert(spec.index, Vec::new());
-                    if shard.is_some_and(|s| !s.owns(&spec.source)) {
+                    if self.shard.is_some_and(|s| !s.owns(&spec.source)) {
                         continue;
                     }
                     warn!(image = spec.index, source = %spec.source, %message, "entry not expanded");
@@ -131,6 +148,7 @@ impl Expansion {
                 }
             }
         }
+        let def = self.definition;
         let mut definition = def.clone();
         definition.images = def
             .images
@@ -140,7 +158,13 @@ impl Expansion {
                 _ => vec![spec.clone()],
             })
             .collect();
-        Expanded { definition, failed }
+        let prepared = self.orchestrator.prepare_with(
+            &definition,
+            self.dry_run,
+            self.shard,
+            &mut self.stages,
+        )?;
+        Ok(prepared.with_failed(failed))
     }
 }
 

@@ -1,72 +1,116 @@
-//! Phase 1, prepare (no I/O): stages built, targets computed and checked.
+//! Phase 1, prepare (no I/O): stages built (each once, see `stages.rs`),
+//! targets computed and checked.
 
-use super::*;
-use crate::registry::{ConfigValue, ContextInput};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
-/// What a built stage is kept under while preparing, so that images asking
-/// for the same stage share one: the stage entry (plugin and config, the
-/// config as its canonical JSON text), or the transport served.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Built {
-    Spec { plugin: String, config: String },
-    Transport(Option<String>),
+use tracing::warn;
+
+use super::plan::Planned;
+use super::stages::Stages;
+use super::{Concurrency, Orchestrator, PrepareError, Settings};
+use crate::context::RunContext;
+use crate::definition::{Definition, ImageSpec};
+use crate::flow::FlowControl;
+use crate::reference::ImageRef;
+use crate::registry::{BuildError, ContextInput, StageRegistry};
+use crate::report::{ImageReport, Progress, Report};
+use crate::retry::RetryPolicy;
+use crate::stage::{Guard, ImageEntry, Signer, Sink, Source, Transform, TransformInput};
+
+/// One image of the run, with its stages.
+pub(super) struct Item {
+    pub(super) spec: ImageSpec,
+    /// What guards see of the image.
+    pub(super) entry: ImageEntry,
+    /// The pipeline's guards, then the image's own (`images[].pipeline.guards`).
+    pub(super) guards: Vec<Arc<dyn Guard>>,
+    pub(super) target: ImageRef,
+    pub(super) source: Arc<dyn Source>,
+    pub(super) sink: Arc<dyn Sink>,
+    /// Set for images that are signed.
+    pub(super) signer: Option<Arc<dyn Signer>>,
 }
 
-impl Built {
-    fn spec(spec: &StageSpec) -> Built {
-        Built::Spec {
-            plugin: spec.plugin.clone(),
-            config: spec.config.to_string(),
+/// A definition ready to run: entries expanded, targets computed and
+/// checked, stages built. [`Prepared::plan`] reads the registries.
+pub struct Prepared {
+    items: Vec<Item>,
+    /// Entries that failed before planning (a tag rule's expansion).
+    failed: Vec<ImageReport>,
+    settings: Settings,
+}
+
+impl Prepared {
+    /// The targets, in definition order.
+    pub fn targets(&self) -> Vec<(&ImageSpec, &ImageRef)> {
+        self.items.iter().map(|i| (&i.spec, &i.target)).collect()
+    }
+
+    /// Works on at most `jobs` images at once, and on at most `jobs` blobs of
+    /// an image at once (at least 1).
+    pub fn with_jobs(mut self, jobs: usize) -> Prepared {
+        self.settings.jobs = jobs.max(1);
+        self.settings.concurrency = Concurrency::Fixed(self.settings.jobs);
+        self
+    }
+
+    /// [`Prepared::with_jobs`] when `jobs` is given, else the adaptive
+    /// default ([`Concurrency::Adaptive`]).
+    pub fn with_jobs_cap(self, jobs: Option<usize>) -> Prepared {
+        match jobs {
+            Some(n) => self.with_jobs(n),
+            None => self,
         }
+    }
+
+    /// Reports progress to `display` as the run goes.
+    pub fn with_progress(mut self, display: Arc<dyn Progress>) -> Prepared {
+        self.settings.progress = display;
+        self
+    }
+
+    /// A flag that, once set (on SIGINT/SIGTERM), stops new work: no image
+    /// or write starts after it; writes in flight complete.
+    pub fn with_interrupt(mut self, flag: Arc<AtomicBool>) -> Prepared {
+        self.settings.interrupt = flag;
+        self
+    }
+
+    /// Adds the reports of entries that failed before planning (their tag
+    /// rule's expansion); the run's report lists them in definition order.
+    pub(super) fn with_failed(mut self, failed: Vec<ImageReport>) -> Prepared {
+        self.failed = failed;
+        self
+    }
+
+    /// The per-registry flow control the run goes through (the context's).
+    pub fn flow(&self) -> &Arc<FlowControl> {
+        &self.settings.flow
+    }
+
+    /// Retries transient failures of registry operations with `policy`.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Prepared {
+        self.settings.retry = policy;
+        self
+    }
+
+    /// Phase 2: looks every image up and lets the guards decide (reads only).
+    pub async fn plan(self) -> Planned {
+        Planned::of(self.items, self.failed, self.settings).await
+    }
+
+    /// Plans and (unless dry run) executes. Never panics on stage errors: every
+    /// outcome is in the report, in definition order.
+    pub async fn run(self) -> Report {
+        self.plan().await.execute().await.report()
     }
 }
 
 impl Orchestrator {
     pub fn new(registry: StageRegistry, context: RunContext) -> Orchestrator {
         Orchestrator { registry, context }
-    }
-
-    /// Builds a stage with `build`, naming where the definition chose it on error.
-    pub(super) fn build_at<T>(
-        &self,
-        def: &Definition,
-        spec: &StageSpec,
-        build: impl FnOnce(&str, &ConfigValue) -> Result<T, BuildError>,
-    ) -> Result<T, PrepareError> {
-        build(&spec.plugin, &spec.config).map_err(|source| match &spec.at {
-            Some(at) => PrepareError::Stage {
-                path: def.path.display().to_string(),
-                line: spec.line,
-                at: at.clone(),
-                source,
-            },
-            None => PrepareError::Build(source),
-        })
-    }
-
-    /// Builds the stage the definition chose, else the one serving `transport`.
-    pub(super) fn build_by_transport<T>(
-        &self,
-        def: &Definition,
-        kind: StageKind,
-        chosen: &Option<StageSpec>,
-        transport: Option<&str>,
-        build: impl FnOnce(&str, &ConfigValue) -> Result<T, BuildError>,
-    ) -> Result<T, PrepareError> {
-        if let Some(spec) = chosen {
-            return self.build_at(def, spec, build);
-        }
-        match self.registry.for_transport(kind, transport) {
-            Some(entry) => Ok(build(&entry.name, &ConfigValue::Null)?),
-            None => Err(PrepareError::Build(BuildError::Unknown {
-                kind,
-                name: match transport {
-                    Some(t) => format!("<serving `{t}:` references>"),
-                    None => "<serving registry references>".into(),
-                },
-                known: self.registry.names(kind).join(", "),
-            })),
-        }
     }
 
     /// Computes targets and builds stages. Touches nothing.
@@ -77,62 +121,52 @@ impl Orchestrator {
     /// [`Orchestrator::prepare`] for one shard: only the images whose target
     /// the shard owns are kept (targets and duplicates are still checked over
     /// the whole definition, so every shard refuses the same bad input).
+    /// Entries with a tag rule are left out: [`Orchestrator::expansion`]
+    /// prepares a definition with them.
     pub fn prepare_shard(
         &self,
         def: &Definition,
         dry_run: bool,
         shard: Option<crate::shard::Shard>,
     ) -> Result<Prepared, PrepareError> {
+        self.prepare_with(def, dry_run, shard, &mut Stages::default())
+    }
+
+    /// Prepares `def` with the stages in `stages`, building (and keeping
+    /// there) those missing.
+    pub(super) fn prepare_with(
+        &self,
+        def: &Definition,
+        dry_run: bool,
+        shard: Option<crate::shard::Shard>,
+        stages: &mut Stages,
+    ) -> Result<Prepared, PrepareError> {
         let pipeline = &def.pipeline;
-        let (r, transform_cx, guard_cx) = (
-            &self.registry,
-            self.context.transform(),
-            self.context.guard(),
-        );
-        let mut transforms: Vec<Arc<dyn Transform>> = Vec::new();
-        for t in &pipeline.transforms {
-            transforms.push(self.build_at(def, t, |n, c| r.build_transform(n, c, &transform_cx))?);
-        }
-        // The pipeline's guards, then each image's own, built once per
-        // stage entry: over the whole definition, whatever the shard.
-        let mut built: HashMap<Built, Arc<dyn Guard>> = HashMap::new();
-        let mut guard = |g: &StageSpec| -> Result<Arc<dyn Guard>, PrepareError> {
-            let key = Built::spec(g);
-            if let Some(built) = built.get(&key) {
-                return Ok(built.clone());
-            }
-            let guard = self.build_at(def, g, |n, c| r.build_guard(n, c, &guard_cx))?;
-            built.insert(key, guard.clone());
-            Ok(guard)
-        };
+        let transforms = stages.transforms(self, def)?;
+        // The pipeline's guards, then each image's own: over the whole
+        // definition, whatever the shard.
         let global = pipeline
             .guards
             .iter()
-            .map(&mut guard)
+            .map(|g| stages.guard(self, def, g))
             .collect::<Result<Vec<_>, _>>()?;
         let mut guards: HashMap<usize, Vec<Arc<dyn Guard>>> = HashMap::new();
         for spec in images(def) {
             if let std::collections::hash_map::Entry::Vacant(slot) = guards.entry(spec.index) {
                 let mut all = global.clone();
                 for g in &spec.guards {
-                    all.push(guard(g)?);
+                    all.push(stages.guard(self, def, g)?);
                 }
                 slot.insert(all);
             }
         }
         let targets = self.targets(def, &transforms)?;
-        let mut items = self.items(def, targets, shard, &guards)?;
-        self.signers(def, &mut items)?;
+        let mut items = self.items(def, targets, shard, &guards, stages)?;
+        self.signers(def, &mut items, stages)?;
         Ok(Prepared {
             items,
-            dry_run,
-            concurrency: Concurrency::Adaptive,
-            jobs: DEFAULT_JOBS,
-            retry: RetryPolicy::default(),
-            interrupt: Arc::default(),
-            progress: Arc::new(crate::report::NoProgress),
-            flow: self.context.registries.flow.clone(),
             failed: Vec::new(),
+            settings: Settings::new(dry_run, self.context.registries.flow.clone()),
         })
     }
 
@@ -201,11 +235,9 @@ impl Orchestrator {
         targets: Vec<ImageRef>,
         shard: Option<crate::shard::Shard>,
         guards: &HashMap<usize, Vec<Arc<dyn Guard>>>,
+        stages: &mut Stages,
     ) -> Result<Vec<Item>, PrepareError> {
         let pipeline = &def.pipeline;
-        let (r, source_cx, sink_cx) = (&self.registry, self.context.source(), self.context.sink());
-        let mut sources: BTreeMap<Option<String>, Arc<dyn Source>> = BTreeMap::new();
-        let mut sinks: HashMap<Built, Arc<dyn Sink>> = HashMap::new();
         let mut items: Vec<Item> = Vec::with_capacity(def.images.len());
         let mut done: HashMap<String, usize> = HashMap::new();
         for (spec, target) in images(def).zip(targets) {
@@ -217,41 +249,17 @@ impl Orchestrator {
                 items[kept].spec.sign |= spec.sign;
                 continue;
             }
-            let st = spec.source.transport().map(str::to_string);
-            if !sources.contains_key(&st) {
-                let source = self.build_by_transport(
-                    def,
-                    StageKind::Source,
-                    &pipeline.source,
-                    st.as_deref(),
-                    |n, c| r.build_source(n, c, &source_cx),
-                )?;
-                sources.insert(st.clone(), source);
-            }
-            let tt = target.transport().map(str::to_string);
-            let chosen = spec.sink.clone().or_else(|| pipeline.sink.clone());
-            let key = match &chosen {
-                Some(c) => Built::spec(c),
-                None => Built::Transport(tt.clone()),
-            };
-            if !sinks.contains_key(&key) {
-                let sink = self.build_by_transport(
-                    def,
-                    StageKind::Sink,
-                    &chosen,
-                    tt.as_deref(),
-                    |n, c| r.build_sink(n, c, &sink_cx),
-                )?;
-                sinks.insert(key.clone(), sink);
-            }
+            let source = stages.source(self, def, spec.source.transport())?;
+            let chosen = spec.sink.as_ref().or(pipeline.sink.as_ref());
+            let sink = stages.sink(self, def, chosen, target.transport())?;
             done.insert(target.to_string(), items.len());
             items.push(Item {
                 spec: spec.clone(),
                 entry: spec.entry(),
                 guards: guards[&spec.index].clone(),
                 target,
-                source: sources[&st].clone(),
-                sink: sinks[&key].clone(),
+                source,
+                sink,
                 signer: None,
             });
         }
@@ -262,7 +270,12 @@ impl Orchestrator {
     /// pipeline's. A signer that needs a key given on the command line says
     /// so when built (`BuildError::MissingInput`); others may carry their key
     /// in their config.
-    fn signers(&self, def: &Definition, items: &mut [Item]) -> Result<(), PrepareError> {
+    fn signers(
+        &self,
+        def: &Definition,
+        items: &mut [Item],
+        stages: &mut Stages,
+    ) -> Result<(), PrepareError> {
         let path = def.path.display().to_string();
         let pipeline = &def.pipeline;
         let signing: Vec<(String, usize, String)> = items
@@ -284,39 +297,34 @@ impl Orchestrator {
                 first_source: asking[0].2.clone(),
             }
         };
-        let (r, signer_cx) = (&self.registry, self.context.signer());
-        let mut signers: HashMap<Built, Arc<dyn Signer>> = HashMap::new();
         for item in items.iter_mut().filter(|i| i.spec.sign) {
             let chosen = item.spec.signer.as_ref().unwrap_or(&pipeline.signer);
-            let key = Built::spec(chosen);
-            if !signers.contains_key(&key) {
-                match self.build_at(def, chosen, |n, c| r.build_signer(n, c, &signer_cx)) {
-                    Ok(s) => signers.insert(key.clone(), s),
-                    Err(
-                        PrepareError::Build(BuildError::MissingInput {
-                            input: ContextInput::SigningKey,
-                            ..
-                        })
-                        | PrepareError::Stage {
-                            source:
-                                BuildError::MissingInput {
-                                    input: ContextInput::SigningKey,
-                                    ..
-                                },
-                            ..
-                        },
-                    ) => return Err(without_key(&chosen.plugin)),
-                    Err(e @ PrepareError::Stage { .. }) => return Err(e),
-                    Err(e) => {
-                        return Err(PrepareError::SignerUnavailable {
-                            path: path.clone(),
-                            count,
-                            message: e.to_string(),
-                        })
-                    }
-                };
-            }
-            item.signer = Some(signers[&key].clone());
+            let signer = match stages.signer(self, def, chosen) {
+                Ok(s) => s,
+                Err(
+                    PrepareError::Build(BuildError::MissingInput {
+                        input: ContextInput::SigningKey,
+                        ..
+                    })
+                    | PrepareError::Stage {
+                        source:
+                            BuildError::MissingInput {
+                                input: ContextInput::SigningKey,
+                                ..
+                            },
+                        ..
+                    },
+                ) => return Err(without_key(&chosen.plugin)),
+                Err(e @ PrepareError::Stage { .. }) => return Err(e),
+                Err(e) => {
+                    return Err(PrepareError::SignerUnavailable {
+                        path: path.clone(),
+                        count,
+                        message: e.to_string(),
+                    })
+                }
+            };
+            item.signer = Some(signer);
         }
         Ok(())
     }
