@@ -11,9 +11,9 @@ use image_syncer_tags as _;
 
 #[cfg(test)]
 mod tests {
+    use image_syncer_core::catalogue::{BuildError, ConfigValue, StageRegistry};
     use image_syncer_core::context::RunContext;
     use image_syncer_core::definition::{config_to_yaml, parse_config_yaml};
-    use image_syncer_core::registry::{BuildError, ConfigValue, StageRegistry};
     use image_syncer_core::stage::StageKind;
 
     /// Builds the stage `name` of `kind` with its kind's part of `cx`.

@@ -4,10 +4,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use image_syncer_core::catalogue::StageRegistry;
 use image_syncer_core::context::{Credentials, RunContext, Secret};
 use image_syncer_core::definition::{self, Definition};
 use image_syncer_core::orchestrator::{Concurrency, Orchestrator, PrepareError};
-use image_syncer_core::registry::StageRegistry;
 use image_syncer_core::report::{Report, Status};
 use image_syncer_core::retry::RetryPolicy;
 use image_syncer_core::shard::Shard;
@@ -47,7 +47,7 @@ fn init_logging(debug: bool) {
 /// A preparation error in the CLI's words: a missing signing key names the
 /// flags that give one (the core says only what is missing).
 fn with_flags(e: PrepareError) -> String {
-    use image_syncer_core::registry::{BuildError, ContextInput};
+    use image_syncer_core::catalogue::{BuildError, ContextInput};
     let needs_key = matches!(
         &e,
         PrepareError::SigningWithoutKey { .. }

@@ -189,7 +189,7 @@ pub struct SignerContext {
     pub base_dir: PathBuf,
     /// The signing key reference given to the run, as written (what it
     /// means is the signer's business), if any. A signer that needs one and
-    /// finds none returns [`crate::registry::BuildError::MissingInput`].
+    /// finds none returns [`crate::catalogue::BuildError::MissingInput`].
     pub signing_key: Option<String>,
 }
 

@@ -250,7 +250,7 @@ impl fmt::Display for Location<'_> {
 }
 
 /// Reads and validates a definition file. `transports` are the reference
-/// transports the stage registry serves (`oci` for `oci:PATH`).
+/// transports the stage catalogue serves (`oci` for `oci:PATH`).
 pub fn load(path: &Path, transports: &[&str]) -> Result<Definition, DefinitionError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {

@@ -1,7 +1,8 @@
 //! image-syncer's core: the domain types (references, digests, descriptors,
-//! manifests), the six stage traits, the stage registry, the definition model
+//! manifests), the six stage traits, the stage catalogue, the definition model
 //! and the orchestrator. It knows no HTTP and no registry protocol: plugins do.
 
+pub mod catalogue;
 pub mod context;
 pub mod definition;
 pub mod digest;
@@ -11,7 +12,6 @@ pub mod manifest;
 pub mod memory;
 pub mod orchestrator;
 pub mod reference;
-pub mod registry;
 pub mod report;
 pub mod retry;
 pub mod shard;

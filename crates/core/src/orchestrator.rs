@@ -18,10 +18,10 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use crate::catalogue::{BuildError, StageRegistry};
 use crate::context::RunContext;
 use crate::flow::FlowControl;
 use crate::reference::ImageRef;
-use crate::registry::{BuildError, StageRegistry};
 use crate::report::Progress;
 use crate::retry::{Retry, RetryPolicy};
 

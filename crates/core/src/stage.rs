@@ -1,7 +1,7 @@
 //! The six stage traits the orchestrator drives, one per `StageKind`, and the
 //! error every stage returns.
 //!
-//! Stages are built by the factories of [`crate::registry`] from a typed
+//! Stages are built by the factories of [`crate::catalogue`] from a typed
 //! config and their kind's context ([`crate::context`]); they never see the
 //! definition file itself: what they learn of an image is an [`ImageEntry`].
 

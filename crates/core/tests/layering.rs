@@ -141,7 +141,7 @@ fn the_stage_api_does_not_see_the_definition_or_the_engine() {
         "flow",
     ] {
         let deps = &graph[module];
-        for above in ["definition", "orchestrator", "retry", "registry", "report"] {
+        for above in ["definition", "orchestrator", "retry", "catalogue", "report"] {
             assert!(
                 !deps.contains(above),
                 "`{module}` uses `{above}`: the stage API must not depend on it ({deps:?})"

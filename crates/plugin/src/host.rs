@@ -14,15 +14,15 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use image_syncer_core::async_trait;
+use image_syncer_core::catalogue::{
+    BuildError, ConfigValue, Factory, Origin, RegisteredStage, StageRegistry,
+};
 use image_syncer_core::context::{
     GuardContext, SelectorContext, SignerContext, SinkContext, SourceContext, TransformContext,
 };
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{
-    BuildError, ConfigValue, Factory, Origin, RegisteredStage, StageRegistry,
-};
 use image_syncer_core::stage::{
     ErrorKind, Guard, GuardInput, ManifestTarget, Selector, SignOutcome, SignRequest, Signer, Sink,
     Source, StageError, Transform, Verdict,

@@ -35,13 +35,13 @@ use std::io::Read;
 use std::sync::Arc;
 
 pub use image_syncer_core as core;
+use image_syncer_core::catalogue::{BuildError, ConfigValue};
 use image_syncer_core::context::{
     GuardContext, SelectorContext, SignerContext, SinkContext, SourceContext, TransformContext,
 };
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{BuildError, ConfigValue};
 use image_syncer_core::stage::{
     GuardInput, ManifestTarget, SignOutcome, SignRequest, Sink, StageError, StageKind, Verdict,
 };
@@ -239,7 +239,7 @@ macro_rules! plugin_factories {
         )*
 
         /// A plugin stage's factory: one kind, that kind's context (typed
-        /// config with [`image_syncer_core::registry::typed_config`]).
+        /// config with [`image_syncer_core::catalogue::typed_config`]).
         pub enum PluginFactory {
             $($variant(Box<dyn $factory>),)*
         }
@@ -290,7 +290,7 @@ impl StageDeclaration {
 /// [`StageDeclaration::config_schema`]. `C` derives `JsonSchema` from the
 /// `schemars` crate (1.x; re-exported as `image_syncer_plugin::core::schemars`).
 pub fn config_schema<C: image_syncer_core::schemars::JsonSchema>() -> Option<String> {
-    Some(image_syncer_core::registry::config_schema::<C>().to_string())
+    Some(image_syncer_core::catalogue::config_schema::<C>().to_string())
 }
 
 /// Collects a plugin's stages during registration.

@@ -7,10 +7,10 @@
 
 use std::path::Path;
 
+use image_syncer_core::catalogue::StageRegistry;
 use image_syncer_core::context::RunContext;
 use image_syncer_core::definition;
 use image_syncer_core::orchestrator::Orchestrator;
-use image_syncer_core::registry::StageRegistry;
 use image_syncer_core::report::{Action, Report};
 use image_syncer_core::stage::SignOutcome;
 

@@ -14,11 +14,11 @@
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
-use image_syncer_core::context::SignerContext;
-use image_syncer_core::registry::{
+use image_syncer_core::catalogue::{
     typed_config, BuildError, ConfigDoc, ConfigValue, ContextInput, Factory, SignerFactory,
     StagePlugin,
 };
+use image_syncer_core::context::SignerContext;
 use image_syncer_core::stage::{
     ErrorKind, SignOutcome, SignRequest, Signer, Sink, StageError, StageKind,
 };

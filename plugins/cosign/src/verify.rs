@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
+use image_syncer_core::catalogue::{
+    config_schema, typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
+};
 use image_syncer_core::context::GuardContext;
 use image_syncer_core::definition::config_to_yaml;
 use image_syncer_core::digest::Digest;
 use image_syncer_core::manifest::Manifest;
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{
-    config_schema, typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
-};
 use image_syncer_core::stage::{Guard, GuardInput, StageError, StageKind, Verdict};
 use image_syncer_cosign_format::{
     verify, KeyRef, SignatureKey, SourceStore, Verified, Verifier, WithKey,

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
-use image_syncer_core::context::GuardContext;
-use image_syncer_core::registry::{
+use image_syncer_core::catalogue::{
     typed_config, BuildError, ConfigDoc, ConfigValue, Factory, GuardFactory, StagePlugin,
 };
+use image_syncer_core::context::GuardContext;
 use image_syncer_core::stage::{Guard, GuardInput, StageError, StageKind, Verdict};
 use serde::{Deserialize, Serialize};
 

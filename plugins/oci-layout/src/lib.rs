@@ -28,13 +28,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use image_syncer_core::catalogue::{
+    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
+};
 use image_syncer_core::context::{resolve_path, SinkContext, SourceContext};
 use image_syncer_core::digest::{ByteStream, Digest, Verifier};
 use image_syncer_core::manifest::{Descriptor, ManifestError, RawManifest, OCI_INDEX};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
-};
 use image_syncer_core::stage::{ManifestTarget, Sink, Source, StageError, StageKind};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;

@@ -1,9 +1,9 @@
 use std::path::Path;
 
+use image_syncer_core::catalogue::StageRegistry;
 use image_syncer_core::context::RunContext;
 use image_syncer_core::digest::VerifyingStream;
 use image_syncer_core::manifest::{Manifest, OCI_MANIFEST};
-use image_syncer_core::registry::StageRegistry;
 use image_syncer_core::stage::ErrorKind;
 
 use super::*;

@@ -38,13 +38,13 @@ mod transfer;
 use std::sync::Arc;
 
 use image_syncer_core::async_trait;
+use image_syncer_core::catalogue::{
+    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
+};
 use image_syncer_core::context::{Registries, SinkContext, SourceContext};
 use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{
-    typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
-};
 use image_syncer_core::stage::{
     ErrorKind, ManifestTarget, Sink, Source, StageError, StageKind, Upload,
 };

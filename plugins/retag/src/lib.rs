@@ -12,11 +12,11 @@
 
 use std::sync::Arc;
 
-use image_syncer_core::context::TransformContext;
-use image_syncer_core::reference::ImageRef;
-use image_syncer_core::registry::{
+use image_syncer_core::catalogue::{
     typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin, TransformFactory,
 };
+use image_syncer_core::context::TransformContext;
+use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{StageError, StageKind, Transform, TransformInput};
 use serde::{Deserialize, Serialize};
 

@@ -64,12 +64,12 @@ use std::fmt;
 
 use std::sync::Arc;
 
+use image_syncer_core::catalogue::{
+    config_schema, typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
+};
 use image_syncer_core::context::SelectorContext;
 use image_syncer_core::definition::config_to_yaml;
 use image_syncer_core::digest::AttachedTag;
-use image_syncer_core::registry::{
-    config_schema, typed_config, BuildError, ConfigDoc, ConfigValue, Factory, StagePlugin,
-};
 use image_syncer_core::stage::{Selector, StageError, StageKind};
 use regex::Regex;
 use semver::{Version, VersionReq};

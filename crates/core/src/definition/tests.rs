@@ -15,10 +15,10 @@ fn err(text: &str) -> String {
 /// branch for other names; kinds with no typed plugin stay free-form.
 #[test]
 fn stage_entries_follow_the_registered_config_schemas() {
-    use crate::context::{GuardContext, SignerContext};
-    use crate::registry::{
+    use crate::catalogue::{
         BuildError, ConfigValue, Factory, Origin, RegisteredStage, StageRegistry,
     };
+    use crate::context::{GuardContext, SignerContext};
     // The schema builds no stage: these factories refuse.
     let never = |kind| BuildError::Setup {
         kind,

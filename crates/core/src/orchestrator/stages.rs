@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::catalogue::{BuildError, ConfigValue};
 use crate::definition::{Definition, StageSpec};
-use crate::registry::{BuildError, ConfigValue};
 use crate::stage::{Guard, Selector, Signer, Sink, Source, StageKind, Transform};
 
 use super::{Orchestrator, PrepareError};

@@ -3,7 +3,7 @@
 //! the default pipeline's transform (`retag`), guard (`immutable`) and signer
 //! (`cosign`), registered under those names.
 
-use crate::registry::ConfigValue;
+use crate::catalogue::ConfigValue;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,12 +12,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::*;
+use crate::catalogue::{ContextInput, Factory, RegisteredStage};
 use crate::context::{GuardContext, SignerContext, SinkContext, SourceContext, TransformContext};
 use crate::definition::{self, Definition};
 use crate::digest::ByteStream;
 use crate::manifest::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::memory::MemoryRegistry;
-use crate::registry::{ContextInput, Factory, RegisteredStage};
 use crate::report::Status;
 use crate::stage::SignOutcome;
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::Orchestrator;
+use crate::catalogue::{ConfigValue, Factory, RegisteredStage, StageRegistry};
 use crate::context::{
     GuardContext, RunContext, SelectorContext, SignerContext, SinkContext, SourceContext,
     TransformContext,
@@ -16,7 +17,6 @@ use crate::definition;
 use crate::manifest::{RawManifest, OCI_MANIFEST};
 use crate::memory::MemoryRegistry;
 use crate::reference::ImageRef;
-use crate::registry::{ConfigValue, Factory, RegisteredStage, StageRegistry};
 use crate::report::{Action, Status};
 use crate::stage::{
     Guard, GuardInput, Selector, SignOutcome, SignRequest, Signer, Sink, StageError, StageKind,

@@ -20,11 +20,11 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use image_syncer_plugin::core::catalogue::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::context::{SinkContext, SourceContext};
 use image_syncer_plugin::core::digest::{Digest, Verifier};
 use image_syncer_plugin::core::manifest::{Descriptor, RawManifest};
 use image_syncer_plugin::core::reference::ImageRef;
-use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{ErrorKind, ManifestTarget, StageError, StageKind};
 use image_syncer_plugin::{
     BlockingSink, BlockingSource, PluginFactory, Registrar, StageDeclaration,

@@ -24,8 +24,8 @@ use std::process::{Command, Stdio};
 
 use image_syncer_cosign_format::{sign_request, SignatureKey};
 use image_syncer_plugin::core::async_trait;
+use image_syncer_plugin::core::catalogue::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::context::SignerContext;
-use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{SignOutcome, SignRequest, StageError, StageKind};
 use image_syncer_plugin::{
     block_on, BlockingSigner, BlockingSink, PluginFactory, Registrar, StageDeclaration, SyncSink,

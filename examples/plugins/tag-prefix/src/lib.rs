@@ -16,8 +16,8 @@
 //! with every safety rule. Choosing nothing fails the entry (exit 1); a bad
 //! config is an input error (exit 2) before anything is read.
 
+use image_syncer_plugin::core::catalogue::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::context::SelectorContext;
-use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::schemars::JsonSchema;
 use image_syncer_plugin::core::stage::{StageError, StageKind};
 use image_syncer_plugin::{PluginFactory, Registrar, Selector, StageDeclaration};

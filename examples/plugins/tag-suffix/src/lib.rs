@@ -16,9 +16,9 @@
 //! final target after the last transform (a tag longer than 128 characters is
 //! an input error, exit 2), so this transform does not check the length itself.
 
+use image_syncer_plugin::core::catalogue::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::context::TransformContext;
 use image_syncer_plugin::core::reference::ImageRef;
-use image_syncer_plugin::core::registry::{typed_config, BuildError, ConfigValue};
 use image_syncer_plugin::core::schemars::JsonSchema;
 use image_syncer_plugin::core::stage::{StageError, StageKind, TransformInput};
 use image_syncer_plugin::{PluginFactory, Registrar, StageDeclaration, Transform};

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use image_syncer_core::catalogue::{Factory, RegisteredStage, StageRegistry};
 use image_syncer_core::context::{RunContext, SinkContext, SourceContext};
 use image_syncer_core::definition::{self, parse_config_yaml, Definition};
 use image_syncer_core::manifest::{RawManifest, OCI_MANIFEST};
 use image_syncer_core::memory::MemoryRegistry;
 use image_syncer_core::orchestrator::Orchestrator;
-use image_syncer_core::registry::{Factory, RegisteredStage, StageRegistry};
 use image_syncer_core::report::{Action, Status};
 use image_syncer_core::stage::{Sink, Source};
 use image_syncer_retag::Retag;

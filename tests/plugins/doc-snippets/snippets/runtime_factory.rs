@@ -1,5 +1,5 @@
 // docs/plugins.md's factory part of a plugin with its own tokio runtime.
-use image_syncer_plugin::core::registry::BuildError;
+use image_syncer_plugin::core::catalogue::BuildError;
 use image_syncer_plugin::core::stage::StageKind;
 
 fn factory() -> Result<tokio::runtime::Runtime, BuildError> {

@@ -2,10 +2,10 @@
 //! must refuse each before calling anything (the register function aborts the
 //! process if it is reached in a version-mismatch build).
 
+use image_syncer_plugin::core::catalogue::{BuildError, ConfigValue};
 use image_syncer_plugin::core::context::{GuardContext, SourceContext};
 use image_syncer_plugin::core::manifest::{Descriptor, RawManifest};
 use image_syncer_plugin::core::reference::ImageRef;
-use image_syncer_plugin::core::registry::{BuildError, ConfigValue};
 use image_syncer_plugin::core::stage::{GuardInput, StageError, Verdict};
 use image_syncer_plugin::{
     BlockingGuard, BlockingSource, PluginFactory, Registrar, StageDeclaration,

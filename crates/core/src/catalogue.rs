@@ -1,4 +1,6 @@
-//! The stage registry: every stage plugin the process knows, by kind and name.
+//! The stage catalogue: every stage plugin the process knows, by kind and
+//! name (`StageRegistry`). Named so because "registry" means an OCI registry
+//! everywhere else in the project.
 //!
 //! Built-in plugins register a [`StagePlugin`] with `inventory::submit!`; the
 //! registry collects them at start-up. Other origins (dynamic libraries) add
