@@ -519,6 +519,52 @@ mod tests {
         assert_eq!(f.figures()["r"].requests, 44);
     }
 
+    /// docs/reliability.md: "Plain failures (500, a dropped connection)
+    /// leave it alone". A dropped connection reaches the gate as the core
+    /// classifies an I/O error (transient, no pushback); a 429 in the same
+    /// setup halves the limit.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_connection_leaves_the_limit_alone_and_a_429_halves_it() {
+        let f = flow(8);
+        let halt = AtomicBool::new(false);
+        let limit = |f: &FlowControl| f.gate("r").state.lock().unwrap().allowed();
+        assert_eq!(limit(&f), 8);
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionAborted,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let dropped = StageError::from_io(
+                "reading blob",
+                &std::io::Error::new(kind, "connection closed before message completed"),
+            );
+            assert_eq!(
+                (dropped.kind, dropped.pushback),
+                (ErrorKind::Transient, None),
+                "{kind:?}"
+            );
+            f.acquire("r", true, &halt)
+                .await
+                .unwrap()
+                .finish(Err(&dropped));
+            assert_eq!(
+                limit(&f),
+                8,
+                "a dropped connection ({kind:?}) moved the limit"
+            );
+        }
+        assert_eq!(f.figures()["r"].pushbacks, 0);
+        assert_eq!(f.figures()["r"].lowest_limit, 8);
+        // The same gate, a 429: halved.
+        f.acquire("r", true, &halt)
+            .await
+            .unwrap()
+            .finish(Err(&busy(None)));
+        assert_eq!(limit(&f), 4);
+        assert_eq!(f.figures()["r"].pushbacks, 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_adaptive_limit_slow_starts_to_its_cap_then_halves_and_grows_slowly() {
         let f = FlowControl::new(4);

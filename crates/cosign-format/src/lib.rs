@@ -773,7 +773,82 @@ pub async fn sign_request_as(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+    use image_syncer_core::digest::{ByteStream, Digest};
+    use image_syncer_core::manifest::{Descriptor, RawManifest, OCI_MANIFEST};
+    use image_syncer_core::reference::ImageRef;
+    use image_syncer_core::stage::StageError;
     use time::OffsetDateTime;
+
+    /// A store whose referrers API lists `listed`; records which referrer
+    /// manifests are fetched.
+    struct Referrers {
+        listed: Vec<RawManifest>,
+        fetched: Mutex<Vec<Digest>>,
+    }
+
+    #[async_trait::async_trait]
+    impl super::Store for Referrers {
+        async fn manifest(&self, _: &ImageRef) -> Result<Option<RawManifest>, StageError> {
+            Ok(None)
+        }
+        async fn blob(&self, _: &ImageRef, d: &Descriptor) -> Result<ByteStream, StageError> {
+            Err(StageError::not_found(format!("blob {}", d.digest)))
+        }
+        async fn manifest_at(
+            &self,
+            _: &ImageRef,
+            d: &Descriptor,
+        ) -> Result<RawManifest, StageError> {
+            self.fetched.lock().unwrap().push(d.digest.clone());
+            self.listed
+                .iter()
+                .find(|m| m.digest == d.digest)
+                .cloned()
+                .ok_or_else(|| StageError::not_found(format!("{}", d.digest)))
+        }
+        async fn referrers(
+            &self,
+            _: &ImageRef,
+            _: &Digest,
+        ) -> Result<Option<Vec<Descriptor>>, StageError> {
+            Ok(Some(self.listed.iter().map(|m| m.descriptor()).collect()))
+        }
+    }
+
+    /// At most 64 referrers of one digest are read (`MAX_REFERRERS`): of
+    /// 100 listed, the first 64 are fetched, in order, and no other.
+    #[tokio::test]
+    async fn at_most_64_referrers_are_read() {
+        let empty = Digest::sha256_of(b"{}");
+        let listed: Vec<RawManifest> = (0..100)
+            .map(|i| {
+                let json = format!(
+                    r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[],"annotations":{{"n":"{i}"}}}}"#
+                );
+                RawManifest::new(Some(OCI_MANIFEST), Bytes::from(json), None).unwrap()
+            })
+            .collect();
+        let store = Referrers {
+            listed,
+            fetched: Mutex::new(Vec::new()),
+        };
+        let repo = ImageRef::parse("127.0.0.1:5000/app").unwrap();
+        let subject = Digest::sha256_of(b"subject");
+        let candidates = super::referrer_candidates(&store, &repo, &subject)
+            .await
+            .unwrap();
+        assert!(candidates.is_empty());
+        let fetched = store.fetched.lock().unwrap().clone();
+        let first: Vec<Digest> = store.listed[..64]
+            .iter()
+            .map(|m| m.digest.clone())
+            .collect();
+        assert_eq!(fetched.len(), 64);
+        assert_eq!(fetched, first);
+    }
 
     /// Whole seconds in UTC, whatever the offset and fraction given.
     #[test]

@@ -134,6 +134,8 @@ impl Run<'_> {
                 None => return Ok((Vec::new(), Vec::new())),
             },
         };
+        // The source's own index is carried verbatim only when none of it was cut.
+        let whole = listed.len() <= MAX_REFERRERS;
         let listed: Vec<Descriptor> = listed.into_iter().take(MAX_REFERRERS).collect();
         let target_ref = &item.target;
         let target_api = self
@@ -207,7 +209,7 @@ impl Run<'_> {
         // The source's own index, verbatim, when the target has none and
         // it lists exactly these; else the target's, with the missing added.
         let index = match (&source_index, tag_present) {
-            (Some(index), false) if missing.len() == listed.len() => Some(index.clone()),
+            (Some(index), false) if whole && missing.len() == listed.len() => Some(index.clone()),
             _ => {
                 let added: Vec<Descriptor> = missing.iter().map(|d| (*d).clone()).collect();
                 merged_referrers_index(&existing, &added)

@@ -1836,3 +1836,59 @@ async fn a_signers_large_blob_is_sent_once_and_whole() {
         }
     }
 }
+
+/// docs/definition.md (`carrySignatures`): "At most 256 referrers of one
+/// digest are carried." Of 300 listed in the source's referrers tag, the
+/// first 256 referrer manifests are put in the target, and no other.
+#[tokio::test]
+async fn at_most_256_referrers_of_one_digest_are_carried() {
+    let h = Harness::new();
+    let img = add_image(&h.source, "src.io/team/app:1.0", "app");
+    let at = r("src.io/team/app");
+    let empty = h
+        .source
+        .add_blob(&at, "application/vnd.oci.empty.v1+json", b"{}");
+    let subject = desc_json(&img.manifest.descriptor());
+    let referrers: Vec<RawManifest> = (0..300)
+        .map(|i| {
+            let json = format!(
+                "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\",\"artifactType\":\"application/example\",\"config\":{},\"layers\":[],\"subject\":{subject},\"annotations\":{{\"n\":\"{i}\"}}}}",
+                desc_json(&empty)
+            );
+            let m = RawManifest::new(None, Bytes::from(json), None).unwrap();
+            h.source.add_manifest(&at, &m, None);
+            m
+        })
+        .collect();
+    let tag = crate::digest::AttachedTag::Referrers.of(&img.manifest.digest);
+    let refs: Vec<&RawManifest> = referrers.iter().collect();
+    add_index(&h.source, &format!("src.io/team/app:{tag}"), &refs);
+
+    let y = yaml("- source: src.io/team/app:1.0\n  carrySignatures: true\n");
+    let report = h.run(&y, false).await;
+    assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+    let target = r("dst.io/mirror/team/app");
+    let mut carried = Vec::new();
+    for m in &referrers {
+        let pinned = target.with_digest(m.digest.clone());
+        if h.target.manifest_digest(&pinned).await.unwrap().is_some() {
+            carried.push(m.digest.clone());
+        }
+    }
+    let first: Vec<Digest> = referrers[..256].iter().map(|m| m.digest.clone()).collect();
+    assert_eq!(carried.len(), 256);
+    assert_eq!(carried, first);
+    // The target's referrers tag lists those 256, not the source's 300.
+    let index = Sink::fetch_manifest(h.target.as_ref(), &target.with_tag(&tag))
+        .await
+        .unwrap()
+        .unwrap();
+    let Ok(crate::manifest::Manifest::Index { manifests }) = index.parse() else {
+        panic!("the referrers tag is not an index");
+    };
+    let mut listed: Vec<String> = manifests.iter().map(|d| d.digest.to_string()).collect();
+    let mut want: Vec<String> = first.iter().map(|d| d.to_string()).collect();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want);
+}
