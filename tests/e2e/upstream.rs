@@ -201,6 +201,32 @@ fn a_multi_arch_index_needs_its_own_signature_and_with_recursive_each_childs() {
     assert_eq!(r.code, 0, "{}", r.all());
 }
 
+/// With `platforms:` filtering a multi-arch index, the copied manifest is one
+/// of ours; the vendor signed the source's own index, and that is what the
+/// guard verifies.
+#[test]
+fn a_platform_filtered_index_is_verified_by_the_vendors_signature_of_the_source_index() {
+    let v = vendor();
+    let multi = fixtures::index("vendor-multi", &["linux/amd64", "linux/arm64"]);
+    block_on(v.pair.source.push("vendor/multi:3", &multi));
+    // Only the index the vendor published is signed.
+    v.sign("vendor/multi", &multi.digest.to_string(), &v.vendor.0);
+    let r = v.pair.sync(
+        &format!(
+            "- source: vendor/multi:3\n  platforms: [linux/amd64]\n  pipeline:\n    guards: [ {{ plugin: cosign-verify, config: {VENDOR_KEY} }} ]\n"
+        ),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let mirrored = block_on(v.pair.target.digest("mirror/vendor/multi:3"));
+    assert!(mirrored.is_some(), "not copied: {}", r.all());
+    assert_ne!(
+        mirrored,
+        Some(multi.digest.to_string()),
+        "the filter made no manifest of its own; the test proves nothing"
+    );
+}
+
 #[test]
 fn the_carried_vendor_signature_still_verifies_in_the_target() {
     let v = vendor();

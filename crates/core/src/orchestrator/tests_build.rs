@@ -1,5 +1,6 @@
 //! Stages are built once per run: a counting factory per plugin, over a
-//! definition with a tag rule entry (expanded) and a plain entry.
+//! definition with a tag rule entry (expanded) and a plain entry; a tag both
+//! listed and selected is synced once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -240,4 +241,56 @@ async fn stages_are_built_once_per_distinct_config_with_a_tag_rule() {
         once,
         "each factory called once per distinct config"
     );
+}
+
+/// docs/definition.md, "Tag rules": "A tag that also appears as a listed
+/// image of the same source is synced once." `1.0` is listed and selected
+/// by the rule; it is one line of the report and written once.
+#[tokio::test]
+async fn a_tag_both_listed_and_selected_by_a_rule_is_synced_once() {
+    let (source, sink) = (
+        Arc::new(MemoryRegistry::new()),
+        Arc::new(MemoryRegistry::new()),
+    );
+    add_image(&source, "src.io/team/app", "1.0");
+    add_image(&source, "src.io/team/app", "1.1");
+    let def = definition::parse(
+        "targetRepoPrefix: dst.io/mirror/\nimages:\n- source: src.io/team/app:1.0\n- source: src.io/team/app\n  tags:\n    newest: 5\n",
+        Path::new("t.yaml"),
+        &[],
+    )
+    .unwrap();
+    let orchestrator = Orchestrator::new(
+        registry(&Calls::default(), source, sink.clone()),
+        RunContext::default(),
+    );
+    let report = orchestrator
+        .expansion(&def, false, None)
+        .unwrap()
+        .expand(
+            &Default::default(),
+            super::Concurrency::Adaptive,
+            &Default::default(),
+        )
+        .await
+        .unwrap()
+        .run()
+        .await;
+    assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+    let mut actions: Vec<(String, Action)> = report
+        .images
+        .iter()
+        .map(|i| (i.target.clone(), i.action))
+        .collect();
+    actions.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        actions,
+        [
+            ("dst.io/mirror/team/app:1.0".to_string(), Action::Copied),
+            ("dst.io/mirror/team/app:1.1".to_string(), Action::Copied),
+        ],
+        "each tag once in the report"
+    );
+    // Per image: its config blob and its manifest.
+    assert_eq!(sink.writes(), 4, "each image written once");
 }
