@@ -194,24 +194,6 @@ pub use prepare::Prepared;
 // The unit tests (`tests.rs`) take these from here with `use super::*`:
 // what this module imported before each phase got its own module.
 #[cfg(test)]
-#[allow(unused_imports)]
-use {
-    crate::definition::{Definition, ImageSpec},
-    crate::digest::{Digest, VerifyingStream},
-    crate::manifest::{Descriptor, Manifest, RawManifest, MAX_INDEX_DEPTH},
-    crate::report::{Action, ImageReport, Report},
-    crate::stage::{
-        ErrorKind, Guard, GuardInput, ImageEntry, ManifestTarget, SignRequest, Signer, Sink,
-        Source, StageError, StageKind, Transform, TransformInput, Verdict,
-    },
-    futures_util::{stream, FutureExt, StreamExt},
-    std::collections::{BTreeMap, HashMap},
-    std::sync::atomic::{AtomicU64, Ordering},
-    std::sync::Mutex,
-    tracing::{debug, info, warn},
-};
-
-#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_build;

@@ -16,10 +16,18 @@ use crate::catalogue::{ContextInput, Factory, RegisteredStage};
 use crate::context::{GuardContext, SignerContext, SinkContext, SourceContext, TransformContext};
 use crate::definition::{self, Definition};
 use crate::digest::ByteStream;
+use crate::digest::Digest;
+use crate::manifest::RawManifest;
 use crate::manifest::{Descriptor, OCI_INDEX, OCI_MANIFEST};
 use crate::memory::MemoryRegistry;
 use crate::report::Status;
+use crate::report::{Action, Report};
 use crate::stage::SignOutcome;
+use crate::stage::{
+    ErrorKind, Guard, GuardInput, ManifestTarget, SignRequest, Signer, Sink, Source, StageError,
+    StageKind, Transform, TransformInput, Verdict,
+};
+use futures_util::StreamExt;
 
 // ---------------------------------------------------------------------------
 // Test doubles
