@@ -676,13 +676,7 @@ fn run_in(dir: &Path, args: &[&str]) -> Run {
         .args(args)
         .output()
         .expect("run image-syncer");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    scan_for_secrets(args, &run.all());
-    run
+    Run::scanned(args, &out)
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -24,14 +24,8 @@ fn image_sh(args: &[&str]) -> Run {
     let mut c = Command::new(repo_root().join("scripts/image.sh"));
     let _home = clean_env(&mut c);
     let out = c.args(args).output().expect("run scripts/image.sh");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
     // The script runs the binary (`--push`): its output is scanned too.
-    scan_for_secrets(args, &run.all());
-    run
+    Run::scanned(args, &out)
 }
 
 /// Builds the layout at `out` from the test binary; returns the manifest digest.
@@ -71,11 +65,7 @@ fn skopeo(args: &[&str]) -> Run {
         .args(args)
         .output()
         .expect("skopeo is installed (scripts/test.sh installs it)");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run::of(&out)
 }
 
 fn oci_arch() -> &'static str {
@@ -310,14 +300,7 @@ fn image_runs_in_a_chroot_of_its_layers() {
             c.env(k, v);
         }
         c.env("NO_COLOR", "1");
-        let out = c.output().expect("run the entrypoint in the chroot");
-        let run = Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        scan_for_secrets(args, &run.all());
-        run
+        Run::scanned(args, &c.output().expect("run the entrypoint in the chroot"))
     };
 
     let r = in_image(&["-V"]);

@@ -15,6 +15,23 @@ impl Run {
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
+
+    /// What a finished process printed, and its exit code (-1 for a signal).
+    pub fn of(out: &std::process::Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// [`Run::of`] a run of the binary (`args`), its output scanned for
+    /// secrets ([`scan_for_secrets`]).
+    pub fn scanned(args: &[&str], out: &std::process::Output) -> Run {
+        let run = Run::of(out);
+        scan_for_secrets(args, &run.all());
+        run
+    }
 }
 
 /// The binary with a clean environment ([`clean_env`]); hold the [`Home`]
@@ -302,14 +319,7 @@ pub fn run_with(args: &[&str], env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = c.output().expect("run image-syncer");
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    scan_for_secrets(args, &run.all());
-    run
+    Run::scanned(args, &c.output().expect("run image-syncer"))
 }
 
 pub fn run(args: &[&str]) -> Run {
