@@ -49,6 +49,14 @@ pub struct RegistryAccess {
     pub insecure: bool,
     /// Log in with these.
     pub credentials: Option<Credentials>,
+    /// `cloudAuth`: whether the cloud identity may log in here when nothing
+    /// else is found (`None`: yes).
+    pub cloud_auth: Option<bool>,
+    /// `mount`: whether cross-repository mounts are tried (`None`: the
+    /// registry kind's default, the plugin's business).
+    pub mount: Option<bool>,
+    /// `ecr`: ECR settings (repositories created on demand).
+    pub ecr: Option<crate::definition::EcrSettings>,
 }
 
 impl RegistryAccess {
@@ -117,6 +125,26 @@ impl Registries {
             .iter()
             .filter(|(h, a)| a.credentials.is_some() && self.endpoint_for(h).0 == host)
             .find_map(|(_, a)| a.credentials.as_ref())
+    }
+
+    /// Whether the cloud identity may log in to `host` (as written in
+    /// references) when nothing else is found: unless its entry says
+    /// `cloudAuth: false`.
+    pub fn cloud_auth(&self, host: &str) -> bool {
+        self.hosts
+            .get(host)
+            .and_then(|a| a.cloud_auth)
+            .unwrap_or(true)
+    }
+
+    /// The `mount` setting of `host`, if its entry has one.
+    pub fn mount(&self, host: &str) -> Option<bool> {
+        self.hosts.get(host).and_then(|a| a.mount)
+    }
+
+    /// The `ecr` settings of `host`, if its entry has them.
+    pub fn ecr(&self, host: &str) -> Option<&crate::definition::EcrSettings> {
+        self.hosts.get(host).and_then(|a| a.ecr.as_ref())
     }
 
     /// Every registry host the run knows of, as written: the definition's,

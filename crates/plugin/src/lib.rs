@@ -57,7 +57,7 @@ pub mod log;
 /// by the first change of that shape of a piece of work; its later changes,
 /// and those merged before the next bump, ride on it. docs/plugins.md ("What
 /// is stable") has the rule, each bump and a migration table.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// A fingerprint of the sizes and alignments of the types that cross the
 /// boundary, computed when this crate is compiled. Host and plugin must agree:

@@ -27,6 +27,7 @@
 
 mod auth;
 mod client;
+mod cloud;
 mod config;
 mod errors;
 mod manifests;
@@ -50,6 +51,7 @@ use image_syncer_core::stage::{
 };
 
 pub use client::OciRegistry;
+pub use cloud::CloudError;
 pub use config::OciConfig;
 pub use errors::SetupError;
 pub use quirks::RegistryKind;

@@ -48,6 +48,9 @@ impl Definition {
             let mut access = RegistryAccess::new().with_insecure(s.insecure.unwrap_or(false));
             access.endpoint = s.endpoint.clone();
             access.credentials = credentials;
+            access.cloud_auth = s.cloud_auth;
+            access.mount = s.mount;
+            access.ecr = s.ecr.clone();
             out.insert(host.clone(), access);
         }
         Ok(out)
