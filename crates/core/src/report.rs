@@ -59,6 +59,11 @@ pub struct ImageReport {
     /// Tags carried along from the source (signatures, attestations, SBOMs, referrers).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub carried: Vec<String>,
+    /// What the sink did (or, in a dry run, would do) to make the target
+    /// repository ready ("created repository X", "would create repository
+    /// X"): [`crate::stage::Sink::prepare_repository`]'s note.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The kind of the error that ended this image, when one did: what the
@@ -86,6 +91,7 @@ impl ImageReport {
             bytes: 0,
             duration_ms: 0,
             carried: Vec::new(),
+            notes: Vec::new(),
             message: None,
             error: None,
             refused_by: None,
@@ -202,6 +208,9 @@ impl Report {
                 let _ = write!(out, " ({d})");
             }
             out.push('\n');
+            for note in &i.notes {
+                let _ = writeln!(out, "  {:width$}  {note}", "");
+            }
             if !i.carried.is_empty() {
                 let _ = writeln!(out, "  {:width$}  carried: {}", "", i.carried.join(", "));
             }

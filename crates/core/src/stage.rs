@@ -251,9 +251,63 @@ pub enum ManifestTarget {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Upload(pub Option<String>);
 
+/// What the orchestrator says of a target repository when it asks the sink
+/// to make it ready ([`Sink::prepare_repository`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RepositoryUse {
+    /// A dry run: say what would be done, change nothing.
+    pub dry_run: bool,
+    /// The run may write attached tags into it (`sha256-<hex>.sig`, `.att`,
+    /// `.sbom` and the referrers tag `sha256-<hex>`, see
+    /// [`crate::digest::AttachedTag`]), which move when signatures or
+    /// referrers are added: some image going there has `sign: true` or
+    /// `carrySignatures: true`.
+    pub attached_tags: bool,
+}
+
+impl RepositoryUse {
+    /// A use that writes (`dry_run` false) no attached tags.
+    pub fn new() -> RepositoryUse {
+        RepositoryUse::default()
+    }
+
+    /// This use, in a dry run or not.
+    pub fn with_dry_run(mut self, dry_run: bool) -> RepositoryUse {
+        self.dry_run = dry_run;
+        self
+    }
+
+    /// This use, writing attached tags or not.
+    pub fn with_attached_tags(mut self, attached_tags: bool) -> RepositoryUse {
+        self.attached_tags = attached_tags;
+        self
+    }
+}
+
 /// Where images go: says what exists and receives blobs and manifests.
 #[async_trait]
 pub trait Sink: Send + Sync {
+    /// Makes the repository of `repository` (a reference into it; its tag
+    /// or digest is not the point) ready to be written, for a target that
+    /// needs more than a push: ECR's repositories created on demand. The
+    /// orchestrator calls it once per target repository per run, before
+    /// its first write there (in a dry run too, with
+    /// [`RepositoryUse::dry_run`]: then nothing may change), only for
+    /// images it copies; an error fails the image, and the next image for
+    /// that repository asks again. Returns a note for people, shown in the
+    /// report and logged ("created repository X"; in a dry run "would
+    /// create repository X"), or `None` when nothing was (or would be)
+    /// done. The default does nothing.
+    async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        let _ = (repository, how);
+        Ok(None)
+    }
+
     /// The digest the target tag (or digest) currently resolves to, `None` if absent.
     async fn manifest_digest(&self, target: &ImageRef) -> Result<Option<Digest>, StageError>;
 

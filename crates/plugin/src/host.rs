@@ -24,7 +24,7 @@ use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{
-    ErrorKind, Guard, GuardInput, ManifestTarget, Selector, SignOutcome, SignRequest, Signer, Sink,
+    ErrorKind, Guard, GuardInput, ManifestTarget, RepositoryUse, Selector, SignOutcome, SignRequest, Signer, Sink,
     Source, StageError, Transform, Verdict,
 };
 use libloading::Library;
@@ -491,6 +491,15 @@ impl Sink for Hosted<dyn BlockingSink> {
         );
         blocking("sink", move || inner.put_manifest(&r, &t, &m)).await
     }
+
+    async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        let (inner, r, how) = (self.inner.clone(), repository.clone(), how.clone());
+        blocking("sink", move || inner.prepare_repository(&r, &how)).await
+    }
 }
 
 impl Transform for Hosted<dyn Transform> {
@@ -625,6 +634,14 @@ impl BlockingSink for BlockingHostSink {
         }
         self.handle
             .block_on(self.sink.put_manifest(repository, target, manifest))
+    }
+    fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        self.handle
+            .block_on(self.sink.prepare_repository(repository, how))
     }
 }
 

@@ -43,7 +43,8 @@ use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{
-    GuardInput, ManifestTarget, SignOutcome, SignRequest, Sink, StageError, StageKind, Verdict,
+    GuardInput, ManifestTarget, RepositoryUse, SignOutcome, SignRequest, Sink, StageError,
+    StageKind, Verdict,
 };
 pub use image_syncer_core::stage::{Selector, Transform};
 /// The `tracing` a plugin logs with: its events reach the host (see [`log`]).
@@ -92,6 +93,7 @@ pub const LAYOUT: u64 = {
         size_of::<SignRequest>(),
         size_of::<SignOutcome>(),
         size_of::<ManifestTarget>(),
+        size_of::<RepositoryUse>(),
         size_of::<ConfigValue>(),
         size_of::<bytes::Bytes>(),
         size_of::<PluginFactory>(),
@@ -188,6 +190,17 @@ pub trait BlockingSink: Send + Sync {
         target: &ManifestTarget,
         manifest: &RawManifest,
     ) -> Result<(), StageError>;
+    /// The core's [`Sink::prepare_repository`]: makes a target repository
+    /// ready before its first write (once per repository per run); a note
+    /// for the report, or `None`. The default does nothing.
+    fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        let _ = (repository, how);
+        Ok(None)
+    }
 }
 
 /// A blocking guard.
@@ -451,6 +464,14 @@ mod guard {
             self.0
                 .fence("put_manifest", || self.1.put_manifest(r, t, m))
         }
+        fn prepare_repository(
+            &self,
+            r: &ImageRef,
+            how: &RepositoryUse,
+        ) -> Result<Option<String>, StageError> {
+            self.0
+                .fence("prepare_repository", || self.1.prepare_repository(r, how))
+        }
     }
 
     struct Transform(Named, Box<dyn super::Transform>);
@@ -608,5 +629,12 @@ impl Sink for SyncSink<'_> {
         manifest: &RawManifest,
     ) -> Result<(), StageError> {
         self.0.put_manifest(repository, target, manifest)
+    }
+    async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        self.0.prepare_repository(repository, how)
     }
 }

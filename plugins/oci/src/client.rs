@@ -20,7 +20,12 @@ use crate::OciConfig;
 
 /// A connection to registries: source and sink share this.
 pub struct OciRegistry {
-    pub(crate) client: Client,
+    /// The client of the `monolithicPush` setting.
+    client: Client,
+    /// The client with monolithic uploads, for registries whose kind needs
+    /// them whatever the setting ([`RegistryKind::monolithic_push`]): the
+    /// same client when the setting says so already.
+    monolithic: Client,
     /// `maxManifestBytes`.
     pub(crate) max_manifest: usize,
     /// How long a registry may stay silent (`readTimeoutSeconds`).
@@ -29,6 +34,9 @@ pub struct OciRegistry {
     pub(crate) registries: Registries,
     /// Credentials found in Docker's or containers' config, per registry.
     pub(crate) discovered: Mutex<HashMap<String, RegistryAuth>>,
+    /// ECR repositories created on demand (`registries.<host>.ecr`).
+    #[cfg(feature = "ecr")]
+    pub(crate) ecr_repositories: crate::cloud::ecr::Repositories,
 }
 
 /// Everything an oci-client `Client` is built from, and nothing else: stages
@@ -124,16 +132,13 @@ impl ClientPool {
 /// The process's clients.
 static CLIENTS: ClientPool = ClientPool::new();
 
-/// A new client for `config` and `cx`.
-fn build_client(
-    config: &OciConfig,
-    cx: &Registries,
-    key: &ClientKey,
-) -> Result<Client, SetupError> {
+/// A new client for `key`, with the CA certificates of `cx` (which `key`
+/// holds as digests).
+fn build_client(key: &ClientKey, cx: &Registries) -> Result<Client, SetupError> {
     let client_config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(key.insecure.iter().cloned().collect()),
-        use_monolithic_push: config.monolithic_push,
-        connect_timeout: Some(Duration::from_secs(config.connect_timeout_seconds.max(1))),
+        use_monolithic_push: key.monolithic_push,
+        connect_timeout: Some(Duration::from_secs(key.connect_timeout_seconds.max(1))),
         // No `read_timeout` here: reqwest counts it from the start of a
         // request until its answer, so it would cut every upload longer
         // than the limit. Silence is watched per operation instead
@@ -157,7 +162,7 @@ fn build_client(
         ca_files: cx.ca_certificates.iter().map(|(f, _)| f.clone()).collect(),
         source,
     })?;
-    client.max_manifest_bytes = Some(config.max_manifest_bytes);
+    client.max_manifest_bytes = Some(key.max_manifest_bytes);
     Ok(client)
 }
 
@@ -166,21 +171,46 @@ impl OciRegistry {
     /// on the process's client for them (one per distinct `ClientKey`: what
     /// the client is built from).
     pub fn new(config: &OciConfig, cx: &Registries) -> Result<OciRegistry, SetupError> {
+        crate::cloud::check_settings(cx)?;
         let key = ClientKey::of(config, cx);
-        let client = CLIENTS.get_or_build(key.clone(), || build_client(config, cx, &key))?;
+        let client = CLIENTS.get_or_build(key.clone(), || build_client(&key, cx))?;
+        let monolithic = if key.monolithic_push {
+            client.clone()
+        } else {
+            let key = ClientKey {
+                monolithic_push: true,
+                ..key
+            };
+            CLIENTS.get_or_build(key.clone(), || build_client(&key, cx))?
+        };
         Ok(OciRegistry {
             client,
+            monolithic,
             max_manifest: config.max_manifest_bytes,
             idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
             registries: cx.clone(),
             discovered: Default::default(),
+            #[cfg(feature = "ecr")]
+            ecr_repositories: Default::default(),
         })
     }
 
     /// The kind of the software answering for `registry`: that of the host
-    /// connected to (its `registries:` endpoint, else itself).
+    /// connected to (its `registries:` endpoint, else itself), or of the
+    /// cloud registry it names ([`RegistryKind::answering`]).
     pub fn kind(&self, registry: &str) -> RegistryKind {
-        RegistryKind::of(&self.registries.endpoint_for(registry).0)
+        RegistryKind::answering(registry, &self.registries.endpoint_for(registry).0)
+    }
+
+    /// The client that serves `registry`: the one with monolithic uploads
+    /// where its kind needs them ([`RegistryKind::monolithic_push`]), else
+    /// the one of the settings.
+    pub(crate) fn client(&self, registry: &str) -> &Client {
+        if self.kind(registry).monolithic_push(false) {
+            &self.monolithic
+        } else {
+            &self.client
+        }
     }
 
     /// The oci-client reference for `r` (tag or digest as given), connected
@@ -212,7 +242,7 @@ impl OciRegistry {
     pub(crate) async fn prepare(&self, r: &ImageRef) -> Result<Reference, StageError> {
         let reference = self.reference(r);
         let auth = self.auth_for(r.registry());
-        self.client
+        self.client(r.registry())
             .store_auth_if_needed(reference.resolve_registry(), &auth)
             .await;
         Ok(reference)
@@ -298,7 +328,7 @@ mod tests {
         for _ in 0..3 {
             pool.get_or_build(key.clone(), || {
                 built += 1;
-                build_client(&config, &cx, &key)
+                build_client(&key, &cx)
             })
             .unwrap();
         }
@@ -314,7 +344,7 @@ mod tests {
         let failed: Result<Client, &str> = pool.get_or_build(other.clone(), || Err("no"));
         assert_eq!(failed.err(), Some("no"));
         assert_eq!(pool.len(), 1);
-        pool.get_or_build(other.clone(), || build_client(&config, &cx, &other))
+        pool.get_or_build(other.clone(), || build_client(&other, &cx))
             .unwrap();
         assert_eq!(pool.len(), 2);
     }
@@ -326,11 +356,7 @@ mod tests {
             "ca.pem".into(),
             b"-----BEGIN CERTIFICATE-----\nnot base64 !\n-----END CERTIFICATE-----\n".to_vec(),
         )];
-        let e = build_client(
-            &OciConfig::default(),
-            &cx,
-            &ClientKey::of(&OciConfig::default(), &cx),
-        )
+        let e = build_client(&ClientKey::of(&OciConfig::default(), &cx), &cx)
         .err()
         .expect("refused");
         assert!(

@@ -9,14 +9,18 @@
 
 use std::time::SystemTime;
 
-use image_syncer_core::context::Secret;
+use image_syncer_core::context::{Registries, Secret};
+use image_syncer_core::reference::ImageRef;
+use image_syncer_core::stage::{ErrorKind, RepositoryUse, StageError};
 
-use crate::quirks::{CloudLogin, RegistryKind};
+use crate::errors::SetupError;
+use crate::quirks::{CloudLogin, EcrRegistry, RegistryKind};
+use crate::OciRegistry;
 
 #[cfg(feature = "acr")]
 mod azure;
 #[cfg(feature = "ecr")]
-mod ecr;
+pub(crate) mod ecr;
 #[cfg(feature = "gar")]
 mod google;
 
@@ -26,8 +30,11 @@ mod google;
 pub(crate) struct CloudCredential {
     pub(crate) username: String,
     pub(crate) password: Secret,
-    /// When the registry stops accepting it. A time already past (moto's
-    /// ECR tokens expire in 2015) means "use it for this run".
+    /// When the registry stops accepting it, as the provider says (ECR's
+    /// `expiresAt`), passed on unchanged. A time already past when the
+    /// credential is made (moto's ECR tokens expire in 2015) means "use it
+    /// for this run": the cache renews a credential before it expires,
+    /// never one that was born expired.
     pub(crate) expires: Option<SystemTime>,
 }
 
@@ -98,5 +105,73 @@ pub(crate) async fn login(
             provider: RegistryKind::Acr.name(),
             feature: "acr",
         }),
+    }
+}
+
+impl CloudError {
+    /// This error as a stage's: transient when the provider may succeed
+    /// later, else a configuration problem (no identity, a refusal).
+    pub(crate) fn to_stage_error(&self, context: &str) -> StageError {
+        let kind = match self {
+            CloudError::Refused {
+                transient: true, ..
+            } => ErrorKind::Transient,
+            _ => ErrorKind::Config,
+        };
+        StageError::new(kind, format!("{context}: {self}"))
+    }
+}
+
+/// Checks the `registries:` settings that only a cloud registry takes:
+/// `ecr` on a host that is not a private ECR registry's is an input error
+/// naming `registries.<host>.ecr`, and so is `createRepositories` in a
+/// build without the `ecr` feature.
+pub(crate) fn check_settings(cx: &Registries) -> Result<(), SetupError> {
+    for (host, access) in &cx.hosts {
+        let Some(ecr) = &access.ecr else {
+            continue;
+        };
+        if EcrRegistry::of(host).is_none() {
+            return Err(SetupError::NotEcr { host: host.clone() });
+        }
+        if ecr.create_repositories && !cfg!(feature = "ecr") {
+            return Err(SetupError::EcrNotBuilt { host: host.clone() });
+        }
+    }
+    Ok(())
+}
+
+impl OciRegistry {
+    /// [`image_syncer_core::stage::Sink::prepare_repository`]: on an ECR
+    /// registry with `ecr.createRepositories`, the repository created when
+    /// missing (`cloud/ecr.rs`); elsewhere nothing to do.
+    pub(crate) async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        let host = repository.registry();
+        let Some(settings) = self.registries.ecr(host) else {
+            return Ok(None);
+        };
+        if !settings.create_repositories {
+            return Ok(None);
+        }
+        #[cfg(feature = "ecr")]
+        {
+            let name = repository.repository();
+            self.ecr_repositories
+                .prepare(host, &name, settings, how)
+                .await
+                .map_err(|e| e.to_stage_error(&format!("{host}/{name}: preparing the repository")))
+        }
+        #[cfg(not(feature = "ecr"))]
+        {
+            // Refused when the stage was built (`check_settings`).
+            let _ = how;
+            Err(StageError::config(format!(
+                "registries.{host}.ecr.createRepositories needs the `ecr` feature"
+            )))
+        }
     }
 }

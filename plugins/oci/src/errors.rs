@@ -20,6 +20,14 @@ pub enum SetupError {
         ca_files: Vec<String>,
         source: OciDistributionError,
     },
+    /// `registries.<host>.ecr` on a host that is not a private ECR
+    /// registry's.
+    #[error("registries.{host}.ecr: `{host}` is not an Amazon ECR registry (<account>.dkr.ecr.<region>.amazonaws.com); ECR settings apply to ECR registries only")]
+    NotEcr { host: String },
+    /// `registries.<host>.ecr.createRepositories` in a build without ECR
+    /// support.
+    #[error("registries.{host}.ecr.createRepositories: this image-syncer was built without the `ecr` feature, so it cannot create ECR repositories")]
+    EcrNotBuilt { host: String },
 }
 
 /// The kind a registry's error code stands for (distribution spec error codes).
@@ -110,6 +118,38 @@ pub(crate) fn classify_write(context: &str, e: OciDistributionError, r: &ImageRe
         error.kind = ErrorKind::Consistency;
     }
     error
+}
+
+/// The distribution errors (`code`, `message`) a registry answered with:
+/// those of an error envelope oci-client read, or of the JSON body of an
+/// answer it kept as text.
+pub(crate) fn registry_errors(e: &OciDistributionError) -> Vec<(String, String)> {
+    use OciDistributionError as E;
+    match e {
+        E::RetryAfter { source, .. } => registry_errors(source),
+        E::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .map(|x| {
+                let code = serde_json::to_value(&x.code)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (code, x.message.clone())
+            })
+            .collect(),
+        E::ServerError { message, .. } => serde_json::from_str::<serde_json::Value>(message)
+            .ok()
+            .and_then(|v| v.get("errors").and_then(|e| e.as_array()).cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|x| {
+                let text = |k: &str| x.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+                (text("code").to_string(), text("message").to_string())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date
@@ -237,6 +277,32 @@ mod tests {
             assert_eq!(parse_retry_after(bad, now), None, "{bad}");
         }
         assert!(parse_retry_after("120", SystemTime::now()).is_some());
+    }
+
+    #[test]
+    fn the_registry_errors_are_read_from_either_form_of_answer() {
+        let body = "{\"errors\":[{\"code\":\"TAG_INVALID\",\"message\":\"The image tag 'v1' already exists\"}]}";
+        let text = OciDistributionError::ServerError {
+            code: 400,
+            url: "u".into(),
+            message: body.into(),
+        };
+        let expected = vec![(
+            "TAG_INVALID".to_string(),
+            "The image tag 'v1' already exists".to_string(),
+        )];
+        assert_eq!(registry_errors(&text), expected);
+        let envelope = OciDistributionError::RegistryError {
+            envelope: serde_json::from_str(body).unwrap(),
+            url: "u".into(),
+        };
+        assert_eq!(registry_errors(&envelope), expected);
+        let plain = OciDistributionError::ServerError {
+            code: 400,
+            url: "u".into(),
+            message: "bad request".into(),
+        };
+        assert!(registry_errors(&plain).is_empty());
     }
 
     fn image() -> ImageRef {

@@ -47,7 +47,7 @@ use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{
-    ErrorKind, ManifestTarget, Sink, Source, StageError, StageKind, Upload,
+    ErrorKind, ManifestTarget, RepositoryUse, Sink, Source, StageError, StageKind, Upload,
 };
 
 pub use client::OciRegistry;
@@ -186,6 +186,14 @@ impl Sink for OciRegistry {
         manifest: &RawManifest,
     ) -> Result<(), StageError> {
         self.push_manifest(repository, target, manifest).await
+    }
+
+    async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        OciRegistry::prepare_repository(self, repository, how).await
     }
 }
 

@@ -18,7 +18,7 @@ impl OciRegistry {
     /// flow control, which then runs at most that many requests at once.
     pub(crate) fn pass_on_ratelimit(&self, r: &ImageRef, reference: &Reference) {
         let value = self
-            .client
+            .client(r.registry())
             .ratelimit_remaining
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -43,7 +43,7 @@ impl OciRegistry {
                 let reference = self.prepare(r).await?;
                 let auth = self.auth_for(r.registry());
                 let pulled = self
-                    .client
+                    .client(r.registry())
                     .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
                     .await;
                 self.pass_on_ratelimit(r, &reference);
@@ -72,7 +72,9 @@ impl OciRegistry {
             .answered(what, async {
                 let reference = self.prepare(r).await?;
                 let auth = self.auth_for(r.registry());
-                let found = match self.client.fetch_manifest_digest(&reference, &auth).await {
+                let found = match self
+                    .client(r.registry())
+                    .fetch_manifest_digest(&reference, &auth).await {
                     Err(OciDistributionError::ManifestTooLarge { size, limit }) => {
                         return Err(StageError::invalid(too_large(r, size, limit)))
                     }

@@ -60,9 +60,7 @@ pub enum RegistryKind {
 }
 
 /// How a cloud registry's own credentials are made: what
-/// [`RegistryKind::cloud_login`] answers, for the issue that adds cloud
-/// credentials (nothing makes them yet: such registries take the
-/// credentials found as for any registry, see `auth.rs`).
+/// [`RegistryKind::cloud_login`] answers (`cloud.rs` makes them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloudLogin {
     /// ECR's `GetAuthorizationToken` (with AWS credentials) answers a
@@ -76,6 +74,46 @@ pub enum CloudLogin {
     /// `POST /oauth2/exchange` for an ACR refresh token, the password of
     /// user `00000000-0000-0000-0000-000000000000`.
     AcrRefreshToken,
+}
+
+/// A private ECR registry, from its host:
+/// `<account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]` (ECR's own naming
+/// rule; ECR Public, `public.ecr.aws`, is not one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EcrRegistry {
+    /// The AWS account id (the registry id of ECR's API).
+    pub account: String,
+    /// The AWS region, whose ECR API manages the registry.
+    pub region: String,
+    /// A FIPS endpoint (`dkr.ecr-fips`): its API is reached at the FIPS
+    /// endpoint too.
+    pub fips: bool,
+}
+
+impl EcrRegistry {
+    /// The registry `host` (`name[:port]`, any case) names, if it is a
+    /// private ECR registry's host.
+    pub fn of(host: &str) -> Option<EcrRegistry> {
+        let host = host.to_ascii_lowercase();
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host.as_str(),
+        };
+        let labels: Vec<&str> = name.split('.').collect();
+        match labels.as_slice() {
+            [account, "dkr", ecr @ ("ecr" | "ecr-fips"), region, "amazonaws", "com"]
+            | [account, "dkr", ecr @ ("ecr" | "ecr-fips"), region, "amazonaws", "com", "cn"]
+                if !account.is_empty() && !region.is_empty() =>
+            {
+                Some(EcrRegistry {
+                    account: account.to_string(),
+                    region: region.to_string(),
+                    fips: *ecr == "ecr-fips",
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 impl RegistryKind {
@@ -102,7 +140,6 @@ impl RegistryKind {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
             _ => host.as_str(),
         };
-        let labels: Vec<&str> = name.split('.').collect();
         // `<prefix><suffix>`, with a prefix of one non-empty label.
         let one_label_before = |suffix: &str| {
             name.strip_suffix(suffix)
@@ -114,14 +151,7 @@ impl RegistryKind {
             RegistryKind::Ghcr
         } else if name == "quay.io" {
             RegistryKind::Quay
-        } else if name == "public.ecr.aws"
-            || matches!(
-                labels.as_slice(),
-                [account, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com"]
-                | [account, "dkr", "ecr" | "ecr-fips", region, "amazonaws", "com", "cn"]
-                    if !account.is_empty() && !region.is_empty()
-            )
-        {
+        } else if name == "public.ecr.aws" || EcrRegistry::of(name).is_some() {
             RegistryKind::Ecr
         } else if one_label_before("-docker.pkg.dev")
             || name == "gcr.io"
@@ -194,23 +224,41 @@ impl RegistryKind {
         }
     }
 
+    /// The kind of the software that answers for `host` when it is reached
+    /// at `endpoint` (its `registries:` endpoint, else `host` itself): the
+    /// endpoint's kind, except that a cloud registry's host (ECR, GAR, ACR:
+    /// those with a [`RegistryKind::cloud_login`]) reached through an
+    /// endpoint that names no provider keeps its own kind. Such a host names
+    /// one registry of one service, so another endpoint for it is a private
+    /// way into that same service (an AWS PrivateLink endpoint, a proxy),
+    /// not other software; a mirror of Docker Hub or Quay, on the other
+    /// hand, is other software (a distribution registry, Harbor).
+    pub fn answering(host: &str, endpoint: &str) -> RegistryKind {
+        let reached = RegistryKind::of(endpoint);
+        let named = RegistryKind::of(host);
+        if reached == RegistryKind::Unknown && named.cloud_login(host).is_some() {
+            named
+        } else {
+            reached
+        }
+    }
+
     /// Whether blobs are uploaded in one streamed PUT, given the
-    /// `monolithicPush` setting: today the setting, for every kind (one
-    /// client, and so one upload mode, serves every registry of a stage; a
-    /// kind that overrides the setting needs a client of its own from the
-    /// pool, `client.rs`).
+    /// `monolithicPush` setting: the setting, except on ECR, which always
+    /// gets monolithic uploads (an ECR registry gets a client of its own
+    /// from the pool when the setting is `false`, `client.rs`).
     ///
-    /// What is known: ECR refuses chunked uploads (the first PATCH answers
-    /// 201 and later PATCHes are dropped): upload monolithically. GAR has no
-    /// PATCH uploads. ACR refuses streaming PUTs over about 20 MB, so large
-    /// blobs go there in chunks. The default (`monolithicPush: true`) suits
-    /// ECR and GAR.
+    /// What is known: ECR breaks chunked uploads (the first PATCH answers
+    /// 201 and later PATCHes are dropped): upload monolithically, whatever
+    /// the setting. GAR has no PATCH uploads. ACR refuses streaming PUTs
+    /// over about 20 MB, so large blobs go there in chunks. The default
+    /// (`monolithicPush: true`) suits GAR.
     pub fn monolithic_push(self, configured: bool) -> bool {
         match self {
+            RegistryKind::Ecr => true,
             RegistryKind::Distribution
             | RegistryKind::DockerHub
             | RegistryKind::Ghcr
-            | RegistryKind::Ecr
             | RegistryKind::Gar
             | RegistryKind::Acr
             | RegistryKind::Quay
@@ -221,35 +269,85 @@ impl RegistryKind {
 
     /// Whether a blob the target registry already holds in another
     /// repository is mounted (`POST ...?mount=&from=`) before it is
-    /// uploaded: today yes, for every kind. A refused mount (answered 202,
-    /// an upload opened instead) costs one round trip, then the blob is
-    /// uploaded.
+    /// uploaded, given the registry's `mount` setting (`None`: not set):
+    /// the setting when there is one, else yes, except on ECR and GAR. A
+    /// refused mount (answered 202, an upload opened instead) costs one
+    /// round trip, then the blob is uploaded.
     ///
     /// What is known: ECR mounts across repositories only with the
-    /// registry's `BLOB_MOUNTING` account setting enabled; GAR never
-    /// fulfils a mount (every mount there is a wasted round trip).
-    pub fn tries_mounts(self) -> bool {
-        match self {
+    /// registry's `BLOB_MOUNTING` account setting enabled (say `mount:
+    /// true` then); GAR never fulfils a mount (every mount there is a
+    /// wasted round trip).
+    pub fn tries_mounts(self, configured: Option<bool>) -> bool {
+        let default = match self {
+            RegistryKind::Ecr | RegistryKind::Gar => false,
             RegistryKind::Distribution
             | RegistryKind::DockerHub
             | RegistryKind::Ghcr
-            | RegistryKind::Ecr
-            | RegistryKind::Gar
             | RegistryKind::Acr
             | RegistryKind::Quay
             | RegistryKind::Harbor
             | RegistryKind::Unknown => true,
+        };
+        configured.unwrap_or(default)
+    }
+
+    /// Whether a registry's refusal of a manifest pushed by tag (its error
+    /// `code` and `message`) says that the tag already exists and cannot be
+    /// moved: then what the tag holds decides (the same digest is in sync,
+    /// another is a safety stop). The spec has no such refusal.
+    ///
+    /// What is known: an ECR repository with `IMMUTABLE` tags refuses a
+    /// manifest PUT onto an existing tag, even with the same manifest, with
+    /// `TAG_INVALID` and "The image tag '…' already exists in the '…'
+    /// repository and cannot be overwritten because the repository is
+    /// immutable." (the `ImageTagAlreadyExistsException` of its API).
+    pub fn refuses_existing_tag(self, code: &str, message: &str) -> bool {
+        match self {
+            RegistryKind::Ecr => code == "TAG_INVALID" && message.contains("already exists"),
+            RegistryKind::Distribution
+            | RegistryKind::DockerHub
+            | RegistryKind::Ghcr
+            | RegistryKind::Gar
+            | RegistryKind::Acr
+            | RegistryKind::Quay
+            | RegistryKind::Harbor
+            | RegistryKind::Unknown => false,
         }
     }
 
-    /// How this kind's own cloud credentials are made, where it has them:
-    /// the hook for cloud credentials (ECR's `GetAuthorizationToken`, GAR's
-    /// access tokens as `oauth2accesstoken`, ACR's refresh-token exchange).
-    /// Nothing acts on it yet: every registry takes the credentials found
-    /// for it (`auth.rs`), which may come from a Docker credential helper
-    /// for these clouds (`credHelpers`).
-    pub fn cloud_login(self) -> Option<CloudLogin> {
+    /// Whether a registry's refusal of a write with error `code` means that
+    /// the repository does not exist and is not made by a push: then the
+    /// error says how to have it created. The spec's registries create a
+    /// repository on its first push.
+    ///
+    /// What is known: ECR refuses a push into a repository that does not
+    /// exist with `NAME_UNKNOWN` ("The repository with name '…' does not
+    /// exist in the registry with id '…'"); image-syncer creates it with
+    /// `registries.<host>.ecr.createRepositories: true`.
+    pub fn refuses_missing_repository(self, code: &str) -> bool {
         match self {
+            RegistryKind::Ecr => code == "NAME_UNKNOWN",
+            RegistryKind::Distribution
+            | RegistryKind::DockerHub
+            | RegistryKind::Ghcr
+            | RegistryKind::Gar
+            | RegistryKind::Acr
+            | RegistryKind::Quay
+            | RegistryKind::Harbor
+            | RegistryKind::Unknown => false,
+        }
+    }
+
+    /// How this kind's own cloud credentials are made for `host` (as
+    /// references name it), where it has them: ECR's
+    /// `GetAuthorizationToken`, GAR's access tokens as `oauth2accesstoken`,
+    /// ACR's refresh-token exchange (`cloud.rs`; `auth.rs` decides when).
+    /// ECR Public (`public.ecr.aws`) has none: it is read anonymously
+    /// unless credentials are configured for it.
+    pub fn cloud_login(self, host: &str) -> Option<CloudLogin> {
+        match self {
+            RegistryKind::Ecr if EcrRegistry::of(host).is_none() => None,
             RegistryKind::Ecr => Some(CloudLogin::EcrAuthorizationToken),
             RegistryKind::Gar => Some(CloudLogin::GoogleAccessToken),
             RegistryKind::Acr => Some(CloudLogin::AcrRefreshToken),
@@ -372,34 +470,129 @@ mod tests {
         }
     }
 
+    /// A host of each kind, for the answers that depend on the host.
+    fn example_host(kind: RegistryKind) -> &'static str {
+        match kind {
+            RegistryKind::DockerHub => "docker.io",
+            RegistryKind::Ghcr => "ghcr.io",
+            RegistryKind::Ecr => "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+            RegistryKind::Gar => "europe-docker.pkg.dev",
+            RegistryKind::Acr => "myregistry.azurecr.io",
+            RegistryKind::Quay => "quay.io",
+            RegistryKind::Distribution | RegistryKind::Harbor | RegistryKind::Unknown => {
+                "registry.example"
+            }
+        }
+    }
+
     #[test]
     fn each_kind_behaves_as_documented() {
         let table: Vec<String> = RegistryKind::ALL
             .iter()
             .map(|k| {
                 format!(
-                    "{:<12} api_host(docker.io)={:<15} credential_keys(h)={:?} monolithic_push(true/false)={}/{} tries_mounts={} cloud_login={:?}",
+                    "{:<12} api_host(docker.io)={:<15} credential_keys(h)={:?} monolithic_push(true/false)={}/{} tries_mounts(unset/true/false)={}/{}/{} refuses_existing_tag={} refuses_missing_repository={} cloud_login={:?}",
                     k.name(),
                     k.api_host("docker.io"),
                     k.credential_keys("h"),
                     k.monolithic_push(true),
                     k.monolithic_push(false),
-                    k.tries_mounts(),
-                    k.cloud_login(),
+                    k.tries_mounts(None),
+                    k.tries_mounts(Some(true)),
+                    k.tries_mounts(Some(false)),
+                    k.refuses_existing_tag(
+                        "TAG_INVALID",
+                        "The image tag 'v1' already exists in the 'team/app' repository and cannot be overwritten because the repository is immutable."
+                    ),
+                    k.refuses_missing_repository("NAME_UNKNOWN"),
+                    k.cloud_login(example_host(*k)),
                 )
             })
             .collect();
         insta::assert_snapshot!(table.join("\n"), @r#"
-        distribution api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=None
-        Docker Hub   api_host(docker.io)=index.docker.io credential_keys(h)=["h", "https://index.docker.io/v1/"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=None
-        GHCR         api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=None
-        ECR          api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=Some(EcrAuthorizationToken)
-        GAR          api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=Some(GoogleAccessToken)
-        ACR          api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=Some(AcrRefreshToken)
-        Quay         api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=None
-        Harbor       api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=None
-        unknown      api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts=true cloud_login=None
+        distribution api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=None
+        Docker Hub   api_host(docker.io)=index.docker.io credential_keys(h)=["h", "https://index.docker.io/v1/"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=None
+        GHCR         api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=None
+        ECR          api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/true tries_mounts(unset/true/false)=false/true/false refuses_existing_tag=true refuses_missing_repository=true cloud_login=Some(EcrAuthorizationToken)
+        GAR          api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=false/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=Some(GoogleAccessToken)
+        ACR          api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=Some(AcrRefreshToken)
+        Quay         api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=None
+        Harbor       api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=None
+        unknown      api_host(docker.io)=docker.io       credential_keys(h)=["h"] monolithic_push(true/false)=true/false tries_mounts(unset/true/false)=true/true/false refuses_existing_tag=false refuses_missing_repository=false cloud_login=None
         "#);
+    }
+
+    #[test]
+    fn ecr_public_has_no_cloud_login_and_is_read_anonymously() {
+        assert_eq!(RegistryKind::of("public.ecr.aws"), RegistryKind::Ecr);
+        assert_eq!(RegistryKind::Ecr.cloud_login("public.ecr.aws"), None);
+        assert_eq!(
+            RegistryKind::Ecr.cloud_login("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+            Some(CloudLogin::EcrAuthorizationToken)
+        );
+    }
+
+    #[test]
+    fn an_ecr_host_names_its_account_region_and_fips() {
+        let table: Vec<String> = HOSTS
+            .iter()
+            .filter_map(|h| EcrRegistry::of(h).map(|r| format!("{h:<52} {r:?}")))
+            .collect();
+        insta::assert_snapshot!(table.join("\n"), @r#"
+        123456789012.dkr.ecr.eu-west-1.amazonaws.com         EcrRegistry { account: "123456789012", region: "eu-west-1", fips: false }
+        123456789012.dkr.ecr-fips.us-east-1.amazonaws.com    EcrRegistry { account: "123456789012", region: "us-east-1", fips: true }
+        123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn     EcrRegistry { account: "123456789012", region: "cn-north-1", fips: false }
+        "#);
+        // Ports and case are as for `RegistryKind::of`.
+        assert_eq!(
+            EcrRegistry::of("123456789012.DKR.ECR.eu-west-1.amazonaws.com:443"),
+            EcrRegistry::of("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+        );
+    }
+
+    #[test]
+    fn only_ecr_takes_an_existing_tag_refusal_for_what_it_is() {
+        let ecr = RegistryKind::Ecr;
+        let immutable = "The image tag 'v1' already exists in the 'team/app' repository and cannot be overwritten because the repository is immutable.";
+        assert!(ecr.refuses_existing_tag("TAG_INVALID", immutable));
+        // Another refusal of a tag, or another code, is not one.
+        assert!(!ecr.refuses_existing_tag("TAG_INVALID", "invalid tag name"));
+        assert!(!ecr.refuses_existing_tag("MANIFEST_INVALID", immutable));
+        assert!(!RegistryKind::Unknown.refuses_existing_tag("TAG_INVALID", immutable));
+    }
+
+    #[test]
+    fn a_cloud_host_through_an_unknown_endpoint_keeps_its_kind() {
+        let ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
+        let table: Vec<String> = [
+            (ecr, ecr),
+            (ecr, "127.0.0.1:5000"),
+            (ecr, "vpce-0abc.dkr.ecr.eu-west-1.vpce.amazonaws.com"),
+            ("europe-docker.pkg.dev", "127.0.0.1:5000"),
+            ("myregistry.azurecr.io", "proxy.example"),
+            // Mirrors of other registries are other software.
+            ("docker.io", "127.0.0.1:5000"),
+            ("quay.io", "mirror.example"),
+            ("public.ecr.aws", "mirror.example"),
+            // An endpoint that names a provider: that provider answers.
+            ("registry.example", "ghcr.io"),
+            (ecr, "quay.io"),
+        ]
+        .iter()
+        .map(|(h, e)| format!("{h:<46} via {e:<48} {}", RegistryKind::answering(h, e)))
+        .collect();
+        insta::assert_snapshot!(table.join("\n"), @r"
+        123456789012.dkr.ecr.eu-west-1.amazonaws.com   via 123456789012.dkr.ecr.eu-west-1.amazonaws.com     ECR
+        123456789012.dkr.ecr.eu-west-1.amazonaws.com   via 127.0.0.1:5000                                   ECR
+        123456789012.dkr.ecr.eu-west-1.amazonaws.com   via vpce-0abc.dkr.ecr.eu-west-1.vpce.amazonaws.com   ECR
+        europe-docker.pkg.dev                          via 127.0.0.1:5000                                   GAR
+        myregistry.azurecr.io                          via proxy.example                                    ACR
+        docker.io                                      via 127.0.0.1:5000                                   unknown
+        quay.io                                        via mirror.example                                   unknown
+        public.ecr.aws                                 via mirror.example                                   unknown
+        registry.example                               via ghcr.io                                          GHCR
+        123456789012.dkr.ecr.eu-west-1.amazonaws.com   via quay.io                                          Quay
+        ");
     }
 
     /// `api_host` is ours; oci-client maps `docker.io` in

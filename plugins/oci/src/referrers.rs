@@ -40,7 +40,7 @@ impl OciRegistry {
             .answered(what, async {
                 let reference = self.prepare(&r).await?;
                 let auth = self.auth_for(r.registry());
-                self.client
+                self.client(r.registry())
                     .pull_referrers_raw(&reference, &auth, self.max_manifest)
                     .await
                     .map_err(|e| match e {

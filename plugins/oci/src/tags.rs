@@ -52,7 +52,7 @@ impl OciRegistry {
                     let reference = self.prepare(repository).await?;
                     let auth = self.auth_for(repository.registry());
                     let listed = self
-                        .client
+                        .client(repository.registry())
                         .list_tags_page(
                             &reference,
                             &auth,

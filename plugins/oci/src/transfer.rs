@@ -16,10 +16,40 @@ use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 use tracing::debug;
 
-use crate::errors::{classify, classify_write};
+use crate::errors::{classify, classify_write, registry_errors};
 use crate::OciRegistry;
 
 impl OciRegistry {
+    /// [`classify_write`] for a write into `r`, saying how to have the
+    /// repository created when the registry refused it as missing and does
+    /// not create repositories on push
+    /// ([`crate::RegistryKind::refuses_missing_repository`]).
+    pub(crate) fn write_error(
+        &self,
+        context: &str,
+        e: OciDistributionError,
+        r: &ImageRef,
+    ) -> StageError {
+        let host = r.registry();
+        let kind = self.kind(host);
+        let missing = registry_errors(&e)
+            .iter()
+            .any(|(code, _)| kind.refuses_missing_repository(code));
+        let error = classify_write(context, e, r);
+        let creates = self
+            .registries
+            .ecr(host)
+            .is_some_and(|s| s.create_repositories);
+        if !missing || creates {
+            return error;
+        }
+        StageError::config(format!(
+            "{}: the repository {} does not exist, and {kind} creates none on push; `registries.{host}.ecr.createRepositories: true` has image-syncer create it",
+            error.message,
+            r.repository()
+        ))
+    }
+
     /// `op`, a request with a short answer, failed as transient when the
     /// registry has not answered it in full within the idle limit.
     pub(crate) async fn answered<T>(
@@ -49,7 +79,7 @@ impl OciRegistry {
         let stream = self
             .answered(|| what.clone(), async {
                 let reference = self.prepare(r).await?;
-                self.client
+                self.client(r.registry())
                     .pull_blob_stream(&reference, &oci_descriptor(d))
                     .await
                     .map_err(|e| classify(&what, e, r))
@@ -90,7 +120,7 @@ impl OciRegistry {
         let what = || format!("{repository}: checking blob {}", descriptor.digest);
         self.answered(what, async {
             let reference = self.prepare(repository).await?;
-            self.client
+            self.client(repository.registry())
                 .blob_exists(&reference, &descriptor.digest.to_string())
                 .await
                 .map_err(|e| classify(&what(), e, repository))
@@ -99,7 +129,7 @@ impl OciRegistry {
     }
 
     /// Mounts blob `descriptor` from repository `from` into `to`, on the
-    /// same registry and where its kind tries mounts
+    /// same registry and where its kind and its `mount` setting say to try
     /// ([`crate::RegistryKind::tries_mounts`]): whether it is there now.
     pub(crate) async fn mount(
         &self,
@@ -107,7 +137,11 @@ impl OciRegistry {
         to: &ImageRef,
         descriptor: &Descriptor,
     ) -> Result<bool, StageError> {
-        if from.registry() != to.registry() || !self.kind(to.registry()).tries_mounts() {
+        if from.registry() != to.registry()
+            || !self
+                .kind(to.registry())
+                .tries_mounts(self.registries.mount(to.registry()))
+        {
             return Ok(false);
         }
         let what = || format!("{to}: mounting blob {} from {from}", descriptor.digest);
@@ -116,7 +150,7 @@ impl OciRegistry {
                 let target = self.prepare(to).await?;
                 let source = self.reference(from);
                 Ok(self
-                    .client
+                    .client(to.registry())
                     .mount_blob(&target, &source, &descriptor.digest.to_string())
                     .await)
             })
@@ -147,11 +181,11 @@ impl OciRegistry {
         };
         self.answered(what, async {
             let reference = self.prepare(repository).await?;
-            self.client
+            self.client(repository.registry())
                 .begin_push_session(&reference)
                 .await
                 .map(|location| Upload(Some(location)))
-                .map_err(|e| classify_write(&what(), e, repository))
+                .map_err(|e| self.write_error(&what(), e, repository))
         })
         .await
     }
@@ -197,12 +231,12 @@ impl OciRegistry {
         let push = async {
             match upload.0 {
                 Some(location) => {
-                    self.client
+                    self.client(repository.registry())
                         .push_blob_stream_at(location, &reference, stream, &digest, size)
                         .await
                 }
                 None => {
-                    self.client
+                    self.client(repository.registry())
                         .push_blob_stream(&reference, stream, &digest, size)
                         .await
                 }
@@ -232,7 +266,7 @@ impl OciRegistry {
         }
         result
             .map(|url| debug!(%url, "blob pushed"))
-            .map_err(|e| classify_write(&format!("{context}: upload"), e, repository))
+            .map_err(|e| self.write_error(&format!("{context}: upload"), e, repository))
     }
 
     /// Pushes `manifest` into `repository`, by tag or by digest.
@@ -253,15 +287,57 @@ impl OciRegistry {
             ))
         })?;
         let what = || format!("{r}: pushing manifest {}", manifest.digest);
-        self.answered(what, async {
-            let reference = self.prepare(&r).await?;
-            self.client
-                .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
-                .await
-                .map(|url| debug!(%url, "manifest pushed"))
-                .map_err(|e| classify_write(&what(), e, &r))
-        })
-        .await
+        let pushed = self
+            .answered(what, async {
+                let reference = self.prepare(&r).await?;
+                Ok(self
+                    .client(r.registry())
+                    .push_manifest_raw(&reference, manifest.bytes.clone(), content_type)
+                    .await)
+            })
+            .await?;
+        let e = match pushed {
+            Ok(url) => {
+                debug!(%url, "manifest pushed");
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let kind = self.kind(r.registry());
+        let existing = matches!(target, ManifestTarget::Tag(_))
+            && registry_errors(&e)
+                .iter()
+                .any(|(code, message)| kind.refuses_existing_tag(code, message));
+        let error = self.write_error(&what(), e, &r);
+        if existing {
+            return self.existing_tag(&r, manifest, error).await;
+        }
+        Err(error)
+    }
+
+    /// The registry refused to put `manifest` under tag `r` because the tag
+    /// exists and cannot be moved (an immutable repository,
+    /// [`crate::RegistryKind::refuses_existing_tag`]): what the tag holds
+    /// decides. The same digest is in sync (the put had nothing to do);
+    /// another digest is a safety stop, as when the re-check before the put
+    /// finds one; no tag (the refusal meant something else) keeps `refusal`.
+    async fn existing_tag(
+        &self,
+        r: &ImageRef,
+        manifest: &RawManifest,
+        refusal: StageError,
+    ) -> Result<(), StageError> {
+        match self.head_manifest(r).await? {
+            Some(held) if held == manifest.digest => {
+                debug!(target = %r, digest = %held, "the registry refused to move a tag that already holds this manifest: in sync");
+                Ok(())
+            }
+            Some(held) => Err(StageError::integrity(format!(
+                "target {r} holds {held}, not {}, and the registry refuses to move it (an immutable tag); not overwritten",
+                manifest.digest
+            ))),
+            None => Err(refusal),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! last), its signatures carried (`carry.rs`), then signed; the run's shared
 //! state and ledger; the outcomes, made into the report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +20,7 @@ use crate::flow::FlowControl;
 use crate::manifest::{Descriptor, RawManifest};
 use crate::reference::ImageRef;
 use crate::report::{Action, ImageReport, Report};
-use crate::stage::{ErrorKind, ManifestTarget, SignRequest, Sink, StageError};
+use crate::stage::{ErrorKind, ManifestTarget, RepositoryUse, SignRequest, Sink, StageError};
 
 /// A run executed: every image's outcome, in definition order.
 /// [`Executed::report`] makes the run's report.
@@ -45,12 +45,17 @@ impl Executed {
         if stop {
             warn!("safety stop during planning: nothing is written in this run");
         }
+        let (items, plans): (Vec<Item>, Vec<ImagePlan>) = images.into_iter().unzip();
         let run = Run {
             settings: &settings,
             stop: AtomicBool::new(stop),
             ledger: Ledger::default(),
+            attached_tags: items
+                .iter()
+                .filter(|i| i.spec.sign || i.spec.carry_signatures)
+                .map(|i| repository_key(&i.target))
+                .collect(),
         };
-        let (items, plans): (Vec<Item>, Vec<ImagePlan>) = images.into_iter().unzip();
         let mut reports: Vec<ImageReport> = stream::iter(items.iter().zip(plans))
             .map(|(item, p)| run.finish(item, p))
             .buffered(settings.concurrency.images().max(1))
@@ -91,6 +96,9 @@ pub(super) struct Run<'a> {
     /// Set by the first safety stop: no write starts after it.
     stop: AtomicBool,
     pub(super) ledger: Ledger,
+    /// The target repositories ([`repository_key`]) some image of the run
+    /// may write attached tags into (`sign` or `carrySignatures`).
+    attached_tags: HashSet<String>,
 }
 
 impl Run<'_> {
@@ -120,6 +128,11 @@ impl Run<'_> {
         let Decision::Copy(manifest) = decision else {
             return;
         };
+        if let Err(e) = self.prepare_repository(item, report).await {
+            warn!(source = %item.spec.source, target = %item.target, error = %e, "preparing the target repository failed");
+            self.record(report, &e, e.message.clone());
+            return;
+        }
         if self.settings.dry_run {
             report.action = Action::WouldCopy;
             return;
@@ -134,6 +147,42 @@ impl Run<'_> {
                 self.record(report, &e, e.message.clone());
             }
         }
+    }
+
+    /// Has the sink make the image's target repository ready
+    /// ([`Sink::prepare_repository`]), once per repository and sink in the
+    /// run: the first image going there asks (retried), the others wait
+    /// for its answer; a failure is this image's, and the next image asks
+    /// again. The sink's note goes into the report of the image that asked.
+    async fn prepare_repository(
+        &self,
+        item: &Item,
+        report: &mut ImageReport,
+    ) -> Result<(), StageError> {
+        let cell = self.ledger.repository(&item.sink, &item.target);
+        let how = RepositoryUse::new()
+            .with_dry_run(self.settings.dry_run)
+            .with_attached_tags(self.attached_tags.contains(&repository_key(&item.target)));
+        let mut note = None;
+        cell.get_or_try_init(|| async {
+            if !self.settings.dry_run {
+                self.check()?;
+            }
+            note = self
+                .settings
+                .retry()
+                .at(&registry_of(&item.target), "target repository", || {
+                    item.sink.prepare_repository(&item.target, &how)
+                })
+                .await?;
+            Ok::<_, StageError>(())
+        })
+        .await?;
+        if let Some(note) = note {
+            info!(target = %item.target, note = %note, "target repository prepared");
+            report.notes.push(note);
+        }
+        Ok(())
     }
 
     /// Carries the source's signatures along (`carrySignatures`); returns the
@@ -334,16 +383,27 @@ impl Run<'_> {
 /// manifest pushed by digest (the child of an index) is pushed once per
 /// repository: other images needing it wait for that push's confirmed
 /// result, so an index never goes out before its children are in.
+/// A target repository prepared by its sink ([`Sink::prepare_repository`])
+/// is in it once.
 #[derive(Default)]
 pub(super) struct Ledger {
     pub(super) blobs: Mutex<HashMap<BlobKey, Arc<OnceCell<ImageRef>>>>,
     pub(super) manifests: Mutex<HashMap<ManifestKey, Arc<OnceCell<()>>>>,
+    pub(super) repositories: Mutex<HashMap<RepositoryKey, Arc<OnceCell<()>>>>,
 }
 
 /// A blob in the ledger: (sink, digest).
 pub(super) type BlobKey = (usize, Digest);
 /// A manifest in the ledger: (sink, repository, digest).
 pub(super) type ManifestKey = (usize, String, Digest);
+/// A prepared repository in the ledger: (sink, repository).
+pub(super) type RepositoryKey = (usize, String);
+
+/// The repository `r` is in, as a key: registry and repository, whatever
+/// its tag or digest.
+fn repository_key(r: &ImageRef) -> String {
+    r.with_tag("_").to_string()
+}
 
 fn sink_id(sink: &Arc<dyn Sink>) -> usize {
     Arc::as_ptr(sink) as *const () as usize
@@ -365,11 +425,20 @@ impl Ledger {
         repo: &ImageRef,
         digest: &Digest,
     ) -> Arc<OnceCell<()>> {
-        let repo = repo.with_tag("_").to_string();
+        let repo = repository_key(repo);
         self.manifests
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry((sink_id(sink), repo, digest.clone()))
+            .or_default()
+            .clone()
+    }
+
+    pub(super) fn repository(&self, sink: &Arc<dyn Sink>, repo: &ImageRef) -> Arc<OnceCell<()>> {
+        self.repositories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((sink_id(sink), repository_key(repo)))
             .or_default()
             .clone()
     }

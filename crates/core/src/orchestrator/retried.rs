@@ -18,7 +18,7 @@ use crate::flow::FlowControl;
 use crate::manifest::{Descriptor, RawManifest};
 use crate::reference::ImageRef;
 use crate::retry::{Retry, RetryPolicy};
-use crate::stage::{ManifestTarget, Sink, Source, StageError, Upload};
+use crate::stage::{ManifestTarget, RepositoryUse, Sink, Source, StageError, Upload};
 
 use super::registry_of;
 
@@ -296,6 +296,18 @@ impl Sink for RetriedSink {
         self.retry()
             .at(&registry_of(repository), "signer: referrers", || {
                 self.inner.referrers(repository, digest)
+            })
+            .await
+    }
+
+    async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        self.retry()
+            .at(&registry_of(repository), "signer: repository", || {
+                self.inner.prepare_repository(repository, how)
             })
             .await
     }

@@ -24,8 +24,8 @@ use crate::report::Status;
 use crate::report::{Action, Report};
 use crate::stage::SignOutcome;
 use crate::stage::{
-    ErrorKind, Guard, GuardInput, ManifestTarget, SignRequest, Signer, Sink, Source, StageError,
-    StageKind, Transform, TransformInput, Verdict,
+    ErrorKind, Guard, GuardInput, ManifestTarget, RepositoryUse, SignRequest, Signer, Sink,
+    Source, StageError, StageKind, Transform, TransformInput, Verdict,
 };
 use futures_util::StreamExt;
 
@@ -167,6 +167,13 @@ struct RecordingSink {
     puts_peak: std::sync::atomic::AtomicUsize,
     /// Operations (by method name) that every call refuses with this error.
     refuse: Mutex<std::collections::BTreeMap<&'static str, StageError>>,
+    /// Each `prepare_repository` call: the repository, how, and how many
+    /// writes into that repository were logged before it.
+    prepared: Mutex<Vec<(String, RepositoryUse, usize)>>,
+    /// Whether `prepare_repository` takes a while (so that other images
+    /// for the repository come while it runs) and says what it did (else
+    /// it answers `None` at once).
+    prepare_notes: std::sync::atomic::AtomicBool,
 }
 
 impl RecordingSink {
@@ -262,6 +269,30 @@ impl Sink for RecordingSink {
         Ok(())
     }
 
+    /// See `prepare_notes`.
+    async fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        let repo = repository.repository_name();
+        let before = self.log().iter().filter(|e| e.repo() == repo).count();
+        self.prepared
+            .lock()
+            .unwrap()
+            .push((repo.clone(), how.clone(), before));
+        if !self.prepare_notes.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.call("prepare_repository").map(|()| None);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.call("prepare_repository")?;
+        Ok(Some(if how.dry_run {
+            format!("would prepare {repo}")
+        } else {
+            format!("prepared {repo}")
+        }))
+    }
+
     async fn put_manifest(
         &self,
         repository: &ImageRef,
@@ -336,6 +367,8 @@ impl Harness {
                 puts_running: Default::default(),
                 puts_peak: Default::default(),
                 refuse: Default::default(),
+                prepared: Default::default(),
+                prepare_notes: Default::default(),
             }),
             target,
             signer: Arc::new(RecordingSigner::default()),
@@ -971,6 +1004,132 @@ async fn dry_run_writes_nothing_and_signs_only_in_sync_images_as_dry_run() {
     );
     assert!(calls[0].request.dry_run);
     assert_eq!(calls[0].request.digest, synced.manifest.digest);
+}
+
+/// The sink prepares each target repository once per run, before the first
+/// write into it, however many images go there at once; its note goes into
+/// the report of the image that asked. Images in sync need nothing.
+#[tokio::test]
+async fn each_target_repository_is_prepared_once_before_its_first_write() {
+    let h = Harness::new();
+    h.sink
+        .prepare_notes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for tag in ["1", "2", "3", "4"] {
+        add_image(&h.source, &format!("src.io/team/app:{tag}"), &format!("app{tag}"));
+    }
+    add_image(&h.source, "src.io/team/other:1", "other");
+    let synced = add_image(&h.source, "src.io/team/synced:1", "synced");
+    h.target.add_manifest(
+        &r("dst.io/mirror/team/synced:1"),
+        &synced.manifest,
+        Some("1"),
+    );
+    let y = yaml(
+        "- source: src.io/team/app:1\n- source: src.io/team/app:2\n\
+         - source: src.io/team/app:3\n- source: src.io/team/app:4\n  sign: true\n\
+         - source: src.io/team/other:1\n- source: src.io/team/synced:1\n",
+    );
+    let report = h.run(&y, false).await;
+    assert_eq!(report.status(), Status::Ok, "{}", report.render_text());
+    let prepared = h.sink.prepared.lock().unwrap().clone();
+    let repos: Vec<&str> = prepared.iter().map(|(r, _, _)| r.as_str()).collect();
+    assert_eq!(
+        {
+            let mut r = repos.clone();
+            r.sort();
+            r
+        },
+        ["dst.io/mirror/team/app", "dst.io/mirror/team/other"],
+        "{prepared:#?}"
+    );
+    for (repo, how, before) in &prepared {
+        assert_eq!(*before, 0, "{repo}: prepared after a write into it");
+        assert!(!how.dry_run);
+        // An image going to app is signed: its repository gets attached tags.
+        assert_eq!(how.attached_tags, repo == "dst.io/mirror/team/app", "{repo}");
+    }
+    let notes: Vec<String> = report.images.iter().flat_map(|i| i.notes.clone()).collect();
+    assert_eq!(
+        {
+            let mut n = notes.clone();
+            n.sort();
+            n
+        },
+        ["prepared dst.io/mirror/team/app", "prepared dst.io/mirror/team/other"]
+    );
+    assert!(
+        report.render_text().contains("prepared dst.io/mirror/team/app\n"),
+        "{}",
+        report.render_text()
+    );
+    // A run with everything in sync prepares nothing.
+    let again = h.run(&y, false).await;
+    assert_eq!(again.status(), Status::Ok);
+    assert_eq!(h.sink.prepared.lock().unwrap().len(), 2);
+}
+
+/// A dry run asks the sink too, saying it is one; the note says what would
+/// be done, and nothing is written.
+#[tokio::test]
+async fn a_dry_run_asks_the_sink_what_preparing_would_do() {
+    let h = Harness::new();
+    h.sink
+        .prepare_notes
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    add_image(&h.source, "src.io/team/new:1", "new");
+    let report = h
+        .run(&yaml("- source: src.io/team/new:1\n"), true)
+        .await;
+    let new = image_of(&report, "src.io/team/new:1");
+    assert_eq!(new.action, Action::WouldCopy);
+    assert_eq!(new.notes, ["would prepare dst.io/mirror/team/new"]);
+    let prepared = h.sink.prepared.lock().unwrap().clone();
+    assert_eq!(prepared.len(), 1);
+    assert!(prepared[0].1.dry_run);
+    assert_eq!(h.target.writes(), 0);
+    assert!(
+        report
+            .render_text()
+            .contains("would copy  src.io/team/new:1 -> dst.io/mirror/team/new:1"),
+        "{}",
+        report.render_text()
+    );
+}
+
+/// A repository the sink cannot prepare fails the images going there
+/// (nothing is written into it), each of which asks again; other
+/// repositories go on.
+#[tokio::test]
+async fn a_repository_that_cannot_be_prepared_fails_its_images_only() {
+    let h = Harness::new();
+    add_image(&h.source, "src.io/team/app:1", "app1");
+    add_image(&h.source, "src.io/team/app:2", "app2");
+    add_image(&h.source, "src.io/team/other:1", "other");
+    h.sink.refuse.lock().unwrap().insert(
+        "prepare_repository",
+        StageError::config("mirror/team/app: the repository does not exist"),
+    );
+    let y = yaml(
+        "- source: src.io/team/app:1\n- source: src.io/team/app:2\n- source: src.io/team/other:1\n",
+    );
+    let report = h.run(&y, false).await;
+    assert_eq!(report.status(), Status::Failed);
+    for source in ["src.io/team/app:1", "src.io/team/app:2"] {
+        let rep = image_of(&report, source);
+        assert_eq!(rep.action, Action::Failed);
+        assert_eq!(
+            rep.message.as_deref(),
+            Some("mirror/team/app: the repository does not exist")
+        );
+    }
+    assert!(h.events_for("dst.io/mirror/team/app").is_empty());
+    // Refused for app (each image asked), then refused for other too:
+    // the refusal here is by operation, not by repository.
+    assert_eq!(
+        h.sink.calls.lock().unwrap().get("prepare_repository"),
+        Some(&3)
+    );
 }
 
 // ---------------------------------------------------------------------------
