@@ -7,6 +7,7 @@ mod bundles;
 mod credentials;
 mod doc_blocks;
 mod docs;
+mod ecr;
 mod examples;
 mod faults;
 mod hostile;

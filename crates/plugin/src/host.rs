@@ -24,8 +24,8 @@ use image_syncer_core::digest::{ByteStream, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{
-    ErrorKind, Guard, GuardInput, ManifestTarget, RepositoryUse, Selector, SignOutcome, SignRequest, Signer, Sink,
-    Source, StageError, Transform, Verdict,
+    ErrorKind, Guard, GuardInput, ManifestTarget, RepositoryUse, Selector, SignOutcome,
+    SignRequest, Signer, Sink, Source, StageError, Transform, Verdict,
 };
 use libloading::Library;
 use tokio::runtime::Handle;

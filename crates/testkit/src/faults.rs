@@ -75,6 +75,14 @@ pub struct Faults {
     /// Be a stand-in for an OCI 1.1 registry with the referrers API in front
     /// of the real one (see [`ReferrersApi`]).
     pub referrers_api: Option<ReferrersApi>,
+    /// Answer as an ECR repository with `IMMUTABLE` tags: a manifest PUT by
+    /// tag onto a tag the registry already has (whatever it holds, the same
+    /// manifest too) is refused with 400 `TAG_INVALID` and ECR's message
+    /// ("The image tag '…' already exists in the '…' repository and cannot
+    /// be overwritten because the repository is immutable."), after any
+    /// hold; the tag is looked up in the registry with the request's
+    /// credentials. PUTs by digest are forwarded.
+    pub immutable_tags: bool,
 }
 
 /// A stand-in for the OCI 1.1 referrers API, served by the proxy in front
@@ -550,6 +558,11 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
             st.injected.hold(i, h.ms).await;
         }
     }
+    if f.immutable_tags && req.method() == hyper::Method::PUT {
+        if let Some(refusal) = immutable_tag_refusal(&st, &req, &path).await {
+            return Ok(refusal);
+        }
+    }
     if let Some(ts) = &f.token_server {
         if path.starts_with("/token") {
             let n = st.injected.token_requests.fetch_add(1, Ordering::SeqCst);
@@ -862,6 +875,45 @@ async fn tag_page(
 }
 
 /// `(name, digest)` of a `/v2/<name>/referrers/<digest>` path (query aside).
+/// For [`Faults::immutable_tags`]: ECR's refusal of a manifest PUT onto a
+/// tag the registry already has, or `None` to forward the request.
+async fn immutable_tag_refusal(
+    st: &State,
+    req: &Request<Incoming>,
+    path: &str,
+) -> Option<Response<Body>> {
+    let bare = path.split('?').next()?;
+    let (name, reference) = bare.strip_prefix("/v2/")?.rsplit_once("/manifests/")?;
+    if reference.contains(':') || name.is_empty() {
+        return None;
+    }
+    let mut head = st
+        .client
+        .head(format!("http://{}{bare}", st.upstream))
+        .header(
+            "accept",
+            image_syncer_core::manifest::ACCEPTED_MANIFEST_TYPES.join(", "),
+        );
+    if let Some(auth) = req.headers().get("authorization") {
+        head = head.header("authorization", auth.as_bytes());
+    }
+    let held = head.send().await.ok()?;
+    if !held.status().is_success() {
+        return None;
+    }
+    let body = serde_json::json!({"errors": [{
+        "code": "TAG_INVALID",
+        "message": format!(
+            "The image tag '{reference}' already exists in the '{name}' repository and cannot be overwritten because the repository is immutable."
+        ),
+    }]});
+    Some(full(
+        400,
+        body.to_string(),
+        &[("content-type", "application/json")],
+    ))
+}
+
 fn referrers_route(path: &str) -> Option<(String, String)> {
     let path = path.split('?').next()?;
     let rest = path.strip_prefix("/v2/")?;

@@ -1,4 +1,6 @@
-//! moto's server (PyPI `moto[server]`): a real AWS KMS implementation on 127.0.0.1.
+//! moto's server (PyPI `moto[server]`): real AWS KMS and ECR API
+//! implementations on 127.0.0.1 (ECR's API only: moto serves no registry
+//! protocol).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -70,12 +72,45 @@ impl Moto {
 
     /// Calls a KMS action (JSON protocol) and returns the JSON answer.
     pub fn kms(&self, action: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.call("TrentService", "us-east-1", "kms", action, body);
+        assert_eq!(status, 200, "moto {action}: {answer}");
+        answer
+    }
+
+    /// Calls an ECR API action in `region` (JSON protocol): the status and
+    /// the JSON answer (an error's too: `__type` names the exception).
+    pub fn ecr(
+        &self,
+        region: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.call(
+            "AmazonEC2ContainerRegistry_V20150921",
+            region,
+            "ecr",
+            action,
+            body,
+        )
+    }
+
+    /// One call of a JSON-protocol API (`X-Amz-Target: <target>.<action>`),
+    /// signed (in name: moto checks no signature) for `region`, which
+    /// chooses moto's backend.
+    fn call(
+        &self,
+        target: &str,
+        region: &str,
+        service: &str,
+        action: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let body = body.to_string();
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(
             s,
-            "POST / HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nX-Amz-Target: TrentService.{action}\r\nContent-Type: application/x-amz-json-1.1\r\nAuthorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nX-Amz-Target: {target}.{action}\r\nContent-Type: application/x-amz-json-1.1\r\nAuthorization: AWS4-HMAC-SHA256 Credential=testing/20260101/{region}/{service}/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\n\r\n{body}",
             self.port,
             body.len()
         )
@@ -83,11 +118,14 @@ impl Moto {
         let mut resp = String::new();
         s.read_to_string(&mut resp).expect("moto answers");
         let (head, json) = resp.split_once("\r\n\r\n").expect("HTTP response");
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "moto {action}: {resp}"
-        );
-        serde_json::from_str(json).expect("moto answers JSON")
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("moto {action}: not an HTTP answer: {resp}"));
+        let json = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("moto {action}: not JSON ({e}): {resp}"));
+        (status, json)
     }
 
     /// Creates an ECC_NIST_P256 SIGN_VERIFY key; returns its id.

@@ -357,8 +357,8 @@ mod tests {
             b"-----BEGIN CERTIFICATE-----\nnot base64 !\n-----END CERTIFICATE-----\n".to_vec(),
         )];
         let e = build_client(&ClientKey::of(&OciConfig::default(), &cx), &cx)
-        .err()
-        .expect("refused");
+            .err()
+            .expect("refused");
         assert!(
             e.to_string()
                 .starts_with("cannot set up the registry client (CA files: ca.pem): "),

@@ -74,7 +74,9 @@ impl OciRegistry {
                 let auth = self.auth_for(r.registry());
                 let found = match self
                     .client(r.registry())
-                    .fetch_manifest_digest(&reference, &auth).await {
+                    .fetch_manifest_digest(&reference, &auth)
+                    .await
+                {
                     Err(OciDistributionError::ManifestTooLarge { size, limit }) => {
                         return Err(StageError::invalid(too_large(r, size, limit)))
                     }

@@ -24,8 +24,8 @@ use crate::report::Status;
 use crate::report::{Action, Report};
 use crate::stage::SignOutcome;
 use crate::stage::{
-    ErrorKind, Guard, GuardInput, ManifestTarget, RepositoryUse, SignRequest, Signer, Sink,
-    Source, StageError, StageKind, Transform, TransformInput, Verdict,
+    ErrorKind, Guard, GuardInput, ManifestTarget, RepositoryUse, SignRequest, Signer, Sink, Source,
+    StageError, StageKind, Transform, TransformInput, Verdict,
 };
 use futures_util::StreamExt;
 
@@ -1016,7 +1016,11 @@ async fn each_target_repository_is_prepared_once_before_its_first_write() {
         .prepare_notes
         .store(true, std::sync::atomic::Ordering::SeqCst);
     for tag in ["1", "2", "3", "4"] {
-        add_image(&h.source, &format!("src.io/team/app:{tag}"), &format!("app{tag}"));
+        add_image(
+            &h.source,
+            &format!("src.io/team/app:{tag}"),
+            &format!("app{tag}"),
+        );
     }
     add_image(&h.source, "src.io/team/other:1", "other");
     let synced = add_image(&h.source, "src.io/team/synced:1", "synced");
@@ -1047,7 +1051,11 @@ async fn each_target_repository_is_prepared_once_before_its_first_write() {
         assert_eq!(*before, 0, "{repo}: prepared after a write into it");
         assert!(!how.dry_run);
         // An image going to app is signed: its repository gets attached tags.
-        assert_eq!(how.attached_tags, repo == "dst.io/mirror/team/app", "{repo}");
+        assert_eq!(
+            how.attached_tags,
+            repo == "dst.io/mirror/team/app",
+            "{repo}"
+        );
     }
     let notes: Vec<String> = report.images.iter().flat_map(|i| i.notes.clone()).collect();
     assert_eq!(
@@ -1056,10 +1064,15 @@ async fn each_target_repository_is_prepared_once_before_its_first_write() {
             n.sort();
             n
         },
-        ["prepared dst.io/mirror/team/app", "prepared dst.io/mirror/team/other"]
+        [
+            "prepared dst.io/mirror/team/app",
+            "prepared dst.io/mirror/team/other"
+        ]
     );
     assert!(
-        report.render_text().contains("prepared dst.io/mirror/team/app\n"),
+        report
+            .render_text()
+            .contains("prepared dst.io/mirror/team/app\n"),
         "{}",
         report.render_text()
     );
@@ -1078,9 +1091,7 @@ async fn a_dry_run_asks_the_sink_what_preparing_would_do() {
         .prepare_notes
         .store(true, std::sync::atomic::Ordering::SeqCst);
     add_image(&h.source, "src.io/team/new:1", "new");
-    let report = h
-        .run(&yaml("- source: src.io/team/new:1\n"), true)
-        .await;
+    let report = h.run(&yaml("- source: src.io/team/new:1\n"), true).await;
     let new = image_of(&report, "src.io/team/new:1");
     assert_eq!(new.action, Action::WouldCopy);
     assert_eq!(new.notes, ["would prepare dst.io/mirror/team/new"]);

@@ -203,7 +203,8 @@ fn refused(message: &str) -> CloudError {
 
 /// ECR's token: base64 of `<user>:<password>` (the user is `AWS`).
 fn decode_token(token: &str) -> Result<(String, Secret), CloudError> {
-    let bad = || refused("GetAuthorizationToken answered a token that is not base64 of `user:password`");
+    let bad =
+        || refused("GetAuthorizationToken answered a token that is not base64 of `user:password`");
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(token.trim())
         .map_err(|_| bad())?;
@@ -264,9 +265,7 @@ impl Repositories {
             .or_default()
             .clone();
         let registry = registry_of(host)?;
-        cell.get_or_try_init(|| client(&registry))
-            .await
-            .cloned()
+        cell.get_or_try_init(|| client(&registry)).await.cloned()
     }
 
     async fn ensure(
@@ -290,7 +289,9 @@ impl Repositories {
                 debug!(repository = %name, "ECR repository exists");
                 return Ok(None);
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_repository_not_found_exception()) => {}
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_not_found_exception()) => {}
             Err(e) => return Err(api_error(&format!("DescribeRepositories {name}"), e)),
         }
         let shape = shape(settings, how);
@@ -429,7 +430,11 @@ mod tests {
 
     #[test]
     fn a_host_that_is_not_a_private_ecr_registry_is_refused() {
-        for host in ["public.ecr.aws", "registry.example", "dkr.ecr.eu-west-1.amazonaws.com"] {
+        for host in [
+            "public.ecr.aws",
+            "registry.example",
+            "dkr.ecr.eu-west-1.amazonaws.com",
+        ] {
             let e = registry_of(host).unwrap_err().to_string();
             assert_eq!(
                 e,
