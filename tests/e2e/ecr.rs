@@ -54,7 +54,7 @@ impl Ecr {
             self.dir.path(),
             "images.yaml",
             &format!(
-                "targetRepoPrefix: \"{ecr}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  {ecr}:\n    endpoint: \"{t}\"\n    insecure: true\n    username: AWS\n    passwordEnv: ECR_PASSWORD\n{settings}images:\n{images}",
+                "targetRepoPrefix: \"{ecr}/mirror/\"\nregistries:\n  docker.io:\n    endpoint: \"{s}\"\n    insecure: true\n  {ecr}:\n    endpoint: \"{t}\"\n    insecure: true\n{settings}images:\n{images}",
                 ecr = ecr_host(),
                 s = self.source.host(),
                 t = self.registry.host(),
@@ -73,7 +73,6 @@ impl Ecr {
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
-            ("ECR_PASSWORD", TOKEN_PASSWORD.into()),
         ]
     }
 
@@ -273,12 +272,26 @@ fn without_aws_credentials_a_repository_cannot_be_created_and_nothing_is_written
     let env = vec![
         ("AWS_ENDPOINT_URL", e.moto.endpoint()),
         ("AWS_EC2_METADATA_SERVICE_ENDPOINT", nothing),
-        ("ECR_PASSWORD", TOKEN_PASSWORD.to_string()),
     ];
     let def = e.definition(CREATE, "- source: team/app:1\n");
     let r = e.run(&["-i", &def], &env);
     assert_eq!(r.code, 1, "{}", r.all());
     insta::assert_snapshot!("no_credentials", e.redact(&r.stdout));
+    assert!(e.repositories().is_empty());
+    assert_eq!(e.registry.storage_snapshot(), before);
+
+    // With registry credentials of its own (the definition's), the image
+    // still needs the AWS identity to create the repository: it fails
+    // before anything is written.
+    let mut env = env;
+    env.push(("ECR_PASSWORD", TOKEN_PASSWORD.to_string()));
+    let def = e.definition(
+        &format!("    username: AWS\n    passwordEnv: ECR_PASSWORD\n{CREATE}"),
+        "- source: team/app:1\n",
+    );
+    let r = e.run(&["-i", &def], &env);
+    assert_eq!(r.code, 1, "{}", r.all());
+    insta::assert_snapshot!("no_credentials_to_create", e.redact(&r.stdout));
     assert!(e.repositories().is_empty());
     assert_eq!(e.registry.storage_snapshot(), before);
 }
