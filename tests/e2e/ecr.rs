@@ -491,7 +491,7 @@ fn an_immutable_tag_refusal_is_in_sync_or_a_stop_by_what_the_tag_holds() {
             },
         );
         let def = p.definition(&ecr_host(), &proxy.host(), "", "", "- source: team/app:1\n");
-        let mut child = spawn(&["-i", &def]);
+        let child = spawn(&["-i", &def]);
         // Bounded: 60 s.
         let mut arrived = false;
         for _ in 0..3000 {

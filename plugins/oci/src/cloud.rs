@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use image_syncer_core::context::{Registries, Secret};
 use image_syncer_core::reference::ImageRef;
-use image_syncer_core::stage::{ErrorKind, RepositoryUse, StageError};
+use image_syncer_core::stage::{RepositoryUse, StageError};
 
 use crate::errors::SetupError;
 use crate::quirks::{CloudLogin, EcrRegistry, RegistryKind};
@@ -136,7 +136,9 @@ pub(crate) async fn login(
 impl CloudError {
     /// This error as a stage's: transient when the provider may succeed
     /// later, else a configuration problem (no identity, a refusal).
+    #[cfg(feature = "ecr")]
     pub(crate) fn to_stage_error(&self, context: &str) -> StageError {
+        use image_syncer_core::stage::ErrorKind;
         let kind = match self {
             CloudError::Refused {
                 transient: true, ..

@@ -227,8 +227,11 @@ pub(crate) struct Repositories {
     clients: Mutex<HashMap<String, Arc<OnceCell<aws_sdk_ecr::Client>>>>,
     /// Per `host/repository` (and dry run or not): the note of what was
     /// done, once it is done.
-    done: Mutex<HashMap<(String, bool), Arc<OnceCell<Option<String>>>>>,
+    done: Mutex<HashMap<(String, bool), Arc<Done>>>,
 }
+
+/// What was done to one repository, once it is done: its note.
+type Done = OnceCell<Option<String>>;
 
 impl Repositories {
     /// Makes `repository` of registry `host` ready for its first push as
