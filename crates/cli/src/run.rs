@@ -464,7 +464,7 @@ fn hint_auth(target: &Target, report: &Report) {
     let (target_registry, target_credentials) = (target.registry.clone(), target.credentials);
     if let Some(target) = target_registry.filter(|_| !target_credentials) {
         if report.refused_by(&target) {
-            eprintln!("hint: the target registry {target} refused access: give its credentials with --target-repo-auth-key or --access-token (or in the definition's registries:, or Docker's config.json)");
+            eprintln!("hint: the target registry {target} refused access: give its credentials with --target-repo-auth-key or --access-token (or in the definition's registries:, or Docker's config.json; ECR, Artifact Registry and ACR also take the cloud identity, see the README's Cloud registries)");
         }
     }
 }

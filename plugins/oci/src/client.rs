@@ -29,6 +29,9 @@ pub struct OciRegistry {
     pub(crate) registries: Registries,
     /// Credentials found in Docker's or containers' config, per registry.
     pub(crate) discovered: Mutex<HashMap<String, RegistryAuth>>,
+    /// Per registry, the generation of the cloud login last given to the
+    /// client (`cloud.rs`): a renewed one replaces it.
+    pub(crate) cloud_given: Mutex<HashMap<String, u64>>,
 }
 
 /// Everything an oci-client `Client` is built from, and nothing else: stages
@@ -174,6 +177,7 @@ impl OciRegistry {
             idle: Duration::from_secs(config.read_timeout_seconds.max(1)),
             registries: cx.clone(),
             discovered: Default::default(),
+            cloud_given: Default::default(),
         })
     }
 
@@ -210,12 +214,39 @@ impl OciRegistry {
     /// [`OciRegistry::reference`], with the registry's credentials handed
     /// to the client.
     pub(crate) async fn prepare(&self, r: &ImageRef) -> Result<Reference, StageError> {
+        Ok(self.prepare_authed(r).await?.0)
+    }
+
+    /// [`OciRegistry::prepare`], and the credentials handed over, for the
+    /// client calls that take them. A cloud login the client has not been
+    /// given yet (the first, or a renewed one) replaces what it holds, and
+    /// the tokens it got with it.
+    pub(crate) async fn prepare_authed(
+        &self,
+        r: &ImageRef,
+    ) -> Result<(Reference, RegistryAuth), StageError> {
         let reference = self.reference(r);
-        let auth = self.auth_for(r.registry());
-        self.client
-            .store_auth_if_needed(reference.resolve_registry(), &auth)
-            .await;
-        Ok(reference)
+        let found = self.auth_for(r.registry()).await?;
+        let registry = reference.resolve_registry();
+        match found.cloud_generation {
+            Some(generation) => {
+                let given = {
+                    let mut given = self.cloud_given.lock().unwrap_or_else(|e| e.into_inner());
+                    given.insert(registry.to_string(), generation) == Some(generation)
+                };
+                if !given {
+                    self.client
+                        .replace_auth(registry, found.auth.clone())
+                        .await;
+                }
+            }
+            None => {
+                self.client
+                    .store_auth_if_needed(registry, &found.auth)
+                    .await
+            }
+        }
+        Ok((reference, found.auth))
     }
 }
 

@@ -42,7 +42,14 @@ fn code_kind(code: &OciErrorCode) -> Option<ErrorKind> {
 pub(crate) fn classify(context: &str, e: OciDistributionError, r: &ImageRef) -> StageError {
     let kind = kind_of(&e);
     let hint = if kind == ErrorKind::Unauthorized {
-        format!(" (registry {} refused access)", r.registry())
+        match crate::cloud::missing_identity(r.registry()) {
+            // Read anonymously because the run has no identity of its cloud.
+            Some(missing) => format!(
+                " (registry {} refused access; it was read anonymously: {missing})",
+                r.registry()
+            ),
+            None => format!(" (registry {} refused access)", r.registry()),
+        }
     } else {
         String::new()
     };

@@ -7,8 +7,9 @@
 //! - Each registry is read and written with the credentials found for it:
 //!   the target credentials given to the run (for the target registry, and a
 //!   source on it), the definition's `registries:` entry, Docker's or
-//!   containers' config; else anonymously. Bearer-token and basic flows are
-//!   negotiated from the registry's challenge.
+//!   containers' config, the cloud identity the run has (ECR, Artifact
+//!   Registry and GCR, ACR: module `cloud`); else anonymously. Bearer-token
+//!   and basic flows are negotiated from the registry's challenge.
 //! - Tags are listed (`tags/list`) following the registry's `Link` pages,
 //!   for entries that select tags by a rule.
 //! - Referrers are read through the OCI 1.1 referrers API
@@ -19,7 +20,8 @@
 //!
 //! Modules, one concern each: `config` (the settings), `client` (the
 //! connection and the process's client pool), `auth` (which credentials, in
-//! which order), `manifests`, `tags` (listing and paging), `referrers`,
+//! which order), `cloud` (logins with the cloud identity, cached and
+//! renewed), `manifests`, `tags` (listing and paging), `referrers`,
 //! `transfer` (blobs, mounts, uploads, manifest pushes and the timeouts on
 //! them), `errors` (what an answer means to the orchestrator), `quirks`
 //! (the only place a registry provider is special-cased, [`RegistryKind`]).

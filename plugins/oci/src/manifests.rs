@@ -40,8 +40,7 @@ impl OciRegistry {
         let what = || format!("{r}: fetching manifest");
         let (bytes, _digest) = self
             .answered(what, async {
-                let reference = self.prepare(r).await?;
-                let auth = self.auth_for(r.registry());
+                let (reference, auth) = self.prepare_authed(r).await?;
                 let pulled = self
                     .client
                     .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFEST_TYPES)
@@ -70,8 +69,7 @@ impl OciRegistry {
         let what = || format!("{r}: looking up manifest");
         let found = self
             .answered(what, async {
-                let reference = self.prepare(r).await?;
-                let auth = self.auth_for(r.registry());
+                let (reference, auth) = self.prepare_authed(r).await?;
                 let found = match self.client.fetch_manifest_digest(&reference, &auth).await {
                     Err(OciDistributionError::ManifestTooLarge { size, limit }) => {
                         return Err(StageError::invalid(too_large(r, size, limit)))

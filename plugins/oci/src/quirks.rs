@@ -5,7 +5,7 @@
 //! by provider is a method here, with what is known about each provider in
 //! its doc, and the code that acts on it asks the method (never a host name
 //! of its own). Cloud credentials ([`RegistryKind::cloud_login`]) hook in
-//! here too.
+//! here too (the oci plugin's `cloud` module makes them).
 //!
 //! A kind is chosen from the host only ([`RegistryKind::of`]): the host a
 //! reference names for the naming rules ([`RegistryKind::api_host`],
@@ -60,9 +60,8 @@ pub enum RegistryKind {
 }
 
 /// How a cloud registry's own credentials are made: what
-/// [`RegistryKind::cloud_login`] answers, for the issue that adds cloud
-/// credentials (nothing makes them yet: such registries take the
-/// credentials found as for any registry, see `auth.rs`).
+/// [`RegistryKind::cloud_login`] answers. The oci plugin's `cloud` module
+/// makes them, the last place credentials are looked for (`auth.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloudLogin {
     /// ECR's `GetAuthorizationToken` (with AWS credentials) answers a
@@ -76,6 +75,17 @@ pub enum CloudLogin {
     /// `POST /oauth2/exchange` for an ACR refresh token, the password of
     /// user `00000000-0000-0000-0000-000000000000`.
     AcrRefreshToken,
+}
+
+impl CloudLogin {
+    /// The provider's name, as errors and logs give it.
+    pub fn provider(self) -> &'static str {
+        match self {
+            CloudLogin::EcrAuthorizationToken => RegistryKind::Ecr.name(),
+            CloudLogin::GoogleAccessToken => RegistryKind::Gar.name(),
+            CloudLogin::AcrRefreshToken => RegistryKind::Acr.name(),
+        }
+    }
 }
 
 impl RegistryKind {
@@ -242,12 +252,10 @@ impl RegistryKind {
         }
     }
 
-    /// How this kind's own cloud credentials are made, where it has them:
-    /// the hook for cloud credentials (ECR's `GetAuthorizationToken`, GAR's
-    /// access tokens as `oauth2accesstoken`, ACR's refresh-token exchange).
-    /// Nothing acts on it yet: every registry takes the credentials found
-    /// for it (`auth.rs`), which may come from a Docker credential helper
-    /// for these clouds (`credHelpers`).
+    /// How this kind's own cloud credentials are made, where it has them
+    /// (ECR's `GetAuthorizationToken`, GAR's access tokens as
+    /// `oauth2accesstoken`, ACR's refresh-token exchange): used when nothing
+    /// else gives credentials for the registry (`auth.rs`).
     pub fn cloud_login(self) -> Option<CloudLogin> {
         match self {
             RegistryKind::Ecr => Some(CloudLogin::EcrAuthorizationToken),

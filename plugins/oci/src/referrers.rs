@@ -38,8 +38,7 @@ impl OciRegistry {
         let what = || format!("{r}: listing referrers");
         let answer = self
             .answered(what, async {
-                let reference = self.prepare(&r).await?;
-                let auth = self.auth_for(r.registry());
+                let (reference, auth) = self.prepare_authed(&r).await?;
                 self.client
                     .pull_referrers_raw(&reference, &auth, self.max_manifest)
                     .await

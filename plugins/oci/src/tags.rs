@@ -49,8 +49,7 @@ impl OciRegistry {
         for page in 1..=MAX_TAG_PAGES {
             let (answer, asked, link) = self
                 .answered(what, async {
-                    let reference = self.prepare(repository).await?;
-                    let auth = self.auth_for(repository.registry());
+                    let (reference, auth) = self.prepare_authed(repository).await?;
                     let listed = self
                         .client
                         .list_tags_page(

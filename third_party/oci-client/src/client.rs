@@ -438,6 +438,15 @@ impl Client {
             .insert(registry.to_string(), auth);
     }
 
+    /// Patched (image-syncer): replaces the credentials stored for
+    /// `registry` and forgets every token got with the old ones, so that
+    /// renewed credentials (a cloud registry's login that expires) are used
+    /// from the next request on.
+    pub async fn replace_auth(&self, registry: &str, auth: RegistryAuth) {
+        self.store_auth(registry, auth).await;
+        self.tokens.forget_registry(registry).await;
+    }
+
     async fn is_stored_auth(&self, registry: &str) -> bool {
         self.auth_store.read().await.contains_key(registry)
     }

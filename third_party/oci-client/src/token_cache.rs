@@ -146,6 +146,15 @@ impl TokenCache {
         );
     }
 
+    /// Patched (image-syncer): forgets every token of `registry` (as
+    /// resolved), when the credentials they were got with are replaced.
+    pub(crate) async fn forget_registry(&self, registry: &str) {
+        self.tokens
+            .write()
+            .await
+            .retain(|key, _| key.registry != registry);
+    }
+
     pub(crate) async fn get(
         &self,
         reference: &Reference,
