@@ -9,6 +9,7 @@ mod doc_blocks;
 mod docs;
 mod examples;
 mod faults;
+mod gar_acr;
 mod hostile;
 mod image;
 mod inputs;

@@ -751,6 +751,9 @@ pub struct ExchangeRequest {
     pub granted: bool,
 }
 
+/// A request an [`AcrExchange`] got, and the refresh token it answered.
+type Exchanged = (ExchangeRequest, Option<String>);
+
 /// A **stand-in** of ACR's `POST /oauth2/exchange` (made by
 /// [`Entra::acr_exchange`], served by the fault proxy with
 /// [`Faults::acr_exchange`](crate::faults::Faults::acr_exchange) in front of
@@ -767,7 +770,7 @@ pub struct AcrExchange {
     service: String,
     entra: Arc<EntraState>,
     logins: TokenLogins,
-    seen: Arc<Mutex<Vec<(ExchangeRequest, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<Exchanged>>>,
     refuse: Arc<Mutex<Option<u16>>>,
 }
 

@@ -466,7 +466,7 @@ mod tests {
             };
             assert_eq!(username, "00000000-0000-0000-0000-000000000000");
             assert_eq!(ACR_REFRESH_USER, username);
-            assert_eq!(self.exchange.refresh_tokens(), [password.clone()]);
+            assert_eq!(self.exchange.refresh_tokens(), std::slice::from_ref(&password));
             let expires_in = expires_in.expect("an expiry");
             assert!(
                 (3 * 3600 - 60..=3 * 3600).contains(&expires_in),
