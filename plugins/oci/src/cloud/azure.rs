@@ -78,7 +78,7 @@ enum Identity {
     ServicePrincipal {
         tenant: String,
         client_id: String,
-        secret: String,
+        secret: Secret,
     },
     Workload {
         token_file: PathBuf,
@@ -102,7 +102,7 @@ impl Identity {
             return Identity::ServicePrincipal {
                 tenant,
                 client_id,
-                secret,
+                secret: Secret::new(secret),
             };
         }
         if let Some(file) = var("AZURE_FEDERATED_TOKEN_FILE") {
@@ -144,7 +144,7 @@ impl Identity {
             } => ClientSecretCredential::new(
                 tenant,
                 client_id.clone(),
-                AzureSecret::new(secret.clone()),
+                AzureSecret::new(secret.expose().to_string()),
                 None,
             )?,
             Identity::Workload { token_file } => {
@@ -466,7 +466,10 @@ mod tests {
             };
             assert_eq!(username, "00000000-0000-0000-0000-000000000000");
             assert_eq!(ACR_REFRESH_USER, username);
-            assert_eq!(self.exchange.refresh_tokens(), std::slice::from_ref(&password));
+            assert_eq!(
+                self.exchange.refresh_tokens(),
+                std::slice::from_ref(&password)
+            );
             let expires_in = expires_in.expect("an expiry");
             assert!(
                 (3 * 3600 - 60..=3 * 3600).contains(&expires_in),
