@@ -684,7 +684,7 @@ fn readme_metrics_table_matches_what_metrics_serves() {
     std::fs::copy(examples.join("quickstart.yaml"), &def).unwrap();
     let port = crate::service::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn(&[
+    let mut child = Watched::spawn(&[
         "-i",
         def.to_str().unwrap(),
         "--watch",
@@ -694,11 +694,11 @@ fn readme_metrics_table_matches_what_metrics_serves() {
         "--output",
         "json",
     ]);
-    let stdout = child.stdout_lines();
+    let stdout = child.run().stdout_lines();
     let report = crate::service::next_report(&stdout);
     assert_eq!(report["status"], "ok", "{report}");
     let served = crate::service::scrape(port);
-    crate::faults::send(&child, "-TERM");
+    crate::faults::send(child.run(), "-TERM");
     drop(stdout);
     let (status, out) = child.wait();
     assert_eq!(status.code(), Some(0), "{}", out.all());

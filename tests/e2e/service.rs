@@ -259,6 +259,10 @@ fn two_images() -> (fixtures::TestImage, fixtures::TestImage) {
     )
 }
 
+/// The first cycle's entries of the two-cycle test: `team/missing:1` is
+/// not in the source (that image fails, the cycle fails, the loop goes on).
+const MISSING: &str = "- source: team/missing:1\n  sign: true\n";
+
 #[test]
 fn watch_copies_an_image_added_between_cycles_and_metrics_match_the_reports() {
     let (a, b) = two_images();
@@ -266,14 +270,14 @@ fn watch_copies_an_image_added_between_cycles_and_metrics_match_the_reports() {
         &[("library/busybox:1.36", &a), ("team/app:2", &b)],
         cycle_gates(&[1, 3]),
         Faults::default(),
-        "- source: busybox:1.36\n  sign: true\n",
+        &format!("- source: busybox:1.36\n  sign: true\n{MISSING}"),
         "",
     );
     let keys = tempfile::tempdir().unwrap();
     let (key, _public) = p256_keypair(keys.path(), "ours");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn(&[
+    let mut child = Watched::spawn(&[
         "-i",
         &p.def,
         "--watch",
@@ -285,7 +289,7 @@ fn watch_copies_an_image_added_between_cycles_and_metrics_match_the_reports() {
         "--kms-key",
         key.to_str().unwrap(),
     ]);
-    let stdout = child.stdout_lines();
+    let stdout = child.run().stdout_lines();
     wait_until("the first cycle is planning", || cycles_planned(&p) >= 1);
     // Alive at once; not ready before the first cycle has finished.
     assert_eq!(get(port, "/healthz").status, 200);
@@ -297,15 +301,26 @@ fn watch_copies_an_image_added_between_cycles_and_metrics_match_the_reports() {
         0.0
     );
     assert_eq!(get(port, "/nothing").status, 404);
-    // The definition changes while the first cycle runs: the second reads it.
-    append(&p.def, "- source: team/app:2\n  sign: true\n");
+    // The definition changes while the first cycle runs: the second reads
+    // it (the missing image gone, team/app:2 added).
+    let text = std::fs::read_to_string(&p.def).unwrap();
+    std::fs::write(
+        &p.def,
+        text.replace(MISSING, "- source: team/app:2\n  sign: true\n"),
+    )
+    .unwrap();
     p.sp.injected.release(0);
 
     let first = next_report(&stdout);
     assert_eq!(
         actions(&first),
-        vec![("busybox:1.36".to_string(), "copied".to_string())]
+        vec![
+            ("busybox:1.36".to_string(), "copied".to_string()),
+            ("team/missing:1".to_string(), "failed".to_string()),
+        ]
     );
+    // A failed cycle does not end the loop.
+    assert_eq!(first["status"], "failed");
     let second = next_report(&stdout);
     assert_eq!(
         actions(&second),
@@ -337,9 +352,13 @@ fn watch_copies_an_image_added_between_cycles_and_metrics_match_the_reports() {
             "{label}"
         );
     }
-    assert_eq!(m.value("image_syncer_runs_total", &[("status", "ok")]), 2.0);
+    assert_eq!(m.value("image_syncer_runs_total", &[("status", "ok")]), 1.0);
     assert_eq!(
         m.value("image_syncer_runs_total", &[("status", "failed")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("image_syncer_runs_total", &[("status", "safety_stop")]),
         0.0
     );
     assert_eq!(
@@ -445,7 +464,7 @@ fn watch_copies_an_image_added_between_cycles_and_metrics_match_the_reports() {
     }
 
     // SIGTERM while the third cycle runs: it stops, the process exits 0.
-    send(&child, "-TERM");
+    send(child.run(), "-TERM");
     p.sp.injected.release(1);
     drop(stdout);
     let (status, out) = child.wait();
@@ -464,10 +483,10 @@ fn a_broken_definition_keeps_the_last_good_one_and_is_counted() {
     );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = spawn(&[
+    let mut child = Watched::spawn(&[
         "-i", &p.def, "--watch", "1s", "--listen", &listen, "--output", "json",
     ]);
-    let stdout = child.stdout_lines();
+    let stdout = child.run().stdout_lines();
     wait_until("the first cycle is planning", || cycles_planned(&p) >= 1);
     // An invalid reference (upper case in a repository) breaks the file.
     append(&p.def, "- source: Team/App:2\n");
@@ -493,7 +512,7 @@ fn a_broken_definition_keeps_the_last_good_one_and_is_counted() {
         m.value("image_syncer_run_images", &[("outcome", "in_sync")]),
         1.0
     );
-    send(&child, "-TERM");
+    send(child.run(), "-TERM");
     p.sp.injected.release(1);
     drop(stdout);
     let (status, out) = child.wait();
@@ -513,10 +532,57 @@ fn a_broken_definition_keeps_the_last_good_one_and_is_counted() {
 }
 
 #[test]
+fn a_safety_stop_does_not_end_the_loop_and_each_is_counted() {
+    let (a, b) = two_images();
+    let p = proxied(
+        &[("library/busybox:1.36", &a)],
+        cycle_gates(&[3]),
+        Faults::default(),
+        "- source: busybox:1.36\n",
+        "",
+    );
+    // The target tag holds another image: each cycle stops.
+    block_on(p.target.push("mirror/library/busybox:1.36", &b));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Watched::spawn(&[
+        "-i", &p.def, "--watch", "1s", "--listen", &listen, "--output", "json",
+    ]);
+    let stdout = child.run().stdout_lines();
+    for _ in 0..2 {
+        let report = next_report(&stdout);
+        assert_eq!(report["status"], "safety-stop", "{report}");
+    }
+    wait_until("the third cycle is planning", || cycles_planned(&p) >= 3);
+    let m = scrape(port);
+    assert_eq!(m.value("image_syncer_safety_stops_total", &[]), 2.0);
+    assert_eq!(
+        m.value("image_syncer_runs_total", &[("status", "safety_stop")]),
+        2.0
+    );
+    assert_eq!(
+        m.value("image_syncer_run_images", &[("outcome", "stopped")]),
+        1.0
+    );
+    assert_eq!(
+        m.value("image_syncer_last_success_timestamp_seconds", &[]),
+        0.0
+    );
+    assert!(m.value("image_syncer_last_run_timestamp_seconds", &[]) > 0.0);
+    send(child.run(), "-TERM");
+    p.sp.injected.release(0);
+    drop(stdout);
+    let (status, out) = child.wait();
+    assert_eq!(status.code(), Some(0), "{}", out.all());
+    // Nothing was overwritten.
+    assert_eq!(p.synced("library/busybox:1.36"), Some(b.digest.to_string()));
+}
+
+#[test]
 fn sigterm_mid_copy_in_watch_mode_exits_0_without_a_partial_tag() {
     let s = slow();
-    let mut child = spawn(&["-i", &s.p.def, "--jobs", "1", "--watch", "1h"]);
-    let stderr = child.stderr_lines();
+    let mut child = Watched::spawn(&["-i", &s.p.def, "--jobs", "1", "--watch", "1h"]);
+    let stderr = child.run().stderr_lines();
     wait_until("the second blob upload is held", || {
         s.p.tp
             .injected
@@ -525,7 +591,7 @@ fn sigterm_mid_copy_in_watch_mode_exits_0_without_a_partial_tag() {
             >= 2
     });
     assert_eq!(uploads(&s.p), 2, "not mid-copy");
-    send(&child, "-TERM");
+    send(child.run(), "-TERM");
     let acknowledged = stderr
         .iter()
         .any(|line| line.contains("interrupted: no new work starts"));
@@ -561,7 +627,7 @@ fn a_one_shot_run_serves_health_while_it_runs() {
     );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let child = spawn(&["-i", &p.def, "--listen", &listen]);
+    let child = Watched::spawn(&["-i", &p.def, "--listen", &listen]);
     wait_until("the run is planning", || cycles_planned(&p) >= 1);
     assert_eq!(get(port, "/healthz").body, "ok\n");
     assert_eq!(get(port, "/readyz").status, 503);
@@ -620,7 +686,7 @@ fn watch_mode_syncs_only_its_shard() {
     };
     let (zero, one) = (planned("0/2"), planned("1/2"));
     assert!(!zero.is_empty() && !one.is_empty(), "{zero:?} {one:?}");
-    let mut child = spawn(&[
+    let mut child = Watched::spawn(&[
         "-i",
         def,
         "--insecure-registry",
@@ -632,7 +698,7 @@ fn watch_mode_syncs_only_its_shard() {
         "--output",
         "json",
     ]);
-    let stdout = child.stdout_lines();
+    let stdout = child.run().stdout_lines();
     let report = next_report(&stdout);
     let copied: BTreeSet<String> = actions(&report)
         .into_iter()
@@ -640,7 +706,7 @@ fn watch_mode_syncs_only_its_shard() {
         .map(|(s, _)| s)
         .collect();
     assert_eq!(copied, zero);
-    send(&child, "-TERM");
+    send(child.run(), "-TERM");
     drop(stdout);
     let (status, out) = child.wait();
     assert_eq!(status.code(), Some(0), "{}", out.all());

@@ -442,6 +442,36 @@ impl Background {
     }
 }
 
+/// A run in the background that does not end by itself (`--watch`): killed
+/// if the test ends before waiting for it (a failed assertion), so that no
+/// process outlives its test.
+pub struct Watched(Option<Background>);
+
+impl Watched {
+    /// Starts the binary with `args`, as [`spawn`] does.
+    pub fn spawn(args: &[&str]) -> Watched {
+        Watched(Some(spawn(args)))
+    }
+
+    pub fn run(&mut self) -> &mut Background {
+        self.0.as_mut().expect("not waited for yet")
+    }
+
+    /// [`Background::wait`].
+    pub fn wait(mut self) -> (std::process::ExitStatus, Run) {
+        self.0.take().expect("not waited for yet").wait()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(b) = &mut self.0 {
+            let _ = b.child.kill();
+            let _ = b.child.wait();
+        }
+    }
+}
+
 /// Whether `line` is a log line: it starts with the RFC 3339 timestamp
 /// tracing writes (`2026-11-27T12:00:00.000000Z`).
 pub fn is_log_line(line: &str) -> bool {
