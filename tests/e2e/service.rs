@@ -476,7 +476,7 @@ fn a_broken_definition_keeps_the_last_good_one_and_is_counted() {
     let (a, b) = two_images();
     let p = proxied(
         &[("library/busybox:1.36", &a), ("team/app:2", &b)],
-        cycle_gates(&[1, 3]),
+        cycle_gates(&[1, 3, 4]),
         Faults::default(),
         "- source: busybox:1.36\n",
         "",
@@ -489,6 +489,7 @@ fn a_broken_definition_keeps_the_last_good_one_and_is_counted() {
     let stdout = child.run().stdout_lines();
     wait_until("the first cycle is planning", || cycles_planned(&p) >= 1);
     // An invalid reference (upper case in a repository) breaks the file.
+    let good = std::fs::read_to_string(&p.def).unwrap();
     append(&p.def, "- source: Team/App:2\n");
     p.sp.injected.release(0);
     let first = next_report(&stdout);
@@ -512,22 +513,46 @@ fn a_broken_definition_keeps_the_last_good_one_and_is_counted() {
         m.value("image_syncer_run_images", &[("outcome", "in_sync")]),
         1.0
     );
-    send(child.run(), "-TERM");
+    // Now a file that reads well but cannot be prepared: an image to sign
+    // and no signing key. The fourth cycle finds it so.
+    std::fs::write(
+        &p.def,
+        format!("{good}- source: team/app:2\n  sign: true\n"),
+    )
+    .unwrap();
     p.sp.injected.release(1);
+    let third = next_report(&stdout);
+    assert_eq!(
+        actions(&third),
+        vec![("busybox:1.36".to_string(), "in-sync".to_string())]
+    );
+    wait_until("the fourth cycle is planning", || cycles_planned(&p) >= 4);
+    let m = scrape(port);
+    assert_eq!(m.value("image_syncer_definition_errors_total", &[]), 3.0);
+    assert_eq!(m.value("image_syncer_runs_total", &[("status", "ok")]), 3.0);
+    send(child.run(), "-TERM");
+    p.sp.injected.release(2);
     drop(stdout);
     let (status, out) = child.wait();
     assert_eq!(status.code(), Some(0), "{}", out.all());
+    assert_eq!(p.synced("team/app:2"), None);
     // Said on stderr, with the file, the line and the entry.
     let said: Vec<&str> = out
         .stderr
         .lines()
         .filter(|l| l.contains("the definition no longer validates"))
         .collect();
-    assert_eq!(said.len(), 2, "{}", out.stderr);
+    assert_eq!(said.len(), 3, "{}", out.stderr);
+    for line in &said[..2] {
+        assert!(
+            line.contains(&format!("{}:", p.def)) && line.contains("Team/App:2"),
+            "{line}"
+        );
+    }
     assert!(
-        said[0].contains(&format!("{}:", p.def)) && said[0].contains("Team/App:2"),
+        said[2].contains("no signing key was given") && said[2].contains("--kms-key"),
         "{}",
-        said[0]
+        said[2]
     );
 }
 

@@ -166,7 +166,9 @@ pub fn watch(
     service: &Service,
 ) -> Result<Exit, Exit> {
     let mut good = first;
-    for cycle in 1u64.. {
+    let mut cycle: u64 = 0;
+    loop {
+        cycle += 1;
         let started = Instant::now();
         let ran = if cycle == 1 {
             Some(run_cycle(args, &good, runtime, stop).map_err(input_error)?)
@@ -196,8 +198,8 @@ pub fn watch(
                     Err(e) => {
                         // The last good definition's tag rules now select
                         // what does not validate (two sources for one
-                        // target): nothing was written.
-                        rejected(service, &e);
+                        // target): nothing was written. Counted once, above.
+                        error!("the last good definition does not validate either; no run this cycle: {e}");
                         None
                     }
                 },
@@ -228,7 +230,6 @@ pub fn watch(
             return Ok(Exit::Ok);
         }
     }
-    unreachable!("the cycles are counted in a u64")
 }
 
 /// A definition (or a file it names) that did not validate: said on stderr
