@@ -814,7 +814,7 @@ fn kubernetes_manifests_validate_against_the_schemas_offline() {
         .filter(|p| p.ends_with(".yaml"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 4, "{files:?}");
+    assert_eq!(files.len(), 5, "{files:?}");
     let out = std::process::Command::new("kubernetes-validate")
         .arg("--strict")
         .args(&files)
@@ -828,7 +828,7 @@ fn kubernetes_manifests_validate_against_the_schemas_offline() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    assert_eq!(said.matches(" passed for resource ").count(), 4, "{said}");
+    assert_eq!(said.matches(" passed for resource ").count(), 5, "{said}");
 }
 
 #[test]
@@ -840,7 +840,7 @@ fn kubernetes_manifests_run_non_root_read_only_from_the_config_map() {
         .collect();
     assert_eq!(
         kinds.values().cloned().collect::<BTreeSet<_>>(),
-        ["ConfigMap", "CronJob", "Deployment", "Job"]
+        ["ConfigMap", "CronJob", "Deployment", "Job", "ServiceAccount"]
             .map(String::from)
             .into(),
     );
@@ -861,6 +861,11 @@ fn kubernetes_manifests_run_non_root_read_only_from_the_config_map() {
         problems.is_empty(),
         "the ConfigMap's definition: {problems:?}"
     );
+    let account = &docs
+        .iter()
+        .find(|(_, d)| d["kind"] == "ServiceAccount")
+        .unwrap()
+        .1;
     for (file, d) in &docs {
         let pod = match d["kind"].as_str().unwrap() {
             "Deployment" | "Job" => &d["spec"]["template"]["spec"],
@@ -868,6 +873,11 @@ fn kubernetes_manifests_run_non_root_read_only_from_the_config_map() {
             _ => continue,
         };
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        // Runs as the ServiceAccount that carries the cloud identity.
+        assert_eq!(
+            pod["serviceAccountName"], account["metadata"]["name"],
+            "{file}"
+        );
         let volumes = pod["volumes"].as_array().unwrap();
         let config_volume = volumes
             .iter()
