@@ -18,6 +18,7 @@ mod layout;
 mod plugins;
 mod referrers;
 mod requests;
+mod service;
 mod signing;
 mod stress;
 mod sync;
