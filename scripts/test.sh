@@ -48,6 +48,8 @@ pip_tool() {
 pip_tool moto_server "moto[server]"
 # sigstore-python: the independent checker of the testkit's stand-in Sigstore (offline).
 pip_tool sigstore "sigstore~=4.5"
+# kubernetes-validate: the Kubernetes schemas (offline, --strict) the manifests of deploy/kubernetes/ are checked against.
+pip_tool kubernetes-validate "kubernetes-validate~=1.37"
 
 # Warnings are errors for all three; lints the workspace allows are listed,
 # each with its reason, in Cargo.toml's [workspace.lints].

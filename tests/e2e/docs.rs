@@ -227,7 +227,7 @@ fn completed(fragment: &str) -> String {
     whole
 }
 
-fn schema() -> (boon::Schemas, boon::SchemaIndex) {
+pub fn schema() -> (boon::Schemas, boon::SchemaIndex) {
     let json: serde_json::Value =
         serde_json::from_str(&read("docs/definition.schema.json")).unwrap();
     let mut schemas = boon::Schemas::new();
@@ -243,7 +243,7 @@ fn schema() -> (boon::Schemas, boon::SchemaIndex) {
 
 /// `text` parsed by the definition parser and validated against the shipped
 /// JSON Schema; the problems found.
-fn check_definition(
+pub fn check_definition(
     text: &str,
     name: &str,
     schema: &(boon::Schemas, boon::SchemaIndex),
@@ -274,6 +274,9 @@ fn yaml_definitions_parse_and_validate() {
     for b in all_blocks().into_iter().filter(|b| b.info == "yaml") {
         let text = match &b.check {
             Some(Ok(Check::Unchecked(_))) => continue,
+            // A quoted Kubernetes manifest: the file is checked against the
+            // Kubernetes schemas (`service::kubernetes_manifests_*`).
+            Some(Ok(Check::Excerpt(f))) if f.starts_with("deploy/") => continue,
             Some(Ok(Check::Fragment)) => {
                 if completed(&b.text) == b.text {
                     problems.push(format!(
@@ -666,6 +669,94 @@ fn plugins_md_no_latest_guard_stops_as_shown() {
         !dir.path().join("out").exists(),
         "a stop while planning writes nothing"
     );
+}
+
+/// The README's table of metrics ("Running continuously") is what
+/// `/metrics` serves after a run of the quick start with `--watch`: each
+/// metric's name, type, labels and meaning (its `# HELP` text), both ways;
+/// every `image_syncer_…` name the section uses (its alerts) is served.
+#[test]
+fn readme_metrics_table_matches_what_metrics_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = root().join("examples");
+    copy_dir(&examples.join("quickstart"), &dir.path().join("quickstart"));
+    let def = dir.path().join("quickstart.yaml");
+    std::fs::copy(examples.join("quickstart.yaml"), &def).unwrap();
+    let port = crate::service::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Watched::spawn(&[
+        "-i",
+        def.to_str().unwrap(),
+        "--watch",
+        "1h",
+        "--listen",
+        &listen,
+        "--output",
+        "json",
+    ]);
+    let stdout = child.run().stdout_lines();
+    let report = crate::service::next_report(&stdout);
+    assert_eq!(report["status"], "ok", "{report}");
+    let served = crate::service::scrape(port);
+    crate::faults::send(child.run(), "-TERM");
+    drop(stdout);
+    let (status, out) = child.wait();
+    assert_eq!(status.code(), Some(0), "{}", out.all());
+
+    let described = served.described();
+    let mut problems = Vec::new();
+    let mut listed = BTreeSet::new();
+    for row in table("README.md", "| Metric |") {
+        let name = row[0].trim_matches('`');
+        let ty = row[1].as_str();
+        let family = match ty {
+            "counter" => name.strip_suffix("_total").unwrap_or(name),
+            _ => name,
+        };
+        listed.insert(family.to_string());
+        let Some((help, served_ty)) = described.get(family) else {
+            problems.push(format!("{name}: not served"));
+            continue;
+        };
+        if served_ty != ty {
+            problems.push(format!("{name}: a {served_ty}, not a {ty}"));
+        }
+        if *help != row[3] {
+            problems.push(format!("{name}: its HELP is `{help}`, not `{}`", row[3]));
+        }
+        let labels: BTreeSet<String> = names_in(&row[2]).into_iter().collect();
+        if labels != served.label_names(name) {
+            problems.push(format!(
+                "{name}: its labels are {:?}, not {labels:?}",
+                served.label_names(name)
+            ));
+        }
+    }
+    let served_names: BTreeSet<String> = described.keys().cloned().collect();
+    for missing in served_names.difference(&listed) {
+        problems.push(format!("{missing}: served but not in the table"));
+    }
+    // The section's other metric names (the alerts') are served samples.
+    let readme = read("README.md");
+    let section = readme
+        .split("\n## Running continuously\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Running continuously section");
+    let samples: BTreeSet<&str> = served
+        .parsed
+        .samples
+        .iter()
+        .map(|s| s.metric.as_str())
+        .collect();
+    let mentioned = regex::Regex::new(r"image_syncer_[a-z_]+").unwrap();
+    for m in mentioned.find_iter(section) {
+        if !samples.contains(m.as_str()) {
+            problems.push(format!("{}: named in the section, not served", m.as_str()));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+    assert_eq!(listed.len(), 16);
 }
 
 /// The binary run in `dir`, with the clean environment of [`command`].

@@ -82,7 +82,7 @@ pub fn proxied(
 
 impl Proxied {
     /// The digest the target holds for `mirror/<reference>`.
-    fn synced(&self, reference: &str) -> Option<String> {
+    pub fn synced(&self, reference: &str) -> Option<String> {
         block_on(self.target.digest(&format!("mirror/{reference}")))
     }
 }
@@ -115,7 +115,7 @@ fn spawn_sync(def: &str) -> Background {
 }
 
 /// Sends `signal` (`-INT`, `-TERM`, `-9`) to `child`.
-fn send(child: &Background, signal: &str) {
+pub fn send(child: &Background, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([signal, &child.child.id().to_string()])
         .status()
@@ -491,12 +491,12 @@ fn sigint_during_a_retry_after_wait_ends_the_wait() {
 /// A sync that is interrupted mid-copy: ten 400 kB layers copied one at a
 /// time; the target holds the second blob upload until the test releases
 /// it, so the signal lands mid-copy however slow the machine is.
-struct Slow {
-    p: Proxied,
-    image: fixtures::TestImage,
+pub struct Slow {
+    pub p: Proxied,
+    pub image: fixtures::TestImage,
 }
 
-fn slow() -> Slow {
+pub fn slow() -> Slow {
     let image = fixtures::image("interrupt", 10, 400_000);
     let p = proxied(
         &[("library/busybox:1.36", &image)],
@@ -519,7 +519,7 @@ fn slow() -> Slow {
 }
 
 /// Waits (bounded: 60 s) until `ready` holds, polling every 20 ms.
-fn wait_until(what: &str, ready: impl Fn() -> bool) {
+pub fn wait_until(what: &str, ready: impl Fn() -> bool) {
     for _ in 0..3000 {
         if ready() {
             return;
@@ -530,7 +530,7 @@ fn wait_until(what: &str, ready: impl Fn() -> bool) {
 }
 
 /// Blob uploads the target proxy has seen (their final PUT).
-fn uploads(p: &Proxied) -> usize {
+pub fn uploads(p: &Proxied) -> usize {
     p.tp.injected
         .log()
         .iter()
@@ -567,7 +567,7 @@ fn interrupted(s: &Slow, signal: &str) -> (std::process::ExitStatus, Run) {
 }
 
 /// Whether the tag, if present, points at complete content.
-fn tag_is_sound(s: &Slow) -> bool {
+pub fn tag_is_sound(s: &Slow) -> bool {
     block_on(async {
         match s.p.target.digest("mirror/library/busybox:1.36").await {
             None => true,
@@ -586,7 +586,7 @@ fn tag_is_sound(s: &Slow) -> bool {
 }
 
 /// A re-run after an interruption copies the image exactly.
-fn rerun_completes(s: &Slow) {
+pub fn rerun_completes(s: &Slow) {
     let r = run(&["-i", &s.p.def]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(tag_is_sound(s));

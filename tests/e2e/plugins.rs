@@ -34,6 +34,9 @@ pub fn build_plugin(package: &str, features: &[&str], variant: &str) -> PathBuf 
     if let Some((_, p)) = built.iter().find(|(v, _)| v == variant) {
         return p.clone();
     }
+    if built.is_empty() {
+        remove_copies_of_ended_runs();
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace())
@@ -50,6 +53,31 @@ pub fn build_plugin(package: &str, features: &[&str], variant: &str) -> PathBuf 
     std::fs::rename(&tmp, &out).unwrap();
     built.push((variant.to_string(), out.clone()));
     out
+}
+
+/// Removes the library copies (`plugin-<variant>-<pid>.so`) of test
+/// processes that have ended (no `/proc/<pid>`), so that the target dir does
+/// not grow by a set of copies per run. A live process's copies stay: its
+/// libraries are loaded.
+fn remove_copies_of_ended_runs() {
+    let Ok(entries) = std::fs::read_dir(target_debug()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name
+            .strip_prefix("plugin-")
+            .and_then(|n| n.strip_suffix(".so"))
+        else {
+            continue;
+        };
+        let Some((_, pid)) = stem.rsplit_once('-') else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn dir_plugin() -> PathBuf {

@@ -336,10 +336,36 @@ pub struct Background {
     args: Vec<String>,
     /// The stderr lines handed out by [`Background::stderr_lines`], and the
     /// thread that reads them.
-    read: Option<(
-        std::sync::Arc<std::sync::Mutex<String>>,
-        std::thread::JoinHandle<()>,
-    )>,
+    read: Option<Lines>,
+    /// The same for stdout ([`Background::stdout_lines`]).
+    read_out: Option<Lines>,
+}
+
+/// The lines a thread read from a pipe, kept for the scan at
+/// [`Background::wait`], and that thread.
+type Lines = (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+);
+
+/// Reads `pipe` line by line on a thread: each line is sent to the
+/// receiver returned and kept.
+fn read_lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (std::sync::mpsc::Receiver<String>, Lines) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let keep = seen.clone();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            keep.lock().unwrap().push_str(&format!("{line}\n"));
+            // The test may stop listening; the rest is still kept.
+            let _ = tx.send(line);
+        }
+    });
+    (rx, (seen, reader))
 }
 
 /// Starts the binary with `args` (clean environment, output piped).
@@ -361,6 +387,7 @@ pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Background {
         _home: home,
         args: args.iter().map(|a| a.to_string()).collect(),
         read: None,
+        read_out: None,
     }
 }
 
@@ -369,25 +396,24 @@ impl Background {
     /// each is kept for the scan at [`Background::wait`].
     pub fn stderr_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
         let err = self.child.stderr.take().expect("stderr not taken yet");
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let keep = seen.clone();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push_str(&format!("{line}\n"));
-                // The test may stop listening; the rest is still kept.
-                let _ = tx.send(line);
-            }
-        });
-        self.read = Some((seen, reader));
+        let (rx, lines) = read_lines(err);
+        self.read = Some(lines);
+        rx
+    }
+
+    /// The lines of the run's stdout as they come, as
+    /// [`Background::stderr_lines`] hands out stderr's.
+    pub fn stdout_lines(&mut self) -> std::sync::mpsc::Receiver<String> {
+        let out = self.child.stdout.take().expect("stdout not taken yet");
+        let (rx, lines) = read_lines(out);
+        self.read_out = Some(lines);
         rx
     }
 
     /// Waits for the run to end and scans all its output; the exit status
     /// (`code()` is `None` when a signal ended it) and the output. `stderr`
-    /// holds the lines [`Background::stderr_lines`] handed out, too.
+    /// and `stdout` hold the lines [`Background::stderr_lines`] and
+    /// [`Background::stdout_lines`] handed out, too.
     pub fn wait(self) -> (std::process::ExitStatus, Run) {
         let out = self
             .child
@@ -399,14 +425,50 @@ impl Background {
             stderr.push_str(&seen.lock().unwrap());
         }
         stderr.push_str(&String::from_utf8_lossy(&out.stderr));
+        let mut stdout = String::new();
+        if let Some((seen, reader)) = self.read_out {
+            reader.join().expect("the stdout reader");
+            stdout.push_str(&seen.lock().unwrap());
+        }
+        stdout.push_str(&String::from_utf8_lossy(&out.stdout));
         let run = Run {
             code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stdout,
             stderr,
         };
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         scan_for_secrets(&args, &run.all());
         (out.status, run)
+    }
+}
+
+/// A run in the background that does not end by itself (`--watch`): killed
+/// if the test ends before waiting for it (a failed assertion), so that no
+/// process outlives its test.
+pub struct Watched(Option<Background>);
+
+impl Watched {
+    /// Starts the binary with `args`, as [`spawn`] does.
+    pub fn spawn(args: &[&str]) -> Watched {
+        Watched(Some(spawn(args)))
+    }
+
+    pub fn run(&mut self) -> &mut Background {
+        self.0.as_mut().expect("not waited for yet")
+    }
+
+    /// [`Background::wait`].
+    pub fn wait(mut self) -> (std::process::ExitStatus, Run) {
+        self.0.take().expect("not waited for yet").wait()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(b) = &mut self.0 {
+            let _ = b.child.kill();
+            let _ = b.child.wait();
+        }
     }
 }
 

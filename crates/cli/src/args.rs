@@ -13,7 +13,9 @@ Exit codes:
   1  a sync failure (registry, network) for at least one image
   2  invalid input (flags, definition file, key file) before anything is touched
   3  a safety stop: a target tag holds a different digest, or content does not
-     match its digest; nothing more is written in the run";
+     match its digest; nothing more is written in the run
+With --watch, runs repeat until SIGTERM or SIGINT, then the process exits 0
+(2 if the definition does not validate at the start).";
 
 /// `--version`: the version, then what a plugin library must match to be
 /// loaded (the compiler that built this binary, the plugin ABI); `-V` gives
@@ -122,6 +124,14 @@ pub struct Args {
     #[arg(long, env = "SYNCER_SHARD_COUNT", value_name = "COUNT", value_parser = clap::value_parser!(u32).range(1..))]
     pub shard_count: Option<u32>,
 
+    /// Run continuously: sync, sleep DURATION (`30s`, `10m`, `1h`, `1h30m`), sync again, until SIGTERM or SIGINT (then exit 0). Each cycle reads the definition file again; one that no longer validates is logged and the last good one runs
+    #[arg(long, env = "SYNCER_WATCH", value_name = "DURATION", value_parser = parse_duration)]
+    pub watch: Option<std::time::Duration>,
+
+    /// Serve /healthz, /readyz (once the first run has finished) and /metrics (Prometheus) on this address, e.g. `0.0.0.0:9090`
+    #[arg(long, env = "SYNCER_LISTEN", value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: Option<std::net::SocketAddr>,
+
     /// Load a plugin library (repeatable); its stages can then be named in the definition's `pipeline:`
     #[arg(long = "plugin", value_name = "PATH")]
     pub plugins: Vec<PathBuf>,
@@ -149,6 +159,61 @@ fn parse_bool(s: &str) -> Result<bool, String> {
         "false" | "0" => Ok(false),
         _ => Err(format!("`{s}` is not a boolean: use true, false, 1 or 0")),
     }
+}
+
+/// The longest `--watch` interval: a week (a longer sleep is a schedule,
+/// better served by a CronJob).
+const LONGEST_WATCH: u64 = 7 * 24 * 3600;
+
+/// A duration of whole seconds, minutes, hours or days: `30s`, `10m`, `1h`,
+/// `1h30m`, `1d`. At least one second, at most [`LONGEST_WATCH`].
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!("`{s}` is not a duration: write a number and a unit (s, m, h, d), as in 30s, 10m, 1h or 1h30m")
+    };
+    let text = s.trim();
+    if text.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() {
+        return Err(bad());
+    }
+    if total == 0 {
+        return Err(format!("`{s}`: the interval must be at least 1s"));
+    }
+    if total > LONGEST_WATCH {
+        return Err(format!(
+            "`{s}`: the interval must be at most 7d (for longer, run on a schedule: a CronJob)"
+        ));
+    }
+    Ok(std::time::Duration::from_secs(total))
+}
+
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("`{s}` is not an address to listen on: write IP:PORT, as in 0.0.0.0:9090, 127.0.0.1:9090 or [::]:9090")
+    })
 }
 
 fn parse_host(s: &str) -> Result<String, String> {
@@ -215,6 +280,8 @@ mod tests {
             "--kms-key",
             "--key-ref",
             "--shard",
+            "--watch",
+            "--listen",
         ] {
             assert!(bash.contains(flag), "bash completion lacks {flag}");
         }
@@ -225,6 +292,32 @@ mod tests {
         for text in ["\\-\\-images\\-file", "\\-\\-kms\\-key", "Exit codes"] {
             assert!(man.contains(text), "man page lacks {text}");
         }
+    }
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_the_rest() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("10m"), Ok(600));
+        assert_eq!(secs("1h"), Ok(3600));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs(" 2d "), Ok(172_800));
+        assert_eq!(secs("7d"), Ok(LONGEST_WATCH));
+        for bad in [
+            "",
+            "10",
+            "m",
+            "10x",
+            "1.5h",
+            "-1m",
+            "10 m",
+            "99999999999999999999s",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains("is not a duration"), "{bad:?}: {e}");
+        }
+        assert!(parse_duration("0s").unwrap_err().contains("at least 1s"));
+        assert!(parse_duration("8d").unwrap_err().contains("at most 7d"));
     }
 
     #[test]

@@ -2,8 +2,10 @@
 
 mod args;
 mod builtins;
+mod metrics;
 mod progress;
 mod run;
+mod service;
 
 use std::process::ExitCode;
 

@@ -1,4 +1,6 @@
-//! One run: definition → orchestrator → report → exit code.
+//! One run: definition → orchestrator → report → exit code. With
+//! `--watch`, [`crate::service::watch`] repeats the run's cycle
+//! ([`Setup::load`], then [`run_cycle`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,7 +77,7 @@ fn with_flags(e: PrepareError) -> String {
     }
 }
 
-fn input_error(message: impl std::fmt::Display) -> Exit {
+pub fn input_error(message: impl std::fmt::Display) -> Exit {
     eprintln!("error: {message}");
     Exit::InvalidInput
 }
@@ -195,9 +197,25 @@ impl Signals {
     }
 }
 
-async fn watch_signals(mut signals: Signals, interrupt: Arc<AtomicBool>) {
+/// What a signal sets: the interrupt flag the run's every phase looks at,
+/// and a wake-up for the sleep between `--watch` cycles.
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub interrupt: Arc<AtomicBool>,
+    pub woken: Arc<tokio::sync::Notify>,
+}
+
+impl Stop {
+    pub fn stopped(&self) -> bool {
+        self.interrupt.load(Ordering::SeqCst)
+    }
+}
+
+async fn watch_signals(mut signals: Signals, stop: Stop) {
     signals.next().await;
-    interrupt.store(true, Ordering::SeqCst);
+    stop.interrupt.store(true, Ordering::SeqCst);
+    // A stored permit: a sleep that starts after this still wakes at once.
+    stop.woken.notify_one();
     warn!(
         "interrupted: no new work starts; writes in flight finish (signal again to exit at once)"
     );
@@ -219,27 +237,11 @@ fn run_steps(args: &Args) -> Result<Exit, Exit> {
         return Ok(Exit::Ok);
     }
     init_logging(args.debug);
-    let registry = load_registry(args)?;
+    let registry = load_registry(args).map_err(input_error)?;
     if print_registry(args, &registry) {
         return Ok(Exit::Ok);
     }
-    let def = load_definition(args, &registry)?;
-    let (cx, target) = run_context(args, &def, registry.transports())?;
-    let shard = shard(args)?;
-    let orchestrator = Orchestrator::new(registry, cx);
-    // The definition is checked and its stages built here, before anything
-    // is read: entries selecting tags by a rule are expanded later.
-    let expansion = orchestrator
-        .expansion(&def, args.dry_run, shard)
-        .map_err(|e| input_error(with_flags(e)))?;
-    let settings = Settings::of(args, &def);
-    info!(
-        images = def.images.len(),
-        dry_run = args.dry_run,
-        jobs = settings.jobs,
-        shard = ?shard.map(|s| s.to_string()),
-        "starting"
-    );
+    let setup = Setup::load(args, registry).map_err(input_error)?;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -250,25 +252,99 @@ fn run_steps(args: &Args) -> Result<Exit, Exit> {
             return Err(Exit::SyncFailure);
         }
     };
-    let interrupt = Arc::new(AtomicBool::new(false));
+    let stop = Stop::default();
     // Listening starts here, before any registry is contacted.
     let signals = {
         let _in_runtime = runtime.enter();
         Signals::listen()
     };
-    runtime.spawn(watch_signals(signals, interrupt.clone()));
+    runtime.spawn(watch_signals(signals, stop.clone()));
+    let service = Arc::new(crate::service::Service::new(args.watch));
+    if let Some(addr) = args.listen {
+        crate::service::listen(addr, service.clone(), &runtime).map_err(input_error)?;
+    }
+    if let Some(every) = args.watch {
+        return crate::service::watch(args, setup, every, &runtime, &stop, &service);
+    }
+    let started = std::time::Instant::now();
+    let report = run_cycle(args, &setup, &runtime, &stop).map_err(input_error)?;
+    // Counted first: once the report is out, /metrics has it.
+    service.finished(&report, started.elapsed());
+    print_report(args, &setup, &report);
+    Ok(exit_code(&report))
+}
+
+/// What a run is made of, from the flags and the files they name: the
+/// definition, the stage registry and the run's context, checked. Made
+/// once for a run, and again for each cycle of `--watch` (the definition,
+/// key and CA files read again).
+pub struct Setup {
+    orchestrator: Orchestrator,
+    def: Definition,
+    target: Target,
+    shard: Option<Shard>,
+    settings: Settings,
+}
+
+impl Setup {
+    /// Reads the definition (and the files the flags name) with the stages
+    /// `registry` knows; an input error is its message.
+    pub fn load(args: &Args, registry: StageRegistry) -> Result<Setup, String> {
+        let def = load_definition(args, &registry)?;
+        let (cx, target) = run_context(args, &def, registry.transports())?;
+        let shard = shard(args)?;
+        let settings = Settings::of(args, &def);
+        Ok(Setup {
+            orchestrator: Orchestrator::new(registry, cx),
+            def,
+            target,
+            shard,
+            settings,
+        })
+    }
+
+    /// [`Setup::load`] with the stage registry loaded again (the built-ins,
+    /// then the plugin libraries the flags and the definition name).
+    pub fn reload(args: &Args) -> Result<Setup, String> {
+        Setup::load(args, load_registry(args)?)
+    }
+}
+
+/// One run of `setup`: the definition checked and its stages built (on this
+/// thread, outside the runtime), repository entries expanded, the images
+/// synced; its report, to be counted and then printed ([`print_report`]).
+/// An input error found on the way (a bad tag rule, two sources for one
+/// target) is `Err` with its message: nothing was written then.
+pub fn run_cycle(
+    args: &Args,
+    setup: &Setup,
+    runtime: &tokio::runtime::Runtime,
+    stop: &Stop,
+) -> Result<Report, String> {
+    // The definition is checked and its stages built here, before anything
+    // is read: entries selecting tags by a rule are expanded later.
+    let expansion = setup
+        .orchestrator
+        .expansion(&setup.def, args.dry_run, setup.shard)
+        .map_err(with_flags)?;
+    let settings = &setup.settings;
+    info!(
+        images = setup.def.images.len(),
+        dry_run = args.dry_run,
+        jobs = settings.jobs,
+        shard = ?setup.shard.map(|s| s.to_string()),
+        "starting"
+    );
     // Expanding reads each repository's tags; the images selected are then
     // prepared with the stages already built.
     let prepared = runtime
-        .block_on(expansion.expand(&settings.policy, settings.concurrency, &interrupt))
-        .map_err(|e| input_error(with_flags(e)))?;
+        .block_on(expansion.expand(&settings.policy, settings.concurrency, &stop.interrupt))
+        .map_err(with_flags)?;
     let prepared = prepared
         .with_jobs_cap(settings.jobs)
         .with_retry(settings.policy)
-        .with_interrupt(interrupt);
-    let report = run_and_print(args, &runtime, prepared);
-    hint_auth(&target, &report);
-    Ok(exit_code(&report))
+        .with_interrupt(stop.interrupt.clone());
+    Ok(run_with_progress(args, runtime, prepared))
 }
 
 /// `--completions` and `--man`: printed before anything else is done.
@@ -287,8 +363,8 @@ fn print_generated(args: &Args) -> bool {
 
 /// The built-in stages, then the plugin libraries' (from flags, then from
 /// the definition's `plugins:` list).
-fn load_registry(args: &Args) -> Result<StageRegistry, Exit> {
-    let mut registry = StageRegistry::builtin().map_err(input_error)?;
+fn load_registry(args: &Args) -> Result<StageRegistry, String> {
+    let mut registry = StageRegistry::builtin().map_err(|e| e.to_string())?;
     let mut libraries = args.plugins.clone();
     if let Some(f) = args.images_file.as_deref() {
         libraries.extend(definition::plugin_list(f));
@@ -296,7 +372,7 @@ fn load_registry(args: &Args) -> Result<StageRegistry, Exit> {
     for lib in &libraries {
         match image_syncer_plugin::host::load_into(&mut registry, lib) {
             Ok(n) => info!(plugin = %lib.display(), stages = n, "plugin loaded"),
-            Err(e) => return Err(input_error(e)),
+            Err(e) => return Err(e.to_string()),
         }
     }
     Ok(registry)
@@ -316,13 +392,13 @@ fn print_registry(args: &Args, registry: &StageRegistry) -> bool {
 }
 
 /// The definition file, read with the transports the registry serves.
-fn load_definition(args: &Args, registry: &StageRegistry) -> Result<Definition, Exit> {
+fn load_definition(args: &Args, registry: &StageRegistry) -> Result<Definition, String> {
     let Some(images_file) = args.images_file.as_deref() else {
-        return Err(input_error("--images-file is required"));
+        return Err("--images-file is required".into());
     };
     let transports = registry.transports();
     let transport_refs: Vec<&str> = transports.iter().map(String::as_str).collect();
-    definition::load(images_file, &transport_refs).map_err(input_error)
+    definition::load(images_file, &transport_refs).map_err(|e| e.to_string())
 }
 
 /// The target registry, and whether the command line gave credentials for
@@ -339,10 +415,10 @@ fn run_context(
     args: &Args,
     def: &Definition,
     transports: Vec<String>,
-) -> Result<(RunContext, Target), Exit> {
+) -> Result<(RunContext, Target), String> {
     let transport_refs: Vec<&str> = transports.iter().map(String::as_str).collect();
     let credentials = match (&args.target_repo_auth_key, &args.access_token) {
-        (Some(p), _) => Some(read_key_file(p).map_err(input_error)?),
+        (Some(p), _) => Some(read_key_file(p)?),
         (None, Some(token)) => Some(Credentials::Bearer {
             token: Secret::new(token.clone()),
         }),
@@ -362,16 +438,12 @@ fn run_context(
             Ok(pem) if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") => {
                 ca_certificates.push((shown, pem))
             }
-            Ok(_) => return Err(input_error(format!("{shown}: not a PEM certificate file"))),
-            Err(e) => {
-                return Err(input_error(format!(
-                    "{shown}: cannot read the CA file: {e}"
-                )))
-            }
+            Ok(_) => return Err(format!("{shown}: not a PEM certificate file")),
+            Err(e) => return Err(format!("{shown}: cannot read the CA file: {e}")),
         }
     }
     let mut cx = RunContext::default();
-    cx.registries.hosts = def.registry_access().map_err(input_error)?;
+    cx.registries.hosts = def.registry_access().map_err(|e| e.to_string())?;
     cx.registries.insecure = args.insecure_registries.clone();
     let target = Target {
         registry: target_registry.clone(),
@@ -387,18 +459,18 @@ fn run_context(
 
 /// The shard to run: `--shard`, or `--shard-count` with a Kubernetes
 /// Indexed Job's `JOB_COMPLETION_INDEX`.
-fn shard(args: &Args) -> Result<Option<Shard>, Exit> {
+fn shard(args: &Args) -> Result<Option<Shard>, String> {
     match (args.shard, args.shard_count) {
         (Some(s), _) => Ok(Some(s)),
         (None, Some(count)) => {
             let index = std::env::var("JOB_COMPLETION_INDEX").ok();
             match index.as_deref().map(|i| Shard::new(i.trim().parse().unwrap_or(u32::MAX), count)) {
                 Some(Ok(s)) => Ok(Some(s)),
-                Some(Err(_)) => Err(input_error(format!(
+                Some(Err(_)) => Err(format!(
                     "JOB_COMPLETION_INDEX=`{}` is not an index below --shard-count {count}",
                     index.unwrap_or_default()
-                ))),
-                None => Err(input_error("--shard-count needs JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), or use --shard INDEX/COUNT")),
+                )),
+                None => Err("--shard-count needs JOB_COMPLETION_INDEX (set by a Kubernetes Indexed Job), or use --shard INDEX/COUNT".into()),
             }
         }
         (None, None) => Ok(None),
@@ -434,8 +506,8 @@ impl Settings {
 }
 
 /// Runs the prepared definition (with a live line on a terminal; nothing
-/// extra when stderr is a file or pipe) and prints its report.
-fn run_and_print(
+/// extra when stderr is a file or pipe).
+fn run_with_progress(
     args: &Args,
     runtime: &tokio::runtime::Runtime,
     mut prepared: image_syncer_core::orchestrator::Prepared,
@@ -449,12 +521,21 @@ fn run_and_print(
     if let Some(d) = &display {
         d.clear();
     }
+    report
+}
+
+/// Prints a run's report on stdout (text or JSON), then the hint of a
+/// refusal, if any, on stderr.
+pub fn print_report(args: &Args, setup: &Setup, report: &Report) {
+    use std::io::Write as _;
     if args.output == "json" {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.render_text());
     }
-    report
+    // With --watch, the next report may be long in coming.
+    let _ = std::io::stdout().flush();
+    hint_auth(&setup.target, report);
 }
 
 /// The core says what was refused; which flag gives it is the CLI's to say.
@@ -470,7 +551,7 @@ fn hint_auth(target: &Target, report: &Report) {
 }
 
 /// The exit code of a finished run (a stop wins over a failure).
-fn exit_code(report: &Report) -> Exit {
+pub fn exit_code(report: &Report) -> Exit {
     match report.status() {
         Status::Ok => Exit::Ok,
         Status::Failed => Exit::SyncFailure,

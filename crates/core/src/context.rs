@@ -56,7 +56,7 @@ pub struct RegistryAccess {
     /// registry kind's default, the plugin's business).
     pub mount: Option<bool>,
     /// `ecr`: ECR settings (repositories created on demand).
-    pub ecr: Option<crate::definition::EcrSettings>,
+    pub ecr: Option<EcrSettings>,
 }
 
 impl RegistryAccess {
@@ -76,6 +76,45 @@ impl RegistryAccess {
         self.credentials = Some(credentials);
         self
     }
+}
+
+/// `registries.<host>.ecr`: what image-syncer may do to an ECR registry
+/// besides pushing.
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EcrSettings {
+    /// Create a missing repository before its first push (default `false`).
+    #[serde(default)]
+    pub create_repositories: bool,
+    /// Tag mutability of the repositories it creates (default `IMMUTABLE`).
+    #[serde(default)]
+    pub image_tag_mutability: TagMutability,
+    /// Scan on push, for the repositories it creates (default `false`).
+    #[serde(default)]
+    pub scan_on_push: bool,
+}
+
+/// ECR's tag mutability of a repository.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TagMutability {
+    /// A tag, once pushed, cannot be moved (image-syncer's own promise).
+    #[default]
+    Immutable,
+    /// Tags can be moved.
+    Mutable,
 }
 
 /// The registries of a run, as sources and sinks reach them.
@@ -143,7 +182,7 @@ impl Registries {
     }
 
     /// The `ecr` settings of `host`, if its entry has them.
-    pub fn ecr(&self, host: &str) -> Option<&crate::definition::EcrSettings> {
+    pub fn ecr(&self, host: &str) -> Option<&EcrSettings> {
         self.hosts.get(host).and_then(|a| a.ecr.as_ref())
     }
 

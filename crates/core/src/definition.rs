@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::context::{EcrSettings, TagMutability};
 use crate::reference::ImageRef;
 use crate::stage::StageKind;
 
@@ -48,35 +49,6 @@ pub struct RegistrySettings {
     /// Amazon ECR settings of this registry (an ECR host only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ecr: Option<EcrSettings>,
-}
-
-/// `registries.<host>.ecr`: what image-syncer may do to an ECR registry
-/// besides pushing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct EcrSettings {
-    /// Create a missing repository before its first push (default `false`).
-    #[serde(default)]
-    pub create_repositories: bool,
-    /// Tag mutability of the repositories it creates (default `IMMUTABLE`).
-    #[serde(default)]
-    pub image_tag_mutability: TagMutability,
-    /// Scan on push, for the repositories it creates (default `false`).
-    #[serde(default)]
-    pub scan_on_push: bool,
-}
-
-/// ECR's tag mutability of a repository.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TagMutability {
-    /// A tag, once pushed, cannot be moved (image-syncer's own promise).
-    #[default]
-    Immutable,
-    /// Tags can be moved.
-    Mutable,
 }
 
 /// `retry:`: how transient registry failures are retried.

@@ -7,7 +7,8 @@
 //!
 //! With [`Faults::referrers_api`] it is also a stand-in for a registry with
 //! the OCI 1.1 referrers API, which Debian's distribution 2.8 lacks: see
-//! [`ReferrersApi`].
+//! [`ReferrersApi`]. With [`Faults::acr_exchange`] it serves ACR's token
+//! exchange in front of the registry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -83,6 +84,10 @@ pub struct Faults {
     /// hold; the tag is looked up in the registry with the request's
     /// credentials. PUTs by digest are forwarded.
     pub immutable_tags: bool,
+    /// Serve ACR's `POST /oauth2/exchange` (a stand-in, see
+    /// [`AcrExchange`](crate::cloud::AcrExchange)) in front of the registry,
+    /// which has no such route.
+    pub acr_exchange: Option<crate::cloud::AcrExchange>,
 }
 
 /// A stand-in for the OCI 1.1 referrers API, served by the proxy in front
@@ -454,6 +459,21 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Result<Response<Body>
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((req.method().to_string(), path.clone()));
+    if let Some(exchange) = &f.acr_exchange {
+        if req.method() == hyper::Method::POST && req.uri().path() == "/oauth2/exchange" {
+            let body = http_body_util::Limited::new(req.into_body(), 1 << 20)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let (status, answer) = exchange.answer(&body);
+            return Ok(full(
+                status,
+                answer,
+                &[("content-type", "application/json")],
+            ));
+        }
+    }
     if let Some(style) = &f.tag_pages {
         if req.method() == hyper::Method::GET && path.contains("/tags/list") {
             return Ok(tag_page(&st, &req, &path, style, f.tag_page_max).await);

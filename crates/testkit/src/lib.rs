@@ -10,7 +10,11 @@
 //! tests do not check our code with itself. [`Sigstore`] is a stand-in
 //! Sigstore instance (CA, CT log and Rekor keys in memory) that makes keyless
 //! signatures, log entries and a trusted root for the verifier's tests.
+//! [`cloud`] holds stand-ins of the cloud identity services registries are
+//! logged in to with: a GCE metadata server ([`GceMetadata`]), Entra ID
+//! ([`Entra`]) and ACR's token exchange ([`AcrExchange`]).
 
+pub mod cloud;
 pub mod conformance;
 pub mod faults;
 pub mod fixtures;
@@ -22,6 +26,7 @@ pub mod sigstore;
 mod standin;
 mod token;
 
+pub use cloud::{AcrExchange, Entra, GceMetadata};
 pub use moto::Moto;
 pub use registry::{Registry, RegistryOptions};
 pub use sigstore::Sigstore;

@@ -53,7 +53,7 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
 
 /// Makes a CA and a server certificate for 127.0.0.1 with openssl in `dir`;
 /// returns (CA certificate, server certificate, server key).
-fn make_tls(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+pub(crate) fn make_tls(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let run = |args: &[&str]| openssl(dir, args).map(drop);
     run(&[
         "req",

@@ -30,7 +30,8 @@ use hyper::{Request, Response};
 /// HTTP/1.1 on a free 127.0.0.1 port, in its own thread; stopped on drop.
 /// `GET <any path>?service=S&scope=repository:NAME:ACTIONS[&scope=...]`:
 ///
-/// - with `Authorization: Basic` and the right user and password: a token
+/// - with `Authorization: Basic` and the right user and password (or one
+///   added with [`TokenServer::accept`]): a token
 ///   granting the asked actions among `pull` and `push`, for every
 ///   `repository` scope;
 /// - with a wrong user or password: 401, no token;
@@ -84,6 +85,8 @@ pub struct TokenAuth {
 struct State {
     user: String,
     password: String,
+    /// More users and passwords it accepts ([`TokenServer::accept`]).
+    logins: Mutex<Vec<(String, String)>>,
     key: std::path::PathBuf,
     /// Base64 (standard, padded) DER of the certificate, for `x5c`.
     x5c: String,
@@ -106,6 +109,7 @@ impl TokenServer {
         let state = Arc::new(State {
             user: user.to_string(),
             password: password.to_string(),
+            logins: Mutex::new(Vec::new()),
             key: dir.path().join("key.pem"),
             x5c,
             allow_anonymous_pull: AtomicBool::new(false),
@@ -163,6 +167,19 @@ impl TokenServer {
             .store(allow, Ordering::SeqCst);
     }
 
+    /// Accept `user` with `password` too (as `pull` and `push` for every
+    /// repository), from the next request on: a cloud identity's login
+    /// (user `oauth2accesstoken` with a Google access token, ACR's refresh
+    /// token user).
+    pub fn accept(&self, user: &str, password: &str) {
+        self.logins().add(user, password);
+    }
+
+    /// A handle that adds accepted logins, for stand-ins that issue them.
+    pub(crate) fn logins(&self) -> TokenLogins {
+        TokenLogins(self.state.clone())
+    }
+
     /// The realm: `http://127.0.0.1:PORT/token`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/token", self.port)
@@ -199,6 +216,20 @@ impl Drop for TokenServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Adds users and passwords a [`TokenServer`] accepts.
+#[derive(Clone)]
+pub(crate) struct TokenLogins(Arc<State>);
+
+impl TokenLogins {
+    pub(crate) fn add(&self, user: &str, password: &str) {
+        self.0
+            .logins
+            .lock()
+            .unwrap()
+            .push((user.to_string(), password.to_string()));
     }
 }
 
@@ -318,7 +349,17 @@ async fn handle(
     }
     // Who asks, and the actions they may be granted.
     let (subject, may): (String, &[&str]) = match credentials {
-        Some(Some((u, p))) if u == st.user && p == st.password => (u, &["pull", "push"]),
+        Some(Some((u, p)))
+            if (u == st.user && p == st.password)
+                || st
+                    .logins
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|(lu, lp)| *lu == u && *lp == p) =>
+        {
+            (u, &["pull", "push"])
+        }
         Some(_) => {
             return Ok(answer(
                 401,

@@ -28,6 +28,8 @@ mod azure;
 pub(crate) mod ecr;
 #[cfg(feature = "gar")]
 mod google;
+#[cfg(all(test, any(feature = "gar", feature = "acr")))]
+mod isolated;
 
 /// Registry credentials made from the cloud identity: basic
 /// authentication, valid until `expires` (`None`: no end known).

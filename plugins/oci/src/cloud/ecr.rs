@@ -41,7 +41,7 @@ use aws_sdk_ecr::types::{
 };
 use base64::Engine as _;
 use image_syncer_core::context::Secret;
-use image_syncer_core::definition::{EcrSettings, TagMutability};
+use image_syncer_core::context::{EcrSettings, TagMutability};
 use image_syncer_core::stage::RepositoryUse;
 use tokio::sync::OnceCell;
 use tracing::{debug, info};
