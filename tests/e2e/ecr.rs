@@ -5,6 +5,7 @@
 //! cross-repository mounts by default, the refusal of an immutable tag)
 //! played by the fault proxy in front of it.
 
+use base64::Engine as _;
 use image_syncer_testkit::faults::{FaultProxy, Faults, Hold, Refuse};
 
 use crate::support::*;
@@ -36,6 +37,10 @@ impl Ecr {
     fn new() -> Ecr {
         never_shown(TOKEN_PASSWORD);
         never_shown(SECRET_KEY);
+        // The token as ECR hands it out, before it is decoded.
+        never_shown(
+            &base64::engine::general_purpose::STANDARD.encode(format!("AWS:{TOKEN_PASSWORD}")),
+        );
         Ecr {
             source: Registry::start(),
             registry: Registry::start_with(RegistryOptions {
@@ -176,9 +181,16 @@ fn repositories_are_created_before_their_first_push_and_left_alone_after() {
         CREATE,
         "- source: team/app:1\n- source: team/app:3\n- source: team/tool:1\n",
     );
-    let again = e.run(&["-i", &def], &e.aws_env());
+    // With --debug: its logs hold no credential either (every run is
+    // scanned for the secret key, the token and its password).
+    let again = e.run(&["-i", &def, "--debug"], &e.aws_env());
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(!again.stdout.contains("repository"), "{}", again.stdout);
+    assert!(
+        again.stderr.contains("ECR repository exists"),
+        "{}",
+        again.stderr
+    );
     let after = e.repositories();
     assert_eq!(after, repos, "a later run changed the repositories");
     assert_eq!(

@@ -126,6 +126,16 @@ fn dir_plugin_round_trips_with_skopeo() {
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("would copy"), "{}", r.stdout);
+    // The sink's repository hook crosses the plugin boundary, dry run included.
+    let created = format!(
+        "directory dir:out/{}/library/busybox",
+        source.host().replace(':', "_")
+    );
+    assert!(
+        r.stdout.contains(&format!("would create {created}\n")),
+        "{}",
+        r.stdout
+    );
     assert!(
         !dir.path().join("out").exists(),
         "a dry run wrote into the dir: target"
@@ -137,6 +147,11 @@ fn dir_plugin_round_trips_with_skopeo() {
         plugin.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("created {created}\n")),
+        "{}",
+        r.stdout
+    );
     let image_dir = dir.path().join(format!(
         "out/{}/library/busybox/1.36",
         source.host().replace(':', "_")

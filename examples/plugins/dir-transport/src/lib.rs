@@ -25,7 +25,9 @@ use image_syncer_plugin::core::context::{SinkContext, SourceContext};
 use image_syncer_plugin::core::digest::{Digest, Verifier};
 use image_syncer_plugin::core::manifest::{Descriptor, RawManifest};
 use image_syncer_plugin::core::reference::ImageRef;
-use image_syncer_plugin::core::stage::{ErrorKind, ManifestTarget, StageError, StageKind};
+use image_syncer_plugin::core::stage::{
+    ErrorKind, ManifestTarget, RepositoryUse, StageError, StageKind,
+};
 use image_syncer_plugin::{
     BlockingSink, BlockingSource, PluginFactory, Registrar, StageDeclaration,
 };
@@ -287,6 +289,26 @@ impl BlockingSink for Dir {
             &mut manifest.bytes.as_ref(),
             Some(&descriptor),
         )
+    }
+
+    /// The repository's directory (one subdirectory per tag), made before
+    /// the first write into it; in a dry run, only said.
+    fn prepare_repository(
+        &self,
+        repository: &ImageRef,
+        how: &RepositoryUse,
+    ) -> Result<Option<String>, StageError> {
+        let dir = self.path(&repository.with_tag("_"))?;
+        let dir = dir.parent().expect("a tag's directory has a parent");
+        if dir.is_dir() {
+            return Ok(None);
+        }
+        let name = format!("dir:{}", repository.repository_as_written());
+        if how.dry_run {
+            return Ok(Some(format!("would create directory {name}")));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        Ok(Some(format!("created directory {name}")))
     }
 }
 
