@@ -329,7 +329,17 @@ where
     match login().await {
         Ok(credential) => {
             let renew_at = renewal_at((Instant::now(), SystemTime::now()), credential.expires);
-            slot.generation += 1;
+            // A provider that hands out the same token again (Google's
+            // library caches its own) changes nothing: the client keeps it,
+            // and the registry tokens it got with it.
+            let same = matches!(
+                &slot.state,
+                Some(Made::Credential { credential: old, .. })
+                    if old.username == credential.username && old.password == credential.password
+            );
+            if !same {
+                slot.generation += 1;
+            }
             slot.state = Some(Made::Credential {
                 credential: credential.clone(),
                 renew_at,
@@ -411,10 +421,33 @@ mod tests {
             assert_eq!(ask().await, Ok(1));
         }
         assert_eq!(logins.load(Ordering::SeqCst), 1, "a past end made a loop");
-        // Past the fallback lifetime (less the margin): made again, a new generation.
+        // Past the fallback lifetime (less the margin): asked again; the
+        // same token again is the same generation.
         tokio::time::advance(FALLBACK_LIFETIME - RENEWAL_MARGIN).await;
-        assert_eq!(ask().await, Ok(2));
+        assert_eq!(ask().await, Ok(1));
         assert_eq!(logins.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewed_token_is_a_new_generation() {
+        let slot = tokio::sync::Mutex::new(Slot::default());
+        let made_so_far = AtomicUsize::new(0);
+        let ask = || {
+            cached(&slot, || async {
+                let n = made_so_far.fetch_add(1, Ordering::SeqCst);
+                let mut credential = made(Some(SystemTime::now() + Duration::from_secs(3600)));
+                credential.password = Secret::new(format!("token-{n}"));
+                Ok(credential)
+            })
+        };
+        let (first, generation) = ask().await.unwrap();
+        assert_eq!((first.password.expose(), generation), ("token-0", 1));
+        tokio::time::advance(Duration::from_secs(3000)).await;
+        assert_eq!(ask().await.unwrap().1, 1, "renewed too early");
+        // 55 minutes in: five minutes before the end.
+        tokio::time::advance(Duration::from_secs(300)).await;
+        let (renewed, generation) = ask().await.unwrap();
+        assert_eq!((renewed.password.expose(), generation), ("token-1", 2));
     }
 
     #[tokio::test(start_paused = true)]
