@@ -113,6 +113,11 @@ fn cloud_error(registry: &str, e: &CloudError) -> StageError {
         CloudError::Refused {
             transient: true, ..
         } => StageError::transient(message),
+        // Its message already says to give credentials another way.
+        CloudError::NotBuilt { .. } => {
+            StageError::new(image_syncer_core::stage::ErrorKind::Unauthorized, message)
+                .with_refused_by(registry)
+        }
         _ => StageError::new(
             image_syncer_core::stage::ErrorKind::Unauthorized,
             format!("{message}; give credentials for it (README: Cloud registries)"),
