@@ -57,6 +57,10 @@ echo "checking formatting (cargo fmt --check) ..." >&2
 cargo fmt --all -- --check
 echo "checking lints (cargo clippy -D warnings) ..." >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The CLI without its cloud features (KMS providers, ECR/GAR/ACR logins)
+# must keep building: checked, not built (no second set of binaries).
+echo "checking the build without default features (cargo clippy --no-default-features) ..." >&2
+cargo clippy -p image-syncer-cli --no-default-features --locked -- -D warnings
 echo "checking docs (cargo doc, warnings as errors) ..." >&2
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
