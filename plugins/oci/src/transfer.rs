@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use image_syncer_core::digest::{ByteStream, ContentMismatch, Digest};
+use image_syncer_core::digest::{AttachedTag, ByteStream, ContentMismatch, Digest};
 use image_syncer_core::manifest::{Descriptor, RawManifest};
 use image_syncer_core::reference::ImageRef;
 use image_syncer_core::stage::{ManifestTarget, Pushback, StageError, Upload};
@@ -331,6 +331,15 @@ impl OciRegistry {
             Some(held) if held == manifest.digest => {
                 debug!(target = %r, digest = %held, "the registry refused to move a tag that already holds this manifest: in sync");
                 Ok(())
+            }
+            // A cosign or referrers tag (`sha256-<hex>.sig`, …) is meant
+            // to move as signatures are added: its refusal is the
+            // repository's setting, not a tag that changed under us.
+            Some(held) if r.tag().is_some_and(|t| AttachedTag::parse(t).is_some()) => {
+                Err(StageError::config(format!(
+                    "target {r} holds {held}, and the registry refuses to move it to {} (an immutable repository); signature and referrers tags move as signatures are added: exclude `sha256-*` from tag immutability (ECR: IMMUTABLE_WITH_EXCLUSION) or make the repository MUTABLE",
+                    manifest.digest
+                )))
             }
             Some(held) => Err(StageError::integrity(format!(
                 "target {r} holds {held}, not {}, and the registry refuses to move it (an immutable tag); not overwritten",
