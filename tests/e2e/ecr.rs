@@ -292,6 +292,45 @@ fn without_aws_credentials_a_repository_cannot_be_created_and_nothing_is_written
     assert!(e.repositories().is_empty());
     assert_eq!(e.registry.storage_snapshot(), before);
 
+    // An instance metadata service that refuses (403: IMDSv2 turned off,
+    // or an egress proxy denying its address) is no identity either: the
+    // same message at once, not a refusal retried, and none of the SDK's
+    // own warnings with their dump of the answer.
+    let imds = FaultProxy::start(
+        &e.registry.host(),
+        Faults {
+            refuse: Some(Refuse {
+                method: Some("PUT"),
+                path: "/latest/api/token".into(),
+                times: 1000,
+                status: 403,
+                code: "DENIED".into(),
+            }),
+            ..Default::default()
+        },
+    );
+    let refusing = vec![
+        ("AWS_ENDPOINT_URL", e.moto.endpoint()),
+        (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://{}", imds.host()),
+        ),
+    ];
+    let r = e.run(&["-i", &def], &refusing);
+    assert_eq!(r.code, 1, "{}", r.all());
+    insta::assert_snapshot!("no_credentials", e.redact(&r.stdout));
+    assert!(
+        imds.injected
+            .refused
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1,
+        "IMDS was not asked"
+    );
+    assert!(!r.stderr.contains("provider failed"), "{}", r.stderr);
+    assert!(!r.stdout.contains("retries"), "{}", r.stdout);
+    assert!(e.repositories().is_empty());
+    assert_eq!(e.registry.storage_snapshot(), before);
+
     // With registry credentials of its own (the definition's), the image
     // still needs the AWS identity to create the repository: it fails
     // before anything is written.

@@ -30,10 +30,13 @@ fn init_logging(debug: bool) {
     use tracing_subscriber::EnvFilter;
     // Debug applies to image-syncer's own crates only: HTTP libraries below
     // log request details we do not control.
+    // The AWS SDK's own warnings (a credential source that failed, with a
+    // dump of the answer) are left out: the error the run reports says
+    // what was missing, in a line of its own.
     let filter = if debug {
-        "warn,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug,image_syncer_cosign=debug,image_syncer_plugin=debug"
+        "warn,aws_config=error,aws_smithy_runtime=error,aws_runtime=error,image_syncer=debug,image_syncer_core=debug,image_syncer_oci=debug,image_syncer_oci_layout=debug,image_syncer_retag=debug,image_syncer_immutable=debug,image_syncer_cosign=debug,image_syncer_plugin=debug"
     } else {
-        "warn,image_syncer_core=info,image_syncer_cosign=info,image_syncer_plugin=info"
+        "warn,aws_config=error,aws_smithy_runtime=error,aws_runtime=error,image_syncer_core=info,image_syncer_cosign=info,image_syncer_plugin=info"
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))

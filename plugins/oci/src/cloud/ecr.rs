@@ -34,7 +34,7 @@ use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_ecr::config::{Region, SharedCredentialsProvider};
-use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecr::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecr::types::{
     ImageScanningConfiguration, ImageTagMutability, ImageTagMutabilityExclusionFilter,
     ImageTagMutabilityExclusionFilterType,
@@ -42,7 +42,7 @@ use aws_sdk_ecr::types::{
 use base64::Engine as _;
 use image_syncer_core::context::Secret;
 use image_syncer_core::context::{EcrSettings, TagMutability};
-use image_syncer_core::stage::RepositoryUse;
+use image_syncer_core::stage::{error_chain, RepositoryUse};
 use tokio::sync::OnceCell;
 use tracing::{debug, info};
 
@@ -93,24 +93,32 @@ async fn credential_chain(region: &Region) -> DefaultCredentialsChain {
 /// Whether the chain finds credentials: `NoIdentity` when no source has
 /// any, `Refused` when one has them and fails (a web identity that STS
 /// refuses, a profile that cannot be read).
+///
+/// The instance metadata service is the chain's last source, so an error
+/// of its own means that no other source had credentials: IMDS refusing
+/// (403, what IMDSv2 answers when it is turned off, or what an egress
+/// proxy answers for its address) is no identity too, not a refusal to
+/// retry.
 async fn check_identity(chain: &DefaultCredentialsChain) -> Result<(), CloudError> {
+    let no_identity = || CloudError::NoIdentity {
+        provider: PROVIDER,
+        what: "AWS credentials",
+        looked: LOOKED,
+    };
     match chain.provide_credentials().await {
         Ok(_) => Ok(()),
         Err(e @ CredentialsError::CredentialsNotLoaded(_)) => {
-            debug!(error = %DisplayErrorContext(&e), "no AWS credentials");
-            Err(CloudError::NoIdentity {
-                provider: PROVIDER,
-                what: "AWS credentials",
-                looked: LOOKED,
-            })
+            debug!(error = %error_chain(&e), "no AWS credentials");
+            Err(no_identity())
+        }
+        Err(e) if error_chain(&e).contains("IMDS") => {
+            debug!(error = %error_chain(&e), "no AWS credentials (the instance metadata service refused)");
+            Err(no_identity())
         }
         Err(e) => Err(CloudError::Refused {
             provider: PROVIDER,
-            message: format!("AWS credentials: {}", DisplayErrorContext(&e)),
-            transient: matches!(
-                e,
-                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_)
-            ),
+            message: format!("AWS credentials: {}", error_chain(&e)),
+            transient: matches!(e, CredentialsError::ProviderTimedOut(_)),
         }),
     }
 }
@@ -152,9 +160,16 @@ where
     ) || e
         .raw_response()
         .is_some_and(|r| r.status().is_server_error());
+    // ECR's own answer by its code and message; anything else by its
+    // chain of causes (no debug dump of the raw response).
+    let said = match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => error_chain(&e),
+    };
     CloudError::Refused {
         provider: PROVIDER,
-        message: format!("{what}: {}", DisplayErrorContext(&e)),
+        message: format!("{what}: {said}"),
         transient,
     }
 }
