@@ -195,8 +195,12 @@ pub(super) async fn login_at(
     })
 }
 
-/// Whether anything answers HTTP at `address` (the instance metadata
-/// service answers even a request it refuses).
+/// Whether the instance metadata service is at `address`: it answers a
+/// request without its `Metadata: true` header with 400, as Azure
+/// documents (or with a token, from a stand-in). Anything else is not it:
+/// nothing listening, or an egress proxy denying the address (403), which
+/// would otherwise turn "no Azure identity" (a public registry then read
+/// anonymously) into a refusal.
 async fn imds_answers(address: &str) -> bool {
     let Ok(client) = reqwest::Client::builder()
         .no_proxy()
@@ -210,8 +214,9 @@ async fn imds_answers(address: &str) -> bool {
         .get(format!("http://{address}/metadata/identity/oauth2/token"))
         .send()
         .await;
-    tracing::debug!(%address, answered = answered.is_ok(), "instance metadata service probe");
-    answered.is_ok()
+    let status = answered.as_ref().ok().map(|a| a.status());
+    tracing::debug!(%address, status = ?status, "instance metadata service probe");
+    status.is_some_and(|s| s == reqwest::StatusCode::BAD_REQUEST || s.is_success())
 }
 
 /// Step 1: the Entra ID token.
@@ -687,10 +692,32 @@ mod tests {
     }
 
     #[test]
-    fn the_instance_metadata_service_is_there_when_anything_answers() {
-        let answering = image_syncer_testkit::GceMetadata::start();
+    fn the_instance_metadata_service_is_there_when_it_answers_as_it_does() {
+        use image_syncer_testkit::faults::{FaultProxy, Faults, Refuse};
+        // Behind the fault proxy, answering the probe's path with `status`.
+        let upstream = image_syncer_testkit::GceMetadata::start();
+        let answering = |status: u16| {
+            FaultProxy::start(
+                &upstream.host(),
+                Faults {
+                    refuse: Some(Refuse {
+                        method: Some("GET"),
+                        path: "/metadata/identity/oauth2/token".into(),
+                        times: 1000,
+                        status,
+                        code: "REFUSED".into(),
+                    }),
+                    ..Default::default()
+                },
+            )
+        };
+        // Azure's IMDS without its Metadata header: 400.
+        let imds = answering(400);
+        // An egress proxy denying the link-local address: 403.
+        let denied = answering(403);
         image_syncer_testkit::block_on(async {
-            assert!(imds_answers(&answering.host()).await);
+            assert!(imds_answers(&imds.host()).await);
+            assert!(!imds_answers(&denied.host()).await);
             assert!(!imds_answers(&closed_port()).await);
         });
     }
