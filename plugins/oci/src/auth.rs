@@ -87,6 +87,7 @@ impl OciRegistry {
             host: registry,
             endpoint: &endpoint,
             insecure,
+            ca_certificates: &self.registries.ca_certificates,
         };
         match cloud::credential(login, &target).await {
             Ok((credential, generation)) => Ok(Found {

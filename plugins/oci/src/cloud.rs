@@ -99,6 +99,10 @@ pub(crate) struct LoginTarget<'a> {
     pub(crate) endpoint: &'a str,
     /// Whether `endpoint` is reached over plain HTTP.
     pub(crate) insecure: bool,
+    /// Extra CA certificates (PEM) trusted for the registry (`--ca-file`),
+    /// each with the file it came from: for requests sent to the registry
+    /// itself (ACR's token exchange).
+    pub(crate) ca_certificates: &'a [(String, Vec<u8>)],
 }
 
 /// Makes the cloud credential `login` names for `target`.

@@ -297,9 +297,20 @@ async fn exchange(target: &LoginTarget<'_>, entra: &str) -> Result<String, Cloud
     let scheme = if target.insecure { "http" } else { "https" };
     let url = format!("{scheme}://{}/oauth2/exchange", target.endpoint);
     let step = format!("exchange at {url}");
-    let client = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(EXCHANGE_TIMEOUT)
+        .timeout(EXCHANGE_TIMEOUT);
+    // The registry's own connection trusts `--ca-file`: so does its exchange.
+    for (file, pem) in target.ca_certificates {
+        let certificate = reqwest::Certificate::from_pem(pem).map_err(|e| {
+            refused(
+                format!("{step}: CA file {file}: {}", error_chain(&e)),
+                false,
+            )
+        })?;
+        builder = builder.add_root_certificate(certificate);
+    }
+    let client = builder
         .build()
         .map_err(|e| refused(format!("{step}: {}", error_chain(&e)), false))?;
     let answer = client
@@ -517,6 +528,7 @@ mod tests {
                 host: HOST,
                 endpoint: &endpoint,
                 insecure: true,
+                ca_certificates: &[],
             },
             &closed_port(),
         )
@@ -689,6 +701,42 @@ mod tests {
         let message = message.replace(acr.entra.client_id(), "CLIENT");
         insta::assert_snapshot!(message, @"ACR: Entra token (service principal CLIENT): 401 (error 7000215): AADSTS7000215: Invalid client secret or assertion provided.");
         assert!(acr.exchange.requests().is_empty());
+    }
+
+    /// The exchange is a request to the registry itself, so it trusts the
+    /// CA given with `--ca-file` as the registry's connection does: against
+    /// the real registry over TLS (which has no exchange: its 404 shows
+    /// that the TLS handshake went through).
+    #[test]
+    fn the_exchange_trusts_the_ca_files_the_registry_does() {
+        let registry =
+            image_syncer_testkit::Registry::start_with(image_syncer_testkit::RegistryOptions {
+                tls: true,
+                ..Default::default()
+            });
+        let ca = std::fs::read(registry.ca_file().unwrap()).unwrap();
+        let endpoint = registry.host();
+        let given = [("ca.pem".to_string(), ca)];
+        let exchange_with = |ca_certificates: &[(String, Vec<u8>)]| {
+            let target = LoginTarget {
+                host: HOST,
+                endpoint: &endpoint,
+                insecure: false,
+                ca_certificates,
+            };
+            match image_syncer_testkit::block_on(exchange(&target, "entra-token")) {
+                Err(CloudError::Refused { message, .. }) => message,
+                other => panic!("not refused: {other:?}"),
+            }
+        };
+        let trusted = exchange_with(&given);
+        assert!(trusted.contains("refused (404 Not Found)"), "{trusted}");
+        let untrusted = exchange_with(&[]);
+        assert!(
+            !untrusted.contains("404") && untrusted.to_lowercase().contains("certificate"),
+            "{untrusted}"
+        );
+        assert!(!trusted.contains("entra-token") && !untrusted.contains("entra-token"));
     }
 
     #[test]

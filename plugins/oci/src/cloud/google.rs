@@ -216,6 +216,7 @@ mod tests {
             host: HOST,
             endpoint: HOST,
             insecure: false,
+            ca_certificates: &[],
         })
         .await
     }
