@@ -102,6 +102,7 @@ pub(crate) struct LoginTarget<'a> {
     /// Extra CA certificates (PEM) trusted for the registry (`--ca-file`),
     /// each with the file it came from: for requests sent to the registry
     /// itself (ACR's token exchange).
+    #[cfg_attr(not(feature = "acr"), allow(dead_code))]
     pub(crate) ca_certificates: &'a [(String, Vec<u8>)],
 }
 
