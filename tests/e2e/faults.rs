@@ -538,12 +538,18 @@ pub fn uploads(p: &Proxied) -> usize {
         .count()
 }
 
-/// Runs the slow sync and sends `signal` while the second blob upload is
-/// held by the target (mid-copy: one blob in, eight more to come); once the
-/// binary acknowledges the signal, the held upload is let go, to finish as
-/// writes in flight do.
+/// Runs the slow sync and sends `signal` mid-copy ([`interrupt_mid_copy`]).
 fn interrupted(s: &Slow, signal: &str) -> (std::process::ExitStatus, Run) {
     let mut child = spawn_sync(&s.p.def);
+    interrupt_mid_copy(s, &mut child, signal);
+    child.wait()
+}
+
+/// Sends `signal` to `child` (a run of the slow sync) while the second blob
+/// upload is held by the target (mid-copy: one blob in, eight more to
+/// come); once the binary acknowledges the signal, the held upload is let
+/// go, to finish as writes in flight do.
+pub fn interrupt_mid_copy(s: &Slow, child: &mut Background, signal: &str) {
     let stderr = child.stderr_lines();
     wait_until("the second blob upload is held", || {
         s.p.tp
@@ -553,7 +559,7 @@ fn interrupted(s: &Slow, signal: &str) -> (std::process::ExitStatus, Run) {
             >= 2
     });
     assert_eq!(uploads(&s.p), 2, "not mid-copy");
-    send(&child, signal);
+    send(child, signal);
     let acknowledged = stderr
         .iter()
         .any(|line| line.contains("interrupted: no new work starts"));
@@ -562,8 +568,6 @@ fn interrupted(s: &Slow, signal: &str) -> (std::process::ExitStatus, Run) {
         "the binary ended without acknowledging the signal"
     );
     s.p.tp.injected.release_hold();
-    drop(stderr);
-    child.wait()
 }
 
 /// Whether the tag, if present, points at complete content.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use image_syncer_testkit::faults::{Faults, Hold};
 
-use crate::faults::{proxied, send, slow, tag_is_sound, uploads, wait_until, Proxied};
+use crate::faults::{interrupt_mid_copy, proxied, send, slow, tag_is_sound, wait_until, Proxied};
 use crate::plugins::workspace;
 use crate::support::*;
 
@@ -607,25 +607,7 @@ fn a_safety_stop_does_not_end_the_loop_and_each_is_counted() {
 fn sigterm_mid_copy_in_watch_mode_exits_0_without_a_partial_tag() {
     let s = slow();
     let mut child = Watched::spawn(&["-i", &s.p.def, "--jobs", "1", "--watch", "1h"]);
-    let stderr = child.run().stderr_lines();
-    wait_until("the second blob upload is held", || {
-        s.p.tp
-            .injected
-            .held
-            .load(std::sync::atomic::Ordering::SeqCst)
-            >= 2
-    });
-    assert_eq!(uploads(&s.p), 2, "not mid-copy");
-    send(child.run(), "-TERM");
-    let acknowledged = stderr
-        .iter()
-        .any(|line| line.contains("interrupted: no new work starts"));
-    assert!(
-        acknowledged,
-        "the binary ended without acknowledging the signal"
-    );
-    s.p.tp.injected.release_hold();
-    drop(stderr);
+    interrupt_mid_copy(&s, child.run(), "-TERM");
     let (status, out) = child.wait();
     assert_eq!(status.code(), Some(0), "{}", out.all());
     assert!(out.stdout.contains("Interrupted"), "{}", out.stdout);
